@@ -1,0 +1,168 @@
+//! The one place that owns wasmtime: engine settings, the epoch ticker that
+//! enforces call deadlines, memory limits, and the compiled-artifact cache.
+//! Every default is a documented `const` here.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, OptLevel};
+
+/// How often the epoch advances. Deadlines are whole multiples of it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Deadline for `select` and `on-complete`: they run on the request path. A
+/// 32 KB prompt through cache_aware takes well under a millisecond; the
+/// margin absorbs a busy machine descheduling the thread.
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(10);
+
+/// Deadline for calls off the request path (`init`, `workers-changed`,
+/// `tick`, `snapshot`, `restore`), which may walk the whole state.
+pub const DEFAULT_MAINTENANCE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Linear memory a policy instance may grow to. cache_aware's default
+/// `max_tree_size` (2^26 characters per worker) fits for a small fleet; raise
+/// it with `--policy-memory-limit-mb` for many workers.
+pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
+
+/// Per-instance limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline for calls on the request path.
+    pub call_deadline: Duration,
+    /// Deadline for maintenance calls.
+    pub maintenance_deadline: Duration,
+    /// Maximum linear memory, in bytes.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_deadline: DEFAULT_CALL_DEADLINE,
+            maintenance_deadline: DEFAULT_MAINTENANCE_DEADLINE,
+            memory: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
+
+impl Limits {
+    /// A deadline as epoch ticks, rounded up, at least one.
+    pub fn ticks(deadline: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        (deadline.as_nanos().div_ceil(tick)).max(1) as u64
+    }
+}
+
+/// A wasmtime engine configured for policies, with its epoch ticker and an
+/// optional on-disk cache of compiled components. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    engine: Engine,
+    cache_dir: Option<Arc<Path>>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").field("cache_dir", &self.cache_dir).finish()
+    }
+}
+
+impl PolicyEngine {
+    /// An engine that caches compiled components in `cache_dir` (none: compile
+    /// on every load). The directory must be writable only by the router's
+    /// user: its files are loaded as trusted native code.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Deadlines: every store sets one before each call (see `Limits`).
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        spawn_epoch_ticker(&engine);
+        Ok(PolicyEngine {
+            engine,
+            cache_dir: cache_dir.map(Arc::from),
+        })
+    }
+
+    /// The default cache directory: `$XDG_CACHE_HOME/wasm-router`, else
+    /// `$HOME/.cache/wasm-router`; `None` when neither is set.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("wasm-router"))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile a component, or load its compiled form from the cache. The
+    /// cache is an optimisation only: any cache error falls back to compiling.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes);
+        };
+        let path = dir.join(self.cache_key(bytes));
+        if path.is_file() {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the name), in a
+            // directory the router's user owns; see `PolicyEngine::new`.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled policy: {e:#}"),
+            }
+        }
+        let artifact = self.engine.precompile_component(bytes)?;
+        if let Err(e) = write_atomically(dir, &path, &artifact) {
+            tracing::warn!(dir = %dir.display(), "cannot cache compiled policy: {e}");
+        }
+        // SAFETY: `artifact` was just produced by this engine.
+        unsafe { Component::deserialize(&self.engine, &artifact) }
+    }
+
+    /// `<sha256 of the component>-<engine compatibility hash>.cwasm`.
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        let mut engine_hash = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        format!("{}-{:016x}.cwasm", sha256_hex(bytes), engine_hash.finish())
+    }
+}
+
+/// Hex sha256 of `bytes`, as `GET /policies` shows it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let unique = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{unique}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] on a thread that holds
+/// only a weak reference, so it ends when the last engine clone is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("policy-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the policy epoch thread");
+}

@@ -1,0 +1,118 @@
+//! Every way a policy can fail, named. The data plane maps these to HTTP
+//! statuses in one place; here they carry what the user should do next.
+
+use std::path::PathBuf;
+
+/// Why a policy could not be loaded. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A name that is neither a built-in policy nor an existing file.
+    #[error("unknown policy {0:?}: use one of {builtins} or a path to a .wasm file", builtins = super::builtin::names().join(", "))]
+    Unknown(String),
+    /// Not WebAssembly at all.
+    #[error("{0} is not a WebAssembly file (no \\0asm header)")]
+    NotWasm(String),
+    /// A core module, where a component is needed.
+    #[error("{0} is a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `router policy componentize`")]
+    CoreModule(String),
+    /// wasmtime refused to compile it.
+    #[error("{name} does not compile: {reason}")]
+    Compile {
+        /// The policy.
+        name: String,
+        /// wasmtime's message.
+        reason: String,
+    },
+    /// It lacks the exports every policy has.
+    #[error("{name} is not a wasm-router policy: it does not export `contract-version` (exports: {exports}); build it with the policy SDK against wit/policy.wit")]
+    NotAPolicy {
+        /// The policy.
+        name: String,
+        /// What it exports instead.
+        exports: String,
+    },
+    /// It imports something the sandbox does not give.
+    #[error("{name} imports what the sandbox does not provide: {reason}; policies may import only WASI")]
+    Imports {
+        /// The policy.
+        name: String,
+        /// wasmtime's message.
+        reason: String,
+    },
+    /// Built against another version of the contract.
+    #[error("{name} was built for policy contract {found}, this router speaks {expected}: rebuild it against wit/policy.wit")]
+    ContractVersion {
+        /// The policy.
+        name: String,
+        /// What it declared.
+        found: String,
+        /// What we speak.
+        expected: &'static str,
+    },
+    /// Declares our version but its exports do not match it.
+    #[error("{name} says it speaks contract {version} but its exports do not match: {reason}")]
+    Exports {
+        /// The policy.
+        name: String,
+        /// The version it claims.
+        version: &'static str,
+        /// wasmtime's message.
+        reason: String,
+    },
+    /// `init` returned an error.
+    #[error("{name} refused its configuration: {message}")]
+    InitRefused {
+        /// The policy.
+        name: String,
+        /// The policy's message.
+        message: String,
+    },
+    /// A trap (or deadline, or memory limit) while starting.
+    #[error("{name} faulted while starting: {fault}")]
+    StartFault {
+        /// The policy.
+        name: String,
+        /// What happened.
+        fault: PolicyFault,
+    },
+}
+
+/// A fault of a running policy. The request it hit is answered by the native
+/// fallback; the fault is counted and logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyFault {
+    /// The call ran past its deadline and was interrupted.
+    #[error("policy call exceeded its deadline")]
+    PolicyDeadline,
+    /// The guest tried to grow its memory past the limit.
+    #[error("policy exceeded its memory limit")]
+    PolicyMemoryLimit,
+    /// Any other trap (panic, unreachable, out-of-bounds access).
+    #[error("policy trapped: {0}")]
+    PolicyTrap(String),
+    /// `select` returned an id that is not among the candidates.
+    #[error("policy picked worker {0}, which is not a candidate")]
+    NotACandidate(u32),
+    /// The instance is being rebuilt after an earlier fault.
+    #[error("policy is restarting after a fault")]
+    PolicyRestarting,
+}
+
+/// Why `select` gave no worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// There was no candidate to choose from.
+    #[error("no healthy worker can take this request")]
+    NoCandidates,
+    /// The policy answered `err` with this message.
+    #[error("routing policy declined the request: {0}")]
+    Declined(String),
+}

@@ -1,0 +1,162 @@
+//! Routing policies: the seam between the data plane and the decision.
+//!
+//! This module knows nothing of HTTP. The proxy builds a [`RouteRequest`] and
+//! a list of [`Candidate`]s and asks a [`Policy`] for a [`Decision`].
+//!
+//! - [`WasmPolicy`] runs a component written against `wit/policy.wit`
+//!   (wasmtime settings live in [`engine`], the sandbox in `sandbox`).
+//! - [`LeastLoad`] is native: the fallback when a component faults, and the
+//!   policy of choice in data-plane tests.
+
+mod bindings;
+pub mod builtin;
+pub mod engine;
+mod error;
+mod native;
+mod sandbox;
+mod wasm;
+
+pub use engine::{Limits, PolicyEngine};
+pub use error::{LoadError, PolicyFault, SelectError};
+pub use native::LeastLoad;
+pub use wasm::{PolicySource, WasmPolicy};
+
+use std::time::Duration;
+
+/// The contract version this router speaks: the package version of
+/// `wit/policy.wit`.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// A worker's id as the router assigns it: stable while the worker is
+/// registered, never reused.
+pub type WorkerId = u32;
+
+/// The route a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// SGLang's `/generate`.
+    Generate,
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/chat/completions`.
+    ChatCompletions,
+    /// `/v1/embeddings`.
+    Embeddings,
+    /// Anything else routed to one worker.
+    Other,
+}
+
+/// What a worker does in prefill/decode disaggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serves whole requests.
+    Regular,
+    /// Prefill half of a PD pair.
+    Prefill,
+    /// Decode half of a PD pair.
+    Decode,
+}
+
+/// A worker as policies see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Router-assigned id.
+    pub id: WorkerId,
+    /// Base URL.
+    pub url: String,
+    /// Model served; empty when unknown.
+    pub model: String,
+    /// Its part in PD mode.
+    pub role: Role,
+    /// Data-parallel rank, when expanded per rank.
+    pub dp_rank: Option<u32>,
+}
+
+/// The request metadata a policy decides on. Borrowed from the proxy's
+/// request so that building it costs no copy.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    /// Router-assigned sequence number, echoed in [`Outcome::request_id`].
+    pub id: u64,
+    /// Route the request came in on.
+    pub route: Route,
+    /// The body's `model`; empty when absent.
+    pub model: &'a str,
+    /// Routing text; empty unless the policy declared `needs_text`.
+    pub text: &'a str,
+    /// `x-routing-key` (or `x-smg-routing-key`) header.
+    pub routing_key: Option<&'a str>,
+}
+
+/// A worker that may take the request, with its current load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Worker id.
+    pub id: WorkerId,
+    /// Requests in flight from this router to it.
+    pub load: u32,
+}
+
+/// How a request ended, reported to policies that want feedback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// [`RouteRequest::id`] of the request.
+    pub request_id: u64,
+    /// The worker that served it.
+    pub worker: WorkerId,
+    /// HTTP status from the worker; 0 if it could not be reached.
+    pub status: u16,
+    /// Send to last byte, in microseconds.
+    pub latency_us: u64,
+    /// Prompt tokens the worker reported.
+    pub prompt_tokens: Option<u32>,
+    /// Prompt tokens the worker served from its KV cache.
+    pub cached_tokens: Option<u32>,
+    /// Generated tokens the worker reported.
+    pub completion_tokens: Option<u32>,
+}
+
+/// What a policy declared about itself at `init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    /// Short name for logs, metrics and `GET /policies`.
+    pub name: String,
+    /// Whether the proxy must extract the routing text.
+    pub needs_text: bool,
+    /// Whether the proxy reports [`Outcome`]s.
+    pub wants_feedback: bool,
+    /// How often to call [`Policy::tick`]; `None` for never.
+    pub tick_interval: Option<Duration>,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen worker; always one of the candidates.
+    pub worker: WorkerId,
+    /// Set when the policy could not decide and the native fallback did.
+    pub fallback: Option<PolicyFault>,
+}
+
+/// The seam between the data plane and routing.
+///
+/// Implementations are shared by all requests (`&self`) and must be cheap to
+/// call: `select` is on every request's path.
+pub trait Policy: Send + Sync {
+    /// What the policy declared at `init`.
+    fn info(&self) -> &PolicyInfo;
+
+    /// The full list of workers; called at start and after every change.
+    fn workers_changed(&self, workers: &[WorkerInfo]);
+
+    /// Pick one of `candidates` for `req`. A returned worker is always one of
+    /// the candidates: faults are answered by the native fallback and
+    /// reported in [`Decision::fallback`].
+    fn select(&self, req: &RouteRequest<'_>, candidates: &[Candidate]) -> Result<Decision, SelectError>;
+
+    /// Feedback after a response ended; only if `info().wants_feedback`.
+    fn on_complete(&self, outcome: &Outcome);
+
+    /// Periodic housekeeping; `now_ms` is milliseconds since the Unix epoch.
+    fn tick(&self, now_ms: u64);
+}

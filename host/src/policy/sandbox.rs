@@ -1,0 +1,175 @@
+//! What a policy instance may touch: deny-all WASI (no files, environment,
+//! arguments, sockets or stdin), a memory limit, and stdout/stderr that go to
+//! the router's log tagged with the policy's name.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// A guest's output line is cut at this many bytes, so a guest cannot make the
+/// router buffer without bound.
+const MAX_LOG_LINE: usize = 4096;
+
+/// The data of every policy store.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: MemoryLimit,
+}
+
+impl StoreState {
+    /// A sandbox for the policy `name` with `memory` bytes of linear memory.
+    pub fn new(name: &str, memory: usize) -> Self {
+        let name: Arc<str> = Arc::from(name);
+        // `WasiCtxBuilder` grants nothing unless asked: no preopened
+        // directories, no environment or arguments, empty stdin, and every
+        // socket address denied. Clocks and random stay: std needs them.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestLog::new(name.clone(), "stdout"))
+            .stderr(GuestLog::new(name, "stderr"))
+            .build();
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: MemoryLimit { bytes: memory },
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The error a call fails with when the guest grows its memory past the
+/// limit. Growing fails with a trap rather than returning -1, so the fault is
+/// named instead of surfacing as the allocator's `unreachable`.
+#[derive(Debug, thiserror::Error)]
+#[error("policy tried to grow its memory to {desired} bytes, past its limit of {limit}")]
+pub struct MemoryLimitHit {
+    desired: usize,
+    limit: usize,
+}
+
+/// Caps a store's linear memory at `bytes`.
+pub struct MemoryLimit {
+    bytes: usize,
+}
+
+/// Table elements an instance may have: far beyond what policies use.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.bytes {
+            return Err(MemoryLimitHit {
+                desired,
+                limit: self.bytes,
+            }
+            .into());
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+/// A guest output stream that logs complete lines through `tracing`.
+#[derive(Clone)]
+struct GuestLog {
+    policy: Arc<str>,
+    stream: &'static str,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestLog {
+    fn new(policy: Arc<str>, stream: &'static str) -> Self {
+        GuestLog {
+            policy,
+            stream,
+            pending: Arc::default(),
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(bytes);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            self.emit(&line[..end]);
+        }
+        if pending.len() > MAX_LOG_LINE {
+            let line = std::mem::take(&mut *pending);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LOG_LINE)]);
+        tracing::info!(target: "policy", policy = %self.policy, stream = self.stream, "{line}");
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestLog {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LOG_LINE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestLog {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestLog {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,468 @@
+//! [`WasmPolicy`]: a policy component behind the [`Policy`] seam.
+//!
+//! One instance serves all requests, behind a mutex (calls take well under a
+//! microsecond to a few; state such as cache_aware's tree is shared anyway).
+//! Every call gets a deadline. A trap poisons the instance's store: it is
+//! dropped, the request is answered by [`LeastLoad`], and a fresh instance is
+//! built on a background thread from the pre-linked component, after a
+//! back-off that doubles with each consecutive fault.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use wasmtime::Store;
+use wasmtime::component::Linker;
+
+use super::bindings::{self, Bindings, BindingsPre};
+use super::engine::{Limits, PolicyEngine, sha256_hex};
+use super::sandbox::{MemoryLimitHit, StoreState};
+use super::{
+    CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault, PolicyInfo,
+    RouteRequest, SelectError, WorkerInfo, builtin,
+};
+
+/// Wait before rebuilding after the second consecutive fault; doubles with
+/// each further one, up to [`RESTART_BACKOFF_MAX`]. The first rebuild is
+/// immediate.
+pub const RESTART_BACKOFF_START: Duration = Duration::from_millis(10);
+/// The longest wait between rebuilds of a policy that keeps faulting.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where a policy component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// Embedded in the binary, by name.
+    Builtin(&'static str),
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+impl PolicySource {
+    /// A built-in name (`cache_aware`, `round_robin`) or a path to a file.
+    pub fn parse(spec: &str) -> Result<Self, LoadError> {
+        if let Some(name) = builtin::names().into_iter().find(|n| *n == spec) {
+            return Ok(PolicySource::Builtin(name));
+        }
+        let path = PathBuf::from(spec);
+        if path.exists() || spec.ends_with(".wasm") || spec.contains('/') {
+            return Ok(PolicySource::File(path));
+        }
+        Err(LoadError::Unknown(spec.to_string()))
+    }
+
+    /// The component's bytes.
+    pub fn read(&self) -> Result<Cow<'static, [u8]>, LoadError> {
+        match self {
+            PolicySource::Builtin(name) => Ok(Cow::Borrowed(builtin::get(name).expect("built-in names resolve"))),
+            PolicySource::File(path) => std::fs::read(path).map(Cow::Owned).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// How the user named it: `cache_aware (built-in)` or the path.
+    pub fn label(&self) -> String {
+        match self {
+            PolicySource::Builtin(name) => format!("{name} (built-in)"),
+            PolicySource::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// A policy component, loaded, checked and running. See the module docs.
+pub struct WasmPolicy {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WasmPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPolicy")
+            .field("source", &self.shared.source)
+            .field("info", &self.shared.info)
+            .finish()
+    }
+}
+
+struct Shared {
+    engine: PolicyEngine,
+    pre: BindingsPre<StoreState>,
+    source: PolicySource,
+    sha256: String,
+    config: String,
+    limits: Limits,
+    info: PolicyInfo,
+    slot: Mutex<Slot>,
+    fallback: LeastLoad,
+    faults: AtomicU64,
+}
+
+/// The running instance and what a rebuilt one must be told.
+struct Slot {
+    /// `None` after a fault, until the rebuild installs a fresh instance.
+    live: Option<Live>,
+    workers: Vec<WorkerInfo>,
+    consecutive_faults: u32,
+}
+
+struct Live {
+    store: Store<StoreState>,
+    policy: Bindings,
+}
+
+impl WasmPolicy {
+    /// Load a policy: read, compile (or fetch from the cache), check it
+    /// against the contract, instantiate it in the sandbox and `init` it with
+    /// `config` (a JSON object). Any failure says what to fix.
+    pub fn load(engine: &PolicyEngine, source: PolicySource, config: &str, limits: Limits) -> Result<Self, LoadError> {
+        let bytes = source.read()?;
+        let name = source.label();
+        check_header(&bytes, &name)?;
+        let component = engine.compile(&bytes).map_err(|e| LoadError::Compile {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine.engine())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if !exports.iter().any(|n| n == "contract-version") {
+            return Err(LoadError::NotAPolicy {
+                name,
+                exports: exports.join(", "),
+            });
+        }
+        let mut linker = Linker::<StoreState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI interfaces link once");
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Imports {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        check_contract_version(engine, &pre, &name, limits)?;
+        let pre = BindingsPre::new(pre).map_err(|e| LoadError::Exports {
+            name: name.clone(),
+            version: CONTRACT_VERSION,
+            reason: format!("{e:#}"),
+        })?;
+        let (live, info) = Live::start(&pre, engine, &name, config, limits)?;
+        tracing::info!(policy = %info.name, source = %name, "policy loaded");
+        Ok(WasmPolicy {
+            shared: Arc::new(Shared {
+                engine: engine.clone(),
+                pre,
+                sha256: sha256_hex(&bytes),
+                source,
+                config: config.to_string(),
+                limits,
+                info,
+                slot: Mutex::new(Slot {
+                    live: Some(live),
+                    workers: Vec::new(),
+                    consecutive_faults: 0,
+                }),
+                fallback: LeastLoad::default(),
+                faults: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Where it was loaded from.
+    pub fn source(&self) -> &PolicySource {
+        &self.shared.source
+    }
+
+    /// Hex sha256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.shared.sha256
+    }
+
+    /// Faults so far: traps, deadlines, memory limits, bad picks.
+    pub fn faults(&self) -> u64 {
+        self.shared.faults.load(Ordering::Relaxed)
+    }
+
+    /// Whether an instance is running (false while rebuilding after a fault).
+    pub fn is_running(&self) -> bool {
+        self.shared.lock().live.is_some()
+    }
+
+    /// The policy's state, to hand to its successor on a hot reload.
+    pub fn snapshot(&self) -> Result<Vec<u8>, PolicyFault> {
+        let mut slot = self.shared.lock();
+        let limits = self.shared.limits;
+        self.shared.call(&mut slot, limits.maintenance_deadline, |live| {
+            live.policy.call_snapshot(&mut live.store)
+        })
+    }
+
+    /// Take over state from [`WasmPolicy::snapshot`]. `Err` carries the
+    /// policy's refusal or the fault; the instance keeps its fresh state.
+    pub fn restore(&self, state: &[u8]) -> Result<(), String> {
+        let mut slot = self.shared.lock();
+        let limits = self.shared.limits;
+        self.shared
+            .call(&mut slot, limits.maintenance_deadline, |live| {
+                live.policy.call_restore(&mut live.store, state)
+            })
+            .unwrap_or_else(|fault| Err(fault.to_string()))
+    }
+}
+
+/// Tell a component from a core module from anything else by the header.
+fn check_header(bytes: &[u8], name: &str) -> Result<(), LoadError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule(name.to_string())),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
+        _ => Err(LoadError::NotWasm(name.to_string())),
+    }
+}
+
+/// Call `contract-version` on a throwaway instance, before the typed
+/// bindings (which would fail with a less helpful type error) are built.
+fn check_contract_version(
+    engine: &PolicyEngine,
+    pre: &wasmtime::component::InstancePre<StoreState>,
+    name: &str,
+    limits: Limits,
+) -> Result<(), LoadError> {
+    let mut store = new_store(engine, name, limits);
+    store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+    let start_fault = |e: wasmtime::Error| LoadError::StartFault {
+        name: name.to_string(),
+        fault: classify(&e),
+    };
+    let instance = pre.instantiate(&mut store).map_err(start_fault)?;
+    let func = instance
+        .get_typed_func::<(), (String,)>(&mut store, "contract-version")
+        .map_err(|e| LoadError::Exports {
+            name: name.to_string(),
+            version: CONTRACT_VERSION,
+            reason: format!("contract-version: {e:#}"),
+        })?;
+    let (found,) = func.call(&mut store, ()).map_err(start_fault)?;
+    if found != CONTRACT_VERSION {
+        return Err(LoadError::ContractVersion {
+            name: name.to_string(),
+            found,
+            expected: CONTRACT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn new_store(engine: &PolicyEngine, name: &str, limits: Limits) -> Store<StoreState> {
+    let mut store = Store::new(engine.engine(), StoreState::new(name, limits.memory));
+    store.limiter(|state| &mut state.limits);
+    store
+}
+
+/// Name a call's failure.
+fn classify(error: &wasmtime::Error) -> PolicyFault {
+    if error.chain().any(|e| e.is::<MemoryLimitHit>()) {
+        return PolicyFault::PolicyMemoryLimit;
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PolicyFault::PolicyDeadline,
+        _ => PolicyFault::PolicyTrap(format!("{error:#}")),
+    }
+}
+
+impl Live {
+    /// Instantiate and `init`: the start of every instance, first or rebuilt.
+    fn start(
+        pre: &BindingsPre<StoreState>,
+        engine: &PolicyEngine,
+        name: &str,
+        config: &str,
+        limits: Limits,
+    ) -> Result<(Live, PolicyInfo), LoadError> {
+        let mut store = new_store(engine, name, limits);
+        store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+        let start_fault = |e: wasmtime::Error| LoadError::StartFault {
+            name: name.to_string(),
+            fault: classify(&e),
+        };
+        let policy = pre.instantiate(&mut store).map_err(start_fault)?;
+        let info = policy
+            .call_init(&mut store, config)
+            .map_err(start_fault)?
+            .map_err(|message| LoadError::InitRefused {
+                name: name.to_string(),
+                message,
+            })?;
+        Ok((Live { store, policy }, info.into()))
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // A panic while holding the lock cannot leave the slot inconsistent:
+        // at worst the instance is dropped and rebuilt.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` on the live instance under `deadline`. On a trap, drop the
+    /// instance, record the fault and schedule a rebuild.
+    fn call<R>(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        deadline: Duration,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyFault> {
+        let live = slot.live.as_mut().ok_or(PolicyFault::PolicyRestarting)?;
+        live.store.set_epoch_deadline(Limits::ticks(deadline));
+        f(live).map_err(|error| {
+            let fault = classify(&error);
+            slot.live = None;
+            slot.consecutive_faults += 1;
+            self.record_fault(&fault);
+            self.schedule_restart(backoff(slot.consecutive_faults));
+            fault
+        })
+    }
+
+    /// Note a call that did not run or did not finish. Faults were already
+    /// counted and logged by [`Shared::call`]; this records the skip.
+    fn skipped(&self, what: &str, result: Result<(), PolicyFault>) {
+        if let Err(fault) = result {
+            tracing::debug!(policy = %self.info.name, "{what} skipped: {fault}");
+        }
+    }
+
+    fn record_fault(&self, fault: &PolicyFault) {
+        let total = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(policy = %self.info.name, faults = total, "{fault}; answering with the least-load fallback");
+    }
+
+    /// Rebuild the instance on a background thread after `delay`, retrying
+    /// with back-off until it starts or the policy is dropped.
+    fn schedule_restart(self: &Arc<Self>, mut delay: Duration) {
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("policy-restart".into())
+            .spawn(move || {
+                let mut attempt = 1;
+                loop {
+                    std::thread::sleep(delay);
+                    let Some(shared) = weak.upgrade() else { return };
+                    match shared.restart() {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(policy = %shared.info.name, "policy restart failed: {e}");
+                            attempt += 1;
+                            delay = backoff(attempt).max(RESTART_BACKOFF_START);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(policy = %self.info.name, "cannot spawn the policy restart thread: {e}");
+        }
+    }
+
+    /// Start a fresh instance and install it, told the current workers.
+    fn restart(self: &Arc<Self>) -> Result<(), LoadError> {
+        let name = self.source.label();
+        let (mut live, _) = Live::start(&self.pre, &self.engine, &name, &self.config, self.limits)?;
+        let mut slot = self.lock();
+        let workers: Vec<bindings::WorkerInfo> = slot.workers.iter().map(Into::into).collect();
+        live.store.set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
+        live.policy
+            .call_workers_changed(&mut live.store, &workers)
+            .map_err(|e| LoadError::StartFault {
+                name,
+                fault: classify(&e),
+            })?;
+        slot.live = Some(live);
+        tracing::info!(policy = %self.info.name, "policy instance restarted");
+        Ok(())
+    }
+
+    fn fallback(&self, candidates: &[Candidate], fault: PolicyFault) -> Result<Decision, SelectError> {
+        let worker = self.fallback.pick(candidates).ok_or(SelectError::NoCandidates)?;
+        Ok(Decision {
+            worker,
+            fallback: Some(fault),
+        })
+    }
+}
+
+/// Delay before rebuild number `faults` in a row: 0, then doubling from
+/// [`RESTART_BACKOFF_START`] up to [`RESTART_BACKOFF_MAX`].
+fn backoff(faults: u32) -> Duration {
+    if faults <= 1 {
+        return Duration::ZERO;
+    }
+    RESTART_BACKOFF_START
+        .saturating_mul(1u32 << (faults - 2).min(16))
+        .min(RESTART_BACKOFF_MAX)
+}
+
+impl Policy for WasmPolicy {
+    fn info(&self) -> &PolicyInfo {
+        &self.shared.info
+    }
+
+    fn workers_changed(&self, workers: &[WorkerInfo]) {
+        let converted: Vec<bindings::WorkerInfo> = workers.iter().map(Into::into).collect();
+        let mut slot = self.shared.lock();
+        slot.workers = workers.to_vec();
+        let deadline = self.shared.limits.maintenance_deadline;
+        let result = self.shared.call(&mut slot, deadline, |live| {
+            live.policy.call_workers_changed(&mut live.store, &converted)
+        });
+        // A restarting instance is told the stored list when it starts.
+        self.shared.skipped("workers-changed", result);
+    }
+
+    fn select(&self, req: &RouteRequest<'_>, candidates: &[Candidate]) -> Result<Decision, SelectError> {
+        if candidates.is_empty() {
+            return Err(SelectError::NoCandidates);
+        }
+        let request = bindings::Request::from(req);
+        let offered: Vec<bindings::Candidate> = candidates.iter().map(Into::into).collect();
+        let shared = &self.shared;
+        let mut slot = shared.lock();
+        let answer = shared.call(&mut slot, shared.limits.call_deadline, |live| {
+            live.policy.call_select(&mut live.store, &request, &offered)
+        });
+        match answer {
+            Ok(Ok(id)) if candidates.iter().any(|c| c.id == id) => {
+                slot.consecutive_faults = 0;
+                Ok(Decision {
+                    worker: id,
+                    fallback: None,
+                })
+            }
+            Ok(Ok(id)) => {
+                drop(slot);
+                let fault = PolicyFault::NotACandidate(id);
+                shared.record_fault(&fault);
+                shared.fallback(candidates, fault)
+            }
+            Ok(Err(message)) => Err(SelectError::Declined(message)),
+            Err(fault) => shared.fallback(candidates, fault),
+        }
+    }
+
+    fn on_complete(&self, outcome: &Outcome) {
+        let outcome = bindings::Outcome::from(outcome);
+        let mut slot = self.shared.lock();
+        let deadline = self.shared.limits.call_deadline;
+        let result = self.shared.call(&mut slot, deadline, |live| {
+            live.policy.call_on_complete(&mut live.store, outcome)
+        });
+        self.shared.skipped("on-complete", result);
+    }
+
+    fn tick(&self, now_ms: u64) {
+        let mut slot = self.shared.lock();
+        let deadline = self.shared.limits.maintenance_deadline;
+        let result = self.shared.call(&mut slot, deadline, |live| live.policy.call_tick(&mut live.store, now_ms));
+        self.shared.skipped("tick", result);
+    }
+}

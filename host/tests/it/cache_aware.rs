@@ -1,0 +1,230 @@
+//! cache_aware: the same scripted sequences through the native library and
+//! through cache_aware.wasm must give the same picks, and those picks must
+//! show the algorithm's properties.
+
+use cache_aware::CacheAware;
+use wasm_router::policy::{self, Limits, Policy, PolicySource, Role, WasmPolicy, WorkerInfo};
+use wasm_router_policy::Policy as _;
+
+use crate::fixtures::engine;
+
+/// One step of a script.
+enum Step<'a> {
+    /// Select with this text over these (id, load) candidates.
+    Select(&'a str, &'a [(u32, u32)]),
+    /// The fleet is now these worker ids.
+    Workers(&'a [u32]),
+    /// Evict.
+    Tick,
+    /// Snapshot, then restore into a fresh instance that replaces this one.
+    Reload,
+}
+
+/// Runs scripts on the native library, mirroring the router's calls.
+struct Native(CacheAware, String);
+
+impl Native {
+    fn new(config: &str) -> Self {
+        Native(CacheAware::init(config).unwrap().0, config.to_string())
+    }
+
+    fn run(&mut self, step: &Step<'_>) -> Option<u32> {
+        match step {
+            Step::Select(text, cands) => {
+                let req = wasm_router_policy::Request {
+                    id: 0,
+                    route: wasm_router_policy::Route::Generate,
+                    model: String::new(),
+                    text: text.to_string(),
+                    routing_key: None,
+                };
+                let cands: Vec<_> = cands
+                    .iter()
+                    .map(|&(id, load)| wasm_router_policy::Candidate { id, load })
+                    .collect();
+                Some(self.0.select(&req, &cands).unwrap())
+            }
+            Step::Workers(ids) => {
+                let workers = ids
+                    .iter()
+                    .map(|&id| wasm_router_policy::WorkerInfo {
+                        id,
+                        url: String::new(),
+                        model: String::new(),
+                        role: wasm_router_policy::Role::Regular,
+                        dp_rank: None,
+                    })
+                    .collect();
+                self.0.workers_changed(workers);
+                None
+            }
+            Step::Tick => {
+                self.0.tick(0);
+                None
+            }
+            Step::Reload => {
+                let state = self.0.snapshot();
+                let (mut fresh, _) = CacheAware::init(&self.1).unwrap();
+                fresh.restore(&state).unwrap();
+                self.0 = fresh;
+                None
+            }
+        }
+    }
+}
+
+/// Runs scripts on cache_aware.wasm through the router's engine.
+struct Wasm(WasmPolicy, String);
+
+impl Wasm {
+    fn new(config: &str) -> Self {
+        Wasm(load(config), config.to_string())
+    }
+
+    fn run(&mut self, step: &Step<'_>) -> Option<u32> {
+        match step {
+            Step::Select(text, cands) => {
+                let cands: Vec<_> = cands.iter().map(|&(id, load)| policy::Candidate { id, load }).collect();
+                let decision = self.0.select(&crate::fixtures::request(text, None), &cands).unwrap();
+                assert_eq!(decision.fallback, None, "the component decided");
+                Some(decision.worker)
+            }
+            Step::Workers(ids) => {
+                let workers: Vec<_> = ids
+                    .iter()
+                    .map(|&id| WorkerInfo {
+                        id,
+                        url: String::new(),
+                        model: String::new(),
+                        role: Role::Regular,
+                        dp_rank: None,
+                    })
+                    .collect();
+                self.0.workers_changed(&workers);
+                None
+            }
+            Step::Tick => {
+                self.0.tick(0);
+                None
+            }
+            Step::Reload => {
+                let state = self.0.snapshot().expect("snapshot");
+                let fresh = load(&self.1);
+                fresh.restore(&state).unwrap();
+                self.0 = fresh;
+                None
+            }
+        }
+    }
+}
+
+fn load(config: &str) -> WasmPolicy {
+    WasmPolicy::load(&engine(), PolicySource::Builtin("cache_aware"), config, Limits::default()).unwrap()
+}
+
+/// Run `script` both ways; assert equal picks and return them.
+fn picks(config: &str, script: &[Step<'_>]) -> Vec<u32> {
+    let mut native = Native::new(config);
+    let mut wasm = Wasm::new(config);
+    let native_picks: Vec<u32> = script.iter().filter_map(|s| native.run(s)).collect();
+    let wasm_picks: Vec<u32> = script.iter().filter_map(|s| wasm.run(s)).collect();
+    assert_eq!(native_picks, wasm_picks, "native and Wasm disagree");
+    native_picks
+}
+
+const IDLE3: &[(u32, u32)] = &[(1, 0), (2, 0), (3, 0)];
+const SYS_A: &str = "You are a meticulous assistant for questions about the solar system. Q: ";
+const SYS_B: &str = "Eres un asistente que responde preguntas de cocina en español. P: ";
+
+#[test]
+fn the_component_declares_what_it_needs() {
+    let p = load("{}");
+    assert_eq!(p.info().name, "cache_aware");
+    assert!(p.info().needs_text);
+    assert_eq!(p.info().tick_interval, Some(std::time::Duration::from_secs(120)));
+}
+
+#[test]
+fn a_shared_prefix_sticks_and_a_different_one_goes_elsewhere() {
+    let a = |q: &'static str| Step::Select(Box::leak(format!("{SYS_A}{q}").into_boxed_str()), IDLE3);
+    let b = |q: &'static str| Step::Select(Box::leak(format!("{SYS_B}{q}").into_boxed_str()), IDLE3);
+    let p = picks("{}", &[a("Mars?"), a("Venus?"), b("¿Paella?"), a("Pluto?"), b("¿Tortilla?")]);
+    assert_eq!(p[0], p[1]);
+    assert_eq!(p[0], p[3]);
+    assert_ne!(p[0], p[2]);
+    assert_eq!(p[2], p[4]);
+}
+
+#[test]
+fn imbalance_overrides_affinity() {
+    let text = "a long shared system prompt followed by a question";
+    let p = picks(
+        "{}",
+        &[
+            Step::Select(text, &[(1, 0), (2, 0)]),
+            Step::Select(text, &[(1, 100), (2, 10)]),
+            Step::Select(text, &[(1, 10), (2, 100)]),
+        ],
+    );
+    assert_eq!(p, vec![1, 2, 1]);
+}
+
+#[test]
+fn eviction_forgets() {
+    let config = r#"{"max_tree_size": 30}"#;
+    let old = "an old prompt of more than thirty characters";
+    let p = picks(
+        config,
+        &[
+            Step::Select(old, &[(1, 0), (2, 0)]),
+            // Remembered: affinity beats a one-request load gap.
+            Step::Select(old, &[(1, 1), (2, 0)]),
+            Step::Tick,
+            // Forgotten: the less loaded worker wins.
+            Step::Select(old, &[(1, 1), (2, 0)]),
+        ],
+    );
+    assert_eq!(p, vec![1, 1, 2]);
+}
+
+#[test]
+fn a_removed_worker_is_never_returned() {
+    let text = "a prompt that worker 1 has cached";
+    let p = picks(
+        "{}",
+        &[
+            Step::Select(text, &[(1, 0), (2, 0)]),
+            Step::Workers(&[2, 3]),
+            Step::Select(text, &[(2, 5), (3, 0)]),
+            Step::Select(text, &[(2, 0), (3, 5)]),
+        ],
+    );
+    assert_eq!(p[0], 1);
+    assert!(!p[1..].contains(&1));
+}
+
+#[test]
+fn snapshot_then_restore_keeps_the_picks() {
+    let texts = ["first family of prompts: alpha", "second family: beta", "third family: gamma"];
+    let mut script: Vec<Step<'_>> = texts.iter().map(|t| Step::Select(t, IDLE3)).collect();
+    script.push(Step::Reload);
+    script.extend(texts.iter().map(|t| Step::Select(t, IDLE3)));
+    let p = picks("{}", &script);
+    assert_eq!(p[..3], p[3..], "same workers after the reload");
+    let mut distinct = p[..3].to_vec();
+    distinct.sort();
+    assert_eq!(distinct, vec![1, 2, 3], "three prefixes spread over three idle workers");
+}
+
+#[test]
+fn a_bad_config_refuses_to_load_and_says_which_setting() {
+    let err = WasmPolicy::load(
+        &engine(),
+        PolicySource::Builtin("cache_aware"),
+        r#"{"cache_threshold": 7}"#,
+        Limits::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cache_threshold"), "{err}");
+}

@@ -1,0 +1,69 @@
+//! Policies built from source for the tests, and small helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// An engine whose compile cache is shared by the tests (debug builds of
+/// Cranelift are slow; each component is compiled once).
+pub fn engine() -> PolicyEngine {
+    PolicyEngine::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"))).unwrap()
+}
+
+/// The hostile fixture (host/tests/fixtures/hostile_policy), built for
+/// wasm32-wasip2 and claiming contract `version` (the real one if `None`).
+pub fn hostile(version: Option<&str>) -> PathBuf {
+    // Builds share one target directory; one at a time, each copied out.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["build", "--locked", "--quiet", "--target", "wasm32-wasip2", "--profile", "policy"])
+        .args(["-p", "hostile-policy", "--target-dir"])
+        .arg(&target)
+        .env_remove("RUSTFLAGS");
+    match version {
+        Some(v) => cmd.env("HOSTILE_CONTRACT_VERSION", v),
+        None => cmd.env_remove("HOSTILE_CONTRACT_VERSION"),
+    };
+    let status = cmd.status().expect("run cargo to build the hostile fixture");
+    assert!(status.success(), "building the hostile fixture failed (is the wasm32-wasip2 target installed?)");
+    let out = target.join(format!("hostile-{}.wasm", version.unwrap_or("current")));
+    std::fs::copy(target.join("wasm32-wasip2/policy/hostile_policy.wasm"), &out).unwrap();
+    out
+}
+
+/// A request with this text and routing key.
+pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<'a> {
+    RouteRequest {
+        id: 1,
+        route: Route::Generate,
+        model: "",
+        text,
+        routing_key,
+    }
+}
+
+/// Idle candidates with these ids.
+pub fn idle(ids: &[u32]) -> Vec<Candidate> {
+    ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+}
+
+/// Poll `done` every few milliseconds for up to ten seconds.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

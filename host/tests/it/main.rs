@@ -1,0 +1,7 @@
+//! The integration tests: one binary, one module per area.
+
+mod cache_aware;
+mod cli;
+mod engine;
+mod fixtures;
+mod round_robin;

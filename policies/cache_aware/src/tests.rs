@@ -1,0 +1,161 @@
+use super::*;
+use wasm_router_policy::{Role, Route};
+
+fn policy() -> CacheAware {
+    CacheAware::init("{}").unwrap().0
+}
+
+fn req(text: &str) -> Request {
+    Request {
+        id: 0,
+        route: Route::Generate,
+        model: String::new(),
+        text: text.to_string(),
+        routing_key: None,
+    }
+}
+
+fn idle(ids: &[u32]) -> Vec<Candidate> {
+    ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+}
+
+fn worker(id: u32) -> WorkerInfo {
+    WorkerInfo {
+        id,
+        url: format!("http://127.0.0.1:{}", 9000 + id),
+        model: String::new(),
+        role: Role::Regular,
+        dp_rank: None,
+    }
+}
+
+const SYSTEM_A: &str = "You are a helpful assistant that answers questions about astronomy. ";
+const SYSTEM_B: &str = "Tu es un assistant qui répond en français aux questions de cuisine. ";
+
+#[test]
+fn a_shared_prefix_sticks_to_one_worker() {
+    let mut p = policy();
+    let first = p.select(&req(&format!("{SYSTEM_A}What is a quasar?")), &idle(&[1, 2, 3])).unwrap();
+    for q in ["How far is Mars?", "Why is the sky dark?", "What is a pulsar?"] {
+        let pick = p.select(&req(&format!("{SYSTEM_A}{q}")), &idle(&[1, 2, 3])).unwrap();
+        assert_eq!(pick, first, "{q}");
+    }
+}
+
+#[test]
+fn a_different_prefix_goes_elsewhere() {
+    let mut p = policy();
+    let a = p.select(&req(&format!("{SYSTEM_A}What is a quasar?")), &idle(&[1, 2])).unwrap();
+    let b = p.select(&req(&format!("{SYSTEM_B}Comment faire un roux ?")), &idle(&[1, 2])).unwrap();
+    assert_ne!(a, b, "the empty tree of the other worker is smaller");
+    let b_again = p.select(&req(&format!("{SYSTEM_B}Et une béchamel ?")), &idle(&[1, 2])).unwrap();
+    assert_eq!(b_again, b);
+}
+
+#[test]
+fn imbalance_overrides_affinity() {
+    let mut p = policy();
+    let text = format!("{SYSTEM_A}What is a quasar?");
+    let home = p.select(&req(&text), &idle(&[1, 2])).unwrap();
+    let other = if home == 1 { 2 } else { 1 };
+    // Within the thresholds (gap 60 <= 64) affinity wins.
+    let mild = vec![Candidate { id: home, load: 70 }, Candidate { id: other, load: 10 }];
+    assert_eq!(p.select(&req(&text), &mild).unwrap(), home);
+    // Past both (gap 90 > 64, 100 > 10 * 1.5) the least loaded wins.
+    let loaded = vec![Candidate { id: home, load: 100 }, Candidate { id: other, load: 10 }];
+    assert_eq!(p.select(&req(&text), &loaded).unwrap(), other);
+}
+
+#[test]
+fn a_short_match_below_the_threshold_goes_to_the_least_loaded() {
+    let mut p = policy();
+    let home = p.select(&req("abcdefghij"), &idle(&[1, 2])).unwrap();
+    let other = if home == 1 { 2 } else { 1 };
+    let loads = vec![Candidate { id: home, load: 3 }, Candidate { id: other, load: 2 }];
+    // 2 of 20 chars match: 10% is under the 30% threshold.
+    assert_eq!(p.select(&req("abXXXXXXXXXXXXXXXXXX"), &loads).unwrap(), other);
+}
+
+#[test]
+fn eviction_forgets_the_least_recently_used() {
+    let (mut p, _) = CacheAware::init(r#"{"max_tree_size": 40}"#).unwrap();
+    let old = "the oldest prompt, sent first and never again";
+    let new = "a newer prompt that was sent after it";
+    let w = p.select(&req(old), &idle(&[1])).unwrap();
+    p.select(&req(new), &idle(&[1])).unwrap();
+    assert!(p.tree().size(w) > 40);
+    p.tick(0);
+    assert!(p.tree().size(w) <= 40, "size {}", p.tree().size(w));
+    let only = [w].into_iter().collect();
+    assert_eq!(p.tree().prefix_match(old, &only).matched_chars, 0, "old text forgotten");
+    assert!(p.tree().prefix_match(new, &only).matched_chars > 0, "new text kept");
+}
+
+#[test]
+fn a_removed_worker_is_never_returned() {
+    let mut p = policy();
+    let text = format!("{SYSTEM_A}What is a quasar?");
+    let home = p.select(&req(&text), &idle(&[1, 2])).unwrap();
+    let other = if home == 1 { 2 } else { 1 };
+    p.workers_changed(vec![worker(other)]);
+    assert_eq!(p.tree().size(home), 0);
+    // Even offered again (a stale candidate list), it has no affinity left.
+    for _ in 0..3 {
+        assert_eq!(p.select(&req(&text), &idle(&[other])).unwrap(), other);
+    }
+}
+
+#[test]
+fn snapshot_then_restore_keeps_the_picks() {
+    let mut p = policy();
+    let texts = [
+        format!("{SYSTEM_A}What is a quasar?"),
+        format!("{SYSTEM_B}Comment faire un roux ?"),
+        "🚀 unicode ünïcödé prompt".to_string(),
+    ];
+    let picks: Vec<u32> = texts.iter().map(|t| p.select(&req(t), &idle(&[1, 2, 3])).unwrap()).collect();
+    let (mut fresh, _) = CacheAware::init("{}").unwrap();
+    fresh.restore(&p.snapshot()).unwrap();
+    assert_eq!(fresh.snapshot(), p.snapshot(), "round trip is exact");
+    for (t, want) in texts.iter().zip(picks) {
+        assert_eq!(fresh.select(&req(t), &idle(&[1, 2, 3])).unwrap(), want);
+    }
+}
+
+#[test]
+fn restore_rejects_garbage_without_panicking() {
+    let mut p = policy();
+    p.select(&req("hello world"), &idle(&[1, 2])).unwrap();
+    let good = p.snapshot();
+    for cut in 0..good.len() {
+        assert!(Tree::decode(&good[..cut]).is_err(), "truncated at {cut}");
+    }
+    assert!(Tree::decode(b"garbage garbage garbage").is_err());
+    let mut flipped = good.clone();
+    flipped[9] ^= 0xff;
+    // Either rejected or a valid tree: never a panic.
+    let _tree = Tree::decode(&flipped);
+}
+
+#[test]
+fn tree_splits_edges_and_counts_sizes() {
+    let mut tree = Tree::default();
+    tree.insert("hello world", 1);
+    tree.insert("hello there", 2);
+    assert_eq!(tree.size(1), 11);
+    assert_eq!(tree.size(2), 11);
+    assert_eq!(tree.node_count(), 4, "root, 'hello ', 'world', 'there'");
+    let both = [1, 2].into_iter().collect();
+    let m = tree.prefix_match("hello wonder", &both);
+    assert_eq!(m, tree::PrefixMatch { matched_chars: 8, tenant: Some(1) });
+    let only_two = [2].into_iter().collect();
+    assert_eq!(tree.prefix_match("hello wonder", &only_two).matched_chars, 6);
+}
+
+#[test]
+fn config_errors_name_the_setting() {
+    let err = CacheAware::init(r#"{"cache_threshold": 2}"#).unwrap_err();
+    assert!(err.contains("cache_threshold"), "{err}");
+    let err = CacheAware::init("not json").unwrap_err();
+    assert!(err.contains("invalid config"), "{err}");
+}
