@@ -9,11 +9,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-export RUSTFLAGS="--remap-path-prefix=$root=/src --remap-path-prefix=$cargo_home=/cargo"
+# simd128: wasmtime supports it everywhere we run, and it speeds up the
+# byte comparisons of prefix matching.
+export RUSTFLAGS="-C target-feature=+simd128 --remap-path-prefix=$root=/src --remap-path-prefix=$cargo_home=/cargo"
 policies=(round_robin cache_aware)
 cargo build --locked --quiet --target wasm32-wasip2 --profile policy \
     $(printf -- '-p %s ' "${policies[@]//_/-}")
 for name in "${policies[@]}"; do
-    cp "target/wasm32-wasip2/policy/$name.wasm" "policies/$name.wasm"
+    cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/policy/$name.wasm" "policies/$name.wasm"
     echo "policies/$name.wasm: $(wc -c <"policies/$name.wasm") bytes"
 done

@@ -37,7 +37,10 @@ impl From<&seam::RouteRequest<'_>> for Request {
 
 impl From<&seam::Candidate> for Candidate {
     fn from(c: &seam::Candidate) -> Self {
-        Candidate { id: c.id, load: c.load }
+        Candidate {
+            id: c.id,
+            load: c.load,
+        }
     }
 }
 
@@ -77,7 +80,8 @@ impl From<PolicyInfo> for seam::PolicyInfo {
             name: i.name,
             needs_text: i.needs_text,
             wants_feedback: i.wants_feedback,
-            tick_interval: (i.tick_interval_ms > 0).then(|| Duration::from_millis(i.tick_interval_ms.into())),
+            tick_interval: (i.tick_interval_ms > 0)
+                .then(|| Duration::from_millis(i.tick_interval_ms.into())),
         }
     }
 }

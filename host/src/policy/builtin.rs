@@ -3,8 +3,14 @@
 
 /// Built-in policies: name and component bytes.
 const BUILTINS: &[(&str, &[u8])] = &[
-    ("cache_aware", include_bytes!("../../../policies/cache_aware.wasm")),
-    ("round_robin", include_bytes!("../../../policies/round_robin.wasm")),
+    (
+        "cache_aware",
+        include_bytes!("../../../policies/cache_aware.wasm"),
+    ),
+    (
+        "round_robin",
+        include_bytes!("../../../policies/round_robin.wasm"),
+    ),
 ];
 
 /// The policy used when none is named (as in the SGLang router).
@@ -12,7 +18,10 @@ pub const DEFAULT: &str = "cache_aware";
 
 /// The component bytes of a built-in policy.
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
+    BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
 }
 
 /// Names of the built-in policies.

@@ -69,7 +69,9 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine").field("cache_dir", &self.cache_dir).finish()
+        f.debug_struct("PolicyEngine")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
     }
 }
 
@@ -118,7 +120,9 @@ impl PolicyEngine {
             // directory the router's user owns; see `PolicyEngine::new`.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable compiled policy: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable compiled policy: {e:#}")
+                }
             }
         }
         let artifact = self.engine.precompile_component(bytes)?;
@@ -132,14 +136,19 @@ impl PolicyEngine {
     /// `<sha256 of the component>-<engine compatibility hash>.cwasm`.
     fn cache_key(&self, bytes: &[u8]) -> String {
         let mut engine_hash = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         format!("{}-{:016x}.cwasm", sha256_hex(bytes), engine_hash.finish())
     }
 }
 
 /// Hex sha256 of `bytes`, as `GET /policies` shows it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {

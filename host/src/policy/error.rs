@@ -21,7 +21,9 @@ pub enum LoadError {
     #[error("{0} is not a WebAssembly file (no \\0asm header)")]
     NotWasm(String),
     /// A core module, where a component is needed.
-    #[error("{0} is a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `router policy componentize`")]
+    #[error(
+        "{0} is a core WebAssembly module, not a component: build it for wasm32-wasip2, or wrap it with `router policy componentize`"
+    )]
     CoreModule(String),
     /// wasmtime refused to compile it.
     #[error("{name} does not compile: {reason}")]
@@ -32,7 +34,9 @@ pub enum LoadError {
         reason: String,
     },
     /// It lacks the exports every policy has.
-    #[error("{name} is not a wasm-router policy: it does not export `contract-version` (exports: {exports}); build it with the policy SDK against wit/policy.wit")]
+    #[error(
+        "{name} is not a wasm-router policy: it does not export `contract-version` (exports: {exports}); build it with the policy SDK against wit/policy.wit"
+    )]
     NotAPolicy {
         /// The policy.
         name: String,
@@ -40,7 +44,9 @@ pub enum LoadError {
         exports: String,
     },
     /// It imports something the sandbox does not give.
-    #[error("{name} imports what the sandbox does not provide: {reason}; policies may import only WASI")]
+    #[error(
+        "{name} imports what the sandbox does not provide: {reason}; policies may import only WASI"
+    )]
     Imports {
         /// The policy.
         name: String,
@@ -48,7 +54,9 @@ pub enum LoadError {
         reason: String,
     },
     /// Built against another version of the contract.
-    #[error("{name} was built for policy contract {found}, this router speaks {expected}: rebuild it against wit/policy.wit")]
+    #[error(
+        "{name} was built for policy contract {found}, this router speaks {expected}: rebuild it against wit/policy.wit"
+    )]
     ContractVersion {
         /// The policy.
         name: String,

@@ -10,6 +10,7 @@
 
 mod bindings;
 pub mod builtin;
+pub mod check;
 pub mod engine;
 mod error;
 mod native;
@@ -152,7 +153,11 @@ pub trait Policy: Send + Sync {
     /// Pick one of `candidates` for `req`. A returned worker is always one of
     /// the candidates: faults are answered by the native fallback and
     /// reported in [`Decision::fallback`].
-    fn select(&self, req: &RouteRequest<'_>, candidates: &[Candidate]) -> Result<Decision, SelectError>;
+    fn select(
+        &self,
+        req: &RouteRequest<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Decision, SelectError>;
 
     /// Feedback after a response ended; only if `info().wants_feedback`.
     fn on_complete(&self, outcome: &Outcome);

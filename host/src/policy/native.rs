@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Candidate, Decision, Outcome, Policy, PolicyInfo, RouteRequest, SelectError, WorkerInfo};
+use super::{
+    Candidate, Decision, Outcome, Policy, PolicyInfo, RouteRequest, SelectError, WorkerInfo,
+};
 
 /// Picks the candidate with the fewest requests in flight. Ties rotate, so an
 /// idle fleet is not all sent to its first worker.
@@ -33,7 +35,11 @@ impl LeastLoad {
         let min = candidates.iter().map(|c| c.load).min()?;
         let tied = candidates.iter().filter(|c| c.load == min).count();
         let nth = self.turn.fetch_add(1, Ordering::Relaxed) % tied;
-        candidates.iter().filter(|c| c.load == min).nth(nth).map(|c| c.id)
+        candidates
+            .iter()
+            .filter(|c| c.load == min)
+            .nth(nth)
+            .map(|c| c.id)
     }
 }
 
@@ -44,7 +50,11 @@ impl Policy for LeastLoad {
 
     fn workers_changed(&self, _workers: &[WorkerInfo]) {}
 
-    fn select(&self, _req: &RouteRequest<'_>, candidates: &[Candidate]) -> Result<Decision, SelectError> {
+    fn select(
+        &self,
+        _req: &RouteRequest<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Decision, SelectError> {
         let worker = self.pick(candidates).ok_or(SelectError::NoCandidates)?;
         Ok(Decision {
             worker,
@@ -74,7 +84,9 @@ mod tests {
     #[test]
     fn ties_rotate() {
         let p = LeastLoad::default();
-        let picks: Vec<_> = (0..4).map(|_| p.pick(&[c(1, 0), c(2, 0), c(3, 7)]).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| p.pick(&[c(1, 0), c(2, 0), c(3, 7)]).unwrap())
+            .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
     }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -38,7 +38,10 @@ impl StoreState {
         StoreState {
             wasi,
             table: ResourceTable::new(),
-            limits: MemoryLimit { bytes: memory },
+            limits: MemoryLimit {
+                bytes: memory,
+                current: 0,
+            },
         }
     }
 }
@@ -62,16 +65,23 @@ pub struct MemoryLimitHit {
     limit: usize,
 }
 
-/// Caps a store's linear memory at `bytes`.
+/// Caps a store's linear memory at `bytes`, and tracks its size.
 pub struct MemoryLimit {
     bytes: usize,
+    /// Linear memory of the instance, in bytes, as of its last growth.
+    pub current: usize,
 }
 
 /// Table elements an instance may have: far beyond what policies use.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.bytes {
             return Err(MemoryLimitHit {
                 desired,
@@ -79,10 +89,19 @@ impl ResourceLimiter for MemoryLimit {
             }
             .into());
         }
-        Ok(maximum.is_none_or(|max| desired <= max))
+        let allowed = maximum.is_none_or(|max| desired <= max);
+        if allowed {
+            self.current = desired;
+        }
+        Ok(allowed)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
     }
 }
@@ -160,7 +179,11 @@ impl Pollable for GuestLog {
 }
 
 impl tokio::io::AsyncWrite for GuestLog {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

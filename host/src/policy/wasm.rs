@@ -20,8 +20,8 @@ use super::bindings::{self, Bindings, BindingsPre};
 use super::engine::{Limits, PolicyEngine, sha256_hex};
 use super::sandbox::{MemoryLimitHit, StoreState};
 use super::{
-    CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault, PolicyInfo,
-    RouteRequest, SelectError, WorkerInfo, builtin,
+    CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault,
+    PolicyInfo, RouteRequest, SelectError, WorkerInfo, builtin,
 };
 
 /// Wait before rebuilding after the second consecutive fault; doubles with
@@ -56,11 +56,17 @@ impl PolicySource {
     /// The component's bytes.
     pub fn read(&self) -> Result<Cow<'static, [u8]>, LoadError> {
         match self {
-            PolicySource::Builtin(name) => Ok(Cow::Borrowed(builtin::get(name).expect("built-in names resolve"))),
-            PolicySource::File(path) => std::fs::read(path).map(Cow::Owned).map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            }),
+            PolicySource::Builtin(name) => Ok(Cow::Borrowed(
+                builtin::get(name).expect("built-in names resolve"),
+            )),
+            PolicySource::File(path) => {
+                std::fs::read(path)
+                    .map(Cow::Owned)
+                    .map_err(|source| LoadError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -117,7 +123,12 @@ impl WasmPolicy {
     /// Load a policy: read, compile (or fetch from the cache), check it
     /// against the contract, instantiate it in the sandbox and `init` it with
     /// `config` (a JSON object). Any failure says what to fix.
-    pub fn load(engine: &PolicyEngine, source: PolicySource, config: &str, limits: Limits) -> Result<Self, LoadError> {
+    pub fn load(
+        engine: &PolicyEngine,
+        source: PolicySource,
+        config: &str,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
         let bytes = source.read()?;
         let name = source.label();
         check_header(&bytes, &name)?;
@@ -138,10 +149,12 @@ impl WasmPolicy {
         }
         let mut linker = Linker::<StoreState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI interfaces link once");
-        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Imports {
-            name: name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports {
+                name: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
         check_contract_version(engine, &pre, &name, limits)?;
         let pre = BindingsPre::new(pre).map_err(|e| LoadError::Exports {
             name: name.clone(),
@@ -185,6 +198,15 @@ impl WasmPolicy {
         self.shared.faults.load(Ordering::Relaxed)
     }
 
+    /// Linear memory of the running instance in bytes (0 while restarting).
+    pub fn memory_bytes(&self) -> usize {
+        self.shared
+            .lock()
+            .live
+            .as_ref()
+            .map_or(0, |live| live.store.data().limits.current)
+    }
+
     /// Whether an instance is running (false while rebuilding after a fault).
     pub fn is_running(&self) -> bool {
         self.shared.lock().live.is_some()
@@ -194,9 +216,10 @@ impl WasmPolicy {
     pub fn snapshot(&self) -> Result<Vec<u8>, PolicyFault> {
         let mut slot = self.shared.lock();
         let limits = self.shared.limits;
-        self.shared.call(&mut slot, limits.maintenance_deadline, |live| {
-            live.policy.call_snapshot(&mut live.store)
-        })
+        self.shared
+            .call(&mut slot, limits.maintenance_deadline, |live| {
+                live.policy.call_snapshot(&mut live.store)
+            })
     }
 
     /// Take over state from [`WasmPolicy::snapshot`]. `Err` carries the
@@ -370,7 +393,8 @@ impl Shared {
         let (mut live, _) = Live::start(&self.pre, &self.engine, &name, &self.config, self.limits)?;
         let mut slot = self.lock();
         let workers: Vec<bindings::WorkerInfo> = slot.workers.iter().map(Into::into).collect();
-        live.store.set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
+        live.store
+            .set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
         live.policy
             .call_workers_changed(&mut live.store, &workers)
             .map_err(|e| LoadError::StartFault {
@@ -382,8 +406,15 @@ impl Shared {
         Ok(())
     }
 
-    fn fallback(&self, candidates: &[Candidate], fault: PolicyFault) -> Result<Decision, SelectError> {
-        let worker = self.fallback.pick(candidates).ok_or(SelectError::NoCandidates)?;
+    fn fallback(
+        &self,
+        candidates: &[Candidate],
+        fault: PolicyFault,
+    ) -> Result<Decision, SelectError> {
+        let worker = self
+            .fallback
+            .pick(candidates)
+            .ok_or(SelectError::NoCandidates)?;
         Ok(Decision {
             worker,
             fallback: Some(fault),
@@ -413,13 +444,18 @@ impl Policy for WasmPolicy {
         slot.workers = workers.to_vec();
         let deadline = self.shared.limits.maintenance_deadline;
         let result = self.shared.call(&mut slot, deadline, |live| {
-            live.policy.call_workers_changed(&mut live.store, &converted)
+            live.policy
+                .call_workers_changed(&mut live.store, &converted)
         });
         // A restarting instance is told the stored list when it starts.
         self.shared.skipped("workers-changed", result);
     }
 
-    fn select(&self, req: &RouteRequest<'_>, candidates: &[Candidate]) -> Result<Decision, SelectError> {
+    fn select(
+        &self,
+        req: &RouteRequest<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Decision, SelectError> {
         if candidates.is_empty() {
             return Err(SelectError::NoCandidates);
         }
@@ -462,7 +498,9 @@ impl Policy for WasmPolicy {
     fn tick(&self, now_ms: u64) {
         let mut slot = self.shared.lock();
         let deadline = self.shared.limits.maintenance_deadline;
-        let result = self.shared.call(&mut slot, deadline, |live| live.policy.call_tick(&mut live.store, now_ms));
+        let result = self.shared.call(&mut slot, deadline, |live| {
+            live.policy.call_tick(&mut live.store, now_ms)
+        });
         self.shared.skipped("tick", result);
     }
 }

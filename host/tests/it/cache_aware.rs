@@ -84,8 +84,14 @@ impl Wasm {
     fn run(&mut self, step: &Step<'_>) -> Option<u32> {
         match step {
             Step::Select(text, cands) => {
-                let cands: Vec<_> = cands.iter().map(|&(id, load)| policy::Candidate { id, load }).collect();
-                let decision = self.0.select(&crate::fixtures::request(text, None), &cands).unwrap();
+                let cands: Vec<_> = cands
+                    .iter()
+                    .map(|&(id, load)| policy::Candidate { id, load })
+                    .collect();
+                let decision = self
+                    .0
+                    .select(&crate::fixtures::request(text, None), &cands)
+                    .unwrap();
                 assert_eq!(decision.fallback, None, "the component decided");
                 Some(decision.worker)
             }
@@ -119,7 +125,13 @@ impl Wasm {
 }
 
 fn load(config: &str) -> WasmPolicy {
-    WasmPolicy::load(&engine(), PolicySource::Builtin("cache_aware"), config, Limits::default()).unwrap()
+    WasmPolicy::load(
+        &engine(),
+        PolicySource::Builtin("cache_aware"),
+        config,
+        Limits::default(),
+    )
+    .unwrap()
 }
 
 /// Run `script` both ways; assert equal picks and return them.
@@ -141,14 +153,28 @@ fn the_component_declares_what_it_needs() {
     let p = load("{}");
     assert_eq!(p.info().name, "cache_aware");
     assert!(p.info().needs_text);
-    assert_eq!(p.info().tick_interval, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(
+        p.info().tick_interval,
+        Some(std::time::Duration::from_secs(120))
+    );
 }
 
 #[test]
 fn a_shared_prefix_sticks_and_a_different_one_goes_elsewhere() {
-    let a = |q: &'static str| Step::Select(Box::leak(format!("{SYS_A}{q}").into_boxed_str()), IDLE3);
-    let b = |q: &'static str| Step::Select(Box::leak(format!("{SYS_B}{q}").into_boxed_str()), IDLE3);
-    let p = picks("{}", &[a("Mars?"), a("Venus?"), b("¿Paella?"), a("Pluto?"), b("¿Tortilla?")]);
+    let a =
+        |q: &'static str| Step::Select(Box::leak(format!("{SYS_A}{q}").into_boxed_str()), IDLE3);
+    let b =
+        |q: &'static str| Step::Select(Box::leak(format!("{SYS_B}{q}").into_boxed_str()), IDLE3);
+    let p = picks(
+        "{}",
+        &[
+            a("Mars?"),
+            a("Venus?"),
+            b("¿Paella?"),
+            a("Pluto?"),
+            b("¿Tortilla?"),
+        ],
+    );
     assert_eq!(p[0], p[1]);
     assert_eq!(p[0], p[3]);
     assert_ne!(p[0], p[2]);
@@ -205,7 +231,11 @@ fn a_removed_worker_is_never_returned() {
 
 #[test]
 fn snapshot_then_restore_keeps_the_picks() {
-    let texts = ["first family of prompts: alpha", "second family: beta", "third family: gamma"];
+    let texts = [
+        "first family of prompts: alpha",
+        "second family: beta",
+        "third family: gamma",
+    ];
     let mut script: Vec<Step<'_>> = texts.iter().map(|t| Step::Select(t, IDLE3)).collect();
     script.push(Step::Reload);
     script.extend(texts.iter().map(|t| Step::Select(t, IDLE3)));
@@ -213,7 +243,11 @@ fn snapshot_then_restore_keeps_the_picks() {
     assert_eq!(p[..3], p[3..], "same workers after the reload");
     let mut distinct = p[..3].to_vec();
     distinct.sort();
-    assert_eq!(distinct, vec![1, 2, 3], "three prefixes spread over three idle workers");
+    assert_eq!(
+        distinct,
+        vec![1, 2, 3],
+        "three prefixes spread over three idle workers"
+    );
 }
 
 #[test]

@@ -1,1 +1,104 @@
+//! The `router` binary's commands, run as a user would.
 
+use std::process::{Command, Output};
+
+use crate::fixtures::{hostile, workspace};
+
+fn router(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_router"))
+        .args(args)
+        .current_dir(workspace())
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .output()
+        .expect("run router")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn policy_check_describes_a_valid_component() {
+    let out = router(&["policy", "check", "policies/cache_aware.wasm"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        "contract:       0.1.0",
+        "name:           cache_aware",
+        "needs text:     yes",
+        "tick every:     120s",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("test select:    worker"), "{stdout}");
+}
+
+#[test]
+fn policy_check_accepts_builtin_names_and_passes_config() {
+    let out = router(&[
+        "policy",
+        "check",
+        "cache_aware",
+        "--config",
+        r#"{"eviction_interval_secs": 5}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("tick every:     5s"));
+}
+
+#[test]
+fn policy_check_rejects_a_file_that_is_not_a_component() {
+    let out = router(&["policy", "check", "Cargo.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a WebAssembly file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn policy_check_rejects_another_contract_version() {
+    let file = hostile(Some("9.9.9"));
+    let out = router(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("built for policy contract 9.9.9, this router speaks 0.1.0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_check_reports_a_trap_in_init() {
+    let file = hostile(None);
+    let out = router(&[
+        "policy",
+        "check",
+        file.to_str().unwrap(),
+        "--config",
+        r#"{"trap-in-init": 1}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("faulted while starting"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn policy_check_rejects_a_config_that_is_not_json() {
+    let out = router(&["policy", "check", "round_robin", "--config", "{"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--config must be a JSON object"));
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error() {
+    let out = router(&["policy", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use wasm_router::policy::{
-    Candidate, Decision, Limits, LoadError, Policy, PolicyEngine, PolicyFault, PolicySource, SelectError, WasmPolicy,
+    Candidate, Decision, Limits, LoadError, Policy, PolicyEngine, PolicyFault, PolicySource,
+    SelectError, WasmPolicy,
 };
 
 use crate::fixtures::{engine, hostile, idle, request, wait_until};
@@ -16,7 +17,12 @@ fn hostile_file() -> PathBuf {
 }
 
 fn load_hostile(config: &str, limits: Limits) -> Result<WasmPolicy, LoadError> {
-    WasmPolicy::load(&engine(), PolicySource::File(hostile_file()), config, limits)
+    WasmPolicy::load(
+        &engine(),
+        PolicySource::File(hostile_file()),
+        config,
+        limits,
+    )
 }
 
 fn hostile_policy() -> WasmPolicy {
@@ -61,7 +67,10 @@ fn each_fault_is_named() {
     let p = hostile_policy();
     let named = |key: &str| {
         wait_until("the policy restarts", || p.is_running());
-        select(&p, key).unwrap().fallback.expect("answered by the fallback")
+        select(&p, key)
+            .unwrap()
+            .fallback
+            .expect("answered by the fallback")
     };
     assert_eq!(named("loop"), PolicyFault::PolicyDeadline);
     assert!(matches!(named("panic"), PolicyFault::PolicyTrap(_)));
@@ -93,7 +102,9 @@ fn a_memory_limit_below_what_the_guest_needs_to_start_is_a_start_fault() {
         ..Limits::default()
     };
     match load_hostile("{}", limits) {
-        Err(LoadError::StartFault { fault, .. }) => assert_eq!(fault, PolicyFault::PolicyMemoryLimit),
+        Err(LoadError::StartFault { fault, .. }) => {
+            assert_eq!(fault, PolicyFault::PolicyMemoryLimit)
+        }
         other => panic!("expected a memory-limit start fault, got {other:?}"),
     }
 }
@@ -121,8 +132,14 @@ fn repeated_faults_are_all_answered_and_counted() {
 #[test]
 fn a_trap_in_init_refuses_the_load() {
     match load_hostile(r#"{"trap-in-init": true}"#, Limits::default()) {
-        Err(LoadError::StartFault { fault: PolicyFault::PolicyTrap(msg), .. }) => {
-            assert!(msg.contains("unreachable") || msg.contains("panic"), "{msg}")
+        Err(LoadError::StartFault {
+            fault: PolicyFault::PolicyTrap(msg),
+            ..
+        }) => {
+            assert!(
+                msg.contains("unreachable") || msg.contains("panic"),
+                "{msg}"
+            )
         }
         other => panic!("expected a trap at start, got {other:?}"),
     }
@@ -139,7 +156,10 @@ fn an_init_error_refuses_the_load_with_the_policy_message() {
 fn an_id_that_is_not_a_candidate_is_a_fault_and_the_instance_stays() {
     let p = hostile_policy();
     let decision = select(&p, "bad-id").unwrap();
-    assert_eq!(decision.fallback, Some(PolicyFault::NotACandidate(u32::MAX)));
+    assert_eq!(
+        decision.fallback,
+        Some(PolicyFault::NotACandidate(u32::MAX))
+    );
     assert!([1, 2].contains(&decision.worker));
     assert_eq!(p.faults(), 1);
     assert!(p.is_running(), "no trap, no restart");
@@ -175,16 +195,23 @@ fn a_declined_request_carries_the_policy_message() {
 #[test]
 fn no_candidates_is_an_error_without_calling_the_policy() {
     let p = hostile_policy();
-    assert_eq!(p.select(&request("", None), &[]).unwrap_err(), SelectError::NoCandidates);
+    assert_eq!(
+        p.select(&request("", None), &[]).unwrap_err(),
+        SelectError::NoCandidates
+    );
 }
 
 #[test]
 fn another_contract_version_is_refused_with_what_to_do() {
     let file = hostile(Some("0.0.9"));
-    let err = WasmPolicy::load(&engine(), PolicySource::File(file), "{}", Limits::default()).unwrap_err();
+    let err =
+        WasmPolicy::load(&engine(), PolicySource::File(file), "{}", Limits::default()).unwrap_err();
     assert!(matches!(err, LoadError::ContractVersion { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("0.0.9") && msg.contains("rebuild it against wit/policy.wit"), "{msg}");
+    assert!(
+        msg.contains("0.0.9") && msg.contains("rebuild it against wit/policy.wit"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -194,28 +221,57 @@ fn files_that_are_not_components_are_refused_clearly() {
     std::fs::write(&text, "hello").unwrap();
     let core = dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let load = |path: &PathBuf| WasmPolicy::load(&engine(), PolicySource::File(path.clone()), "{}", Limits::default());
+    let load = |path: &PathBuf| {
+        WasmPolicy::load(
+            &engine(),
+            PolicySource::File(path.clone()),
+            "{}",
+            Limits::default(),
+        )
+    };
     assert!(matches!(load(&text), Err(LoadError::NotWasm(_))));
     let err = load(&core).unwrap_err();
     assert!(matches!(err, LoadError::CoreModule(_)));
-    assert!(err.to_string().contains("router policy componentize"), "{err}");
-    assert!(matches!(load(&dir.join("missing.wasm")), Err(LoadError::Read { .. })));
+    assert!(
+        err.to_string().contains("router policy componentize"),
+        "{err}"
+    );
+    assert!(matches!(
+        load(&dir.join("missing.wasm")),
+        Err(LoadError::Read { .. })
+    ));
 }
 
 #[test]
 fn unknown_names_list_the_builtins() {
     let err = PolicySource::parse("fastest").unwrap_err().to_string();
-    assert!(err.contains("cache_aware") && err.contains("round_robin"), "{err}");
-    assert_eq!(PolicySource::parse("round_robin").unwrap(), PolicySource::Builtin("round_robin"));
+    assert!(
+        err.contains("cache_aware") && err.contains("round_robin"),
+        "{err}"
+    );
+    assert_eq!(
+        PolicySource::parse("round_robin").unwrap(),
+        PolicySource::Builtin("round_robin")
+    );
 }
 
 #[test]
 fn compiled_components_are_cached_and_a_corrupt_cache_file_is_ignored() {
     let dir = tempdir();
     let engine = PolicyEngine::new(Some(dir.clone())).unwrap();
-    let load = || WasmPolicy::load(&engine, PolicySource::Builtin("round_robin"), "{}", Limits::default());
+    let load = || {
+        WasmPolicy::load(
+            &engine,
+            PolicySource::Builtin("round_robin"),
+            "{}",
+            Limits::default(),
+        )
+    };
     load().unwrap();
-    let cached: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let cached: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert!(cached[0].extension().is_some_and(|e| e == "cwasm"));
     // Loading again uses it; a corrupt one is replaced, not fatal.
@@ -230,8 +286,11 @@ fn compiled_components_are_cached_and_a_corrupt_cache_file_is_ignored() {
 fn tempdir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("engine-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "engine-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

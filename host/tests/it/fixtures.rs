@@ -9,13 +9,19 @@ use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// An engine whose compile cache is shared by the tests (debug builds of
 /// Cranelift are slow; each component is compiled once).
 pub fn engine() -> PolicyEngine {
-    PolicyEngine::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"))).unwrap()
+    PolicyEngine::new(Some(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"),
+    ))
+    .unwrap()
 }
 
 /// The hostile fixture (host/tests/fixtures/hostile_policy), built for
@@ -28,7 +34,15 @@ pub fn hostile(version: Option<&str>) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace())
-        .args(["build", "--locked", "--quiet", "--target", "wasm32-wasip2", "--profile", "policy"])
+        .args([
+            "build",
+            "--locked",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "policy",
+        ])
         .args(["-p", "hostile-policy", "--target-dir"])
         .arg(&target)
         .env_remove("RUSTFLAGS");
@@ -36,10 +50,19 @@ pub fn hostile(version: Option<&str>) -> PathBuf {
         Some(v) => cmd.env("HOSTILE_CONTRACT_VERSION", v),
         None => cmd.env_remove("HOSTILE_CONTRACT_VERSION"),
     };
-    let status = cmd.status().expect("run cargo to build the hostile fixture");
-    assert!(status.success(), "building the hostile fixture failed (is the wasm32-wasip2 target installed?)");
+    let status = cmd
+        .status()
+        .expect("run cargo to build the hostile fixture");
+    assert!(
+        status.success(),
+        "building the hostile fixture failed (is the wasm32-wasip2 target installed?)"
+    );
     let out = target.join(format!("hostile-{}.wasm", version.unwrap_or("current")));
-    std::fs::copy(target.join("wasm32-wasip2/policy/hostile_policy.wasm"), &out).unwrap();
+    std::fs::copy(
+        target.join("wasm32-wasip2/policy/hostile_policy.wasm"),
+        &out,
+    )
+    .unwrap();
     out
 }
 
@@ -63,7 +86,10 @@ pub fn idle(ids: &[u32]) -> Vec<Candidate> {
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -6,7 +6,13 @@ use crate::fixtures::{engine, idle, request};
 
 #[test]
 fn cycles_over_exactly_the_candidates_it_is_given() {
-    let p = WasmPolicy::load(&engine(), PolicySource::Builtin("round_robin"), "{}", Limits::default()).unwrap();
+    let p = WasmPolicy::load(
+        &engine(),
+        PolicySource::Builtin("round_robin"),
+        "{}",
+        Limits::default(),
+    )
+    .unwrap();
     assert_eq!(p.info().name, "round_robin");
     assert!(!p.info().needs_text);
     let pick = |ids: &[u32]| p.select(&request("", None), &idle(ids)).unwrap().worker;

@@ -59,8 +59,8 @@ impl Default for Config {
 impl Config {
     /// Parse and check the JSON config the router passes to `init`.
     pub fn from_json(json: &str) -> Result<Config, String> {
-        let config: Config = serde_json::from_str(json)
-            .map_err(|e| format!("cache_aware: invalid config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(json).map_err(|e| format!("cache_aware: invalid config: {e}"))?;
         if !(0.0..=1.0).contains(&config.cache_threshold) {
             return Err(format!(
                 "cache_aware: cache_threshold must be between 0 and 1, got {}",
@@ -71,7 +71,9 @@ impl Config {
             return Err("cache_aware: balance_rel_threshold must be 0 or more".into());
         }
         if config.eviction_interval_secs == 0 || config.max_tree_size == 0 {
-            return Err("cache_aware: eviction_interval_secs and max_tree_size must be above 0".into());
+            return Err(
+                "cache_aware: eviction_interval_secs and max_tree_size must be above 0".into(),
+            );
         }
         Ok(config)
     }
@@ -119,11 +121,17 @@ impl CacheAware {
         if self.is_imbalanced(candidates) {
             return self.least_loaded(candidates);
         }
-        let allowed: HashSet<u32> = candidates.iter().map(|c| c.id).collect();
+        let mut allowed: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+        allowed.sort_unstable();
         let found = self.tree.prefix_match(text, &allowed);
         let total = text.chars().count() as f64;
         match found.tenant {
-            Some(worker) if total > 0.0 && found.matched_chars as f64 / total > self.config.cache_threshold => worker,
+            Some(worker)
+                if total > 0.0
+                    && found.matched_chars as f64 / total > self.config.cache_threshold =>
+            {
+                worker
+            }
             _ => self.least_loaded(candidates),
         }
     }

@@ -35,9 +35,20 @@ const SYSTEM_B: &str = "Tu es un assistant qui répond en français aux question
 #[test]
 fn a_shared_prefix_sticks_to_one_worker() {
     let mut p = policy();
-    let first = p.select(&req(&format!("{SYSTEM_A}What is a quasar?")), &idle(&[1, 2, 3])).unwrap();
-    for q in ["How far is Mars?", "Why is the sky dark?", "What is a pulsar?"] {
-        let pick = p.select(&req(&format!("{SYSTEM_A}{q}")), &idle(&[1, 2, 3])).unwrap();
+    let first = p
+        .select(
+            &req(&format!("{SYSTEM_A}What is a quasar?")),
+            &idle(&[1, 2, 3]),
+        )
+        .unwrap();
+    for q in [
+        "How far is Mars?",
+        "Why is the sky dark?",
+        "What is a pulsar?",
+    ] {
+        let pick = p
+            .select(&req(&format!("{SYSTEM_A}{q}")), &idle(&[1, 2, 3]))
+            .unwrap();
         assert_eq!(pick, first, "{q}");
     }
 }
@@ -45,10 +56,25 @@ fn a_shared_prefix_sticks_to_one_worker() {
 #[test]
 fn a_different_prefix_goes_elsewhere() {
     let mut p = policy();
-    let a = p.select(&req(&format!("{SYSTEM_A}What is a quasar?")), &idle(&[1, 2])).unwrap();
-    let b = p.select(&req(&format!("{SYSTEM_B}Comment faire un roux ?")), &idle(&[1, 2])).unwrap();
+    let a = p
+        .select(
+            &req(&format!("{SYSTEM_A}What is a quasar?")),
+            &idle(&[1, 2]),
+        )
+        .unwrap();
+    let b = p
+        .select(
+            &req(&format!("{SYSTEM_B}Comment faire un roux ?")),
+            &idle(&[1, 2]),
+        )
+        .unwrap();
     assert_ne!(a, b, "the empty tree of the other worker is smaller");
-    let b_again = p.select(&req(&format!("{SYSTEM_B}Et une béchamel ?")), &idle(&[1, 2])).unwrap();
+    let b_again = p
+        .select(
+            &req(&format!("{SYSTEM_B}Et une béchamel ?")),
+            &idle(&[1, 2]),
+        )
+        .unwrap();
     assert_eq!(b_again, b);
 }
 
@@ -59,10 +85,25 @@ fn imbalance_overrides_affinity() {
     let home = p.select(&req(&text), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
     // Within the thresholds (gap 60 <= 64) affinity wins.
-    let mild = vec![Candidate { id: home, load: 70 }, Candidate { id: other, load: 10 }];
+    let mild = vec![
+        Candidate { id: home, load: 70 },
+        Candidate {
+            id: other,
+            load: 10,
+        },
+    ];
     assert_eq!(p.select(&req(&text), &mild).unwrap(), home);
     // Past both (gap 90 > 64, 100 > 10 * 1.5) the least loaded wins.
-    let loaded = vec![Candidate { id: home, load: 100 }, Candidate { id: other, load: 10 }];
+    let loaded = vec![
+        Candidate {
+            id: home,
+            load: 100,
+        },
+        Candidate {
+            id: other,
+            load: 10,
+        },
+    ];
     assert_eq!(p.select(&req(&text), &loaded).unwrap(), other);
 }
 
@@ -71,9 +112,15 @@ fn a_short_match_below_the_threshold_goes_to_the_least_loaded() {
     let mut p = policy();
     let home = p.select(&req("abcdefghij"), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
-    let loads = vec![Candidate { id: home, load: 3 }, Candidate { id: other, load: 2 }];
+    let loads = vec![
+        Candidate { id: home, load: 3 },
+        Candidate { id: other, load: 2 },
+    ];
     // 2 of 20 chars match: 10% is under the 30% threshold.
-    assert_eq!(p.select(&req("abXXXXXXXXXXXXXXXXXX"), &loads).unwrap(), other);
+    assert_eq!(
+        p.select(&req("abXXXXXXXXXXXXXXXXXX"), &loads).unwrap(),
+        other
+    );
 }
 
 #[test]
@@ -86,9 +133,16 @@ fn eviction_forgets_the_least_recently_used() {
     assert!(p.tree().size(w) > 40);
     p.tick(0);
     assert!(p.tree().size(w) <= 40, "size {}", p.tree().size(w));
-    let only = [w].into_iter().collect();
-    assert_eq!(p.tree().prefix_match(old, &only).matched_chars, 0, "old text forgotten");
-    assert!(p.tree().prefix_match(new, &only).matched_chars > 0, "new text kept");
+    let only = [w];
+    assert_eq!(
+        p.tree().prefix_match(old, &only).matched_chars,
+        0,
+        "old text forgotten"
+    );
+    assert!(
+        p.tree().prefix_match(new, &only).matched_chars > 0,
+        "new text kept"
+    );
 }
 
 #[test]
@@ -113,7 +167,10 @@ fn snapshot_then_restore_keeps_the_picks() {
         format!("{SYSTEM_B}Comment faire un roux ?"),
         "🚀 unicode ünïcödé prompt".to_string(),
     ];
-    let picks: Vec<u32> = texts.iter().map(|t| p.select(&req(t), &idle(&[1, 2, 3])).unwrap()).collect();
+    let picks: Vec<u32> = texts
+        .iter()
+        .map(|t| p.select(&req(t), &idle(&[1, 2, 3])).unwrap())
+        .collect();
     let (mut fresh, _) = CacheAware::init("{}").unwrap();
     fresh.restore(&p.snapshot()).unwrap();
     assert_eq!(fresh.snapshot(), p.snapshot(), "round trip is exact");
@@ -145,11 +202,19 @@ fn tree_splits_edges_and_counts_sizes() {
     assert_eq!(tree.size(1), 11);
     assert_eq!(tree.size(2), 11);
     assert_eq!(tree.node_count(), 4, "root, 'hello ', 'world', 'there'");
-    let both = [1, 2].into_iter().collect();
-    let m = tree.prefix_match("hello wonder", &both);
-    assert_eq!(m, tree::PrefixMatch { matched_chars: 8, tenant: Some(1) });
-    let only_two = [2].into_iter().collect();
-    assert_eq!(tree.prefix_match("hello wonder", &only_two).matched_chars, 6);
+    let m = tree.prefix_match("hello wonder", &[1, 2]);
+    assert_eq!(
+        m,
+        tree::PrefixMatch {
+            matched_chars: 8,
+            tenant: Some(1)
+        }
+    );
+    let only_two = [2];
+    assert_eq!(
+        tree.prefix_match("hello wonder", &only_two).matched_chars,
+        6
+    );
 }
 
 #[test]

@@ -53,7 +53,9 @@ mod tests {
     fn cycles_over_exactly_the_given_candidates() {
         let (mut rr, _) = RoundRobin::init("{}").unwrap();
         let given = candidates(&[7, 3, 9]);
-        let picks: Vec<u32> = (0..6).map(|_| rr.select(&request(), &given).unwrap()).collect();
+        let picks: Vec<u32> = (0..6)
+            .map(|_| rr.select(&request(), &given).unwrap())
+            .collect();
         assert_eq!(picks, vec![7, 3, 9, 7, 3, 9]);
     }
 

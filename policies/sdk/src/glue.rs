@@ -25,7 +25,11 @@ pub fn init<P: Policy>(config: &str) -> Result<PolicyInfo, String> {
 /// Call `f` on the instance, or return `uninitialised` if there is none.
 pub fn with<P: Policy, R>(uninitialised: R, f: impl FnOnce(&mut P) -> R) -> R {
     INSTANCE.with(|slot| {
-        match slot.borrow_mut().as_mut().and_then(|p| p.downcast_mut::<P>()) {
+        match slot
+            .borrow_mut()
+            .as_mut()
+            .and_then(|p| p.downcast_mut::<P>())
+        {
             Some(policy) => f(policy),
             None => uninitialised,
         }

@@ -41,7 +41,7 @@ pub mod glue;
 /// Bindings generated from `wit/policy.wit`. Policy authors use the re-exports
 /// at the crate root instead.
 #[doc(hidden)]
-#[allow(missing_docs)]
+#[allow(missing_docs, clippy::too_many_arguments)] // generated ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
@@ -133,9 +133,10 @@ macro_rules! export_policy {
                     req: $crate::Request,
                     candidates: Vec<$crate::Candidate>,
                 ) -> Result<u32, String> {
-                    $crate::glue::with::<$policy, _>(Err($crate::glue::NOT_INITIALISED.into()), |p| {
-                        p.select(&req, &candidates)
-                    })
+                    $crate::glue::with::<$policy, _>(
+                        Err($crate::glue::NOT_INITIALISED.into()),
+                        |p| p.select(&req, &candidates),
+                    )
                 }
                 fn on_complete(outcome: $crate::Outcome) {
                     $crate::glue::with::<$policy, _>((), |p| p.on_complete(outcome))
@@ -147,13 +148,14 @@ macro_rules! export_policy {
                     $crate::glue::with::<$policy, _>(Vec::new(), |p| p.snapshot())
                 }
                 fn restore(state: Vec<u8>) -> Result<(), String> {
-                    $crate::glue::with::<$policy, _>(Err($crate::glue::NOT_INITIALISED.into()), |p| {
-                        p.restore(&state)
-                    })
+                    $crate::glue::with::<$policy, _>(
+                        Err($crate::glue::NOT_INITIALISED.into()),
+                        |p| p.restore(&state),
+                    )
                 }
             }
 
-            $crate::bindings::__export_policy_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_policy_world!(Export with_types_in $crate::bindings);
         };
     };
 }

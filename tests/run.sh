@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run every check and test. README.md's test
+# command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
+rustup target add wasm32-wasip2
+rustup component add rustfmt clippy
+
+step "reference policies are rebuilt from source and match the committed files"
+./policies/build.sh
+if ! git diff --quiet -- policies/*.wasm; then
+    git --no-pager diff --stat -- policies/*.wasm
+    echo "policies/*.wasm are stale: run ./policies/build.sh and commit the result" >&2
+    [ "${CI:-}" = true ] && exit 1
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --locked --workspace
