@@ -6,15 +6,29 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 /// A load balancer for LLM inference workers with WebAssembly routing policies.
+///
+/// Without a subcommand, runs the router:
+/// `router --policy cache_aware --worker-urls http://127.0.0.1:8000 ...`
 #[derive(Debug, Parser)]
-#[command(name = "router", version, about)]
+#[command(
+    name = "router",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
-    /// What to do.
+    /// Something other than running the router.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Router flags (when no subcommand is given).
+    #[command(flatten)]
+    pub run: crate::config::RouterArgs,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
 }
 
 /// Subcommands.

@@ -8,5 +8,14 @@
 //! native fallback used whenever the component cannot answer.
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod admission;
 pub mod cli;
+pub mod config;
+pub mod errors;
+pub mod extract;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod workers;

@@ -1,24 +1,36 @@
 //! The `router` binary: parse flags, set up logging, dispatch, map errors to
-//! exit codes (1: the work failed; 2: bad usage, from clap).
+//! exit codes (1: the work failed; 2: bad usage or settings).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wasm_router::cli::{Cli, Command, PolicyCommand, cache_dir};
+use wasm_router::config::{Config, RouterArgs};
 use wasm_router::policy::{PolicyEngine, PolicySource, check};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|e| {
-        eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
-        std::process::exit(2);
-    });
-    tracing_subscriber::fmt()
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli) {
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let outcome = match cli.command {
+        Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
+        None => return run_router(&cli.run),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -27,15 +39,51 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Policy(PolicyCommand::Check(args)) => {
-            let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.config)
-                .map_err(|e| anyhow::anyhow!("--config must be a JSON object: {e}"))?;
-            let source = PolicySource::parse(&args.file)?;
-            print!("{}", check::check(&engine, source, &args.config)?);
-            Ok(())
+fn policy_check(args: wasm_router::cli::CheckArgs) -> anyhow::Result<()> {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.config)
+        .map_err(|e| anyhow::anyhow!("--config must be a JSON object: {e}"))?;
+    let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
+    let source = PolicySource::parse(&args.file)?;
+    print!("{}", check::check(&engine, source, &args.config)?);
+    Ok(())
+}
+
+fn run_router(args: &RouterArgs) -> ExitCode {
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = wasm_router::server::start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        result = tokio::signal::ctrl_c() => result,
     }
 }

@@ -114,6 +114,19 @@ pub enum PolicyFault {
     PolicyRestarting,
 }
 
+impl PolicyFault {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyFault::PolicyDeadline => "deadline",
+            PolicyFault::PolicyMemoryLimit => "memory_limit",
+            PolicyFault::PolicyTrap(_) => "trap",
+            PolicyFault::NotACandidate(_) => "not_a_candidate",
+            PolicyFault::PolicyRestarting => "restarting",
+        }
+    }
+}
+
 /// Why `select` gave no worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {

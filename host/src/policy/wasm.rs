@@ -358,6 +358,8 @@ impl Shared {
 
     fn record_fault(&self, fault: &PolicyFault) {
         let total = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(crate::metrics::POLICY_FAULTS, "policy" => self.info.name.clone(), "kind" => fault.kind())
+            .increment(1);
         tracing::warn!(policy = %self.info.name, faults = total, "{fault}; answering with the least-load fallback");
     }
 

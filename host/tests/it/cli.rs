@@ -102,3 +102,82 @@ fn a_bad_flag_is_a_usage_error() {
     let out = router(&["policy", "check"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn invalid_settings_exit_2_naming_the_setting() {
+    let out = router(&[
+        "--worker-urls",
+        "http://127.0.0.1:1",
+        "--cache-threshold",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--cache-threshold"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = router(&["--worker-urls", "localhost:8000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("worker url"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = router(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_invalid_config_file_exits_2_naming_the_key() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-router.toml");
+    std::fs::write(&path, "port = 1\nmax_concurent_requests = 3\n").unwrap();
+    let out = router(&["--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("max_concurent_requests"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn sigterm_stops_the_router_cleanly() {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (port, metrics_port) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_router"))
+        .args([
+            "--port",
+            &port,
+            "--prometheus-port",
+            &metrics_port,
+            "--policy",
+            "round_robin",
+        ])
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-cache"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    crate::fixtures::wait_until("the router listens", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("shutting down"));
+}

@@ -4,4 +4,6 @@ mod cache_aware;
 mod cli;
 mod engine;
 mod fixtures;
+mod mock;
+mod proxy;
 mod round_robin;

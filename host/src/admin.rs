@@ -1,0 +1,166 @@
+//! Worker administration: `POST/GET /workers`, `GET/DELETE /workers/{id}`,
+//! the SGLang router's older `/add_worker`, `/remove_worker`,
+//! `/list_workers`, and the fan-out routes `/flush_cache` and `/get_loads`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::validate_worker_url;
+use crate::errors::ApiError;
+use crate::server::AppState;
+use crate::workers::health;
+
+type S = State<Arc<AppState>>;
+
+/// The admin routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/workers", post(add).get(list))
+        .route("/workers/{id}", get(show).delete(remove))
+        .route("/add_worker", post(add_legacy))
+        .route("/remove_worker", post(remove_legacy))
+        .route("/list_workers", get(list_urls))
+        .route("/flush_cache", post(flush_cache))
+        .route("/get_loads", get(get_loads))
+}
+
+#[derive(Deserialize)]
+struct WorkerUrl {
+    url: String,
+}
+
+/// Validate, register, and discover the model in the background.
+fn register(s: &AppState, url: &str) -> Result<Arc<crate::workers::Worker>, ApiError> {
+    let url = validate_worker_url(url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let worker = s.registry.add(&url)?;
+    tokio::spawn(health::onboard(
+        s.registry.clone(),
+        s.client.clone(),
+        worker.clone(),
+        s.config.health.clone(),
+    ));
+    Ok(worker)
+}
+
+async fn add(
+    State(s): S,
+    body: Result<Json<WorkerUrl>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::BadRequest(format!("expected {{\"url\": \"http://HOST:PORT\"}}: {e}"))
+    })?;
+    let worker = register(&s, &body.url)?;
+    let location = format!("/workers/{}", worker.id);
+    let reply =
+        json!({"id": worker.id, "url": worker.url, "status": "pending", "location": location});
+    Ok((StatusCode::ACCEPTED, [("location", location)], Json(reply)).into_response())
+}
+
+async fn list(State(s): S) -> Json<Value> {
+    Json(json!({"workers": s.registry.views()}))
+}
+
+fn parse_id(id: &str) -> Result<u32, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("no worker with id {id:?}")))
+}
+
+async fn show(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let view = s.registry.views().into_iter().find(|v| v.id() == id);
+    let view = view.ok_or_else(|| ApiError::NotFound(format!("no worker with id {id}")))?;
+    Ok(Json(json!(view)))
+}
+
+async fn remove(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let worker = s
+        .registry
+        .remove(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no worker with id {id}")))?;
+    Ok(Json(
+        json!({"id": id, "url": worker.url, "status": "removed"}),
+    ))
+}
+
+async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
+    let worker = register(&s, &q.url)?;
+    Ok(format!("Successfully added worker: {}", worker.url))
+}
+
+async fn remove_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
+    let url = q.url.trim_end_matches('/');
+    let worker = s
+        .registry
+        .by_url(url)
+        .ok_or_else(|| ApiError::NotFound(format!("no worker with url {url}")))?;
+    s.registry.remove(worker.id);
+    Ok(format!("Successfully removed worker: {url}"))
+}
+
+async fn list_urls(State(s): S) -> Json<Value> {
+    let urls: Vec<String> = s.registry.all().iter().map(|w| w.url.clone()).collect();
+    Json(json!({"urls": urls}))
+}
+
+/// `POST /flush_cache` on every worker; 200 only if all succeeded.
+async fn flush_cache(State(s): S) -> Response {
+    let workers = s.registry.all();
+    let calls = workers.iter().map(|w| {
+        let request = s
+            .client
+            .post(format!("{}/flush_cache", w.url))
+            .timeout(s.config.request_timeout);
+        async move {
+            (
+                w.url.clone(),
+                request.send().await.map(|r| r.status().as_u16()),
+            )
+        }
+    });
+    let results: Vec<(String, Result<u16, reqwest::Error>)> =
+        futures_util::future::join_all(calls).await;
+    let all_ok = results
+        .iter()
+        .all(|(_, r)| matches!(r, Ok(s) if (200..300).contains(s)));
+    let report: Vec<Value> = results
+        .into_iter()
+        .map(|(url, r)| match r {
+            Ok(status) => json!({"url": url, "status": status}),
+            Err(e) => json!({"url": url, "error": e.to_string()}),
+        })
+        .collect();
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    (status, Json(json!({"workers": report}))).into_response()
+}
+
+/// The router's in-flight count per worker, and each worker's own
+/// `/get_load` answer where it gives one.
+async fn get_loads(State(s): S) -> Json<Value> {
+    let workers = s.registry.all();
+    let calls = workers.iter().map(|w| {
+        let request = s
+            .client
+            .get(format!("{}/get_load", w.url))
+            .timeout(s.config.request_timeout);
+        async move {
+            let reported = match request.send().await {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            };
+            json!({"id": w.id, "url": w.url, "in_flight": w.load(), "worker_load": reported})
+        }
+    });
+    Json(json!({"workers": futures_util::future::join_all(calls).await}))
+}

@@ -1,0 +1,104 @@
+//! Admission control: at most `max_concurrent` requests are forwarded at
+//! once; up to `queue_size` more wait in FIFO order (tokio's semaphore is
+//! fair) for at most `timeout`. Past the queue: 429; past the wait: 408.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::QueueConfig;
+use crate::errors::ApiError;
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    config: QueueConfig,
+}
+
+/// A forwarding slot, held until the response body ends.
+pub type Slot = OwnedSemaphorePermit;
+
+impl Admission {
+    /// Slots and a queue as configured.
+    pub fn new(config: QueueConfig) -> Self {
+        Admission {
+            slots: Arc::new(Semaphore::new(config.max_concurrent)),
+            waiting: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    /// Wait for a slot.
+    pub async fn admit(&self) -> Result<Slot, ApiError> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(slot);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.queue_size {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::QueueFull);
+        }
+        let waited =
+            tokio::time::timeout(self.config.timeout, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match waited {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_closed)) => Err(ApiError::ShuttingDown),
+            Err(_elapsed) => Err(ApiError::QueueTimeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn admission(max: usize, queue: usize) -> Admission {
+        Admission::new(QueueConfig {
+            max_concurrent: max,
+            queue_size: queue,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_429_and_a_long_wait_is_408() {
+        let a = Arc::new(admission(1, 1));
+        let held = a.admit().await.unwrap();
+        let queued = tokio::spawn({
+            let a = a.clone();
+            async move { a.admit().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(a.admit().await.unwrap_err(), ApiError::QueueFull);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(queued.await.unwrap().unwrap_err(), ApiError::QueueTimeout);
+        drop(held);
+        assert!(a.admit().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_first_in_first_out() {
+        let a = Arc::new(admission(1, 10));
+        let held = a.admit().await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let (a, order) = (a.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let slot = a.admit().await.unwrap();
+                order.lock().unwrap().push(i);
+                drop(slot);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+    }
+}

@@ -1,0 +1,686 @@
+//! Router settings in two stages: [`RouterArgs`] (flags, raw) and
+//! [`FileConfig`] (the TOML file, raw) merge into a validated [`Config`],
+//! flags winning over the file and the file over the defaults. Only `Config`
+//! goes further. Names and defaults follow the SGLang router.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::policy::{Limits, engine};
+
+/// Launch flags of `router` (all optional: unset flags fall back to the
+/// `--config` file, then to the defaults shown).
+#[derive(Debug, Default, Clone, Args)]
+pub struct RouterArgs {
+    /// TOML file with the same settings (flags override it) and a `[policy]` table.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// Port to listen on [default: 30000].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Worker base URLs.
+    #[arg(long, num_args = 1..)]
+    pub worker_urls: Vec<String>,
+    /// Built-in policy name (cache_aware, round_robin) or a .wasm file [default: cache_aware].
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
+    #[arg(long)]
+    pub cache_threshold: Option<f64>,
+    /// cache_aware: absolute load gap that overrides affinity [default: 64].
+    #[arg(long)]
+    pub balance_abs_threshold: Option<u32>,
+    /// cache_aware: relative load ratio that overrides affinity [default: 1.5].
+    #[arg(long)]
+    pub balance_rel_threshold: Option<f64>,
+    /// cache_aware: seconds between tree evictions [default: 120].
+    #[arg(long)]
+    pub eviction_interval_secs: Option<u64>,
+    /// cache_aware: characters per worker kept after eviction [default: 67108864].
+    #[arg(long)]
+    pub max_tree_size: Option<u64>,
+    /// Largest request body in bytes; larger is a 413 [default: 536870912].
+    #[arg(long)]
+    pub max_payload_size: Option<usize>,
+    /// Seconds to wait for a worker's response headers; then 504 [default: 1800].
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
+    /// Retries after the first attempt [default: 5].
+    #[arg(long)]
+    pub retry_max_retries: Option<u32>,
+    /// First retry back-off in ms [default: 50].
+    #[arg(long)]
+    pub retry_initial_backoff_ms: Option<u64>,
+    /// Longest retry back-off in ms [default: 30000].
+    #[arg(long)]
+    pub retry_max_backoff_ms: Option<u64>,
+    /// Back-off growth per retry [default: 1.5].
+    #[arg(long)]
+    pub retry_backoff_multiplier: Option<f64>,
+    /// Random share of each back-off, 0 to 1 [default: 0.2].
+    #[arg(long)]
+    pub retry_jitter_factor: Option<f64>,
+    /// Never retry.
+    #[arg(long)]
+    pub disable_retries: bool,
+    /// Failures in the window that open a worker's breaker [default: 10].
+    #[arg(long)]
+    pub cb_failure_threshold: Option<u32>,
+    /// Successes in half-open that close it again [default: 3].
+    #[arg(long)]
+    pub cb_success_threshold: Option<u32>,
+    /// Seconds an open breaker waits before letting a trial through [default: 60].
+    #[arg(long)]
+    pub cb_timeout_duration_secs: Option<u64>,
+    /// Seconds over which failures are counted [default: 120].
+    #[arg(long)]
+    pub cb_window_duration_secs: Option<u64>,
+    /// No circuit breakers.
+    #[arg(long)]
+    pub disable_circuit_breaker: bool,
+    /// Failed checks in a row that mark a worker unhealthy [default: 3].
+    #[arg(long)]
+    pub health_failure_threshold: Option<u32>,
+    /// Passed checks in a row that mark it healthy again [default: 2].
+    #[arg(long)]
+    pub health_success_threshold: Option<u32>,
+    /// Seconds before a health check counts as failed [default: 5].
+    #[arg(long)]
+    pub health_check_timeout_secs: Option<u64>,
+    /// Seconds between health checks [default: 60].
+    #[arg(long)]
+    pub health_check_interval_secs: Option<u64>,
+    /// Path probed by health checks [default: /health].
+    #[arg(long)]
+    pub health_check_endpoint: Option<String>,
+    /// No health checks: every registered worker counts as healthy.
+    #[arg(long)]
+    pub disable_health_check: bool,
+    /// Requests forwarded at once; 0 for no limit [default: 256].
+    #[arg(long)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests that may wait for a slot; more get 429 [default: 100].
+    #[arg(long)]
+    pub queue_size: Option<usize>,
+    /// Seconds a request may wait for a slot; then 408 [default: 60].
+    #[arg(long)]
+    pub queue_timeout_secs: Option<u64>,
+    /// Require `Authorization: Bearer KEY` from clients.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Address of the Prometheus endpoint [default: 127.0.0.1].
+    #[arg(long)]
+    pub prometheus_host: Option<IpAddr>,
+    /// Port of the Prometheus endpoint [default: 29000].
+    #[arg(long)]
+    pub prometheus_port: Option<u16>,
+    /// Headers that carry a client's request id, first found wins
+    /// [default: x-request-id x-correlation-id x-trace-id request-id].
+    #[arg(long, num_args = 1..)]
+    pub request_id_headers: Vec<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 180].
+    #[arg(long)]
+    pub shutdown_grace_period_secs: Option<u64>,
+    /// Deadline of one policy call on the request path, in ms [default: 10].
+    #[arg(long)]
+    pub policy_call_deadline_ms: Option<u64>,
+    /// Linear memory a policy may use, in MiB [default: 512].
+    #[arg(long)]
+    pub policy_memory_limit_mb: Option<usize>,
+    /// Do not cache compiled policies on disk.
+    #[arg(long)]
+    pub no_policy_cache: bool,
+}
+
+/// The TOML config file: the same settings as the flags, plus `[policy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    #[serde(default)]
+    worker_urls: Vec<String>,
+    /// `policy = "cache_aware"` or a path; `[policy]` is the config table.
+    #[serde(default, rename = "policy_name")]
+    policy_name: Option<String>,
+    #[serde(default)]
+    policy: Map<String, Value>,
+    cache_threshold: Option<f64>,
+    balance_abs_threshold: Option<u32>,
+    balance_rel_threshold: Option<f64>,
+    eviction_interval_secs: Option<u64>,
+    max_tree_size: Option<u64>,
+    max_payload_size: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    retry_max_retries: Option<u32>,
+    retry_initial_backoff_ms: Option<u64>,
+    retry_max_backoff_ms: Option<u64>,
+    retry_backoff_multiplier: Option<f64>,
+    retry_jitter_factor: Option<f64>,
+    #[serde(default)]
+    disable_retries: bool,
+    cb_failure_threshold: Option<u32>,
+    cb_success_threshold: Option<u32>,
+    cb_timeout_duration_secs: Option<u64>,
+    cb_window_duration_secs: Option<u64>,
+    #[serde(default)]
+    disable_circuit_breaker: bool,
+    health_failure_threshold: Option<u32>,
+    health_success_threshold: Option<u32>,
+    health_check_timeout_secs: Option<u64>,
+    health_check_interval_secs: Option<u64>,
+    health_check_endpoint: Option<String>,
+    #[serde(default)]
+    disable_health_check: bool,
+    max_concurrent_requests: Option<usize>,
+    queue_size: Option<usize>,
+    queue_timeout_secs: Option<u64>,
+    api_key: Option<String>,
+    prometheus_host: Option<IpAddr>,
+    prometheus_port: Option<u16>,
+    #[serde(default)]
+    request_id_headers: Vec<String>,
+    shutdown_grace_period_secs: Option<u64>,
+    policy_call_deadline_ms: Option<u64>,
+    policy_memory_limit_mb: Option<usize>,
+}
+
+/// A setting that cannot be used, named so the user can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        message: String,
+    },
+    /// A setting with an unusable value.
+    #[error("invalid {setting}: {reason}")]
+    Invalid {
+        /// The flag (or key) name.
+        setting: &'static str,
+        /// Why, and what is accepted.
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (0 when disabled).
+    pub max_retries: u32,
+    /// First back-off.
+    pub initial_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+    /// Growth per retry.
+    pub multiplier: f64,
+    /// Random share of each back-off.
+    pub jitter: f64,
+}
+
+/// Circuit breaker settings; `None` in [`Config`] when disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failures within `window` that open the breaker.
+    pub failure_threshold: u32,
+    /// Half-open successes that close it.
+    pub success_threshold: u32,
+    /// How long it stays open before a trial.
+    pub open_for: Duration,
+    /// Window over which failures count.
+    pub window: Duration,
+}
+
+/// Health check settings; `None` in [`Config`] when disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Failed checks in a row to mark unhealthy.
+    pub failure_threshold: u32,
+    /// Passed checks in a row to mark healthy.
+    pub success_threshold: u32,
+    /// Per-check timeout.
+    pub timeout: Duration,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Path probed.
+    pub endpoint: String,
+}
+
+/// Admission control; `None` in [`Config`] for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests forwarded at once.
+    pub max_concurrent: usize,
+    /// Requests that may wait.
+    pub queue_size: usize,
+    /// How long one may wait.
+    pub timeout: Duration,
+}
+
+/// Validated settings of a router run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the router listens.
+    pub listen: SocketAddr,
+    /// Initial workers (validated URLs, no trailing slash).
+    pub worker_urls: Vec<String>,
+    /// Policy name or path.
+    pub policy: String,
+    /// JSON object passed to the policy's `init`.
+    pub policy_config: String,
+    /// Limits of policy instances.
+    pub policy_limits: Limits,
+    /// Where compiled policies are cached.
+    pub policy_cache_dir: Option<PathBuf>,
+    /// Largest request body.
+    pub max_payload_size: usize,
+    /// Time allowed for a worker's response headers.
+    pub request_timeout: Duration,
+    /// Retries.
+    pub retry: RetryConfig,
+    /// Circuit breakers.
+    pub breaker: Option<BreakerConfig>,
+    /// Health checks.
+    pub health: Option<HealthConfig>,
+    /// Concurrency limit and queue.
+    pub queue: Option<QueueConfig>,
+    /// Key clients must present.
+    pub api_key: Option<String>,
+    /// Prometheus endpoint.
+    pub prometheus: SocketAddr,
+    /// Request id headers, lowercase.
+    pub request_id_headers: Vec<String>,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Merge flags over the `--config` file over defaults, and validate.
+    pub fn load(args: &RouterArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(a: &RouterArgs, f: FileConfig) -> Result<Config, ConfigError> {
+        let pick_vec = |flag: &Vec<String>, file: Vec<String>| {
+            if flag.is_empty() { file } else { flag.clone() }
+        };
+        let worker_urls = pick_vec(&a.worker_urls, f.worker_urls)
+            .iter()
+            .map(|u| validate_worker_url(u))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let cache_threshold = a.cache_threshold.or(f.cache_threshold).unwrap_or(0.3);
+        if !(0.0..=1.0).contains(&cache_threshold) {
+            return Err(invalid(
+                "--cache-threshold",
+                format!("{cache_threshold} is not between 0 and 1"),
+            ));
+        }
+        let mut policy_config = Map::new();
+        policy_config.insert("cache_threshold".into(), cache_threshold.into());
+        policy_config.insert(
+            "balance_abs_threshold".into(),
+            a.balance_abs_threshold
+                .or(f.balance_abs_threshold)
+                .unwrap_or(64)
+                .into(),
+        );
+        policy_config.insert(
+            "balance_rel_threshold".into(),
+            a.balance_rel_threshold
+                .or(f.balance_rel_threshold)
+                .unwrap_or(1.5)
+                .into(),
+        );
+        policy_config.insert(
+            "eviction_interval_secs".into(),
+            a.eviction_interval_secs
+                .or(f.eviction_interval_secs)
+                .unwrap_or(120)
+                .into(),
+        );
+        policy_config.insert(
+            "max_tree_size".into(),
+            a.max_tree_size
+                .or(f.max_tree_size)
+                .unwrap_or(1 << 26)
+                .into(),
+        );
+        // The `[policy]` table is the policy's own: it wins over the flags.
+        policy_config.extend(f.policy);
+
+        let retry = RetryConfig {
+            max_retries: if a.disable_retries || f.disable_retries {
+                0
+            } else {
+                a.retry_max_retries.or(f.retry_max_retries).unwrap_or(5)
+            },
+            initial_backoff: Duration::from_millis(
+                a.retry_initial_backoff_ms
+                    .or(f.retry_initial_backoff_ms)
+                    .unwrap_or(50),
+            ),
+            max_backoff: Duration::from_millis(
+                a.retry_max_backoff_ms
+                    .or(f.retry_max_backoff_ms)
+                    .unwrap_or(30_000),
+            ),
+            multiplier: a
+                .retry_backoff_multiplier
+                .or(f.retry_backoff_multiplier)
+                .unwrap_or(1.5),
+            jitter: a
+                .retry_jitter_factor
+                .or(f.retry_jitter_factor)
+                .unwrap_or(0.2),
+        };
+        if retry.multiplier.is_nan() || retry.multiplier < 1.0 {
+            return Err(invalid("--retry-backoff-multiplier", "must be 1 or more"));
+        }
+        if !(0.0..=1.0).contains(&retry.jitter) {
+            return Err(invalid("--retry-jitter-factor", "must be between 0 and 1"));
+        }
+
+        let breaker =
+            (!(a.disable_circuit_breaker || f.disable_circuit_breaker)).then(|| BreakerConfig {
+                failure_threshold: a
+                    .cb_failure_threshold
+                    .or(f.cb_failure_threshold)
+                    .unwrap_or(10),
+                success_threshold: a
+                    .cb_success_threshold
+                    .or(f.cb_success_threshold)
+                    .unwrap_or(3),
+                open_for: Duration::from_secs(
+                    a.cb_timeout_duration_secs
+                        .or(f.cb_timeout_duration_secs)
+                        .unwrap_or(60),
+                ),
+                window: Duration::from_secs(
+                    a.cb_window_duration_secs
+                        .or(f.cb_window_duration_secs)
+                        .unwrap_or(120),
+                ),
+            });
+        if let Some(b) = &breaker
+            && (b.failure_threshold == 0 || b.success_threshold == 0)
+        {
+            return Err(invalid(
+                "--cb-failure-threshold/--cb-success-threshold",
+                "must be at least 1",
+            ));
+        }
+
+        let health = (!(a.disable_health_check || f.disable_health_check)).then(|| HealthConfig {
+            failure_threshold: a
+                .health_failure_threshold
+                .or(f.health_failure_threshold)
+                .unwrap_or(3),
+            success_threshold: a
+                .health_success_threshold
+                .or(f.health_success_threshold)
+                .unwrap_or(2),
+            timeout: Duration::from_secs(
+                a.health_check_timeout_secs
+                    .or(f.health_check_timeout_secs)
+                    .unwrap_or(5),
+            ),
+            interval: Duration::from_secs(
+                a.health_check_interval_secs
+                    .or(f.health_check_interval_secs)
+                    .unwrap_or(60),
+            ),
+            endpoint: a
+                .health_check_endpoint
+                .clone()
+                .or(f.health_check_endpoint)
+                .unwrap_or_else(|| "/health".into()),
+        });
+        if let Some(h) = &health {
+            if h.failure_threshold == 0 || h.success_threshold == 0 {
+                return Err(invalid(
+                    "--health-failure-threshold/--health-success-threshold",
+                    "must be at least 1",
+                ));
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                return Err(invalid(
+                    "--health-check-interval-secs/--health-check-timeout-secs",
+                    "must be at least 1",
+                ));
+            }
+            if !h.endpoint.starts_with('/') {
+                return Err(invalid("--health-check-endpoint", "must start with /"));
+            }
+        }
+
+        let max_concurrent = a
+            .max_concurrent_requests
+            .or(f.max_concurrent_requests)
+            .unwrap_or(256);
+        let queue = (max_concurrent > 0).then(|| QueueConfig {
+            max_concurrent,
+            queue_size: a.queue_size.or(f.queue_size).unwrap_or(100),
+            timeout: Duration::from_secs(
+                a.queue_timeout_secs.or(f.queue_timeout_secs).unwrap_or(60),
+            ),
+        });
+
+        let max_payload_size = a
+            .max_payload_size
+            .or(f.max_payload_size)
+            .unwrap_or(512 << 20);
+        if max_payload_size == 0 {
+            return Err(invalid("--max-payload-size", "must be above 0"));
+        }
+        let request_timeout = a
+            .request_timeout_secs
+            .or(f.request_timeout_secs)
+            .unwrap_or(1800);
+        if request_timeout == 0 {
+            return Err(invalid("--request-timeout-secs", "must be above 0"));
+        }
+        let api_key = a.api_key.clone().or(f.api_key);
+        if api_key.as_deref() == Some("") {
+            return Err(invalid("--api-key", "must not be empty"));
+        }
+        let call_deadline = a.policy_call_deadline_ms.or(f.policy_call_deadline_ms);
+        if call_deadline == Some(0) {
+            return Err(invalid("--policy-call-deadline-ms", "must be above 0"));
+        }
+        let memory_mb = a.policy_memory_limit_mb.or(f.policy_memory_limit_mb);
+        if memory_mb.is_some_and(|mb| mb == 0 || mb > 4096) {
+            return Err(invalid(
+                "--policy-memory-limit-mb",
+                "must be between 1 and 4096",
+            ));
+        }
+        let policy_limits = Limits {
+            call_deadline: call_deadline
+                .map_or(engine::DEFAULT_CALL_DEADLINE, Duration::from_millis),
+            memory: memory_mb.map_or(engine::DEFAULT_MEMORY_LIMIT, |mb| mb << 20),
+            ..Limits::default()
+        };
+        let request_id_headers = pick_vec(&a.request_id_headers, f.request_id_headers);
+        let request_id_headers = if request_id_headers.is_empty() {
+            [
+                "x-request-id",
+                "x-correlation-id",
+                "x-trace-id",
+                "request-id",
+            ]
+            .map(String::from)
+            .to_vec()
+        } else {
+            request_id_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect()
+        };
+        for h in &request_id_headers {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(
+                    "--request-id-headers",
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            listen: SocketAddr::new(
+                a.host.or(f.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                a.port.or(f.port).unwrap_or(30000),
+            ),
+            worker_urls,
+            policy: a
+                .policy
+                .clone()
+                .or(f.policy_name)
+                .unwrap_or_else(|| crate::policy::builtin::DEFAULT.into()),
+            policy_config: Value::Object(policy_config).to_string(),
+            policy_limits,
+            policy_cache_dir: if a.no_policy_cache {
+                None
+            } else {
+                crate::policy::PolicyEngine::default_cache_dir()
+            },
+            max_payload_size,
+            request_timeout: Duration::from_secs(request_timeout),
+            retry,
+            breaker,
+            health,
+            queue,
+            api_key,
+            prometheus: SocketAddr::new(
+                a.prometheus_host
+                    .or(f.prometheus_host)
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                a.prometheus_port.or(f.prometheus_port).unwrap_or(29000),
+            ),
+            request_id_headers,
+            shutdown_grace: Duration::from_secs(
+                a.shutdown_grace_period_secs
+                    .or(f.shutdown_grace_period_secs)
+                    .unwrap_or(180),
+            ),
+        })
+    }
+}
+
+/// Check a worker URL (http or https, a host, an optional port, no query)
+/// and return it without a trailing slash.
+pub fn validate_worker_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        invalid(
+            "worker url",
+            format!("{url:?} {why}; expected http://HOST:PORT"),
+        )
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("does not parse ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("is not http or https"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+        return Err(bad("has a query, fragment or user name"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: FileConfig = toml::from_str(
+            "port = 1234\nhost = \"0.0.0.0\"\ncache_threshold = 0.5\nworker_urls = [\"http://127.0.0.1:1\"]\n[policy]\nmax_tree_size = 99\n",
+        )
+        .unwrap();
+        let args = RouterArgs {
+            port: Some(4321),
+            ..RouterArgs::default()
+        };
+        let c = Config::merge(&args, file).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:4321".parse().unwrap());
+        assert_eq!(c.worker_urls, vec!["http://127.0.0.1:1"]);
+        let policy: Value = serde_json::from_str(&c.policy_config).unwrap();
+        assert_eq!(policy["cache_threshold"], 0.5);
+        assert_eq!(policy["max_tree_size"], 99);
+        assert_eq!(c.retry.max_retries, 5);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let args = RouterArgs {
+            cache_threshold: Some(3.0),
+            ..RouterArgs::default()
+        };
+        let err = Config::merge(&args, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--cache-threshold"), "{err}");
+        let err = toml::from_str::<FileConfig>("prot = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn worker_urls_are_validated() {
+        assert_eq!(
+            validate_worker_url("http://127.0.0.1:8000/").unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        for bad in [
+            "127.0.0.1:8000",
+            "ftp://h:1",
+            "http://",
+            "http://h:1/?a=b",
+            "not a url",
+        ] {
+            assert!(validate_worker_url(bad).is_err(), "{bad}");
+        }
+    }
+}

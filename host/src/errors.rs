@@ -1,0 +1,100 @@
+//! Every failure a client can see, named, and the one place that maps them
+//! to HTTP statuses and OpenAI's error shape
+//! `{"error": {"message", "type", "code"}}`. Clients get a safe message; the
+//! log gets the cause.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A request the router answers itself with an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not the JSON the route expects.
+    #[error("invalid request body: {0}")]
+    BadRequest(String),
+    /// Missing or wrong API key.
+    #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// No worker serves the requested model.
+    #[error("no worker serves model {0:?}; GET /v1/models lists the models served")]
+    ModelNotFound(String),
+    /// Waited in the queue too long.
+    #[error("request waited in the queue longer than --queue-timeout-secs")]
+    QueueTimeout,
+    /// Body larger than `--max-payload-size`.
+    #[error("request body is larger than --max-payload-size ({0} bytes)")]
+    PayloadTooLarge(usize),
+    /// The queue is full.
+    #[error("too many requests: the router's queue is full, retry later")]
+    QueueFull,
+    /// A worker with that URL is already registered.
+    #[error("worker {0} is already registered")]
+    WorkerExists(String),
+    /// No healthy worker could take the request.
+    #[error("no healthy worker is available for this request")]
+    NoHealthyWorker,
+    /// The routing policy declined the request.
+    #[error("routing policy declined the request: {0}")]
+    PolicyDeclined(String),
+    /// The router is shutting down.
+    #[error("the router is shutting down")]
+    ShuttingDown,
+    /// Every attempt to reach a worker failed.
+    #[error("could not reach a worker: {0}")]
+    UpstreamConnect(String),
+    /// The worker did not answer in time.
+    #[error("the worker did not respond within --request-timeout-secs")]
+    UpstreamTimeout,
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::QueueTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::WorkerExists(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NoHealthyWorker | ApiError::PolicyDeclined(_) | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// OpenAI's `type` and a stable machine-readable `code`.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
+            ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            ApiError::QueueTimeout => ("timeout_error", "queue_timeout"),
+            ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
+            ApiError::QueueFull => ("rate_limit_error", "queue_full"),
+            ApiError::WorkerExists(_) => ("invalid_request_error", "worker_exists"),
+            ApiError::NoHealthyWorker => ("service_unavailable", "no_healthy_worker"),
+            ApiError::PolicyDeclined(_) => ("service_unavailable", "policy_declined"),
+            ApiError::ShuttingDown => ("service_unavailable", "shutting_down"),
+            ApiError::UpstreamConnect(_) => ("upstream_error", "upstream_unreachable"),
+            ApiError::UpstreamTimeout => ("timeout_error", "upstream_timeout"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (kind, code) = self.kind();
+        let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
+        (self.status(), Json(body)).into_response()
+    }
+}

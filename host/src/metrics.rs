@@ -1,0 +1,73 @@
+//! Prometheus metrics: names in one place, the recorder, and the text
+//! endpoint on its own port (`--prometheus-host:--prometheus-port`).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by route and status.
+pub const REQUESTS: &str = "wasm_router_requests_total";
+/// Requests answered with an error by the router itself, by route and code.
+pub const ERRORS: &str = "wasm_router_errors_total";
+/// Time from request to response headers or error, by route.
+pub const REQUEST_DURATION: &str = "wasm_router_request_duration_seconds";
+/// Time to the first response byte from the worker, by route.
+pub const TTFB: &str = "wasm_router_time_to_first_byte_seconds";
+/// Requests in flight per worker.
+pub const WORKER_IN_FLIGHT: &str = "wasm_router_worker_in_flight";
+/// 1 if the worker passes health checks.
+pub const WORKER_HEALTHY: &str = "wasm_router_worker_healthy";
+/// Breaker state per worker: 0 closed, 1 open, 2 half-open.
+pub const WORKER_BREAKER: &str = "wasm_router_worker_circuit_breaker_state";
+/// Retries, by route.
+pub const RETRIES: &str = "wasm_router_retries_total";
+/// Time spent in the policy's `select`.
+pub const POLICY_DECISION: &str = "wasm_router_policy_decision_seconds";
+/// Policy faults answered by the fallback, by policy and kind.
+pub const POLICY_FAULTS: &str = "wasm_router_policy_faults_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const DECISION_BUCKETS: &[f64] = &[
+    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3, 1e-2,
+];
+
+/// Install the process-wide recorder (once; later calls reuse it).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(POLICY_DECISION.into()), DECISION_BUCKETS)
+                .and_then(|b| b.set_buckets(LATENCY_BUCKETS))
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; Prometheus output will be empty"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Serve the Prometheus text format on `listener` until the task is aborted.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tracing::info!(
+        "Prometheus metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,335 @@
+//! Forwarding a request to the worker the policy picks: retries (only
+//! before any byte reached the client, each asking the policy again without
+//! the workers that failed), breaker bookkeeping, and streaming the worker's
+//! response back chunk by chunk as it arrives. Knows nothing of Wasm: the
+//! policy is a [`Policy`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::admission::Slot;
+use crate::config::{Config, RetryConfig};
+use crate::errors::ApiError;
+use crate::metrics as m;
+use crate::policy::{Outcome, Policy, Route, RouteRequest, SelectError};
+use crate::workers::{InFlight, Registry};
+
+/// Worker statuses worth another worker's try.
+const RETRYABLE: [u16; 6] = [408, 429, 500, 502, 503, 504];
+
+/// Headers that belong to one connection and are not forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The HTTP client for workers: pooled HTTP/1.1, no proxy from the
+/// environment, Nagle off.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("the HTTP client builds with static settings")
+}
+
+/// One request to forward.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    /// Route, for the policy and metrics.
+    pub route: Route,
+    /// Path and query to request on the worker.
+    pub path_and_query: &'a str,
+    /// The client's headers.
+    pub headers: &'a HeaderMap,
+    /// The client's body, unchanged.
+    pub body: Bytes,
+    /// Request id (echoed and forwarded).
+    pub request_id: &'a str,
+    /// Router sequence number, for the policy.
+    pub seq: u64,
+    /// The body's `model`.
+    pub model: &'a str,
+    /// Routing text (empty unless the policy needs it).
+    pub text: &'a str,
+    /// Routing key header.
+    pub routing_key: Option<&'a str>,
+}
+
+/// Forward `req`, retrying as configured; the response streams back.
+pub async fn forward(
+    config: &Config,
+    client: &reqwest::Client,
+    registry: &Registry,
+    policy: Arc<Box<dyn Policy>>,
+    req: Forward<'_>,
+    slot: Option<Slot>,
+) -> Result<Response, ApiError> {
+    let mut excluded = Vec::new();
+    let mut last_error = ApiError::NoHealthyWorker;
+    let headers = upstream_headers(req.headers, req.request_id);
+    for attempt in 0..=config.retry.max_retries {
+        if attempt > 0 {
+            metrics::counter!(m::RETRIES, "route" => route_label(req.route)).increment(1);
+            tokio::time::sleep(backoff(&config.retry, attempt)).await;
+        }
+        let workers = registry.candidates(req.model, &excluded)?;
+        if workers.is_empty() {
+            return Err(last_error);
+        }
+        let candidates = Registry::as_candidates(&workers);
+        let asked = Instant::now();
+        let decision = policy
+            .select(
+                &RouteRequest {
+                    id: req.seq,
+                    route: req.route,
+                    model: req.model,
+                    text: req.text,
+                    routing_key: req.routing_key,
+                },
+                &candidates,
+            )
+            .map_err(|e| match e {
+                SelectError::NoCandidates => ApiError::NoHealthyWorker,
+                SelectError::Declined(message) => ApiError::PolicyDeclined(message),
+            })?;
+        metrics::histogram!(m::POLICY_DECISION).record(asked.elapsed());
+        let worker = workers
+            .iter()
+            .find(|w| w.id == decision.worker)
+            .expect("policies return one of the candidates")
+            .clone();
+        let in_flight = worker.start_request();
+        let sent = Instant::now();
+        let url = format!("{}{}", worker.url, req.path_and_query);
+        let send = client
+            .post(&url)
+            .headers(headers.clone())
+            .body(req.body.clone())
+            .send();
+        let response = match tokio::time::timeout(config.request_timeout, send).await {
+            Err(_elapsed) => {
+                worker.breaker.record(false, Instant::now());
+                // The worker may still be working on it: no retry.
+                return Err(ApiError::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                worker.breaker.record(false, Instant::now());
+                tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, "worker unreachable: {e}");
+                last_error =
+                    ApiError::UpstreamConnect(format!("{}: {}", worker.url, root_cause(&e)));
+                excluded.push(worker.id);
+                continue;
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        worker
+            .breaker
+            .record(!status.is_server_error(), Instant::now());
+        if RETRYABLE.contains(&status.as_u16()) && attempt < config.retry.max_retries {
+            tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, %status, "retrying on another worker");
+            excluded.push(worker.id);
+            continue;
+        }
+        metrics::histogram!(m::TTFB, "route" => route_label(req.route)).record(sent.elapsed());
+        let feedback = policy.info().wants_feedback.then(|| Feedback {
+            policy: policy.clone(),
+            outcome: Outcome {
+                request_id: req.seq,
+                worker: worker.id,
+                status: status.as_u16(),
+                ..Outcome::default()
+            },
+            sent,
+            tail: Vec::new(),
+        });
+        return Ok(stream_back(
+            response,
+            req.request_id,
+            in_flight,
+            slot,
+            feedback,
+        ));
+    }
+    Err(last_error)
+}
+
+/// The root cause of a client error, without reqwest's wrapping.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// Back-off before retry number `attempt` (1-based), with jitter.
+pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let base = retry.initial_backoff.as_secs_f64() * retry.multiplier.powi(attempt as i32 - 1);
+    let capped = base.min(retry.max_backoff.as_secs_f64());
+    let jitter = 1.0 + retry.jitter * (fastrand::f64() * 2.0 - 1.0);
+    Duration::from_secs_f64((capped * jitter).max(0.0))
+}
+
+fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len() + 1);
+    for (name, value) in client {
+        if !HOP_BY_HOP.contains(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        out.insert(HeaderName::from_static("x-request-id"), id);
+    }
+    out
+}
+
+/// The client's response: the worker's status and headers, and its body
+/// passed through as it arrives. The in-flight count, the admission slot and
+/// the policy feedback live until the body ends or the client goes away.
+fn stream_back(
+    response: reqwest::Response,
+    request_id: &str,
+    in_flight: InFlight,
+    slot: Option<Slot>,
+    mut feedback: Option<Feedback>,
+) -> Response {
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::with_capacity(response.headers().len() + 1);
+    for (name, value) in response.headers() {
+        if !HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(HeaderName::from_static("x-request-id"), id);
+    }
+    let body = response.bytes_stream().map(move |chunk| {
+        let _held = (&in_flight, &slot);
+        if let (Some(f), Ok(bytes)) = (feedback.as_mut(), &chunk) {
+            f.scan(bytes);
+        }
+        chunk
+    });
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// Reports a response's [`Outcome`] to the policy when dropped (the body
+/// ended or the client went away), with token counts found in the body.
+struct Feedback {
+    policy: Arc<Box<dyn Policy>>,
+    outcome: Outcome,
+    sent: Instant,
+    /// The end of the previous chunk, so a field split across chunks is found.
+    tail: Vec<u8>,
+}
+
+impl Feedback {
+    const TAIL: usize = 64;
+
+    fn scan(&mut self, chunk: &Bytes) {
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(chunk);
+        let o = &mut self.outcome;
+        for (field, slot) in [
+            ("\"prompt_tokens\":", &mut o.prompt_tokens),
+            ("\"cached_tokens\":", &mut o.cached_tokens),
+            ("\"completion_tokens\":", &mut o.completion_tokens),
+        ] {
+            if let Some(n) = last_number_after(&window, field.as_bytes()) {
+                *slot = Some(n);
+            }
+        }
+        let keep = window.len().saturating_sub(Self::TAIL);
+        self.tail = window.split_off(keep);
+    }
+}
+
+impl Drop for Feedback {
+    fn drop(&mut self) {
+        self.outcome.latency_us = self.sent.elapsed().as_micros() as u64;
+        self.policy.on_complete(&self.outcome);
+    }
+}
+
+/// The number after the last `field` in `haystack`, if complete.
+fn last_number_after(haystack: &[u8], field: &[u8]) -> Option<u32> {
+    let at = haystack.windows(field.len()).rposition(|w| w == field)?;
+    let rest = &haystack[at + field.len()..];
+    let digits: Vec<u8> = rest
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The route's label in metrics.
+pub fn route_label(route: Route) -> &'static str {
+    match route {
+        Route::Generate => "/generate",
+        Route::Completions => "/v1/completions",
+        Route::ChatCompletions => "/v1/chat/completions",
+        Route::Embeddings => "/v1/embeddings",
+        Route::Other => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let retry = RetryConfig {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            multiplier: 2.0,
+            jitter: 0.0,
+        };
+        let waits: Vec<_> = (1..=3).map(|a| backoff(&retry, a).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 250]);
+    }
+
+    #[test]
+    fn token_counts_are_found_across_chunks() {
+        let policy: Arc<Box<dyn Policy>> = Arc::new(Box::new(crate::policy::LeastLoad::default()));
+        let mut f = Feedback {
+            policy,
+            outcome: Outcome::default(),
+            sent: Instant::now(),
+            tail: Vec::new(),
+        };
+        f.scan(&Bytes::from_static(
+            br#"{"usage": {"prompt_tokens": 12, "prompt_tokens_details": {"cached_to"#,
+        ));
+        f.scan(&Bytes::from_static(
+            br#"kens": 8}, "completion_tokens": 3}}"#,
+        ));
+        assert_eq!(f.outcome.prompt_tokens, Some(12));
+        assert_eq!(f.outcome.cached_tokens, Some(8));
+        assert_eq!(f.outcome.completion_tokens, Some(3));
+    }
+}

@@ -1,0 +1,388 @@
+//! The HTTP layer: [`app`] builds the routes over an [`AppState`]; [`start`]
+//! wires config, policy, workers, background tasks and the listener. Handlers
+//! stay short; forwarding lives in [`crate::proxy`], admin in [`crate::admin`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::policy::{Limits, Policy, PolicyEngine, PolicySource, Route, WasmPolicy};
+use crate::proxy::{self, Forward};
+use crate::workers::{Registry, health};
+use crate::{admin, extract, metrics as m};
+
+/// Everything handlers share.
+pub struct AppState {
+    /// Validated settings.
+    pub config: Config,
+    /// The workers.
+    pub registry: Arc<Registry>,
+    /// The active policy, swapped whole on reload.
+    pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
+    /// Client for workers.
+    pub client: reqwest::Client,
+    admission: Option<Admission>,
+    seq: AtomicU64,
+}
+
+impl AppState {
+    /// State over an existing registry and policy.
+    pub fn new(config: Config, registry: Arc<Registry>, policy: Box<dyn Policy>) -> Self {
+        AppState {
+            admission: config.queue.map(Admission::new),
+            config,
+            registry,
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            client: proxy::client(),
+            seq: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All routes.
+pub fn app(state: Arc<AppState>) -> Router {
+    let guarded = Router::new()
+        .route("/generate", post(|s, r| inference(s, Route::Generate, r)))
+        .route(
+            "/v1/completions",
+            post(|s, r| inference(s, Route::Completions, r)),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|s, r| inference(s, Route::ChatCompletions, r)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|s, r| inference(s, Route::Embeddings, r)),
+        )
+        .route("/v1/models", get(to_one_worker))
+        .route("/get_server_info", get(to_one_worker))
+        .route("/get_model_info", get(to_one_worker))
+        .route("/health_generate", any(to_one_worker))
+        .merge(admin::routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(guarded)
+        .route("/health", get(|| async { "ok" }))
+        .route("/liveness", get(|| async { "ok" }))
+        .route("/readiness", get(readiness))
+        .fallback(|req: Request| async move {
+            ApiError::NotFound(format!(
+                "no route for {} {}",
+                req.method(),
+                req.uri().path()
+            ))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), request_id))
+        .with_state(state)
+}
+
+/// The request id: from the first configured header present, else new.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+async fn request_id(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let id = s
+        .config
+        .request_id_headers
+        .iter()
+        .find_map(|h| req.headers().get(h.as_str())?.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.config.api_key else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readiness(State(s): State<Arc<AppState>>) -> Response {
+    let healthy = s.registry.all().iter().filter(|w| w.is_healthy()).count();
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": healthy > 0, "healthy_workers": healthy})),
+    )
+        .into_response()
+}
+
+/// Read the body once, bounded by `--max-payload-size`.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(c) = cause {
+            too_large |= c.is::<http_body_util::LengthLimitError>();
+            cause = c.source();
+        }
+        if too_large {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("unreadable body: {e}"))
+        }
+    })
+}
+
+async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {
+    let started = Instant::now();
+    let result = forward(&s, route, req).await;
+    let resp = result.unwrap_or_else(|e| {
+        metrics::counter!(m::ERRORS, "route" => proxy::route_label(route), "code" => e.status().as_str().to_owned()).increment(1);
+        e.into_response()
+    });
+    let labels = [
+        ("route", proxy::route_label(route).to_string()),
+        ("status", resp.status().as_str().to_string()),
+    ];
+    metrics::counter!(m::REQUESTS, &labels).increment(1);
+    metrics::histogram!(m::REQUEST_DURATION, "route" => proxy::route_label(route))
+        .record(started.elapsed());
+    resp
+}
+
+async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, s.config.max_payload_size).await?;
+    let policy = s.policy.load_full();
+    let peek = extract::peek(&body)?;
+    let text = if policy.info().needs_text {
+        peek.routing_text()?
+    } else {
+        String::new()
+    };
+    let model = peek.model.as_deref().unwrap_or("");
+    let slot = match &s.admission {
+        Some(a) => Some(a.admit().await?),
+        None => None,
+    };
+    let routing_key = ["x-routing-key", "x-smg-routing-key"]
+        .iter()
+        .find_map(|h| parts.headers.get(*h)?.to_str().ok());
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map_or("", |r| r.0.as_str());
+    let forward = Forward {
+        route,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        body: body.clone(),
+        request_id,
+        seq: s.seq.fetch_add(1, Ordering::Relaxed),
+        model,
+        text: &text,
+        routing_key,
+    };
+    proxy::forward(&s.config, &s.client, &s.registry, policy, forward, slot).await
+}
+
+/// Informational routes: the least-loaded healthy worker answers.
+async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let worker = s.registry.least_loaded().ok_or(ApiError::NoHealthyWorker)?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, s.config.max_payload_size).await?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = if parts.method == Method::POST {
+        reqwest::Method::POST
+    } else {
+        reqwest::Method::GET
+    };
+    let _in_flight = worker.start_request();
+    let resp = s
+        .client
+        .request(method, format!("{}{path}", worker.url))
+        .body(body)
+        .timeout(s.config.request_timeout)
+        .send()
+        .await
+        .map_err(|e| ApiError::UpstreamConnect(format!("{}: {e}", worker.url)))?;
+    Ok(relay(resp).await)
+}
+
+/// A small worker response, relayed whole.
+pub async fn relay(resp: reqwest::Response) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get("content-type").cloned();
+    let body = resp.bytes().await.unwrap_or_default();
+    let mut out = (status, body).into_response();
+    if let Some(ct) = content_type {
+        out.headers_mut().insert("content-type", ct);
+    }
+    out
+}
+
+/// A running router: its addresses, and how to stop it.
+pub struct Running {
+    /// Where it serves HTTP.
+    pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics.
+    pub metrics_addr: SocketAddr,
+    /// Shared state (for tests and the embedding Python package).
+    pub state: Arc<AppState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting connections, let in-flight requests finish (up to the
+    /// grace period), then stop background tasks.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        let finished = tokio::time::timeout(self.state.config.shutdown_grace, self.server).await;
+        for task in self.background {
+            task.abort();
+        }
+        match finished {
+            Ok(joined) => Ok(joined??),
+            Err(_) => {
+                tracing::warn!("grace period over with requests still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Start the router: load the policy, register workers, start health
+/// checks, ticks and metrics, and listen.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let handle = m::install();
+    let metrics_listener = tokio::net::TcpListener::bind(config.prometheus)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for metrics on {}: {e} (set --prometheus-port)",
+                config.prometheus
+            )
+        })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let policy = load_policy(&config).await?;
+    let registry = Arc::new(Registry::new(config.breaker, config.health.is_none()));
+    let state = Arc::new(AppState::new(config, registry.clone(), Box::new(policy)));
+    let policy_for_changes = state.policy.clone();
+    registry.on_change(move |workers| policy_for_changes.load().workers_changed(workers));
+    let mut background = vec![tokio::spawn(async move {
+        if let Err(e) = m::serve_on(metrics_listener, handle).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    })];
+    for url in &state.config.worker_urls {
+        let worker = registry.add(url)?;
+        background.push(tokio::spawn(health::onboard(
+            registry.clone(),
+            state.client.clone(),
+            worker,
+            state.config.health.clone(),
+        )));
+    }
+    if let Some(h) = state.config.health.clone() {
+        background.push(tokio::spawn(health::run(
+            registry.clone(),
+            state.client.clone(),
+            h,
+        )));
+    }
+    background.push(tokio::spawn(tick(state.policy.clone())));
+    let listener = tokio::net::TcpListener::bind(state.config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (set --host/--port)",
+                state.config.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+    let app = app(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _changed = stop.wait_for(|&stop| stop).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, policy = %state.policy.load().info().name, "router listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        state,
+        shutdown,
+        server,
+        background,
+    })
+}
+
+async fn load_policy(config: &Config) -> anyhow::Result<WasmPolicy> {
+    let engine = PolicyEngine::new(config.policy_cache_dir.clone())?;
+    let source = PolicySource::parse(&config.policy)?;
+    let policy_config = config.policy_config.clone();
+    let limits: Limits = config.policy_limits;
+    // Compiling takes tens of milliseconds: keep it off the async workers.
+    Ok(tokio::task::spawn_blocking(move || {
+        WasmPolicy::load(&engine, source, &policy_config, limits)
+    })
+    .await??)
+}
+
+/// Call the active policy's `tick` at the interval it asked for.
+async fn tick(policy: Arc<ArcSwap<Box<dyn Policy>>>) {
+    loop {
+        let every = policy.load().info().tick_interval;
+        let Some(every) = every else {
+            // Policies without ticks: look again later, in case of a reload.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        };
+        tokio::time::sleep(every).await;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let current = policy.load_full();
+        if let Err(e) = tokio::task::spawn_blocking(move || current.tick(now_ms)).await {
+            tracing::error!("policy tick task failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A per-worker circuit breaker: closed until `failure_threshold` failures
+//! fall within `window`, then open (no traffic) for `open_for`, then
+//! half-open (traffic as trials) until `success_threshold` successes close it
+//! or one failure opens it again.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::config::BreakerConfig;
+
+/// Breaker state, as exported in metrics (0 closed, 1 open, 2 half-open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Traffic flows.
+    Closed,
+    /// No traffic until the timeout passes.
+    Open,
+    /// Trial traffic.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed { failures: u32, since: Instant },
+    Open { until: Instant },
+    HalfOpen { successes: u32 },
+}
+
+/// See the module docs. `None` config: always closed.
+#[derive(Debug)]
+pub struct Breaker {
+    config: Option<BreakerConfig>,
+    inner: Mutex<Inner>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: Option<BreakerConfig>) -> Self {
+        Breaker {
+            config,
+            inner: Mutex::new(Inner::Closed {
+                failures: 0,
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a request may go to the worker now.
+    pub fn admits(&self, now: Instant) -> bool {
+        if self.config.is_none() {
+            return true;
+        }
+        let mut inner = self.lock();
+        match *inner {
+            Inner::Open { until } if now < until => false,
+            Inner::Open { .. } => {
+                *inner = Inner::HalfOpen { successes: 0 };
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// Record an attempt's result.
+    pub fn record(&self, success: bool, now: Instant) {
+        let Some(config) = self.config else { return };
+        let mut inner = self.lock();
+        *inner = match (&*inner, success) {
+            (Inner::Closed { .. }, true) => Inner::Closed {
+                failures: 0,
+                since: now,
+            },
+            (Inner::Closed { failures, since }, false) => {
+                let (failures, since) = if now.duration_since(*since) > config.window {
+                    (1, now)
+                } else {
+                    (failures + 1, *since)
+                };
+                if failures >= config.failure_threshold {
+                    tracing::warn!("circuit breaker opened after {failures} failures");
+                    Inner::Open {
+                        until: now + config.open_for,
+                    }
+                } else {
+                    Inner::Closed { failures, since }
+                }
+            }
+            (Inner::HalfOpen { successes }, true) if successes + 1 >= config.success_threshold => {
+                tracing::info!("circuit breaker closed");
+                Inner::Closed {
+                    failures: 0,
+                    since: now,
+                }
+            }
+            (Inner::HalfOpen { successes }, true) => Inner::HalfOpen {
+                successes: successes + 1,
+            },
+            (Inner::HalfOpen { .. }, false) => Inner::Open {
+                until: now + config.open_for,
+            },
+            (Inner::Open { until }, _) => Inner::Open { until: *until },
+        };
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn breaker() -> Breaker {
+        Breaker::new(Some(BreakerConfig {
+            failure_threshold: 2,
+            success_threshold: 2,
+            open_for: Duration::from_secs(10),
+            window: Duration::from_secs(60),
+        }))
+    }
+
+    #[test]
+    fn opens_after_the_threshold_and_recovers_through_half_open() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(false, t0);
+        assert!(b.admits(t0));
+        b.record(false, t0);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.admits(t0 + Duration::from_secs(9)));
+        assert!(b.admits(t0 + Duration::from_secs(10)));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(true, t0 + Duration::from_secs(10));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(true, t0 + Duration::from_secs(10));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_half_open_failure_reopens() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(false, t0);
+        b.record(false, t0);
+        assert!(b.admits(t0 + Duration::from_secs(11)));
+        b.record(false, t0 + Duration::from_secs(11));
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(false, t0);
+        b.record(false, t0 + Duration::from_secs(61));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn disabled_always_admits() {
+        let b = Breaker::new(None);
+        for _ in 0..100 {
+            b.record(false, Instant::now());
+        }
+        assert!(b.admits(Instant::now()));
+    }
+}

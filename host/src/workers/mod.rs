@@ -1,0 +1,406 @@
+//! The worker registry: who the workers are, what model each serves, whether
+//! each is healthy, what its breaker says, and how many requests it has in
+//! flight. The list lives behind an `ArcSwap`: the request path reads it
+//! without a lock; additions and removals build a new list and swap it.
+
+mod breaker;
+pub mod health;
+
+pub use breaker::{Breaker, BreakerState};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::BreakerConfig;
+use crate::errors::ApiError;
+use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
+
+/// One worker.
+#[derive(Debug)]
+pub struct Worker {
+    /// Router-assigned id, never reused.
+    pub id: WorkerId,
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// Model it serves ("" until discovered, or if it will not say).
+    model: ArcSwap<String>,
+    /// Requests in flight from this router.
+    in_flight: AtomicU32,
+    /// Requests it has been sent.
+    processed: AtomicU64,
+    healthy: AtomicBool,
+    /// Its circuit breaker.
+    pub breaker: Breaker,
+    /// Consecutive health check results: (failures, successes).
+    streak: std::sync::Mutex<(u32, u32)>,
+}
+
+/// What `GET /workers` shows of a worker.
+#[derive(Debug, Serialize)]
+pub struct WorkerView {
+    id: WorkerId,
+    url: String,
+    model: String,
+    healthy: bool,
+    circuit_breaker: &'static str,
+    load: u32,
+    processed: u64,
+}
+
+impl WorkerView {
+    /// The worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+}
+
+impl Worker {
+    /// Requests in flight.
+    pub fn load(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether health checks pass (always, with them disabled).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The model served, "" if unknown.
+    pub fn model(&self) -> Arc<String> {
+        self.model.load_full()
+    }
+
+    /// Set the model (after discovery).
+    pub fn set_model(&self, model: String) {
+        self.model.store(Arc::new(model));
+    }
+
+    /// Count a request as in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => self.url.clone())
+            .increment(1.0);
+        InFlight(self.clone())
+    }
+
+    /// Record one health check result; returns the new health if it flipped.
+    pub fn record_health(
+        &self,
+        ok: bool,
+        failure_threshold: u32,
+        success_threshold: u32,
+    ) -> Option<bool> {
+        let mut streak = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+        *streak = if ok {
+            (0, streak.1 + 1)
+        } else {
+            (streak.0 + 1, 0)
+        };
+        let was = self.is_healthy();
+        let now = if ok && streak.1 >= success_threshold {
+            true
+        } else if !ok && streak.0 >= failure_threshold {
+            false
+        } else {
+            was
+        };
+        self.healthy.store(now, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::WORKER_HEALTHY, "worker" => self.url.clone())
+            .set(f64::from(u8::from(now)));
+        (now != was).then_some(now)
+    }
+
+    fn view(&self) -> WorkerView {
+        WorkerView {
+            id: self.id,
+            url: self.url.clone(),
+            model: self.model().to_string(),
+            healthy: self.is_healthy(),
+            circuit_breaker: match self.breaker.state() {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half_open",
+            },
+            load: self.load(),
+            processed: self.processed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id,
+            url: self.url.clone(),
+            model: self.model().to_string(),
+            role: Role::Regular,
+            dp_rank: None,
+        }
+    }
+}
+
+/// Holds a worker's in-flight count up while alive.
+#[derive(Debug)]
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    /// The worker.
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => self.0.url.clone())
+            .decrement(1.0);
+    }
+}
+
+type Listener = Box<dyn Fn(&[WorkerInfo]) + Send + Sync>;
+
+/// The set of workers. See the module docs.
+pub struct Registry {
+    workers: ArcSwap<Vec<Arc<Worker>>>,
+    next_id: AtomicU32,
+    breaker: Option<BreakerConfig>,
+    /// Whether new workers count as healthy before any health check.
+    trust_new_workers: bool,
+    listener: std::sync::Mutex<Option<Listener>>,
+    /// Serialises writers; readers never take it.
+    write: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("workers", &self.workers.load().len())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry. With health checks disabled, workers are healthy
+    /// from the start; otherwise from their first passing check.
+    pub fn new(breaker: Option<BreakerConfig>, trust_new_workers: bool) -> Self {
+        Registry {
+            workers: ArcSwap::from_pointee(Vec::new()),
+            next_id: AtomicU32::new(0),
+            breaker,
+            trust_new_workers,
+            listener: std::sync::Mutex::new(None),
+            write: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Call `f` with the full worker list now and after every change.
+    pub fn on_change(&self, f: impl Fn(&[WorkerInfo]) + Send + Sync + 'static) {
+        f(&self.infos());
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The workers as policies see them.
+    pub fn infos(&self) -> Vec<WorkerInfo> {
+        self.workers.load().iter().map(|w| w.info()).collect()
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &*self.listener.lock().unwrap_or_else(|e| e.into_inner()) {
+            f(&self.infos());
+        }
+    }
+
+    /// All workers.
+    pub fn all(&self) -> Arc<Vec<Arc<Worker>>> {
+        self.workers.load_full()
+    }
+
+    /// Register a worker by URL (already validated).
+    pub fn add(&self, url: &str) -> Result<Arc<Worker>, ApiError> {
+        let guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.workers.load();
+        if current.iter().any(|w| w.url == url) {
+            return Err(ApiError::WorkerExists(url.to_string()));
+        }
+        let worker = Arc::new(Worker {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            url: url.to_string(),
+            model: ArcSwap::from_pointee(String::new()),
+            in_flight: AtomicU32::new(0),
+            processed: AtomicU64::new(0),
+            healthy: AtomicBool::new(self.trust_new_workers),
+            breaker: Breaker::new(self.breaker),
+            streak: std::sync::Mutex::new((0, 0)),
+        });
+        let mut next = current.as_ref().clone();
+        next.push(worker.clone());
+        self.workers.store(Arc::new(next));
+        drop(guard);
+        tracing::info!(worker = %url, id = worker.id, "worker added");
+        self.changed();
+        Ok(worker)
+    }
+
+    /// Remove a worker; requests in flight to it finish.
+    pub fn remove(&self, id: WorkerId) -> Option<Arc<Worker>> {
+        let guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.workers.load();
+        let removed = current.iter().find(|w| w.id == id).cloned()?;
+        let next: Vec<_> = current.iter().filter(|w| w.id != id).cloned().collect();
+        self.workers.store(Arc::new(next));
+        drop(guard);
+        tracing::info!(worker = %removed.url, id, "worker removed");
+        self.changed();
+        Some(removed)
+    }
+
+    /// Tell listeners the workers changed in place (a model was discovered).
+    pub fn touched(&self) {
+        self.changed();
+    }
+
+    /// A worker by id.
+    pub fn get(&self, id: WorkerId) -> Option<Arc<Worker>> {
+        self.workers.load().iter().find(|w| w.id == id).cloned()
+    }
+
+    /// A worker by URL.
+    pub fn by_url(&self, url: &str) -> Option<Arc<Worker>> {
+        self.workers.load().iter().find(|w| w.url == url).cloned()
+    }
+
+    /// Views of all workers, for the admin routes.
+    pub fn views(&self) -> Vec<WorkerView> {
+        self.workers.load().iter().map(|w| w.view()).collect()
+    }
+
+    /// The workers that may take a request for `model`, except `excluded`:
+    /// healthy, admitted by their breaker, serving the model. When workers
+    /// serve different models, the request's model picks the pool (an
+    /// unknown one is a 404); with a single model, any name is accepted.
+    pub fn candidates(
+        &self,
+        model: &str,
+        excluded: &[WorkerId],
+    ) -> Result<Vec<Arc<Worker>>, ApiError> {
+        let all = self.workers.load();
+        let pool = self.pool(&all, model)?;
+        let now = Instant::now();
+        Ok(pool
+            .filter(|w| !excluded.contains(&w.id) && w.is_healthy() && w.breaker.admits(now))
+            .cloned()
+            .collect())
+    }
+
+    fn pool<'a>(
+        &self,
+        all: &'a [Arc<Worker>],
+        model: &str,
+    ) -> Result<impl Iterator<Item = &'a Arc<Worker>> + 'a, ApiError> {
+        let models: Vec<Arc<String>> = all.iter().map(|w| w.model()).collect();
+        let known: std::collections::BTreeSet<&str> = models
+            .iter()
+            .map(|m| m.as_str())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let filter_by = if model.is_empty() || known.len() <= 1 {
+            None
+        } else if known.contains(model) {
+            Some(model.to_string())
+        } else {
+            return Err(ApiError::ModelNotFound(model.to_string()));
+        };
+        Ok(all
+            .iter()
+            .filter(move |w| filter_by.as_ref().is_none_or(|m| w.model().as_str() == m)))
+    }
+
+    /// The candidates as the policy sees them.
+    pub fn as_candidates(workers: &[Arc<Worker>]) -> Vec<Candidate> {
+        workers
+            .iter()
+            .map(|w| Candidate {
+                id: w.id,
+                load: w.load(),
+            })
+            .collect()
+    }
+
+    /// The healthy worker with the fewest requests in flight.
+    pub fn least_loaded(&self) -> Option<Arc<Worker>> {
+        self.workers
+            .load()
+            .iter()
+            .filter(|w| w.is_healthy())
+            .min_by_key(|w| w.load())
+            .cloned()
+    }
+
+    /// Whether any worker is healthy.
+    pub fn any_healthy(&self) -> bool {
+        self.workers.load().iter().any(|w| w.is_healthy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(models: &[&str]) -> Registry {
+        let r = Registry::new(None, true);
+        for (i, m) in models.iter().enumerate() {
+            r.add(&format!("http://127.0.0.1:{}", 9000 + i))
+                .unwrap()
+                .set_model(m.to_string());
+        }
+        r
+    }
+
+    fn ids(ws: Vec<Arc<Worker>>) -> Vec<u32> {
+        ws.iter().map(|w| w.id).collect()
+    }
+
+    #[test]
+    fn a_single_model_fleet_accepts_any_model_name() {
+        let r = registry(&["llama", "llama"]);
+        assert_eq!(ids(r.candidates("gpt-4", &[]).unwrap()), vec![0, 1]);
+        assert_eq!(ids(r.candidates("", &[1]).unwrap()), vec![0]);
+    }
+
+    #[test]
+    fn several_models_pick_the_pool_and_unknown_is_404() {
+        let r = registry(&["llama", "qwen", "llama"]);
+        assert_eq!(ids(r.candidates("llama", &[]).unwrap()), vec![0, 2]);
+        assert_eq!(ids(r.candidates("qwen", &[]).unwrap()), vec![1]);
+        assert_eq!(
+            r.candidates("mistral", &[]).unwrap_err(),
+            ApiError::ModelNotFound("mistral".into())
+        );
+    }
+
+    #[test]
+    fn duplicates_are_refused_and_ids_are_not_reused() {
+        let r = registry(&["m"]);
+        assert!(matches!(
+            r.add("http://127.0.0.1:9000"),
+            Err(ApiError::WorkerExists(_))
+        ));
+        r.remove(0).unwrap();
+        assert_eq!(r.add("http://127.0.0.1:9000").unwrap().id, 1);
+    }
+
+    #[test]
+    fn health_flips_after_the_thresholds() {
+        let r = registry(&["m"]);
+        let w = r.get(0).unwrap();
+        assert_eq!(w.record_health(false, 2, 2), None);
+        assert_eq!(w.record_health(false, 2, 2), Some(false));
+        assert!(r.candidates("", &[]).unwrap().is_empty());
+        assert_eq!(w.record_health(true, 2, 2), None);
+        assert_eq!(w.record_health(true, 2, 2), Some(true));
+    }
+}
