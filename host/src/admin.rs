@@ -1,6 +1,7 @@
 //! Worker administration: `POST/GET /workers`, `GET/DELETE /workers/{id}`,
 //! the SGLang router's older `/add_worker`, `/remove_worker`,
-//! `/list_workers`, and the fan-out routes `/flush_cache` and `/get_loads`.
+//! `/list_workers`, the fan-out routes `/flush_cache` and `/get_loads`, and
+//! the policy routes `GET /policies` and `POST /policies/reload`.
 
 use std::sync::Arc;
 
@@ -163,4 +164,21 @@ async fn get_loads(State(s): S) -> Json<Value> {
         }
     });
     Json(json!({"workers": futures_util::future::join_all(calls).await}))
+}
+
+/// `GET /policies`: what is loaded, and how reloads went.
+pub async fn policies(State(s): S) -> Json<Value> {
+    Json(json!({"policies": [s.policies.status()]}))
+}
+
+/// `POST /policies/reload`: reload now, even if nothing changed.
+pub async fn reload_policy(State(s): S) -> Result<Json<Value>, ApiError> {
+    let manager = s.policies.clone();
+    let result = tokio::task::spawn_blocking(move || manager.reload(true))
+        .await
+        .map_err(|e| ApiError::PolicyReload(format!("reload task failed: {e}")))?;
+    result.map_err(ApiError::PolicyReload)?;
+    Ok(Json(
+        json!({"reloaded": true, "policy": s.policies.status()}),
+    ))
 }

@@ -37,6 +37,10 @@ pub enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run a simulated SGLang worker (KV cache, prefill, decode, batching).
+    SimWorker(crate::sim::SimArgs),
+    /// Simulated fleet + router + shared-prefix workload, for each built-in policy.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `router policy ...`

@@ -138,6 +138,9 @@ pub struct RouterArgs {
     /// Do not cache compiled policies on disk.
     #[arg(long)]
     pub no_policy_cache: bool,
+    /// Do not watch the policy file (and config file) for changes.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 /// The TOML config file: the same settings as the flags, plus `[policy]`.
@@ -318,6 +321,10 @@ pub struct Config {
     pub request_id_headers: Vec<String>,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// Whether to watch policy and config files.
+    pub watch: bool,
+    /// The flags, when a config file is in use: reloads re-read it.
+    pub reload_from: Option<RouterArgs>,
 }
 
 impl Config {
@@ -602,7 +609,47 @@ impl Config {
                     .or(f.shutdown_grace_period_secs)
                     .unwrap_or(180),
             ),
+            watch: !a.no_watch,
+            reload_from: a.config.is_some().then(|| a.clone()),
         })
+    }
+}
+
+impl Config {
+    /// The files a running router watches: the policy file (if the policy is
+    /// a path) and the config file.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Ok(crate::policy::PolicySource::File(path)) =
+            crate::policy::PolicySource::parse(&self.policy)
+        {
+            files.push(path);
+        }
+        if let Some(path) = self.reload_from.as_ref().and_then(|a| a.config.clone()) {
+            files.push(path);
+        }
+        files
+    }
+
+    /// Where reloads find the policy to load: the config file again when
+    /// there is one (so a changed `[policy]` table re-inits the policy),
+    /// else the settings of this run.
+    pub fn wanted_policy(&self) -> crate::policy::reload::WantedSource {
+        use crate::policy::reload::Wanted;
+        let fixed = Wanted {
+            policy: self.policy.clone(),
+            config: self.policy_config.clone(),
+        };
+        match self.reload_from.clone() {
+            None => Box::new(move || Ok(fixed.clone())),
+            Some(args) => Box::new(move || {
+                let config = Config::load(&args).map_err(|e| e.to_string())?;
+                Ok(Wanted {
+                    policy: config.policy,
+                    config: config.policy_config,
+                })
+            }),
+        }
     }
 }
 

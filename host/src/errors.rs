@@ -47,6 +47,9 @@ pub enum ApiError {
     /// Every attempt to reach a worker failed.
     #[error("could not reach a worker: {0}")]
     UpstreamConnect(String),
+    /// A forced policy reload failed; the old policy keeps serving.
+    #[error("policy reload failed, the old policy keeps serving: {0}")]
+    PolicyReload(String),
     /// The worker did not answer in time.
     #[error("the worker did not respond within --request-timeout-secs")]
     UpstreamTimeout,
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::NoHealthyWorker | ApiError::PolicyDeclined(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::PolicyReload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::NoHealthyWorker => ("service_unavailable", "no_healthy_worker"),
             ApiError::PolicyDeclined(_) => ("service_unavailable", "policy_declined"),
             ApiError::ShuttingDown => ("service_unavailable", "shutting_down"),
+            ApiError::PolicyReload(_) => ("invalid_request_error", "policy_reload_failed"),
             ApiError::UpstreamConnect(_) => ("upstream_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout => ("timeout_error", "upstream_timeout"),
         }

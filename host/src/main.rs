@@ -28,6 +28,8 @@ fn main() -> ExitCode {
     }
     let outcome = match cli.command {
         Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
+        Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
+        Some(Command::Demo(args)) => block_on(demo(args)),
         None => return run_router(&cli.run),
     };
     match outcome {
@@ -45,6 +47,24 @@ fn policy_check(args: wasm_router::cli::CheckArgs) -> anyhow::Result<()> {
     let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
     let source = PolicySource::parse(&args.file)?;
     print!("{}", check::check(&engine, source, &args.config)?);
+    Ok(())
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(work)
+}
+
+async fn sim_worker(args: wasm_router::sim::SimArgs) -> anyhow::Result<()> {
+    let handle = wasm_router::sim::start(args, false).await?;
+    tracing::info!("simulated worker on {}", handle.url());
+    shutdown_signal().await?;
+    Ok(())
+}
+
+async fn demo(args: wasm_router::demo::DemoArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let results = wasm_router::demo::run(&args, std::io::stderr().is_terminal()).await?;
+    print!("{}", wasm_router::demo::table(&results));
     Ok(())
 }
 

@@ -21,6 +21,8 @@ pub const WORKER_BREAKER: &str = "wasm_router_worker_circuit_breaker_state";
 pub const RETRIES: &str = "wasm_router_retries_total";
 /// Time spent in the policy's `select`.
 pub const POLICY_DECISION: &str = "wasm_router_policy_decision_seconds";
+/// Policy reloads, by result (swapped, error).
+pub const POLICY_RELOADS: &str = "wasm_router_policy_reloads_total";
 /// Policy faults answered by the fallback, by policy and kind.
 pub const POLICY_FAULTS: &str = "wasm_router_policy_faults_total";
 

@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::errors::ApiError;
-use crate::policy::{Limits, Policy, PolicyEngine, PolicySource, Route, WasmPolicy};
+use crate::policy::reload::PolicyManager;
+use crate::policy::{Policy, PolicyEngine, Route, watch};
 use crate::proxy::{self, Forward};
 use crate::workers::{Registry, health};
 use crate::{admin, extract, metrics as m};
@@ -36,18 +37,21 @@ pub struct AppState {
     pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
     /// Client for workers.
     pub client: reqwest::Client,
+    /// Loads and reloads the policy behind `policy`.
+    pub policies: Arc<PolicyManager>,
     admission: Option<Admission>,
     seq: AtomicU64,
 }
 
 impl AppState {
-    /// State over an existing registry and policy.
-    pub fn new(config: Config, registry: Arc<Registry>, policy: Box<dyn Policy>) -> Self {
+    /// State over a registry and the policy manager that feeds the seam.
+    pub fn new(config: Config, registry: Arc<Registry>, policies: Arc<PolicyManager>) -> Self {
         AppState {
             admission: config.queue.map(Admission::new),
             config,
             registry,
-            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            policy: policies.active(),
+            policies,
             client: proxy::client(),
             seq: AtomicU64::new(0),
         }
@@ -75,6 +79,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/get_model_info", get(to_one_worker))
         .route("/health_generate", any(to_one_worker))
         .merge(admin::routes())
+        .route("/policies", get(admin::policies))
+        .route("/policies/reload", post(admin::reload_policy))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -265,6 +271,7 @@ pub struct Running {
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    _watch: Option<watch::FileWatch>,
 }
 
 impl Running {
@@ -299,9 +306,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )
         })?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let policy = load_policy(&config).await?;
     let registry = Arc::new(Registry::new(config.breaker, config.health.is_none()));
-    let state = Arc::new(AppState::new(config, registry.clone(), Box::new(policy)));
+    let policies = Arc::new(start_policy(&config, registry.clone()).await?);
+    let watch = match config.watched_files() {
+        files if config.watch && !files.is_empty() => Some(watch::watch(&files, policies.clone())?),
+        _ => None,
+    };
+    let state = Arc::new(AppState::new(config, registry.clone(), policies));
     let policy_for_changes = state.policy.clone();
     registry.on_change(move |workers| policy_for_changes.load().workers_changed(workers));
     let mut background = vec![tokio::spawn(async move {
@@ -352,19 +363,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         server,
         background,
+        _watch: watch,
     })
 }
 
-async fn load_policy(config: &Config) -> anyhow::Result<WasmPolicy> {
+async fn start_policy(config: &Config, registry: Arc<Registry>) -> anyhow::Result<PolicyManager> {
     let engine = PolicyEngine::new(config.policy_cache_dir.clone())?;
-    let source = PolicySource::parse(&config.policy)?;
-    let policy_config = config.policy_config.clone();
-    let limits: Limits = config.policy_limits;
+    let wanted = config.wanted_policy();
+    let limits = config.policy_limits;
+    let workers = Box::new(move || registry.infos());
     // Compiling takes tens of milliseconds: keep it off the async workers.
-    Ok(tokio::task::spawn_blocking(move || {
-        WasmPolicy::load(&engine, source, &policy_config, limits)
-    })
-    .await??)
+    tokio::task::spawn_blocking(move || PolicyManager::start(engine, limits, wanted, workers))
+        .await?
 }
 
 /// Call the active policy's `tick` at the interval it asked for.

@@ -14,8 +14,10 @@ pub mod check;
 pub mod engine;
 mod error;
 mod native;
+pub mod reload;
 mod sandbox;
 mod wasm;
+pub mod watch;
 
 pub use engine::{Limits, PolicyEngine};
 pub use error::{LoadError, PolicyFault, SelectError};
@@ -164,4 +166,32 @@ pub trait Policy: Send + Sync {
 
     /// Periodic housekeeping; `now_ms` is milliseconds since the Unix epoch.
     fn tick(&self, now_ms: u64);
+}
+
+/// A shared policy is a policy: the reload manager keeps its own handle on
+/// the instance it put behind the seam.
+impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
+    fn info(&self) -> &PolicyInfo {
+        (**self).info()
+    }
+
+    fn workers_changed(&self, workers: &[WorkerInfo]) {
+        (**self).workers_changed(workers)
+    }
+
+    fn select(
+        &self,
+        req: &RouteRequest<'_>,
+        candidates: &[Candidate],
+    ) -> Result<Decision, SelectError> {
+        (**self).select(req, candidates)
+    }
+
+    fn on_complete(&self, outcome: &Outcome) {
+        (**self).on_complete(outcome)
+    }
+
+    fn tick(&self, now_ms: u64) {
+        (**self).tick(now_ms)
+    }
 }

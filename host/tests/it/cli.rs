@@ -181,3 +181,23 @@ fn sigterm_stops_the_router_cleanly() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("shutting down"));
 }
+
+#[test]
+fn the_quick_demo_prints_its_table() {
+    let out = router(&[
+        "demo",
+        "--quick",
+        "--time-scale",
+        "0.2",
+        "--log-level",
+        "warn",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("cache hit")
+            && stdout.contains("round_robin")
+            && stdout.contains("cache_aware"),
+        "{stdout}"
+    );
+}

@@ -27,6 +27,21 @@ pub fn engine() -> PolicyEngine {
 /// The hostile fixture (host/tests/fixtures/hostile_policy), built for
 /// wasm32-wasip2 and claiming contract `version` (the real one if `None`).
 pub fn hostile(version: Option<&str>) -> PathBuf {
+    match version {
+        Some(v) => build_hostile(&format!("version-{v}"), &[("HOSTILE_CONTRACT_VERSION", v)]),
+        None => build_hostile("current", &[]),
+    }
+}
+
+/// The hostile fixture built to always pick the candidate with the
+/// smallest (`"first"`) or largest (`"last"`) id.
+pub fn picker(which: &str) -> PathBuf {
+    build_hostile(&format!("pick-{which}"), &[("HOSTILE_PICK", which)])
+}
+
+/// Build the fixture with these build-time variables, copied out as
+/// `hostile-<variant>.wasm`.
+fn build_hostile(variant: &str, vars: &[(&str, &str)]) -> PathBuf {
     // Builds share one target directory; one at a time, each copied out.
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,10 +61,10 @@ pub fn hostile(version: Option<&str>) -> PathBuf {
         .args(["-p", "hostile-policy", "--target-dir"])
         .arg(&target)
         .env_remove("RUSTFLAGS");
-    match version {
-        Some(v) => cmd.env("HOSTILE_CONTRACT_VERSION", v),
-        None => cmd.env_remove("HOSTILE_CONTRACT_VERSION"),
-    };
+    for var in ["HOSTILE_CONTRACT_VERSION", "HOSTILE_PICK"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(vars.iter().copied());
     let status = cmd
         .status()
         .expect("run cargo to build the hostile fixture");
@@ -57,7 +72,7 @@ pub fn hostile(version: Option<&str>) -> PathBuf {
         status.success(),
         "building the hostile fixture failed (is the wasm32-wasip2 target installed?)"
     );
-    let out = target.join(format!("hostile-{}.wasm", version.unwrap_or("current")));
+    let out = target.join(format!("hostile-{variant}.wasm"));
     std::fs::copy(
         target.join("wasm32-wasip2/policy/hostile_policy.wasm"),
         &out,

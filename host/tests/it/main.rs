@@ -6,4 +6,6 @@ mod engine;
 mod fixtures;
 mod mock;
 mod proxy;
+mod reload;
 mod round_robin;
+mod sim;

@@ -1,0 +1,222 @@
+//! `router demo`: a simulated fleet, the router in front of it, and a
+//! shared-prefix workload through each built-in policy, ending in a table.
+//! Each policy gets a fresh fleet so caches start cold for all.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{Config, RouterArgs};
+use crate::sim::{self, SimArgs};
+use crate::workload::{self, Report, Shape, Spec};
+
+/// `router demo` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// A short run (for CI): fewer, smaller requests.
+    #[arg(long)]
+    pub quick: bool,
+    /// Simulated workers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Prompt groups (shared system prompts).
+    #[arg(long, default_value_t = 8)]
+    pub groups: usize,
+    /// Prompts per group.
+    #[arg(long, default_value_t = 24)]
+    pub prompts_per_group: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// KV cache of each simulated worker, in tokens.
+    #[arg(long, default_value_t = 2500)]
+    pub cache_tokens: usize,
+    /// Multiply simulated GPU times (smaller is faster).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Stop each policy's run after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub max_secs: u64,
+}
+
+/// One policy's results.
+#[derive(Debug, Clone)]
+pub struct PolicyResult {
+    /// Policy name.
+    pub policy: String,
+    /// Share of prompt tokens served from the workers' caches.
+    pub hit_rate: f64,
+    /// What the client saw.
+    pub report: Report,
+    /// Share of requests per worker.
+    pub shares: Vec<f64>,
+}
+
+impl DemoArgs {
+    fn spec(&self) -> Spec {
+        let (groups, per_group) = if self.quick {
+            (4, 8)
+        } else {
+            (self.groups, self.prompts_per_group)
+        };
+        Spec {
+            shape: Shape::SharedPrefix,
+            groups,
+            prompts_per_group: per_group,
+            system_chars: 2400,
+            question_chars: 200,
+            output_tokens: if self.quick { 8 } else { 32 },
+            seed: 42,
+        }
+    }
+}
+
+/// Run the demo for each built-in policy.
+pub async fn run(args: &DemoArgs, show_progress: bool) -> anyhow::Result<Vec<PolicyResult>> {
+    let spec = args.spec();
+    let prompts = spec.prompts();
+    let mut results = Vec::new();
+    for policy in ["round_robin", "cache_aware"] {
+        results.push(run_policy(args, policy, &spec, &prompts, show_progress).await?);
+    }
+    Ok(results)
+}
+
+async fn run_policy(
+    args: &DemoArgs,
+    policy: &str,
+    spec: &Spec,
+    prompts: &[String],
+    show_progress: bool,
+) -> anyhow::Result<PolicyResult> {
+    let mut fleet = Vec::new();
+    for _ in 0..args.workers.max(1) {
+        let sim = SimArgs {
+            cache_tokens: args.cache_tokens,
+            time_scale: args.time_scale,
+            ..SimArgs::default()
+        };
+        fleet.push(sim::start(sim, true).await?);
+    }
+    let router_args = RouterArgs {
+        port: Some(0),
+        prometheus_port: Some(0),
+        policy: Some(policy.to_string()),
+        worker_urls: fleet.iter().map(|w| w.url()).collect(),
+        ..RouterArgs::default()
+    };
+    let router = crate::server::start(Config::load(&router_args)?).await?;
+    wait_until_ready(&router).await?;
+    let client = crate::proxy::client();
+    let total = prompts.len();
+    let progress = |done: usize| {
+        if show_progress {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!(
+                "\r{policy:>12} [{}{}] {done}/{total}",
+                "#".repeat(filled),
+                ".".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+            let _flushed = std::io::stderr().flush();
+        }
+    };
+    let base = format!("http://{}", router.addr);
+    let deadline = Duration::from_secs(args.max_secs);
+    let report = workload::drive(
+        &client,
+        &base,
+        prompts,
+        spec.output_tokens,
+        args.concurrency,
+        deadline,
+        progress,
+    )
+    .await;
+    router.shutdown().await?;
+    let counts: Vec<u64> = fleet
+        .iter()
+        .map(|w| {
+            w.sim
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .collect();
+    let all: u64 = counts.iter().sum::<u64>().max(1);
+    let prompt: u64 = fleet
+        .iter()
+        .map(|w| {
+            w.sim
+                .counters
+                .prompt_tokens
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let cached: u64 = fleet
+        .iter()
+        .map(|w| {
+            w.sim
+                .counters
+                .cached_tokens
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    fleet.iter().for_each(|w| w.stop());
+    Ok(PolicyResult {
+        policy: policy.to_string(),
+        hit_rate: if prompt == 0 {
+            0.0
+        } else {
+            cached as f64 / prompt as f64
+        },
+        report,
+        shares: counts.iter().map(|&c| c as f64 / all as f64).collect(),
+    })
+}
+
+async fn wait_until_ready(router: &crate::server::Running) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if router
+            .state
+            .registry
+            .all()
+            .iter()
+            .all(|w| w.is_healthy() && !w.model().is_empty())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the simulated workers did not become healthy within 5 s")
+}
+
+/// The results as a table.
+pub fn table(results: &[PolicyResult]) -> String {
+    let mut out = String::from(
+        "policy        cache hit  TTFT p50   TTFT p99   req/s   failed  share per worker\n\
+         ------------  ---------  ---------  ---------  ------  ------  ----------------\n",
+    );
+    for r in results {
+        let shares: Vec<String> = r
+            .shares
+            .iter()
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .collect();
+        out.push_str(&format!(
+            "{:<12}  {:>8.1}%  {:>6.1} ms  {:>6.1} ms  {:>6.1}  {:>6}  {}\n",
+            r.policy,
+            r.hit_rate * 100.0,
+            r.report.ttft_ms(0.5),
+            r.report.ttft_ms(0.99),
+            r.report.throughput(),
+            r.report.failed,
+            shares.join(" ")
+        ));
+    }
+    out
+}

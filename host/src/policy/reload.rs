@@ -1,0 +1,219 @@
+//! Hot reload, as build, check, swap: a new component (or new config) is
+//! compiled, instantiated and `init`ed off the request path, takes over the
+//! old instance's state through `snapshot`/`restore`, learns the workers, and
+//! only then replaces the old one behind the seam in one atomic store.
+//! Requests already holding the old instance finish on it. Any failure keeps
+//! the old policy serving and is recorded for `GET /policies`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use super::{Limits, Policy, PolicyEngine, PolicySource, WasmPolicy, WorkerInfo};
+
+/// How long file events must stop before a reload starts: editors and `cp`
+/// write in several steps, and a half-written file must not be loaded.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What to load: the policy spec (name or path) and its JSON config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Built-in name or path.
+    pub policy: String,
+    /// JSON object for `init`.
+    pub config: String,
+}
+
+/// Where the wanted policy comes from: fixed at start, or re-read from the
+/// router's config file on each reload.
+pub type WantedSource = Box<dyn Fn() -> Result<Wanted, String> + Send + Sync>;
+
+/// `GET /policies`: what is loaded and how reloads went.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyStatus {
+    /// Name the policy declared.
+    pub name: String,
+    /// `builtin:NAME` or the file path.
+    pub source: String,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// When the current instance was loaded (seconds since the Unix epoch).
+    pub loaded_at: u64,
+    /// Successful reloads since start.
+    pub reload_count: u64,
+    /// The last failed reload's reason, cleared by the next success.
+    pub last_error: Option<String>,
+    /// Faults of the current instance.
+    pub faults: u64,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new instance is serving.
+    Swapped,
+    /// Same component and config: nothing to do.
+    Unchanged,
+}
+
+/// Owns the active policy and reloads it. See the module docs.
+pub struct PolicyManager {
+    engine: PolicyEngine,
+    limits: Limits,
+    wanted: WantedSource,
+    workers: Box<dyn Fn() -> Vec<WorkerInfo> + Send + Sync>,
+    /// The seam the data plane reads.
+    active: Arc<ArcSwap<Box<dyn Policy>>>,
+    state: Mutex<State>,
+}
+
+struct State {
+    current: Arc<WasmPolicy>,
+    wanted: Wanted,
+    loaded_at: u64,
+    reload_count: u64,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for PolicyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyManager")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Errors of a reload, as text: they go to logs, metrics and `GET /policies`.
+fn load(engine: &PolicyEngine, wanted: &Wanted, limits: Limits) -> Result<WasmPolicy, String> {
+    let source = PolicySource::parse(&wanted.policy).map_err(|e| e.to_string())?;
+    WasmPolicy::load(engine, source, &wanted.config, limits).map_err(|e| e.to_string())
+}
+
+impl PolicyManager {
+    /// Load the first policy; an error here stops the router from starting.
+    pub fn start(
+        engine: PolicyEngine,
+        limits: Limits,
+        wanted: WantedSource,
+        workers: Box<dyn Fn() -> Vec<WorkerInfo> + Send + Sync>,
+    ) -> anyhow::Result<Self> {
+        let first = wanted().map_err(anyhow::Error::msg)?;
+        let current = Arc::new(load(&engine, &first, limits).map_err(anyhow::Error::msg)?);
+        current.workers_changed(&workers());
+        let boxed: Box<dyn Policy> = Box::new(current.clone());
+        Ok(PolicyManager {
+            engine,
+            limits,
+            wanted,
+            workers,
+            active: Arc::new(ArcSwap::from_pointee(boxed)),
+            state: Mutex::new(State {
+                current,
+                wanted: first,
+                loaded_at: now_secs(),
+                reload_count: 0,
+                last_error: None,
+            }),
+        })
+    }
+
+    /// The seam the data plane reads.
+    pub fn active(&self) -> Arc<ArcSwap<Box<dyn Policy>>> {
+        self.active.clone()
+    }
+
+    /// The file to watch, if the policy comes from one.
+    pub fn watched_file(&self) -> Option<PathBuf> {
+        match PolicySource::parse(&self.lock().wanted.policy) {
+            Ok(PolicySource::File(path)) => Some(path),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reload. Blocking (compiles): call it off the async workers. `force`
+    /// reloads even an unchanged component and config.
+    pub fn reload(&self, force: bool) -> Result<Reloaded, String> {
+        let result = self.try_reload(force);
+        let mut state = self.lock();
+        match &result {
+            Ok(Reloaded::Swapped) => {
+                state.last_error = None;
+                metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "swapped")
+                    .increment(1);
+            }
+            // The file is back to what is serving: the error is over.
+            Ok(Reloaded::Unchanged) => state.last_error = None,
+            Err(e) => {
+                tracing::error!(policy = %state.wanted.policy, "policy reload failed, the old policy keeps serving: {e}");
+                state.last_error = Some(e.clone());
+                metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "error").increment(1);
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, force: bool) -> Result<Reloaded, String> {
+        let wanted = (self.wanted)()?;
+        let source = PolicySource::parse(&wanted.policy).map_err(|e| e.to_string())?;
+        let bytes = source.read().map_err(|e| e.to_string())?;
+        {
+            let state = self.lock();
+            let same_bytes = super::engine::sha256_hex(&bytes) == state.current.sha256();
+            if !force && same_bytes && wanted == state.wanted {
+                return Ok(Reloaded::Unchanged);
+            }
+        }
+        let next = Arc::new(load(&self.engine, &wanted, self.limits)?);
+        let old = self.lock().current.clone();
+        match old.snapshot() {
+            Ok(state) => {
+                if let Err(e) = next.restore(&state) {
+                    tracing::warn!(policy = %next.info().name, "the new policy did not take the old state, starting fresh: {e}");
+                }
+            }
+            Err(fault) => {
+                tracing::warn!("no state carried over: the old policy faulted in snapshot: {fault}")
+            }
+        }
+        next.workers_changed(&(self.workers)());
+        let boxed: Box<dyn Policy> = Box::new(next.clone());
+        self.active.store(Arc::new(boxed));
+        let mut state = self.lock();
+        state.current = next;
+        state.wanted = wanted;
+        state.loaded_at = now_secs();
+        state.reload_count += 1;
+        tracing::info!(policy = %state.current.info().name, sha256 = %state.current.sha256(), "policy reloaded");
+        Ok(Reloaded::Swapped)
+    }
+
+    /// What is loaded and how reloads went.
+    pub fn status(&self) -> PolicyStatus {
+        let state = self.lock();
+        PolicyStatus {
+            name: state.current.info().name.clone(),
+            source: match state.current.source() {
+                PolicySource::Builtin(name) => format!("builtin:{name}"),
+                PolicySource::File(path) => path.display().to_string(),
+            },
+            sha256: state.current.sha256().to_string(),
+            loaded_at: state.loaded_at,
+            reload_count: state.reload_count,
+            last_error: state.last_error.clone(),
+            faults: state.current.faults(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `router sim-worker`: a simulated SGLang worker for CPU-only machines.
+//!
+//! It models what matters for routing: a prefix KV cache ([`cache`]), prefill
+//! time proportional to the tokens not found in it, decode time per output
+//! token that grows with the running batch, and a bounded running batch with
+//! a FIFO queue. It speaks SGLang's `/generate` and OpenAI's completions and
+//! chat routes (streaming or not) with their token accounting, so the
+//! router's feedback and the benchmarks read cache hits from the workers'
+//! own counters. Knobs make it fail, hang or crash for tests.
+
+pub mod cache;
+mod respond;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use clap::Args;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use cache::PrefixCache;
+
+/// Knobs of a simulated worker.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Model name it reports.
+    #[arg(long, default_value = "sim-model")]
+    pub model: String,
+    /// Tokens per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV cache capacity in tokens.
+    #[arg(long, default_value_t = 200_000)]
+    pub cache_tokens: usize,
+    /// Prefill cost per uncached prompt token, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub prefill_us_per_token: u64,
+    /// Decode cost per output token with one request running, in microseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub decode_us_per_token: u64,
+    /// Extra decode cost per additional running request, as a fraction.
+    #[arg(long, default_value_t = 0.05)]
+    pub batch_slowdown: f64,
+    /// Requests running at once; more wait in a FIFO queue.
+    #[arg(long, default_value_t = 16)]
+    pub max_running: usize,
+    /// Output tokens when the request does not say.
+    #[arg(long, default_value_t = 16)]
+    pub output_tokens: usize,
+    /// Multiply all simulated times (0 for instant answers).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Fixed extra latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of requests answered with --fail-status (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Answer the first N requests with --fail-status.
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: usize,
+    /// Status of simulated failures.
+    #[arg(long, default_value_t = 500)]
+    pub fail_status: u16,
+    /// Never answer inference requests.
+    #[arg(long)]
+    pub hang: bool,
+    /// Exit the process (or stop serving, in-process) after N requests.
+    #[arg(long)]
+    pub crash_after: Option<usize>,
+    /// Answer inference at once with a fixed body, with no cache, timing or
+    /// parsing: an instant upstream for measuring a router's own overhead.
+    #[arg(long)]
+    pub fixed_response: bool,
+}
+
+impl Default for SimArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: SimArgs,
+        }
+        Wrapper::parse_from(["sim-worker"]).args
+    }
+}
+
+/// Counters, exported on `/metrics` in Prometheus text.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Inference requests received.
+    pub requests: AtomicU64,
+    /// Prompt tokens processed.
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens found in the cache.
+    pub cached_tokens: AtomicU64,
+    /// Requests running.
+    pub running: AtomicUsize,
+    /// Requests waiting for a batch slot.
+    pub queued: AtomicUsize,
+}
+
+/// A simulated worker's state.
+#[derive(Debug)]
+pub struct Sim {
+    args: SimArgs,
+    cache: Mutex<PrefixCache>,
+    slots: Semaphore,
+    /// Counters, for `/metrics` and tests.
+    pub counters: Counters,
+    stop: tokio::sync::Notify,
+    in_process: bool,
+}
+
+/// A running simulated worker.
+#[derive(Debug)]
+pub struct SimHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub sim: Arc<Sim>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// Start a simulated worker. `in_process`: `--crash-after` stops the server
+/// instead of exiting the process.
+pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle> {
+    let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
+    let addr = listener.local_addr()?;
+    let sim = Arc::new(Sim {
+        cache: Mutex::new(PrefixCache::new(args.block_size, args.cache_tokens)),
+        slots: Semaphore::new(args.max_running.max(1)),
+        counters: Counters::default(),
+        stop: tokio::sync::Notify::new(),
+        in_process,
+        args,
+    });
+    let inference = if sim.args.fixed_response {
+        Router::new()
+            .route("/generate", post(respond::fixed))
+            .route("/v1/completions", post(respond::fixed))
+            .route("/v1/chat/completions", post(respond::fixed))
+    } else {
+        Router::new()
+            .route("/generate", post(respond::generate))
+            .route("/v1/completions", post(respond::completions))
+            .route("/v1/chat/completions", post(respond::chat))
+    };
+    let app = inference
+        .route("/health", get(|| async { "ok" }))
+        .route("/health_generate", get(|| async { "ok" }).post(|| async { "ok" }))
+        .route("/get_model_info", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"model_path": s.args.model, "is_generation": true})) }))
+        .route("/get_server_info", get(server_info))
+        .route("/v1/models", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"object": "list", "data": [{"id": s.args.model, "object": "model", "owned_by": "sim"}]})) }))
+        .route("/get_load", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"load": s.load()})) }))
+        .route("/flush_cache", post(|State(s): State<Arc<Sim>>| async move { s.flush(); "Cache flushed." }))
+        .route("/metrics", get(metrics))
+        .with_state(sim.clone());
+    let stopper = sim.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopper.stop.notified().await });
+        if let Err(e) = serve.await {
+            tracing::error!("simulated worker stopped: {e}");
+        }
+    });
+    Ok(SimHandle { addr, sim, task })
+}
+
+impl Sim {
+    /// Requests running or queued.
+    pub fn load(&self) -> usize {
+        self.counters.running.load(Ordering::Relaxed) + self.counters.queued.load(Ordering::Relaxed)
+    }
+
+    /// Empty the KV cache.
+    pub fn flush(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    }
+
+    /// Share of prompt tokens served from the cache so far.
+    pub fn hit_rate(&self) -> f64 {
+        let prompt = self.counters.prompt_tokens.load(Ordering::Relaxed);
+        let cached = self.counters.cached_tokens.load(Ordering::Relaxed);
+        if prompt == 0 {
+            0.0
+        } else {
+            cached as f64 / prompt as f64
+        }
+    }
+
+    /// Time to prefill a prompt: its uncached tokens at the configured
+    /// rate, plus the fixed extra latency.
+    pub fn prefill_time(&self, lookup: cache::Lookup) -> Duration {
+        let uncached = (lookup.prompt_tokens - lookup.cached_tokens) as f64;
+        self.scaled(uncached * self.args.prefill_us_per_token as f64)
+            + Duration::from_millis(self.args.latency_ms)
+    }
+
+    fn scaled(&self, micros: f64) -> Duration {
+        Duration::from_secs_f64((micros * self.args.time_scale).max(0.0) / 1e6)
+    }
+}
+
+async fn server_info(State(s): State<Arc<Sim>>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({
+        "model_path": s.args.model,
+        "max_running_requests": s.args.max_running,
+        "page_size": s.args.block_size,
+        "max_total_num_tokens": s.args.cache_tokens,
+        "simulated": true,
+    }))
+}
+
+async fn metrics(State(s): State<Arc<Sim>>) -> String {
+    let c = &s.counters;
+    format!(
+        "# TYPE sim_requests_total counter\nsim_requests_total {}\n\
+         # TYPE sim_prompt_tokens_total counter\nsim_prompt_tokens_total {}\n\
+         # TYPE sim_cached_tokens_total counter\nsim_cached_tokens_total {}\n\
+         # TYPE sim_running gauge\nsim_running {}\n# TYPE sim_queued gauge\nsim_queued {}\n",
+        c.requests.load(Ordering::Relaxed),
+        c.prompt_tokens.load(Ordering::Relaxed),
+        c.cached_tokens.load(Ordering::Relaxed),
+        c.running.load(Ordering::Relaxed),
+        c.queued.load(Ordering::Relaxed),
+    )
+}

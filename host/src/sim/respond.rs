@@ -1,0 +1,298 @@
+//! The simulated worker's inference routes: admission into the batch,
+//! prefill against the cache, decode, and the SGLang / OpenAI response
+//! shapes (streaming as server-sent events).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::SemaphorePermit;
+
+use super::Sim;
+use super::cache::Lookup;
+
+/// Which response shape to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Generate,
+    Completions,
+    Chat,
+}
+
+/// `--fixed-response`: the same small body for every request.
+pub async fn fixed() -> Response {
+    (
+        [("content-type", "application/json")],
+        r#"{"text":"ok","meta_info":{"prompt_tokens":1,"completion_tokens":1,"cached_tokens":0}}"#,
+    )
+        .into_response()
+}
+
+pub async fn generate(State(s): State<Arc<Sim>>, body: Bytes) -> Response {
+    serve(s, body, Shape::Generate).await
+}
+
+pub async fn completions(State(s): State<Arc<Sim>>, body: Bytes) -> Response {
+    serve(s, body, Shape::Completions).await
+}
+
+pub async fn chat(State(s): State<Arc<Sim>>, body: Bytes) -> Response {
+    serve(s, body, Shape::Chat).await
+}
+
+/// A request admitted to the batch; leaving it frees the slot.
+struct Running<'a> {
+    sim: &'a Sim,
+    _slot: SemaphorePermit<'a>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.sim.counters.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the request asked for.
+struct Job {
+    text: String,
+    output_tokens: usize,
+    stream: bool,
+    id: String,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": "sim_error", "code": status.as_u16()}})),
+    )
+        .into_response()
+}
+
+/// Apply the failure knobs; `Err` is the error to answer instead.
+async fn knobs(s: &Sim) -> Result<(), (StatusCode, &'static str)> {
+    let n = s.counters.requests.fetch_add(1, Ordering::Relaxed) as usize + 1;
+    if s.args.crash_after.is_some_and(|limit| n > limit) {
+        if !s.in_process {
+            tracing::error!("simulated crash after {} requests", n - 1);
+            std::process::exit(1);
+        }
+        s.stop.notify_waiters();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "simulated crash"));
+    }
+    if s.args.hang {
+        std::future::pending::<()>().await;
+    }
+    if n <= s.args.fail_first || fastrand::f64() < s.args.fail_rate {
+        let status =
+            StatusCode::from_u16(s.args.fail_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err((status, "simulated failure"));
+    }
+    Ok(())
+}
+
+fn parse(s: &Sim, body: &[u8]) -> Result<Job, crate::errors::ApiError> {
+    let peek = crate::extract::peek(body)?;
+    let text = peek.routing_text()?;
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let asked = [
+        &v["sampling_params"]["max_new_tokens"],
+        &v["max_tokens"],
+        &v["max_completion_tokens"],
+    ]
+    .into_iter()
+    .find_map(|t| t.as_u64());
+    Ok(Job {
+        text,
+        output_tokens: asked
+            .map_or(s.args.output_tokens, |t| t as usize)
+            .clamp(1, 4096),
+        stream: v["stream"] == true,
+        id: format!("sim-{:016x}", fastrand::u64(..)),
+    })
+}
+
+async fn serve(s: Arc<Sim>, body: Bytes, shape: Shape) -> Response {
+    if let Err((status, message)) = knobs(&s).await {
+        return error(status, message);
+    }
+    let job = match parse(&s, &body) {
+        Ok(job) => job,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if job.stream {
+        return stream(s, job, shape);
+    }
+    let (running, lookup) = prefill(&s, &job.text).await;
+    tokio::time::sleep(decode_time(&s, job.output_tokens)).await;
+    drop(running);
+    Json(full_body(&s, &job, shape, lookup)).into_response()
+}
+
+/// Wait for a batch slot, look the prompt up in the cache, and spend the
+/// prefill time of what was not cached.
+async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
+    s.counters.queued.fetch_add(1, Ordering::Relaxed);
+    let slot = s
+        .slots
+        .acquire()
+        .await
+        .expect("the batch semaphore is never closed");
+    s.counters.queued.fetch_sub(1, Ordering::Relaxed);
+    s.counters.running.fetch_add(1, Ordering::Relaxed);
+    let running = Running {
+        sim: s,
+        _slot: slot,
+    };
+    let lookup = s
+        .cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .process(text);
+    s.counters
+        .prompt_tokens
+        .fetch_add(lookup.prompt_tokens as u64, Ordering::Relaxed);
+    s.counters
+        .cached_tokens
+        .fetch_add(lookup.cached_tokens as u64, Ordering::Relaxed);
+    tokio::time::sleep(s.prefill_time(lookup)).await;
+    (running, lookup)
+}
+
+/// Decode time for `tokens`, slower the more requests share the batch.
+fn decode_time(s: &Sim, tokens: usize) -> Duration {
+    let batch = s.counters.running.load(Ordering::Relaxed).max(1) as f64;
+    let per_token =
+        s.args.decode_us_per_token as f64 * (1.0 + s.args.batch_slowdown * (batch - 1.0));
+    s.scaled(per_token * tokens as f64)
+}
+
+fn output_text(tokens: usize) -> String {
+    vec!["tok"; tokens].join(" ")
+}
+
+fn usage(lookup: Lookup, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": lookup.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": lookup.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": lookup.cached_tokens},
+    })
+}
+
+fn full_body(s: &Sim, job: &Job, shape: Shape, lookup: Lookup) -> Value {
+    let text = output_text(job.output_tokens);
+    match shape {
+        Shape::Generate => json!({
+            "text": text,
+            "meta_info": {
+                "id": job.id,
+                "prompt_tokens": lookup.prompt_tokens,
+                "completion_tokens": job.output_tokens,
+                "cached_tokens": lookup.cached_tokens,
+                "finish_reason": {"type": "length", "length": job.output_tokens},
+            },
+        }),
+        Shape::Completions => json!({
+            "id": job.id, "object": "text_completion", "model": s.args.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+            "usage": usage(lookup, job.output_tokens),
+        }),
+        Shape::Chat => json!({
+            "id": job.id, "object": "chat.completion", "model": s.args.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+            "usage": usage(lookup, job.output_tokens),
+        }),
+    }
+}
+
+/// One server-sent event per decoded piece: the first after prefill, the
+/// last with the token accounting, then `[DONE]`.
+fn stream(s: Arc<Sim>, job: Job, shape: Shape) -> Response {
+    const PIECES: usize = 4;
+    let events = async_stream(s, job, shape, PIECES);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(events))
+        .expect("static headers are valid")
+}
+
+fn async_stream(
+    s: Arc<Sim>,
+    job: Job,
+    shape: Shape,
+    pieces: usize,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(pieces + 2);
+    tokio::spawn(async move {
+        let (running, lookup) = prefill(&s, &job.text).await;
+        let per_piece = job.output_tokens.div_ceil(pieces);
+        let mut sent = 0;
+        while sent < job.output_tokens {
+            let n = per_piece.min(job.output_tokens - sent);
+            if sent > 0 {
+                tokio::time::sleep(decode_time(&s, n)).await;
+            }
+            sent += n;
+            let last = sent == job.output_tokens;
+            let event = piece(&s, &job, shape, n, sent, last.then_some(lookup));
+            if tx
+                .send(Bytes::from(format!("data: {event}\n\n")))
+                .await
+                .is_err()
+            {
+                return; // the client went away
+            }
+        }
+        drop(running);
+        // The receiver may be gone already; nothing is lost either way.
+        if tx
+            .send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .await
+            .is_err()
+        {
+            tracing::debug!("stream closed before [DONE]");
+        }
+    });
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+    )
+}
+
+fn piece(s: &Sim, job: &Job, shape: Shape, n: usize, sent: usize, end: Option<Lookup>) -> Value {
+    let text = output_text(n);
+    match shape {
+        Shape::Generate => {
+            let mut v = json!({"text": output_text(sent), "meta_info": {"id": job.id, "completion_tokens": sent}});
+            if let Some(l) = end {
+                v["meta_info"]["prompt_tokens"] = l.prompt_tokens.into();
+                v["meta_info"]["cached_tokens"] = l.cached_tokens.into();
+                v["meta_info"]["finish_reason"] = json!({"type": "length", "length": sent});
+            }
+            v
+        }
+        Shape::Completions => {
+            let mut v = json!({"id": job.id, "object": "text_completion", "model": s.args.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": end.map(|_| "length")}]});
+            if let Some(l) = end {
+                v["usage"] = usage(l, sent);
+            }
+            v
+        }
+        Shape::Chat => {
+            let mut v = json!({"id": job.id, "object": "chat.completion.chunk", "model": s.args.model,
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": end.map(|_| "length")}]});
+            if let Some(l) = end {
+                v["usage"] = usage(l, sent);
+            }
+            v
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Hot reload through the running router: file replaced under load, broken
+//! files, config changes, and state carried across a reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fixtures::picker;
+use crate::mock::{MockWorker, args, generate, http, router};
+
+/// A fresh directory for a policy file.
+fn dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("reload-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Replace `path` the way `cp x tmp && mv tmp path` does: by rename.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn status(base: &str) -> Value {
+    let v: Value = http()
+        .get(format!("{base}/policies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["policies"][0].clone()
+}
+
+/// Poll until `generate` answers from `worker` (bounded).
+async fn until_served_by(r: &wasm_router::server::Running, worker: &str) {
+    for _ in 0..500 {
+        if generate(r, "probe").await.is_ok_and(|w| w == worker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{worker} never served after the reload");
+}
+
+async fn until_error(base: &str) -> String {
+    for _ in 0..500 {
+        if let Some(e) = status(base).await["last_error"].as_str() {
+            return e.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the broken file was never reported");
+}
+
+#[tokio::test]
+async fn replacing_the_file_under_load_switches_policies_and_fails_nothing() {
+    let (first, last) = (
+        std::fs::read(picker("first")).unwrap(),
+        std::fs::read(picker("last")).unwrap(),
+    );
+    let a_ = MockWorker::start("a", "m").await;
+    let b_ = MockWorker::start("b", "m").await;
+    let file = dir("load").join("policy.wasm");
+    replace(&file, &first);
+    let mut a = args(&[&a_, &b_]);
+    a.policy = Some(file.display().to_string());
+    let r = Arc::new(router(a).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (r, stop, ok, failed) = (r.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                // Bounded: stops when told, or after 20 000 requests.
+                for i in 0..20_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match generate(&r, &format!("client {c} request {i}")).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            eprintln!("failed: {e:?}");
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    until_served_by(&r, "a").await;
+    for round in 0..8 {
+        let (bytes, expect) = if round % 2 == 0 {
+            (&last, "b")
+        } else {
+            (&first, "a")
+        };
+        replace(&file, bytes);
+        until_served_by(&r, expect).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    let base = format!("http://{}", r.addr);
+    let s = status(&base).await;
+    assert!(s["reload_count"].as_u64().unwrap() >= 8, "{s}");
+    assert!(s["last_error"].is_null(), "{s}");
+}
+
+#[tokio::test]
+async fn broken_files_keep_the_old_policy_and_a_fixed_file_recovers() {
+    let good = std::fs::read(picker("last")).unwrap();
+    let a_ = MockWorker::start("a", "m").await;
+    let b_ = MockWorker::start("b", "m").await;
+    let file = dir("broken").join("policy.wasm");
+    replace(&file, &good);
+    let mut a = args(&[&a_, &b_]);
+    a.policy = Some(file.display().to_string());
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    let sha = status(&base).await["sha256"].clone();
+    for (what, bytes) in [
+        ("corrupted", b"\0asm\x0d\0\x01\0garbage".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+    ] {
+        replace(&file, &bytes);
+        let error = until_error(&base).await;
+        assert!(error.contains("policy.wasm"), "{what}: {error}");
+        for i in 0..3 {
+            assert_eq!(
+                generate(&r, &format!("{what} {i}")).await.unwrap(),
+                "b",
+                "{what}: the old policy serves"
+            );
+        }
+        assert_eq!(status(&base).await["sha256"], sha);
+        // A forced reload of the broken file says why, and changes nothing.
+        let resp = http()
+            .post(format!("{base}/policies/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 422, "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "policy_reload_failed");
+        replace(&file, &good);
+        for _ in 0..500 {
+            if status(&base).await["last_error"].is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            status(&base).await["last_error"].is_null(),
+            "{what}: fixing the file recovers"
+        );
+    }
+    let fixed = std::fs::read(picker("first")).unwrap();
+    replace(&file, &fixed);
+    until_served_by(&r, "a").await;
+}
+
+#[tokio::test]
+async fn a_changed_policy_table_re_inits_and_a_trap_in_init_keeps_the_old() {
+    let a_ = MockWorker::start("a", "m").await;
+    let b_ = MockWorker::start("b", "m").await;
+    let d = dir("toml");
+    let policy = d.join("policy.wasm");
+    replace(
+        &policy,
+        &std::fs::read(crate::fixtures::hostile(None)).unwrap(),
+    );
+    let toml = d.join("router.toml");
+    let write_toml = |table: &str| {
+        let text = format!(
+            "policy_name = {:?}\n[policy]\n{table}\n",
+            policy.display().to_string()
+        );
+        replace(&toml, text.as_bytes());
+    };
+    write_toml("note = \"first\"");
+    let mut a = args(&[&a_, &b_]);
+    a.policy = None;
+    a.config = Some(toml.clone());
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    assert!(generate(&r, "x").await.is_ok());
+    write_toml("\"trap-in-init\" = true");
+    let error = until_error(&base).await;
+    assert!(error.contains("faulted while starting"), "{error}");
+    assert!(generate(&r, "still served").await.is_ok());
+    write_toml("note = \"fixed\"");
+    for _ in 0..500 {
+        if status(&base).await["last_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = status(&base).await;
+    assert!(s["last_error"].is_null(), "{s}");
+    assert!(s["reload_count"].as_u64().unwrap() >= 1, "{s}");
+}
+
+#[tokio::test]
+async fn cache_aware_keeps_its_affinity_across_a_reload() {
+    let a_ = MockWorker::start("a", "m").await;
+    let b_ = MockWorker::start("b", "m").await;
+    let mut a = args(&[&a_, &b_]);
+    a.policy = Some("cache_aware".into());
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    let p1 = "First family of prompts, with a long shared system prompt. Q: ";
+    let p2 = "Second family, unrelated to the first one, also long enough. Q: ";
+    assert_eq!(
+        generate(&r, &format!("{p1}one")).await.unwrap(),
+        "a",
+        "empty trees: smallest id"
+    );
+    assert_eq!(
+        generate(&r, &format!("{p2}one")).await.unwrap(),
+        "b",
+        "a different prefix: the smaller tree"
+    );
+    let resp = http()
+        .post(format!("{base}/policies/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status(&base).await["reload_count"], 1);
+    // A fresh tree would send p2 to "a" (both empty, smallest id).
+    assert_eq!(generate(&r, &format!("{p2}two")).await.unwrap(), "b");
+    assert_eq!(generate(&r, &format!("{p1}two")).await.unwrap(), "a");
+}

@@ -1,0 +1,153 @@
+//! The simulated worker over HTTP, and `router demo`.
+
+use serde_json::{Value, json};
+use wasm_router::demo::{self, DemoArgs};
+use wasm_router::sim::cache::Lookup;
+use wasm_router::sim::{self, SimArgs};
+
+use crate::mock::http;
+
+fn instant() -> SimArgs {
+    SimArgs {
+        time_scale: 0.0,
+        ..SimArgs::default()
+    }
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let resp = http().post(url).json(&body).send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_repeated_prefix_is_reported_as_cached_in_both_shapes() {
+    let w = sim::start(instant(), true).await.unwrap();
+    let system = "s".repeat(640);
+    let (status, first) = post(
+        &format!("{}/generate", w.url()),
+        json!({"text": format!("{system} one")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["meta_info"]["cached_tokens"], 0);
+    let (_, second) = post(
+        &format!("{}/generate", w.url()),
+        json!({"text": format!("{system} two")}),
+    )
+    .await;
+    assert_eq!(
+        second["meta_info"]["cached_tokens"], 160,
+        "640 chars = 160 tokens, ten full blocks"
+    );
+    let (_, chat) = post(
+        &format!("{}/v1/chat/completions", w.url()),
+        json!({"messages": [{"role": "user", "content": format!("{system} three")}], "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 160);
+    assert_eq!(chat["usage"]["completion_tokens"], 3);
+    assert_eq!(chat["choices"][0]["message"]["content"], "tok tok tok");
+    assert!(w.sim.hit_rate() > 0.0);
+    w.stop();
+}
+
+#[tokio::test]
+async fn streams_end_with_usage_and_done() {
+    let w = sim::start(instant(), true).await.unwrap();
+    let text = http()
+        .post(format!("{}/v1/completions", w.url()))
+        .json(&json!({"prompt": "hello", "stream": true, "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 5, "four pieces and [DONE]: {text}");
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let last: Value = serde_json::from_str(events[3].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 8);
+    w.stop();
+}
+
+#[tokio::test]
+async fn failure_knobs_fail_as_told() {
+    let w = sim::start(
+        SimArgs {
+            fail_first: 2,
+            fail_status: 503,
+            ..instant()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/generate", w.url());
+    assert_eq!(post(&url, json!({"text": "a"})).await.0, 503);
+    assert_eq!(post(&url, json!({"text": "a"})).await.0, 503);
+    assert_eq!(post(&url, json!({"text": "a"})).await.0, 200);
+    let crashy = sim::start(
+        SimArgs {
+            crash_after: Some(1),
+            ..instant()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/generate", crashy.url());
+    assert_eq!(post(&url, json!({"text": "a"})).await.0, 200);
+    assert_eq!(post(&url, json!({"text": "a"})).await.0, 503);
+    crate::fixtures::wait_until("the crashed worker stops listening", || {
+        std::net::TcpStream::connect(crashy.addr).is_err()
+    });
+}
+
+#[tokio::test]
+async fn prefill_time_grows_with_uncached_tokens() {
+    let w = sim::start(
+        SimArgs {
+            prefill_us_per_token: 100,
+            latency_ms: 0,
+            ..SimArgs::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let time = |cached| {
+        w.sim.prefill_time(Lookup {
+            prompt_tokens: 1000,
+            cached_tokens: cached,
+        })
+    };
+    assert_eq!(time(0).as_micros(), 100_000);
+    assert_eq!(time(900).as_micros(), 10_000);
+    assert!(time(0) > time(500) && time(500) > time(1000));
+    w.stop();
+}
+
+#[tokio::test]
+async fn the_quick_demo_shows_cache_aware_beating_round_robin() {
+    let args = DemoArgs {
+        quick: true,
+        workers: 4,
+        groups: 8,
+        prompts_per_group: 24,
+        concurrency: 8,
+        cache_tokens: 2500,
+        time_scale: 0.2,
+        max_secs: 60,
+    };
+    let results = demo::run(&args, false).await.unwrap();
+    let table = demo::table(&results);
+    let by = |name: &str| results.iter().find(|r| r.policy == name).unwrap();
+    let (rr, ca) = (by("round_robin"), by("cache_aware"));
+    assert_eq!(rr.report.failed + ca.report.failed, 0, "{table}");
+    assert_eq!(rr.report.ok, 32, "{table}");
+    assert!(ca.hit_rate > rr.hit_rate, "{table}");
+}
