@@ -60,13 +60,25 @@ async fn time_reload(client: &reqwest::Client, base: &str, file: &Path, bytes: &
     let deadline = started + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "the reload never happened");
-        let status: Value = client.get(format!("{base}/policies")).send().await.unwrap().json().await.unwrap();
+        let status: Value = client
+            .get(format!("{base}/policies"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if status["policies"][0]["sha256"] == sha.as_str() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let resp = client.post(format!("{base}/generate")).json(&json!({"text": "probe"})).send().await.unwrap();
+    let resp = client
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "probe"}))
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_success());
     started.elapsed()
 }
@@ -77,7 +89,10 @@ fn quantile(times: &mut [Duration], q: f64) -> f64 {
 }
 
 async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_load: bool) {
-    let dir = std::env::temp_dir().join(format!("wasm-router-reload-bench-{}-{label}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "wasm-router-reload-bench-{}-{label}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.wasm");
     let versions = policies();
@@ -89,14 +104,24 @@ async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load: Vec<_> = (0..if under_load { CLIENTS } else { 0 })
         .map(|_| {
-            let (client, base, stop, ok, failed) = (client.clone(), base.clone(), stop.clone(), ok.clone(), failed.clone());
+            let (client, base, stop, ok, failed) = (
+                client.clone(),
+                base.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+            );
             tokio::spawn(async move {
                 // Bounded in count; stopped when the reloads are done.
                 for i in 0..1_000_000 {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let sent = client.post(format!("{base}/generate")).json(&json!({"text": format!("load {i}")})).send().await;
+                    let sent = client
+                        .post(format!("{base}/generate"))
+                        .json(&json!({"text": format!("load {i}")}))
+                        .send()
+                        .await;
                     match sent {
                         Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
                         _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -120,7 +145,11 @@ async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_
         quantile(&mut times, 0.9),
         wasm_router::policy::reload::DEBOUNCE.as_millis(),
         if under_load {
-            format!("; under load from {CLIENTS} clients: {} requests succeeded, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+            format!(
+                "; under load from {CLIENTS} clients: {} requests succeeded, {} failed",
+                ok.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed)
+            )
         } else {
             String::new()
         }
@@ -133,13 +162,28 @@ async fn main() {
     let mut workers = Vec::new();
     let mut sims = Vec::new();
     for _ in 0..2 {
-        let sim = sim::start(SimArgs { fixed_response: true, ..SimArgs::default() }, true).await.unwrap();
+        let sim = sim::start(
+            SimArgs {
+                fixed_response: true,
+                ..SimArgs::default()
+            },
+            true,
+        )
+        .await
+        .unwrap();
         workers.push(sim.url());
         sims.push(sim);
     }
-    let cache = std::env::temp_dir().join(format!("wasm-router-reload-cache-{}", std::process::id()));
+    let cache =
+        std::env::temp_dir().join(format!("wasm-router-reload-cache-{}", std::process::id()));
     measure("warm compile cache", Some(cache.clone()), &workers, false).await;
     measure("no compile cache", None, &workers, false).await;
-    measure("warm compile cache, under load", Some(cache.clone()), &workers, true).await;
+    measure(
+        "warm compile cache, under load",
+        Some(cache.clone()),
+        &workers,
+        true,
+    )
+    .await;
     std::fs::remove_dir_all(&cache).ok();
 }

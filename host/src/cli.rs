@@ -41,6 +41,8 @@ pub enum Command {
     SimWorker(crate::sim::SimArgs),
     /// Simulated fleet + router + shared-prefix workload, for each built-in policy.
     Demo(crate::demo::DemoArgs),
+    /// Replay a seeded workload against a URL; print a JSON report.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `router policy ...`

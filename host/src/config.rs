@@ -141,6 +141,21 @@ pub struct RouterArgs {
     /// Do not watch the policy file (and config file) for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key-path).
+    #[arg(long)]
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key for --tls-cert-path.
+    #[arg(long)]
+    pub tls_key_path: Option<PathBuf>,
+    /// Extra PEM root certificates to trust for HTTPS workers.
+    #[arg(long, num_args = 1..)]
+    pub ca_cert_paths: Vec<PathBuf>,
+    /// PEM client certificate for mutual TLS with workers (with --client-key-path).
+    #[arg(long)]
+    pub client_cert_path: Option<PathBuf>,
+    /// PEM private key for --client-cert-path.
+    #[arg(long)]
+    pub client_key_path: Option<PathBuf>,
 }
 
 /// The TOML config file: the same settings as the flags, plus `[policy]`.
@@ -194,6 +209,12 @@ pub struct FileConfig {
     shutdown_grace_period_secs: Option<u64>,
     policy_call_deadline_ms: Option<u64>,
     policy_memory_limit_mb: Option<usize>,
+    tls_cert_path: Option<PathBuf>,
+    tls_key_path: Option<PathBuf>,
+    #[serde(default)]
+    ca_cert_paths: Vec<PathBuf>,
+    client_cert_path: Option<PathBuf>,
+    client_key_path: Option<PathBuf>,
 }
 
 /// A setting that cannot be used, named so the user can fix it.
@@ -325,6 +346,10 @@ pub struct Config {
     pub watch: bool,
     /// The flags, when a config file is in use: reloads re-read it.
     pub reload_from: Option<RouterArgs>,
+    /// Serve HTTPS.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// TLS towards workers.
+    pub client_tls: crate::tls::ClientTls,
 }
 
 impl Config {
@@ -572,6 +597,51 @@ impl Config {
             }
         }
 
+        let tls = match (
+            a.tls_cert_path.clone().or(f.tls_cert_path),
+            a.tls_key_path.clone().or(f.tls_key_path),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::tls::ServerTls {
+                cert: readable("--tls-cert-path", cert)?,
+                key: readable("--tls-key-path", key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "--tls-cert-path/--tls-key-path",
+                    "give both or neither",
+                ));
+            }
+        };
+        let identity = match (
+            a.client_cert_path.clone().or(f.client_cert_path),
+            a.client_key_path.clone().or(f.client_key_path),
+        ) {
+            (Some(cert), Some(key)) => Some((
+                readable("--client-cert-path", cert)?,
+                readable("--client-key-path", key)?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "--client-cert-path/--client-key-path",
+                    "give both or neither",
+                ));
+            }
+        };
+        let ca_certs = if a.ca_cert_paths.is_empty() {
+            f.ca_cert_paths
+        } else {
+            a.ca_cert_paths.clone()
+        };
+        let client_tls = crate::tls::ClientTls {
+            ca_certs: ca_certs
+                .into_iter()
+                .map(|p| readable("--ca-cert-paths", p))
+                .collect::<Result<_, _>>()?,
+            identity,
+        };
+
         Ok(Config {
             listen: SocketAddr::new(
                 a.host.or(f.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
@@ -611,6 +681,8 @@ impl Config {
             ),
             watch: !a.no_watch,
             reload_from: a.config.is_some().then(|| a.clone()),
+            tls,
+            client_tls,
         })
     }
 }
@@ -650,6 +722,18 @@ impl Config {
                 })
             }),
         }
+    }
+}
+
+/// A file setting must name a readable file.
+fn readable(setting: &'static str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err(invalid(
+            setting,
+            format!("{} is not a file", path.display()),
+        )),
+        Err(e) => Err(invalid(setting, format!("{}: {e}", path.display()))),
     }
 }
 

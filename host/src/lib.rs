@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -20,5 +21,6 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sim;
+pub mod tls;
 pub mod workers;
 pub mod workload;

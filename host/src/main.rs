@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),
+        Some(Command::Bench(args)) => block_on(async move {
+            println!("{}", wasm_router::bench::run(&args).await?);
+            Ok(())
+        }),
         None => return run_router(&cli.run),
     };
     match outcome {

@@ -35,16 +35,25 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// The HTTP client for workers: pooled HTTP/1.1, no proxy from the
-/// environment, Nagle off.
-pub fn client() -> reqwest::Client {
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+}
+
+/// The HTTP client for workers: pooled HTTP/1.1, no proxy from the
+/// environment, Nagle off, system roots only.
+pub fn client() -> reqwest::Client {
+    builder()
         .build()
         .expect("the HTTP client builds with static settings")
+}
+
+/// The same client with extra roots and a client certificate.
+pub fn client_with_tls(tls: &crate::tls::ClientTls) -> anyhow::Result<reqwest::Client> {
+    Ok(tls.apply(builder())?.build()?)
 }
 
 /// One request to forward.

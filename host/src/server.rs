@@ -45,16 +45,20 @@ pub struct AppState {
 
 impl AppState {
     /// State over a registry and the policy manager that feeds the seam.
-    pub fn new(config: Config, registry: Arc<Registry>, policies: Arc<PolicyManager>) -> Self {
-        AppState {
+    pub fn new(
+        config: Config,
+        registry: Arc<Registry>,
+        policies: Arc<PolicyManager>,
+    ) -> anyhow::Result<Self> {
+        Ok(AppState {
             admission: config.queue.map(Admission::new),
+            client: proxy::client_with_tls(&config.client_tls)?,
             config,
             registry,
             policy: policies.active(),
             policies,
-            client: proxy::client(),
             seq: AtomicU64::new(0),
-        }
+        })
     }
 }
 
@@ -312,7 +316,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         files if config.watch && !files.is_empty() => Some(watch::watch(&files, policies.clone())?),
         _ => None,
     };
-    let state = Arc::new(AppState::new(config, registry.clone(), policies));
+    let state = Arc::new(AppState::new(config, registry.clone(), policies)?);
     let policy_for_changes = state.policy.clone();
     registry.on_change(move |workers| policy_for_changes.load().workers_changed(workers));
     let mut background = vec![tokio::spawn(async move {
@@ -346,15 +350,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             )
         })?;
     let addr = listener.local_addr()?;
-    let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-    let app = app(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _changed = stop.wait_for(|&stop| stop).await;
-            })
-            .await
-    });
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let server = serve(
+        listener,
+        app(state.clone()),
+        state.config.tls.as_ref(),
+        stop,
+    )?;
     tracing::info!(%addr, policy = %state.policy.load().info().name, "router listening");
     Ok(Running {
         addr,
@@ -365,6 +367,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background,
         _watch: watch,
     })
+}
+
+/// Serve `app` on `listener`, over TLS if configured, until `stop` turns
+/// true; then stop accepting and let open requests finish.
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<&crate::tls::ServerTls>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let Some(tls) = tls else {
+        return Ok(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _changed = stop.wait_for(|&stop| stop).await;
+                })
+                .await
+        }));
+    };
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls.rustls_config()?));
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, config)?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        let _changed = stop.wait_for(|&stop| stop).await;
+        stopper.graceful_shutdown(None);
+    });
+    Ok(tokio::spawn(
+        server.handle(handle).serve(app.into_make_service()),
+    ))
 }
 
 async fn start_policy(config: &Config, registry: Arc<Registry>) -> anyhow::Result<PolicyManager> {

@@ -9,3 +9,4 @@ mod proxy;
 mod reload;
 mod round_robin;
 mod sim;
+mod tls;
