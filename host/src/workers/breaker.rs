@@ -27,22 +27,41 @@ enum Inner {
 }
 
 /// See the module docs. `None` config: always closed.
-#[derive(Debug)]
 pub struct Breaker {
     config: Option<BreakerConfig>,
     inner: Mutex<Inner>,
+    /// `wasm_router_worker_circuit_breaker_state` for this worker.
+    gauge: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .finish()
+    }
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub fn new(config: Option<BreakerConfig>) -> Self {
+    /// A closed breaker, reporting its state in `gauge`.
+    pub fn new(config: Option<BreakerConfig>, gauge: metrics::Gauge) -> Self {
+        gauge.set(0.0);
         Breaker {
             config,
             inner: Mutex::new(Inner::Closed {
                 failures: 0,
                 since: Instant::now(),
             }),
+            gauge,
         }
+    }
+
+    fn report(&self, inner: &Inner) {
+        self.gauge.set(match inner {
+            Inner::Closed { .. } => 0.0,
+            Inner::Open { .. } => 1.0,
+            Inner::HalfOpen { .. } => 2.0,
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -59,6 +78,7 @@ impl Breaker {
             Inner::Open { until } if now < until => false,
             Inner::Open { .. } => {
                 *inner = Inner::HalfOpen { successes: 0 };
+                self.report(&inner);
                 true
             }
             _ => true,
@@ -104,6 +124,7 @@ impl Breaker {
             },
             (Inner::Open { until }, _) => Inner::Open { until: *until },
         };
+        self.report(&inner);
     }
 
     /// The current state.
@@ -122,12 +143,15 @@ mod tests {
     use std::time::Duration;
 
     fn breaker() -> Breaker {
-        Breaker::new(Some(BreakerConfig {
-            failure_threshold: 2,
-            success_threshold: 2,
-            open_for: Duration::from_secs(10),
-            window: Duration::from_secs(60),
-        }))
+        Breaker::new(
+            Some(BreakerConfig {
+                failure_threshold: 2,
+                success_threshold: 2,
+                open_for: Duration::from_secs(10),
+                window: Duration::from_secs(60),
+            }),
+            metrics::Gauge::noop(),
+        )
     }
 
     #[test]
@@ -169,7 +193,7 @@ mod tests {
 
     #[test]
     fn disabled_always_admits() {
-        let b = Breaker::new(None);
+        let b = Breaker::new(None, metrics::Gauge::noop());
         for _ in 0..100 {
             b.record(false, Instant::now());
         }

@@ -37,6 +37,9 @@ pub struct Worker {
     pub breaker: Breaker,
     /// Consecutive health check results: (failures, successes).
     streak: std::sync::Mutex<(u32, u32)>,
+    /// Metric handles, made once: the request path does no label lookups.
+    in_flight_gauge: metrics::Gauge,
+    healthy_gauge: metrics::Gauge,
 }
 
 /// What `GET /workers` shows of a worker.
@@ -83,8 +86,7 @@ impl Worker {
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.processed.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => self.url.clone())
-            .increment(1.0);
+        self.in_flight_gauge.increment(1.0);
         InFlight(self.clone())
     }
 
@@ -110,8 +112,7 @@ impl Worker {
             was
         };
         self.healthy.store(now, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::WORKER_HEALTHY, "worker" => self.url.clone())
-            .set(f64::from(u8::from(now)));
+        self.healthy_gauge.set(f64::from(u8::from(now)));
         (now != was).then_some(now)
     }
 
@@ -156,8 +157,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => self.0.url.clone())
-            .decrement(1.0);
+        self.0.in_flight_gauge.decrement(1.0);
     }
 }
 
@@ -226,6 +226,9 @@ impl Registry {
         if current.iter().any(|w| w.url == url) {
             return Err(ApiError::WorkerExists(url.to_string()));
         }
+        let label = || url.to_string();
+        let healthy_gauge = metrics::gauge!(crate::metrics::WORKER_HEALTHY, "worker" => label());
+        healthy_gauge.set(f64::from(u8::from(self.trust_new_workers)));
         let worker = Arc::new(Worker {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             url: url.to_string(),
@@ -233,8 +236,13 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             processed: AtomicU64::new(0),
             healthy: AtomicBool::new(self.trust_new_workers),
-            breaker: Breaker::new(self.breaker),
+            breaker: Breaker::new(
+                self.breaker,
+                metrics::gauge!(crate::metrics::WORKER_BREAKER, "worker" => label()),
+            ),
             streak: std::sync::Mutex::new((0, 0)),
+            in_flight_gauge: metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => label()),
+            healthy_gauge,
         });
         let mut next = current.as_ref().clone();
         next.push(worker.clone());

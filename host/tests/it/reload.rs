@@ -49,6 +49,17 @@ async fn until_served_by(r: &wasm_router::server::Running, worker: &str) {
     panic!("{worker} never served after the reload");
 }
 
+/// Poll until `GET /policies` shows the component with this sha256.
+async fn until_sha(base: &str, sha: &str) {
+    for _ in 0..500 {
+        if status(base).await["sha256"] == sha {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reload to {sha} never happened");
+}
+
 async fn until_error(base: &str) -> String {
     for _ in 0..500 {
         if let Some(e) = status(base).await["last_error"].as_str() {
@@ -95,14 +106,31 @@ async fn replacing_the_file_under_load_switches_policies_and_fails_nothing() {
         })
         .collect();
     until_served_by(&r, "a").await;
+    let base = format!("http://{}", r.addr);
+    let round_robin =
+        std::fs::read(crate::fixtures::workspace().join("policies/round_robin.wasm")).unwrap();
+    // last, round_robin, first, round_robin, ...: once GET /policies shows
+    // the new component, every request must follow it; the markers show in
+    // which worker answers.
+    let sha = |bytes: &[u8]| wasm_router::policy::engine::sha256_hex(bytes);
     for round in 0..8 {
-        let (bytes, expect) = if round % 2 == 0 {
-            (&last, "b")
-        } else {
-            (&first, "a")
+        let (bytes, expect) = match round % 4 {
+            0 => (&last, Some("b")),
+            2 => (&first, Some("a")),
+            _ => (&round_robin, None),
         };
         replace(&file, bytes);
-        until_served_by(&r, expect).await;
+        until_sha(&base, &sha(bytes)).await;
+        if let Some(worker) = expect {
+            for i in 0..5 {
+                assert_eq!(
+                    generate(&r, &format!("round {round} probe {i}"))
+                        .await
+                        .unwrap(),
+                    worker
+                );
+            }
+        }
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -110,7 +138,6 @@ async fn replacing_the_file_under_load_switches_policies_and_fails_nothing() {
     }
     assert_eq!(failed.load(Ordering::SeqCst), 0);
     assert!(ok.load(Ordering::SeqCst) > 0);
-    let base = format!("http://{}", r.addr);
     let s = status(&base).await;
     assert!(s["reload_count"].as_u64().unwrap() >= 8, "{s}");
     assert!(s["last_error"].is_null(), "{s}");
