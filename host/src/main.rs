@@ -9,6 +9,9 @@ use wasm_router::cli::{Cli, Command, PolicyCommand, cache_dir};
 use wasm_router::config::{Config, RouterArgs};
 use wasm_router::policy::{PolicyEngine, PolicySource, check};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log_level) {
