@@ -51,6 +51,8 @@ pub enum PolicyCommand {
     /// Validate a component against the policy contract: load it, call
     /// `init` with its config and one test `select`, print what it declared.
     Check(CheckArgs),
+    /// Create a policy project that builds, from the templates.
+    New(crate::scaffold::NewArgs),
 }
 
 /// `router policy check`

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod scaffold;
 pub mod server;
 pub mod sim;
 pub mod tls;

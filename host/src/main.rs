@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     }
     let outcome = match cli.command {
         Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
+        Some(Command::Policy(PolicyCommand::New(args))) => wasm_router::scaffold::create(&args).map(|dir| {
+            println!("created {}: build it with `cargo build --release --target wasm32-wasip2` there", dir.display());
+        }),
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),
         Some(Command::Bench(args)) => block_on(async move {

@@ -201,3 +201,43 @@ fn the_quick_demo_prints_its_table() {
         "{stdout}"
     );
 }
+
+#[test]
+fn policy_new_rust_builds_and_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("new-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = router(&[
+        "policy",
+        "new",
+        "--lang",
+        "rust",
+        "my-policy",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = dir.join("my-policy");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .current_dir(&project)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .env(
+            "CARGO_TARGET_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/new-policy-target"),
+        )
+        .status()
+        .unwrap();
+    assert!(built.success(), "the scaffolded project builds");
+    let wasm = concat!(
+        env!("CARGO_TARGET_TMPDIR"),
+        "/new-policy-target/wasm32-wasip2/release/my_policy.wasm"
+    );
+    let out = router(&["policy", "check", wasm]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("name:           my-policy"));
+    // Refuses to overwrite, and bad names.
+    let again = router(&["policy", "new", "my-policy", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&router(&["policy", "new", "Bad Name"]).stderr).contains("lowercase"));
+}

@@ -39,9 +39,18 @@ pub fn picker(which: &str) -> PathBuf {
     build_hostile(&format!("pick-{which}"), &[("HOSTILE_PICK", which)])
 }
 
-/// Build the fixture with these build-time variables, copied out as
-/// `hostile-<variant>.wasm`.
+/// The Rust example policy (examples/rust-policy), built from source.
+pub fn session_affinity() -> PathBuf {
+    build_component("session-affinity", "session_affinity", "example", &[])
+}
+
 fn build_hostile(variant: &str, vars: &[(&str, &str)]) -> PathBuf {
+    build_component("hostile-policy", "hostile_policy", variant, vars)
+}
+
+/// Build a workspace policy crate for wasm32-wasip2 with these build-time
+/// variables, and copy it out as `<lib>-<variant>.wasm`.
+fn build_component(package: &str, lib: &str, variant: &str, vars: &[(&str, &str)]) -> PathBuf {
     // Builds share one target directory; one at a time, each copied out.
     static BUILD: Mutex<()> = Mutex::new(());
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -58,7 +67,7 @@ fn build_hostile(variant: &str, vars: &[(&str, &str)]) -> PathBuf {
             "--profile",
             "policy",
         ])
-        .args(["-p", "hostile-policy", "--target-dir"])
+        .args(["-p", package, "--target-dir"])
         .arg(&target)
         .env_remove("RUSTFLAGS");
     for var in ["HOSTILE_CONTRACT_VERSION", "HOSTILE_PICK"] {
@@ -67,14 +76,14 @@ fn build_hostile(variant: &str, vars: &[(&str, &str)]) -> PathBuf {
     cmd.envs(vars.iter().copied());
     let status = cmd
         .status()
-        .expect("run cargo to build the hostile fixture");
+        .expect("run cargo to build a policy from source");
     assert!(
         status.success(),
-        "building the hostile fixture failed (is the wasm32-wasip2 target installed?)"
+        "building {package} failed (is the wasm32-wasip2 target installed?)"
     );
-    let out = target.join(format!("hostile-{variant}.wasm"));
+    let out = target.join(format!("{lib}-{variant}.wasm"));
     std::fs::copy(
-        target.join("wasm32-wasip2/policy/hostile_policy.wasm"),
+        target.join(format!("wasm32-wasip2/policy/{lib}.wasm")),
         &out,
     )
     .unwrap();

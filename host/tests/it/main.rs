@@ -3,6 +3,7 @@
 mod cache_aware;
 mod cli;
 mod engine;
+mod examples;
 mod fixtures;
 mod mock;
 mod proxy;

@@ -1,0 +1,54 @@
+//! The custom-policy examples, built from source and routing real requests.
+
+use serde_json::json;
+
+use crate::fixtures::session_affinity;
+use crate::mock::{MockWorker, args, http, router};
+
+async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
+    let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
+    if let Some(key) = key {
+        req = req.header("x-routing-key", key);
+    }
+    let body: serde_json::Value = req
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["worker"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_rust_example_keeps_sessions_on_their_worker() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.policy = Some(session_affinity().display().to_string());
+    let r = router(a).await;
+    // Idle fleet: a new key goes to the least loaded, ties to the smaller id.
+    for _ in 0..4 {
+        assert_eq!(with_key(&r, Some("alice")).await, "a");
+    }
+    assert_eq!(with_key(&r, None).await, "a");
+    // alice's worker leaves: she moves to b, and stays there when a returns.
+    let a_id = r.state.registry.by_url(&ws[0].url).unwrap().id;
+    r.state.registry.remove(a_id);
+    assert_eq!(with_key(&r, Some("alice")).await, "b");
+    let back = r.state.registry.add(&ws[0].url).unwrap();
+    for _ in 0..500 {
+        if back.is_healthy() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(back.is_healthy(), "a passes its health check again");
+    for _ in 0..3 {
+        assert_eq!(with_key(&r, Some("alice")).await, "b");
+    }
+    r.shutdown().await.unwrap();
+}
