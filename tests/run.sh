@@ -24,3 +24,12 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --locked --workspace
+
+step "Python wheel: build it, install it into a fresh venv, run pytest there"
+rm -rf target/wheels target/py-build target/py-venv
+python3 -m venv target/py-build
+target/py-build/bin/pip install --quiet "maturin>=1.5,<2"
+target/py-build/bin/maturin build --release --quiet -m python/Cargo.toml -o target/wheels
+python3 -m venv target/py-venv
+target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai
+target/py-venv/bin/python -m pytest python/tests -q

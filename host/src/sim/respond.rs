@@ -267,7 +267,13 @@ fn async_stream(
 }
 
 fn piece(s: &Sim, job: &Job, shape: Shape, n: usize, sent: usize, end: Option<Lookup>) -> Value {
-    let text = output_text(n);
+    // Deltas join into the full text: every piece but the first starts with
+    // the space between tokens.
+    let text = if sent == n {
+        output_text(n)
+    } else {
+        format!(" {}", output_text(n))
+    };
     match shape {
         Shape::Generate => {
             let mut v = json!({"text": output_text(sent), "meta_info": {"id": job.id, "completion_tokens": sent}});

@@ -1,9 +1,11 @@
 //! Command-line interface: flags parsed raw here, turned into validated
-//! settings by the modules that use them. `main.rs` only dispatches.
+//! settings by the modules that use them; [`run`] dispatches.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+pub mod run;
 
 /// A load balancer for LLM inference workers with WebAssembly routing policies.
 ///

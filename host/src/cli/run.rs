@@ -1,0 +1,133 @@
+//! The command line's dispatch: shared by the `router` binary and the
+//! Python package, so both behave the same.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use super::{Cli, Command, PolicyCommand, cache_dir};
+use crate::config::{Config, RouterArgs};
+use crate::policy::{PolicyEngine, PolicySource, check};
+
+/// Run the `router` command line with `argv` (program name first), as the
+/// binary and the Python package do. Returns the process exit code: 0, 1
+/// when the work failed, 2 for bad usage or settings.
+pub fn entry<I, T>(argv: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors exit 2.
+            let _printed = e.print();
+            return e.exit_code() as u8;
+        }
+    };
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
+            return 2;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `try_init`: a Python process may run several routers.
+    let installed = if cli.log_json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
+    if installed.is_err() {
+        tracing::debug!("logging was already set up");
+    }
+    let outcome = match cli.command {
+        Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
+        Some(Command::Policy(PolicyCommand::New(args))) => crate::scaffold::create(&args).map(|dir| {
+            println!("created {}: build it with `cargo build --release --target wasm32-wasip2` there", dir.display());
+        }),
+        Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
+        Some(Command::Demo(args)) => block_on(demo(args)),
+        Some(Command::Bench(args)) => block_on(async move {
+            println!("{}", crate::bench::run(&args).await?);
+            Ok(())
+        }),
+        None => return run_router(&cli.run),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn policy_check(args: crate::cli::CheckArgs) -> anyhow::Result<()> {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.config)
+        .map_err(|e| anyhow::anyhow!("--config must be a JSON object: {e}"))?;
+    let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
+    let source = PolicySource::parse(&args.file)?;
+    print!("{}", check::check(&engine, source, &args.config)?);
+    Ok(())
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(work)
+}
+
+async fn sim_worker(args: crate::sim::SimArgs) -> anyhow::Result<()> {
+    let handle = crate::sim::start(args, false).await?;
+    tracing::info!("simulated worker on {}", handle.url());
+    shutdown_signal().await?;
+    Ok(())
+}
+
+async fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let results = crate::demo::run(&args, std::io::stderr().is_terminal()).await?;
+    print!("{}", crate::demo::table(&results));
+    Ok(())
+}
+
+fn run_router(args: &RouterArgs) -> u8 {
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = crate::server::start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        result = tokio::signal::ctrl_c() => result,
+    }
+}

@@ -1,0 +1,103 @@
+//! The native half of the `wasm_router` Python package
+//! (`wasm_router._native`): the `router` command line, and a handle that runs
+//! a router on a background thread. Argument and error conversion only; the
+//! routing lives in the `wasm-router` crate.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use clap::Parser;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use wasm_router::cli::Cli;
+use wasm_router::config::Config;
+
+/// Run the `router` command line (`argv` without the program name), as the
+/// binary would; returns its exit code. The GIL is released meanwhile.
+#[pyfunction]
+fn main(py: Python<'_>, argv: Vec<String>) -> u8 {
+    py.detach(|| wasm_router::cli::run::entry(std::iter::once("router".to_string()).chain(argv)))
+}
+
+/// A router running on a background thread of this process.
+#[pyclass(module = "wasm_router._native")]
+struct RouterHandle {
+    address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+#[pymethods]
+impl RouterHandle {
+    /// Start a router with these flags (as for `router`); returns once it
+    /// listens. Bad flags raise `ValueError`; failure to start, `RuntimeError`.
+    #[staticmethod]
+    fn start(py: Python<'_>, argv: Vec<String>) -> PyResult<RouterHandle> {
+        let cli = Cli::try_parse_from(std::iter::once("router".to_string()).chain(argv))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let config = Config::load(&cli.run).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("wasm-router".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Runtime::new()?;
+                runtime.block_on(async move {
+                    let running = match wasm_router::server::start(config).await {
+                        Ok(running) => running,
+                        Err(e) => {
+                            // The caller is waiting on the other end.
+                            let _sent = ready_tx.send(Err(format!("{e:#}")));
+                            return Ok(());
+                        }
+                    };
+                    let _sent = ready_tx.send(Ok(running.addr.to_string()));
+                    // A dropped sender (the handle garbage-collected) stops it too.
+                    let _stopped = stop_rx.await;
+                    running.shutdown().await
+                })
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the router thread: {e}")))?;
+        let ready = py.detach(move || ready_rx.recv());
+        match ready {
+            Ok(Ok(address)) => Ok(RouterHandle {
+                address,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(message)) => Err(PyRuntimeError::new_err(message)),
+            Err(_) => Err(PyRuntimeError::new_err(
+                "the router thread ended before it listened",
+            )),
+        }
+    }
+
+    /// `host:port` the router listens on.
+    #[getter]
+    fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// Stop accepting requests, let those in flight finish, and wait.
+    fn stop(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Some(stop) = self.stop.take() {
+            // An error means the thread is already gone: nothing to stop.
+            let _sent = stop.send(());
+        }
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        match py.detach(|| thread.join()) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PyRuntimeError::new_err(format!("{e:#}"))),
+            Err(_) => Err(PyRuntimeError::new_err("the router thread panicked")),
+        }
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(main, m)?)?;
+    m.add_class::<RouterHandle>()?;
+    Ok(())
+}
