@@ -12,6 +12,11 @@ use pyo3::prelude::*;
 use wasm_router::cli::Cli;
 use wasm_router::config::Config;
 
+// The router binary's allocator (see host/src/main.rs), for the same
+// performance from Python. It serves this extension's Rust allocations only.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run the `router` command line (`argv` without the program name), as the
 /// binary would; returns its exit code. The GIL is released meanwhile.
 #[pyfunction]
