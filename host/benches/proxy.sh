@@ -12,19 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs="${1:-10}"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-venv=target/bench-venv
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import sglang_router' 2>/dev/null || "$venv/bin/pip" install -q sglang-router==0.3.2
-cargo build --release --quiet -p wasm-router --bin router
-router=target/release/router
-
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source host/benches/common.sh
+need_wrk
+sglang_router_venv
 
 up1=$(free_port); up2=$(free_port)
 for p in "$up1" "$up2"; do
@@ -59,7 +49,7 @@ for policy in round_robin cache_aware; do
         --max-concurrent-requests 0 --log-level warn & pids+=($!)
     wait_port "$port"; sleep 1
     results+=("$(measure "wasm-router $policy.wasm" "$port")")
-    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+    stop_last
 done
 for policy in round_robin cache_aware; do
     port=$(free_port)
@@ -68,7 +58,7 @@ for policy in round_robin cache_aware; do
         --worker-urls $urls --prometheus-port "$(free_port)" --log-level warn >/dev/null 2>&1 & pids+=($!)
     wait_port "$port"; sleep 2
     results+=("$(measure "sglang-router 0.3.2 $policy" "$port")")
-    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+    stop_last
 done
 
 direct_p50=$(echo "${results[0]}" | cut -d'|' -f3)

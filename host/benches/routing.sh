@@ -11,17 +11,8 @@
 # Loopback only; each run is bounded by `router bench --max-secs`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=target/bench-venv
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import sglang_router' 2>/dev/null || "$venv/bin/pip" install -q sglang-router==0.3.2
-cargo build --release --quiet -p wasm-router --bin router
-router=target/release/router
-
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+source host/benches/common.sh
+sglang_router_venv
 
 workers=()
 for _ in 1 2 3 4; do
@@ -52,7 +43,7 @@ for workload in shared-prefix zipf multi-turn; do
             wait_port "$port"; sleep 1
             report=$("$router" bench --url "http://127.0.0.1:$port" --workload "$workload" "${shape[@]}" \
                 --max-secs 120 --worker-metrics "${workers[@]}" --log-level warn)
-            kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+            stop_last
             python3 - "$workload" "$router_kind" "$policy" "$report" <<'PY'
 import json, sys
 w, r, p, rep = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])

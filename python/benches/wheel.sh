@@ -8,23 +8,15 @@
 #   ./python/benches/wheel.sh [seconds per measurement, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source host/benches/common.sh
+need_wrk
 secs="${1:-10}"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 rm -rf target/wheels target/bench-py
 python3 -m venv target/bench-py
 target/bench-py/bin/pip install --quiet "maturin>=1.5,<2" requests
 target/bench-py/bin/maturin build --release --quiet -m python/Cargo.toml -o target/wheels
 target/bench-py/bin/pip install --quiet target/wheels/wasm_router-*.whl
-cargo build --release --quiet -p wasm-router --bin router
 py=target/bench-py/bin/python
-router=target/release/router
-
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-
 up1=$(free_port); up2=$(free_port)
 for p in "$up1" "$up2"; do "$router" sim-worker --port "$p" --fixed-response --log-level warn & pids+=($!); wait_port "$p"; done
 urls="http://127.0.0.1:$up1 http://127.0.0.1:$up2"
@@ -66,7 +58,7 @@ port=$(free_port)
 "$router" --port "$port" --prometheus-port "$(free_port)" --policy round_robin --worker-urls $urls --max-concurrent-requests 0 --log-level warn & pids+=($!)
 wait_port "$port"; sleep 1
 binary=$(rps "$port")
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+stop_last
 port=$(free_port)
 # shellcheck disable=SC2086
 "$py" -m wasm_router.launch_router --port "$port" --prometheus-port "$(free_port)" --policy round_robin --worker-urls $urls --max-concurrent-requests 0 --log-level warn & pids+=($!)

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::fixtures::session_affinity;
-use crate::mock::{MockWorker, args, http, router};
+use crate::mock::{MockWorker, args, eventually, http, router};
 
 async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
     let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
@@ -40,13 +40,10 @@ async fn the_rust_example_keeps_sessions_on_their_worker() {
     r.state.registry.remove(a_id);
     assert_eq!(with_key(&r, Some("alice")).await, "b");
     let back = r.state.registry.add(&ws[0].url).unwrap();
-    for _ in 0..500 {
-        if back.is_healthy() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(back.is_healthy(), "a passes its health check again");
+    eventually("a passes its health check again", async || {
+        back.is_healthy()
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(with_key(&r, Some("alice")).await, "b");
     }

@@ -188,14 +188,12 @@ pub async fn router(args: RouterArgs) -> Running {
     let expected = config.worker_urls.len();
     let running = start(config).await.unwrap();
     let registry = running.state.registry.clone();
-    for _ in 0..500 {
+    eventually("the workers come up", async || {
         let all = registry.all();
-        if all.len() == expected && all.iter().all(|w| w.is_healthy() && !w.model().is_empty()) {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("workers did not come up");
+        all.len() == expected && all.iter().all(|w| w.is_healthy() && !w.model().is_empty())
+    })
+    .await;
+    running
 }
 
 pub fn http() -> reqwest::Client {
@@ -220,4 +218,15 @@ pub async fn generate(r: &Running, text: &str) -> Result<String, (u16, Value)> {
         (200, body) => Ok(body["worker"].as_str().unwrap().to_string()),
         other => Err(other),
     }
+}
+
+/// Poll `f` every 20 ms for up to 10 s.
+pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
 }

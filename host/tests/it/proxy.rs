@@ -7,18 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::mock::{MockWorker, args, generate, http, post_json, router};
-
-/// Poll `f` every 20 ms for up to 10 s.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+use crate::mock::{MockWorker, args, eventually, generate, http, post_json, router};
 
 fn assert_openai_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");

@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::fixtures::picker;
-use crate::mock::{MockWorker, args, generate, http, router};
+use crate::mock::{MockWorker, args, eventually, generate, http, router};
 
 /// A fresh directory for a policy file.
 fn dir(name: &str) -> PathBuf {
@@ -38,36 +37,39 @@ async fn status(base: &str) -> Value {
     v["policies"][0].clone()
 }
 
-/// Poll until `generate` answers from `worker` (bounded).
+/// Poll until `generate` answers from `worker`.
 async fn until_served_by(r: &wasm_router::server::Running, worker: &str) {
-    for _ in 0..500 {
-        if generate(r, "probe").await.is_ok_and(|w| w == worker) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{worker} never served after the reload");
+    eventually(&format!("{worker} serves"), async || {
+        generate(r, "probe").await.is_ok_and(|w| w == worker)
+    })
+    .await;
 }
 
 /// Poll until `GET /policies` shows the component with this sha256.
 async fn until_sha(base: &str, sha: &str) {
-    for _ in 0..500 {
-        if status(base).await["sha256"] == sha {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the reload to {sha} never happened");
+    eventually(&format!("the reload to {sha}"), async || {
+        status(base).await["sha256"] == sha
+    })
+    .await;
+}
+
+/// Poll until `GET /policies` shows no error.
+async fn until_no_error(base: &str) {
+    eventually("the error clears", async || {
+        status(base).await["last_error"].is_null()
+    })
+    .await;
 }
 
 async fn until_error(base: &str) -> String {
-    for _ in 0..500 {
-        if let Some(e) = status(base).await["last_error"].as_str() {
-            return e.to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the broken file was never reported");
+    eventually("the broken file is reported", async || {
+        status(base).await["last_error"].is_string()
+    })
+    .await;
+    status(base).await["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -180,16 +182,7 @@ async fn broken_files_keep_the_old_policy_and_a_fixed_file_recovers() {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], "policy_reload_failed");
         replace(&file, &good);
-        for _ in 0..500 {
-            if status(&base).await["last_error"].is_null() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            status(&base).await["last_error"].is_null(),
-            "{what}: fixing the file recovers"
-        );
+        until_no_error(&base).await;
     }
     let fixed = std::fs::read(picker("first")).unwrap();
     replace(&file, &fixed);
@@ -226,12 +219,7 @@ async fn a_changed_policy_table_re_inits_and_a_trap_in_init_keeps_the_old() {
     assert!(error.contains("faulted while starting"), "{error}");
     assert!(generate(&r, "still served").await.is_ok());
     write_toml("note = \"fixed\"");
-    for _ in 0..500 {
-        if status(&base).await["last_error"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_no_error(&base).await;
     let s = status(&base).await;
     assert!(s["last_error"].is_null(), "{s}");
     assert!(s["reload_count"].as_u64().unwrap() >= 1, "{s}");

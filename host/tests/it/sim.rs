@@ -102,9 +102,11 @@ async fn failure_knobs_fail_as_told() {
     let url = format!("{}/generate", crashy.url());
     assert_eq!(post(&url, json!({"text": "a"})).await.0, 200);
     assert_eq!(post(&url, json!({"text": "a"})).await.0, 503);
-    crate::fixtures::wait_until("the crashed worker stops listening", || {
-        std::net::TcpStream::connect(crashy.addr).is_err()
-    });
+    let addr = crashy.addr;
+    crate::mock::eventually("the crashed worker stops listening", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test]

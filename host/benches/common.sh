@@ -1,0 +1,28 @@
+# Shared by the benchmark scripts (sourced, run from the repository root):
+# the release router, background processes cleaned up on exit, free ports,
+# and waiting for a port to open. `sglang_router_venv` installs
+# sglang-router 0.3.2 in a venv under target/ for the comparisons.
+
+cargo build --release --quiet -p wasm-router --bin router
+router=target/release/router
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
+    echo "port $1 never opened" >&2
+    exit 1
+}
+# Stop the last background process started.
+stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+sglang_router_venv() {
+    venv=target/bench-venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -c 'import sglang_router' 2>/dev/null || "$venv/bin/pip" install -q sglang-router==0.3.2
+}
+
+need_wrk() { command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
