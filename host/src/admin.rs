@@ -20,8 +20,8 @@ use crate::workers::health;
 
 type S = State<Arc<AppState>>;
 
-/// The admin routes.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The admin routes, behind the admin boundary ([`require_admin`]).
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/workers", post(add).get(list))
         .route("/workers/{id}", get(show).delete(remove))
@@ -29,7 +29,72 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/remove_worker", post(remove_legacy))
         .route("/list_workers", get(list_urls))
         .route("/flush_cache", post(flush_cache))
-        .route("/get_loads", get(get_loads))
+        .route("/policies", get(policies))
+        .route("/policies/reload", post(reload_policy))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+}
+
+/// The admin boundary: with admin keys, a request must present one
+/// (`Authorization: Bearer KEY`); without, only loopback clients pass, unless
+/// `--allow-remote-admin` opens the routes to all.
+pub fn admin_check(
+    keys: &[String],
+    allow_remote: bool,
+    presented: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
+    if !keys.is_empty() {
+        let presented = presented.unwrap_or_default().as_bytes();
+        // Compare with every key, so timing does not tell which one matched.
+        let matched = keys.iter().fold(false, |any, key| {
+            any | constant_time_eq(presented, key.as_bytes())
+        });
+        return if matched {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    }
+    if allow_remote || peer.is_some_and(|ip| ip.is_loopback()) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(
+        "admin routes answer loopback clients only: set --admin-api-key to use them remotely (or --allow-remote-admin)"
+            .into(),
+    ))
+}
+
+/// Compare without an early exit, so timing does not reveal the key.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &axum::extract::Request) -> Option<&str> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+async fn require_admin(
+    State(s): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    match admin_check(
+        &s.config.admin_api_keys,
+        s.config.allow_remote_admin,
+        bearer(&req),
+        peer,
+    ) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -146,9 +211,9 @@ async fn flush_cache(State(s): S) -> Response {
     (status, Json(json!({"workers": report}))).into_response()
 }
 
-/// The router's in-flight count per worker, and each worker's own
-/// `/get_load` answer where it gives one.
-async fn get_loads(State(s): S) -> Json<Value> {
+/// `GET /get_loads`: the router's in-flight count per worker, and each
+/// worker's own `/get_load` answer where it gives one.
+pub async fn get_loads(State(s): S) -> Json<Value> {
     let workers = s.registry.all();
     let calls = workers.iter().map(|w| {
         let request = s
@@ -167,12 +232,12 @@ async fn get_loads(State(s): S) -> Json<Value> {
 }
 
 /// `GET /policies`: what is loaded, and how reloads went.
-pub async fn policies(State(s): S) -> Json<Value> {
+async fn policies(State(s): S) -> Json<Value> {
     Json(json!({"policies": [s.policies.status()]}))
 }
 
 /// `POST /policies/reload`: reload now, even if nothing changed.
-pub async fn reload_policy(State(s): S) -> Result<Json<Value>, ApiError> {
+async fn reload_policy(State(s): S) -> Result<Json<Value>, ApiError> {
     let manager = s.policies.clone();
     let result = tokio::task::spawn_blocking(move || manager.reload(true))
         .await
@@ -181,4 +246,43 @@ pub async fn reload_policy(State(s): S) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({"reloaded": true, "policy": s.policies.status()}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    const REMOTE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)));
+
+    #[test]
+    fn without_keys_only_loopback_passes_unless_opened() {
+        assert!(admin_check(&[], false, None, LOOPBACK).is_ok());
+        assert!(admin_check(&[], false, None, Some("::1".parse().unwrap())).is_ok());
+        assert!(matches!(
+            admin_check(&[], false, None, REMOTE),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            admin_check(&[], false, None, None),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(admin_check(&[], true, None, REMOTE).is_ok());
+    }
+
+    #[test]
+    fn with_keys_any_of_them_is_needed_from_anywhere() {
+        let keys = ["first".to_string(), "second".to_string()];
+        assert!(admin_check(&keys, false, Some("second"), REMOTE).is_ok());
+        assert!(admin_check(&keys, false, Some("first"), LOOPBACK).is_ok());
+        assert_eq!(
+            admin_check(&keys, false, None, LOOPBACK),
+            Err(ApiError::Unauthorized)
+        );
+        assert_eq!(
+            admin_check(&keys, true, Some("firs"), REMOTE),
+            Err(ApiError::Unauthorized)
+        );
+    }
 }

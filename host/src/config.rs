@@ -113,9 +113,17 @@ pub struct RouterArgs {
     /// Seconds a request may wait for a slot; then 408 [default: 60].
     #[arg(long)]
     pub queue_timeout_secs: Option<u64>,
-    /// Require `Authorization: Bearer KEY` from clients.
+    /// Require `Authorization: Bearer KEY` on the inference routes.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Key(s) for the admin routes (/workers, /policies, /flush_cache and the
+    /// legacy worker routes); repeat for several. Without one, admin routes
+    /// answer loopback clients only.
+    #[arg(long = "admin-api-key")]
+    pub admin_api_keys: Vec<String>,
+    /// Serve admin routes without a key to non-loopback clients too.
+    #[arg(long)]
+    pub allow_remote_admin: bool,
     /// Address of the Prometheus endpoint [default: 127.0.0.1].
     #[arg(long)]
     pub prometheus_host: Option<IpAddr>,
@@ -202,6 +210,10 @@ pub struct FileConfig {
     queue_size: Option<usize>,
     queue_timeout_secs: Option<u64>,
     api_key: Option<String>,
+    #[serde(default)]
+    admin_api_keys: Vec<String>,
+    #[serde(default)]
+    allow_remote_admin: bool,
     prometheus_host: Option<IpAddr>,
     prometheus_port: Option<u16>,
     #[serde(default)]
@@ -334,8 +346,13 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// Concurrency limit and queue.
     pub queue: Option<QueueConfig>,
-    /// Key clients must present.
+    /// Key clients must present on inference routes.
     pub api_key: Option<String>,
+    /// Keys accepted on admin routes; empty: loopback clients only, unless
+    /// `allow_remote_admin`.
+    pub admin_api_keys: Vec<String>,
+    /// Admin routes open to any client when no admin key is set.
+    pub allow_remote_admin: bool,
     /// Prometheus endpoint.
     pub prometheus: SocketAddr,
     /// Request id headers, lowercase.
@@ -555,6 +572,14 @@ impl Config {
         if api_key.as_deref() == Some("") {
             return Err(invalid("--api-key", "must not be empty"));
         }
+        let admin_api_keys = if a.admin_api_keys.is_empty() {
+            f.admin_api_keys
+        } else {
+            a.admin_api_keys.clone()
+        };
+        if admin_api_keys.iter().any(String::is_empty) {
+            return Err(invalid("--admin-api-key", "must not be empty"));
+        }
         let call_deadline = a.policy_call_deadline_ms.or(f.policy_call_deadline_ms);
         if call_deadline == Some(0) {
             return Err(invalid("--policy-call-deadline-ms", "must be above 0"));
@@ -667,6 +692,8 @@ impl Config {
             health,
             queue,
             api_key,
+            admin_api_keys,
+            allow_remote_admin: a.allow_remote_admin || f.allow_remote_admin,
             prometheus: SocketAddr::new(
                 a.prometheus_host
                     .or(f.prometheus_host)

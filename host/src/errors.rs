@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or wrong API key.
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// An admin route refused to this client.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -61,6 +64,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::QueueTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::WorkerExists(_) => StatusCode::CONFLICT,
@@ -80,6 +84,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
+            ApiError::Forbidden(_) => ("permission_error", "admin_forbidden"),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
             ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             ApiError::QueueTimeout => ("timeout_error", "queue_timeout"),

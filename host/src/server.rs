@@ -82,15 +82,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/get_server_info", get(to_one_worker))
         .route("/get_model_info", get(to_one_worker))
         .route("/health_generate", any(to_one_worker))
-        .merge(admin::routes())
-        .route("/policies", get(admin::policies))
-        .route("/policies/reload", post(admin::reload_policy))
+        .route("/get_loads", get(admin::get_loads))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
         ));
     Router::new()
         .merge(guarded)
+        .merge(admin::routes(state.clone()))
         .route("/health", get(|| async { "ok" }))
         .route("/liveness", get(|| async { "ok" }))
         .route("/readiness", get(readiness))
@@ -129,20 +128,10 @@ async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Nex
     let Some(key) = &s.config.api_key else {
         return next.run(req).await;
     };
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
+    match admin::bearer(&req) {
+        Some(p) if admin::constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
     }
-}
-
-/// Compare without an early exit, so timing does not reveal the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn readiness(State(s): State<Arc<AppState>>) -> Response {
@@ -379,11 +368,14 @@ fn serve(
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let Some(tls) = tls else {
         return Ok(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _changed = stop.wait_for(|&stop| stop).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _changed = stop.wait_for(|&stop| stop).await;
+            })
+            .await
         }));
     };
     let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls.rustls_config()?));

@@ -79,9 +79,10 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
 }
 
 async fn sim_worker(args: crate::sim::SimArgs) -> anyhow::Result<()> {
+    let stop = ShutdownSignal::install()?;
     let handle = crate::sim::start(args, false).await?;
     tracing::info!("simulated worker on {}", handle.url());
-    shutdown_signal().await?;
+    stop.wait().await?;
     Ok(())
 }
 
@@ -117,17 +118,34 @@ fn run_router(args: &RouterArgs) -> u8 {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting must not kill
+    // the process with the default action.
+    let stop = ShutdownSignal::install()?;
     let running = crate::server::start(config).await?;
-    shutdown_signal().await?;
+    stop.wait().await?;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => Ok(()),
-        result = tokio::signal::ctrl_c() => result,
+/// SIGTERM or SIGINT, listened for from the moment it is installed.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) -> std::io::Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => Ok(()),
+            _ = self.interrupt.recv() => Ok(()),
+        }
     }
 }

@@ -655,3 +655,64 @@ async fn metrics_are_served_in_prometheus_text() {
     }
     r.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_key_and_inference_does_not() {
+    let w = MockWorker::start("a", "m").await;
+    let spare = MockWorker::start("b", "m").await;
+    let mut a = args(&[&w]);
+    a.admin_api_keys = vec!["admin-1".into(), "admin-2".into()];
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    let add = |key: Option<&'static str>| {
+        let mut req = http()
+            .post(format!("{base}/workers"))
+            .json(&json!({"url": spare.url}));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    };
+    let denied = add(None).await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_openai_error(&denied.json().await.unwrap(), "invalid_api_key");
+    assert_eq!(add(Some("admin-3")).await.unwrap().status(), 401);
+    assert_eq!(add(Some("admin-2")).await.unwrap().status(), 202);
+    for path in ["/policies", "/list_workers", "/workers"] {
+        assert_eq!(
+            http()
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "{path}"
+        );
+        let ok = http()
+            .get(format!("{base}{path}"))
+            .bearer_auth("admin-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+    }
+    assert!(generate(&r, "inference needs no admin key").await.is_ok());
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_an_admin_key_loopback_clients_may_administer() {
+    let w = MockWorker::start("a", "m").await;
+    let mut a = args(&[&w]);
+    a.api_key = Some("inference-key".into());
+    let r = router(a).await;
+    // The inference key is not the admin boundary: loopback passes without it.
+    let resp = http()
+        .get(format!("http://{}/workers", r.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    r.shutdown().await.unwrap();
+}

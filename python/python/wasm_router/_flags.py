@@ -28,7 +28,8 @@ def _at_least_one(text):
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
-# (name, kind, help): kind is a converter, "list", or "flag" (a switch).
+# (name, kind, help): kind is a converter, "list" (one flag, several
+# values), "append" (the flag repeated per value), or "flag" (a switch).
 FLAGS = [
     ("host", str, "address to listen on [default: 127.0.0.1]"),
     ("port", _port, "port to listen on [default: 30000]"),
@@ -45,7 +46,14 @@ FLAGS = [
     ("max_concurrent_requests", _positive_int, "requests forwarded at once, 0 for no limit [default: 256]"),
     ("queue_size", _positive_int, "requests that may wait for a slot [default: 100]"),
     ("queue_timeout_secs", _positive_int, "seconds a request may wait [default: 60]"),
-    ("api_key", str, "require Authorization: Bearer KEY from clients"),
+    ("api_key", str, "require Authorization: Bearer KEY on inference routes"),
+    ("admin_api_key", "append", "key for the admin routes (repeat for several); without one, loopback clients only"),
+    ("allow_remote_admin", "flag", "serve admin routes to non-loopback clients without a key"),
+    ("tls_cert_path", str, "serve HTTPS with this PEM certificate chain"),
+    ("tls_key_path", str, "PEM private key for --tls-cert-path"),
+    ("ca_cert_paths", "list", "extra PEM root certificates for HTTPS workers"),
+    ("client_cert_path", str, "PEM client certificate for mutual TLS with workers"),
+    ("client_key_path", str, "PEM private key for --client-cert-path"),
     ("prometheus_host", str, "address of the Prometheus endpoint [default: 127.0.0.1]"),
     ("prometheus_port", _port, "port of the Prometheus endpoint [default: 29000]"),
     ("request_id_headers", "list", "headers carrying a client's request id"),
@@ -81,6 +89,8 @@ def add_arguments(parser):
             parser.add_argument(flag, action="store_true", help=text)
         elif kind == "list":
             parser.add_argument(flag, nargs="+", default=None, help=text)
+        elif kind == "append":
+            parser.add_argument(flag, action="append", default=None, help=text)
         else:
             parser.add_argument(flag, type=kind, default=None, help=text)
 
@@ -97,6 +107,9 @@ def to_argv(settings):
         elif kinds[name] == "list":
             argv.append(flag)
             argv.extend(str(v) for v in value)
+        elif kinds[name] == "append":
+            for v in value:
+                argv.extend([flag, str(v)])
         else:
             argv.extend([flag, str(value)])
     return argv
@@ -115,7 +128,7 @@ def validate(settings):
         if kind == "flag":
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-        elif kind == "list":
+        elif kind in ("list", "append"):
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name} must be a list of strings, got {value!r}")
             value = list(value)
