@@ -5,7 +5,6 @@
 //! Requests already holding the old instance finish on it. Any failure keeps
 //! the old policy serving and is recorded for `GET /policies`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -129,14 +128,6 @@ impl PolicyManager {
     /// The seam the data plane reads.
     pub fn active(&self) -> Arc<ArcSwap<Box<dyn Policy>>> {
         self.active.clone()
-    }
-
-    /// The file to watch, if the policy comes from one.
-    pub fn watched_file(&self) -> Option<PathBuf> {
-        match PolicySource::parse(&self.lock().wanted.policy) {
-            Ok(PolicySource::File(path)) => Some(path),
-            _ => None,
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

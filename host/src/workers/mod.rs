@@ -347,11 +347,6 @@ impl Registry {
             .min_by_key(|w| w.load())
             .cloned()
     }
-
-    /// Whether any worker is healthy.
-    pub fn any_healthy(&self) -> bool {
-        self.workers.load().iter().any(|w| w.is_healthy())
-    }
 }
 
 #[cfg(test)]

@@ -163,12 +163,6 @@ impl Tree {
         self.sizes.get(&tenant).copied().unwrap_or(0)
     }
 
-    /// Characters held by all tenants together (a prefix shared by two
-    /// tenants counts twice).
-    pub fn total_size(&self) -> u64 {
-        self.sizes.values().sum()
-    }
-
     /// Live nodes, root included.
     pub fn node_count(&self) -> usize {
         self.nodes.len() - self.free.len()
