@@ -139,9 +139,13 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 worker.breaker.record(false, Instant::now());
-                tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, "worker unreachable: {e}");
-                last_error =
-                    ApiError::UpstreamConnect(format!("{}: {}", worker.url, root_cause(&e)));
+                let cause = root_cause(&e);
+                tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, "worker unreachable: {cause}");
+                // Clients learn what failed, not the fleet's addresses.
+                last_error = ApiError::UpstreamConnect(format!(
+                    "{} attempt(s) failed: {cause}",
+                    attempt + 1
+                ));
                 excluded.push(worker.id);
                 continue;
             }

@@ -237,7 +237,10 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
         .timeout(s.config.request_timeout)
         .send()
         .await
-        .map_err(|e| ApiError::UpstreamConnect(format!("{}: {e}", worker.url)))?;
+        .map_err(|e| {
+            tracing::warn!(worker = %worker.url, "worker unreachable: {e}");
+            ApiError::UpstreamConnect("the worker did not answer".into())
+        })?;
     Ok(relay(resp).await)
 }
 
