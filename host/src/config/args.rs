@@ -1,0 +1,159 @@
+//! The raw launch flags of `router` (clap), before validation.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Launch flags of `router` (all optional: unset flags fall back to the
+/// `--config` file, then to the defaults shown).
+#[derive(Debug, Default, Clone, Args)]
+pub struct RouterArgs {
+    /// TOML file with the same settings (flags override it) and a `[policy]` table.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// Port to listen on [default: 30000].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Worker base URLs.
+    #[arg(long, num_args = 1..)]
+    pub worker_urls: Vec<String>,
+    /// Built-in policy name (cache_aware, round_robin) or a .wasm file [default: cache_aware].
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
+    #[arg(long)]
+    pub cache_threshold: Option<f64>,
+    /// cache_aware: absolute load gap that overrides affinity [default: 64].
+    #[arg(long)]
+    pub balance_abs_threshold: Option<u32>,
+    /// cache_aware: relative load ratio that overrides affinity [default: 1.5].
+    #[arg(long)]
+    pub balance_rel_threshold: Option<f64>,
+    /// cache_aware: seconds between tree evictions [default: 120].
+    #[arg(long)]
+    pub eviction_interval_secs: Option<u64>,
+    /// cache_aware: characters per worker kept after eviction [default: 67108864].
+    #[arg(long)]
+    pub max_tree_size: Option<u64>,
+    /// Largest request body in bytes; larger is a 413 [default: 536870912].
+    #[arg(long)]
+    pub max_payload_size: Option<usize>,
+    /// Seconds to wait for a worker's response headers; then 504 [default: 1800].
+    #[arg(long)]
+    pub request_timeout_secs: Option<u64>,
+    /// Retries after the first attempt [default: 5].
+    #[arg(long)]
+    pub retry_max_retries: Option<u32>,
+    /// First retry back-off in ms [default: 50].
+    #[arg(long)]
+    pub retry_initial_backoff_ms: Option<u64>,
+    /// Longest retry back-off in ms [default: 30000].
+    #[arg(long)]
+    pub retry_max_backoff_ms: Option<u64>,
+    /// Back-off growth per retry [default: 1.5].
+    #[arg(long)]
+    pub retry_backoff_multiplier: Option<f64>,
+    /// Random share of each back-off, 0 to 1 [default: 0.2].
+    #[arg(long)]
+    pub retry_jitter_factor: Option<f64>,
+    /// Never retry.
+    #[arg(long)]
+    pub disable_retries: bool,
+    /// Failures in the window that open a worker's breaker [default: 10].
+    #[arg(long)]
+    pub cb_failure_threshold: Option<u32>,
+    /// Successes in half-open that close it again [default: 3].
+    #[arg(long)]
+    pub cb_success_threshold: Option<u32>,
+    /// Seconds an open breaker waits before letting a trial through [default: 60].
+    #[arg(long)]
+    pub cb_timeout_duration_secs: Option<u64>,
+    /// Seconds over which failures are counted [default: 120].
+    #[arg(long)]
+    pub cb_window_duration_secs: Option<u64>,
+    /// No circuit breakers.
+    #[arg(long)]
+    pub disable_circuit_breaker: bool,
+    /// Failed checks in a row that mark a worker unhealthy [default: 3].
+    #[arg(long)]
+    pub health_failure_threshold: Option<u32>,
+    /// Passed checks in a row that mark it healthy again [default: 2].
+    #[arg(long)]
+    pub health_success_threshold: Option<u32>,
+    /// Seconds before a health check counts as failed [default: 5].
+    #[arg(long)]
+    pub health_check_timeout_secs: Option<u64>,
+    /// Seconds between health checks [default: 60].
+    #[arg(long)]
+    pub health_check_interval_secs: Option<u64>,
+    /// Path probed by health checks [default: /health].
+    #[arg(long)]
+    pub health_check_endpoint: Option<String>,
+    /// No health checks: every registered worker counts as healthy.
+    #[arg(long)]
+    pub disable_health_check: bool,
+    /// Requests forwarded at once; 0 for no limit [default: 256].
+    #[arg(long)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests that may wait for a slot; more get 429 [default: 100].
+    #[arg(long)]
+    pub queue_size: Option<usize>,
+    /// Seconds a request may wait for a slot; then 408 [default: 60].
+    #[arg(long)]
+    pub queue_timeout_secs: Option<u64>,
+    /// Require `Authorization: Bearer KEY` on the inference routes.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Key(s) for the admin routes (/workers, /policies, /flush_cache and the
+    /// legacy worker routes); repeat for several. Without one, admin routes
+    /// answer loopback clients only.
+    #[arg(long = "admin-api-key")]
+    pub admin_api_keys: Vec<String>,
+    /// Serve admin routes without a key to non-loopback clients too.
+    #[arg(long)]
+    pub allow_remote_admin: bool,
+    /// Address of the Prometheus endpoint [default: 127.0.0.1].
+    #[arg(long)]
+    pub prometheus_host: Option<IpAddr>,
+    /// Port of the Prometheus endpoint [default: 29000].
+    #[arg(long)]
+    pub prometheus_port: Option<u16>,
+    /// Headers that carry a client's request id, first found wins
+    /// [default: x-request-id x-correlation-id x-trace-id request-id].
+    #[arg(long, num_args = 1..)]
+    pub request_id_headers: Vec<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 180].
+    #[arg(long)]
+    pub shutdown_grace_period_secs: Option<u64>,
+    /// Deadline of one policy call on the request path, in ms [default: 10].
+    #[arg(long)]
+    pub policy_call_deadline_ms: Option<u64>,
+    /// Linear memory a policy may use, in MiB [default: 512].
+    #[arg(long)]
+    pub policy_memory_limit_mb: Option<usize>,
+    /// Do not cache compiled policies on disk.
+    #[arg(long)]
+    pub no_policy_cache: bool,
+    /// Do not watch the policy file (and config file) for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key-path).
+    #[arg(long)]
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key for --tls-cert-path.
+    #[arg(long)]
+    pub tls_key_path: Option<PathBuf>,
+    /// Extra PEM root certificates to trust for HTTPS workers.
+    #[arg(long, num_args = 1..)]
+    pub ca_cert_paths: Vec<PathBuf>,
+    /// PEM client certificate for mutual TLS with workers (with --client-key-path).
+    #[arg(long)]
+    pub client_cert_path: Option<PathBuf>,
+    /// PEM private key for --client-cert-path.
+    #[arg(long)]
+    pub client_key_path: Option<PathBuf>,
+}
