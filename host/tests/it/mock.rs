@@ -200,6 +200,11 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// GET `url` and parse the body as JSON.
+pub async fn get_json(url: &str) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// POST a JSON body to the router; return status and parsed body.
 pub async fn post_json(r: &Running, path: &str, body: Value) -> (u16, Value) {
     let resp = http()

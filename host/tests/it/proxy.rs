@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::mock::{MockWorker, args, eventually, generate, http, post_json, router};
+use crate::mock::{MockWorker, args, eventually, generate, get_json, http, post_json, router};
 
 fn assert_openai_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -159,14 +159,7 @@ async fn the_circuit_breaker_opens_and_recovers() {
     assert_eq!(flaky.hits(), 2, "the breaker opened after two failures");
     let id = r.state.registry.by_url(&flaky.url).unwrap().id;
     let state = async || {
-        let v: Value = http()
-            .get(format!("http://{}/workers/{id}", r.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&format!("http://{}/workers/{id}", r.addr)).await;
         v["circuit_breaker"].as_str().unwrap().to_string()
     };
     assert_eq!(state().await, "open");
@@ -381,14 +374,7 @@ async fn workers_are_added_and_removed_at_runtime() {
     let added: Value = resp.json().await.unwrap();
     let id = added["id"].as_u64().unwrap();
     eventually("b is healthy", async || {
-        let v: Value = http()
-            .get(format!("{base}/workers/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&format!("{base}/workers/{id}")).await;
         v["healthy"] == true && v["model"] == "m"
     })
     .await;
@@ -439,14 +425,7 @@ async fn workers_are_added_and_removed_at_runtime() {
         .await
         .unwrap();
     assert_eq!(legacy.status(), 200);
-    let list: Value = http()
-        .get(format!("{base}/list_workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&format!("{base}/list_workers")).await;
     assert_eq!(list["urls"].as_array().unwrap().len(), 2);
     let removed = http()
         .post(format!("{base}/remove_worker?url={}", b_.url))
@@ -543,23 +522,9 @@ async fn local_and_fan_out_routes() {
             "{path}"
         );
     }
-    let info: Value = http()
-        .get(format!("{base}/get_model_info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&format!("{base}/get_model_info")).await;
     assert_eq!(info["model_path"], "m");
-    let models: Value = http()
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&format!("{base}/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "m");
     let flushed = http()
         .post(format!("{base}/flush_cache"))
@@ -567,14 +532,7 @@ async fn local_and_fan_out_routes() {
         .await
         .unwrap();
     assert_eq!(flushed.status(), 200);
-    let loads: Value = http()
-        .get(format!("{base}/get_loads"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let loads: Value = get_json(&format!("{base}/get_loads")).await;
     assert_eq!(loads["workers"].as_array().unwrap().len(), 2);
     assert_eq!(loads["workers"][0]["worker_load"]["load"], 0);
     r.shutdown().await.unwrap();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use serde_json::Value;
 
 use crate::fixtures::picker;
-use crate::mock::{MockWorker, args, eventually, generate, http, router};
+use crate::mock::{MockWorker, args, eventually, generate, get_json, http, router};
 
 /// A fresh directory for a policy file.
 fn dir(name: &str) -> PathBuf {
@@ -26,14 +26,7 @@ fn replace(path: &Path, bytes: &[u8]) {
 }
 
 async fn status(base: &str) -> Value {
-    let v: Value = http()
-        .get(format!("{base}/policies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&format!("{base}/policies")).await;
     v["policies"][0].clone()
 }
 
