@@ -31,6 +31,11 @@ impl Admission {
         }
     }
 
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     /// Wait for a slot.
     pub async fn admit(&self) -> Result<Slot, ApiError> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {

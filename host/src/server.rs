@@ -62,6 +62,13 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Requests waiting in the admission queue.
+    pub fn queued(&self) -> usize {
+        self.admission.as_ref().map_or(0, Admission::waiting)
+    }
+}
+
 /// All routes.
 pub fn app(state: Arc<AppState>) -> Router {
     let guarded = Router::new()

@@ -223,12 +223,14 @@ async fn a_full_queue_is_429_and_a_long_wait_is_408() {
         let r = r.clone();
         async move { post_json(&r, "/generate", json!({"text": "second"})).await }
     });
-    // The waiter occupies the only queue place; a third is turned away.
-    eventually("the queue is full", async || {
-        let (status, body) = post_json(&r, "/generate", json!({"text": "third"})).await;
-        status == 429 && body["error"]["code"] == "queue_full"
+    eventually("the second request waits in the queue", async || {
+        r.state.queued() == 1
     })
     .await;
+    // The waiter occupies the only queue place; a third is turned away.
+    let (status, body) = post_json(&r, "/generate", json!({"text": "third"})).await;
+    assert_eq!(status, 429);
+    assert_openai_error(&body, "queue_full");
     let (status, body) = waiter.await.unwrap();
     assert_eq!(status, 408);
     assert_openai_error(&body, "queue_timeout");
