@@ -294,3 +294,15 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn the_contract_version_is_the_wit_package_version_everywhere() {
+    let wit = std::fs::read_to_string(crate::fixtures::workspace().join("wit/policy.wit")).unwrap();
+    let declared = wit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package wasm-router:policy@"))
+        .and_then(|v| v.strip_suffix(';'))
+        .expect("wit/policy.wit declares its package version");
+    assert_eq!(declared, wasm_router::policy::CONTRACT_VERSION, "host");
+    assert_eq!(declared, wasm_router_policy::CONTRACT_VERSION, "Rust SDK");
+}
