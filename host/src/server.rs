@@ -179,11 +179,9 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
         metrics::counter!(m::ERRORS, "route" => proxy::route_label(route), "code" => e.status().as_str().to_owned()).increment(1);
         e.into_response()
     });
-    let labels = [
-        ("route", proxy::route_label(route).to_string()),
-        ("status", resp.status().as_str().to_string()),
-    ];
-    metrics::counter!(m::REQUESTS, &labels).increment(1);
+    let status = resp.status().as_str().to_owned();
+    metrics::counter!(m::REQUESTS, "route" => proxy::route_label(route), "status" => status)
+        .increment(1);
     metrics::histogram!(m::REQUEST_DURATION, "route" => proxy::route_label(route))
         .record(started.elapsed());
     resp

@@ -161,6 +161,33 @@ impl Drop for InFlight {
     }
 }
 
+/// The model whose pool serves a request for `model`: `None` (every worker)
+/// when the request names none or the workers serve at most one model,
+/// `model` itself when some worker serves it, else a 404. One pass, no
+/// allocation: it runs on every request.
+fn pool_model<'m>(all: &[Arc<Worker>], model: &'m str) -> Result<Option<&'m str>, ApiError> {
+    if model.is_empty() {
+        return Ok(None);
+    }
+    let (mut first, mut several, mut served) = (None::<Arc<String>>, false, false);
+    for w in all {
+        let m = w.model();
+        if m.is_empty() {
+            continue;
+        }
+        served |= m.as_str() == model;
+        match &first {
+            None => first = Some(m),
+            Some(f) => several |= f != &m,
+        }
+    }
+    match (several, served) {
+        (false, _) => Ok(None),
+        (true, true) => Ok(Some(model)),
+        (true, false) => Err(ApiError::ModelNotFound(model.to_string())),
+    }
+}
+
 type Listener = Box<dyn Fn(&[WorkerInfo]) + Send + Sync>;
 
 /// The set of workers. See the module docs.
@@ -296,35 +323,14 @@ impl Registry {
         excluded: &[WorkerId],
     ) -> Result<Vec<Arc<Worker>>, ApiError> {
         let all = self.workers.load();
-        let pool = self.pool(&all, model)?;
+        let pool = pool_model(&all, model)?;
         let now = Instant::now();
-        Ok(pool
+        Ok(all
+            .iter()
+            .filter(|w| pool.is_none_or(|m| w.model().as_str() == m))
             .filter(|w| !excluded.contains(&w.id) && w.is_healthy() && w.breaker.admits(now))
             .cloned()
             .collect())
-    }
-
-    fn pool<'a>(
-        &self,
-        all: &'a [Arc<Worker>],
-        model: &str,
-    ) -> Result<impl Iterator<Item = &'a Arc<Worker>> + 'a, ApiError> {
-        let models: Vec<Arc<String>> = all.iter().map(|w| w.model()).collect();
-        let known: std::collections::BTreeSet<&str> = models
-            .iter()
-            .map(|m| m.as_str())
-            .filter(|m| !m.is_empty())
-            .collect();
-        let filter_by = if model.is_empty() || known.len() <= 1 {
-            None
-        } else if known.contains(model) {
-            Some(model.to_string())
-        } else {
-            return Err(ApiError::ModelNotFound(model.to_string()));
-        };
-        Ok(all
-            .iter()
-            .filter(move |w| filter_by.as_ref().is_none_or(|m| w.model().as_str() == m)))
     }
 
     /// The candidates as the policy sees them.
