@@ -167,7 +167,9 @@ impl PolicyManager {
                 return Ok(Reloaded::Unchanged);
             }
         }
-        let next = Arc::new(load(&self.engine, &wanted, self.limits)?);
+        let next =
+            WasmPolicy::from_bytes(&self.engine, source, &bytes, &wanted.config, self.limits);
+        let next = Arc::new(next.map_err(|e| e.to_string())?);
         let old = self.lock().current.clone();
         match old.snapshot() {
             Ok(state) => {

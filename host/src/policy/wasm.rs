@@ -130,9 +130,21 @@ impl WasmPolicy {
         limits: Limits,
     ) -> Result<Self, LoadError> {
         let bytes = source.read()?;
+        Self::from_bytes(engine, source, &bytes, config, limits)
+    }
+
+    /// [`WasmPolicy::load`] with the component's bytes already read from
+    /// `source` (a reload reads them once, to compare and to load).
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        source: PolicySource,
+        bytes: &[u8],
+        config: &str,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
         let name = source.label();
-        check_header(&bytes, &name)?;
-        let component = engine.compile(&bytes).map_err(|e| LoadError::Compile {
+        check_header(bytes, &name)?;
+        let component = engine.compile(bytes).map_err(|e| LoadError::Compile {
             name: name.clone(),
             reason: format!("{e:#}"),
         })?;
@@ -167,7 +179,7 @@ impl WasmPolicy {
             shared: Arc::new(Shared {
                 engine: engine.clone(),
                 pre,
-                sha256: sha256_hex(&bytes),
+                sha256: sha256_hex(bytes),
                 source,
                 config: config.to_string(),
                 limits,
