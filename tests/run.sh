@@ -10,6 +10,14 @@ step "toolchain: wasm32-wasip2 target, rustfmt, clippy"
 rustup target add wasm32-wasip2
 rustup component add rustfmt clippy
 
+step "Node.js and npm, for the AssemblyScript policies"
+if ! command -v npm >/dev/null; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update
+    $sudo apt-get install -y nodejs npm
+fi
+node --version
+
 step "reference policies are rebuilt from source and match the committed files"
 ./policies/build.sh
 if ! git diff --quiet -- policies/*.wasm; then

@@ -55,6 +55,19 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Create a policy project that builds, from the templates.
     New(crate::scaffold::NewArgs),
+    /// Wrap a core module that follows the contract's canonical ABI (such as
+    /// an AssemblyScript build) into a policy component.
+    Componentize(ComponentizeArgs),
+}
+
+/// `router policy componentize`
+#[derive(Debug, Args)]
+pub struct ComponentizeArgs {
+    /// The core WebAssembly module.
+    pub core: PathBuf,
+    /// Where to write the component.
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 /// `router policy check`

@@ -48,6 +48,7 @@ where
         Some(Command::Policy(PolicyCommand::New(args))) => crate::scaffold::create(&args).map(|dir| {
             println!("created {}: build it with `cargo build --release --target wasm32-wasip2` there", dir.display());
         }),
+        Some(Command::Policy(PolicyCommand::Componentize(args))) => policy_componentize(&args),
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),
         Some(Command::Bench(args)) => block_on(async move {
@@ -71,6 +72,23 @@ fn policy_check(args: crate::cli::CheckArgs) -> anyhow::Result<()> {
     let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
     let source = PolicySource::parse(&args.file)?;
     print!("{}", check::check(&engine, source, &args.config)?);
+    Ok(())
+}
+
+fn policy_componentize(args: &crate::cli::ComponentizeArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let core = std::fs::read(&args.core)
+        .with_context(|| format!("cannot read {}", args.core.display()))?;
+    let component = crate::policy::componentize::componentize(&core)
+        .with_context(|| format!("cannot componentize {}", args.core.display()))?;
+    std::fs::write(&args.output, &component)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote {} ({} bytes): try it with `router policy check {}`",
+        args.output.display(),
+        component.len(),
+        args.output.display()
+    );
     Ok(())
 }
 

@@ -5,12 +5,14 @@
 //!
 //! - [`WasmPolicy`] runs a component written against `wit/policy.wit`
 //!   (wasmtime settings live in [`engine`], the sandbox in `sandbox`).
+//! - [`componentize`] wraps a core module (AssemblyScript) into a component.
 //! - [`LeastLoad`] is native: the fallback when a component faults, and the
 //!   policy of choice in data-plane tests.
 
 mod bindings;
 pub mod builtin;
 pub mod check;
+pub mod componentize;
 pub mod engine;
 mod error;
 mod native;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
@@ -42,6 +42,62 @@ pub fn picker(which: &str) -> PathBuf {
 /// The Rust example policy (examples/rust-policy), built from source.
 pub fn session_affinity() -> PathBuf {
     build_component("session-affinity", "session_affinity", "example", &[])
+}
+
+/// The AssemblyScript glue's probe policy
+/// (policies/sdk-assemblyscript/tests/probe.ts), built with npm.
+pub fn assemblyscript_probe() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        build_assemblyscript(
+            "policies/sdk-assemblyscript",
+            "build:test",
+            "build/probe.core.wasm",
+            "as-probe",
+        )
+    })
+    .clone()
+}
+
+/// The AssemblyScript example policy (examples/assemblyscript-policy),
+/// built with npm.
+pub fn session_affinity_as() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        build_assemblyscript(
+            "examples/assemblyscript-policy",
+            "build",
+            "build/core.wasm",
+            "session-affinity-as",
+        )
+    })
+    .clone()
+}
+
+/// `npm ci` and `npm run <script>` in `project` (relative to the
+/// workspace), then wrap its core module into `<name>.wasm` the way
+/// `router policy componentize` does.
+fn build_assemblyscript(project: &str, script: &str, core: &str, name: &str) -> PathBuf {
+    // The example links the SDK's directory: one npm at a time.
+    static NPM: Mutex<()> = Mutex::new(());
+    let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = workspace().join(project);
+    for args in [
+        &["ci", "--no-audit", "--no-fund", "--silent"][..],
+        &["run", "--silent", script],
+    ] {
+        let status = Command::new("npm")
+            .current_dir(&dir)
+            .args(args)
+            .status()
+            .expect("run npm (is Node.js installed?)");
+        assert!(status.success(), "npm {args:?} failed in {project}");
+    }
+    let core = std::fs::read(dir.join(core)).unwrap();
+    let component = wasm_router::policy::componentize::componentize(&core).unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.wasm"));
+    std::fs::write(&out, component).unwrap();
+    out
 }
 
 fn build_hostile(variant: &str, vars: &[(&str, &str)]) -> PathBuf {

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
+mod assemblyscript;
 mod cache_aware;
 mod cli;
 mod engine;

@@ -1,0 +1,227 @@
+//! The AssemblyScript glue (policies/sdk-assemblyscript), through its probe
+//! policy: every value the router sends must come back intact, in a pick or
+//! in a refusal message. Then the AssemblyScript example, routing real
+//! requests.
+
+use serde_json::json;
+use wasm_router::policy::{
+    Candidate, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest, SelectError,
+    WasmPolicy, WorkerInfo,
+};
+
+use crate::fixtures::{assemblyscript_probe, engine, idle, session_affinity_as};
+use crate::mock::{MockWorker, args, http, router};
+
+fn probe(config: &str) -> Result<WasmPolicy, LoadError> {
+    WasmPolicy::load(
+        &engine(),
+        PolicySource::File(assemblyscript_probe()),
+        config,
+        Default::default(),
+    )
+}
+
+/// The probe's refusal message for a request with this routing key.
+fn ask(p: &WasmPolicy, req: &RouteRequest<'_>, candidates: &[Candidate]) -> String {
+    match p.select(req, candidates) {
+        Err(SelectError::Declined(message)) => message,
+        other => panic!("expected the probe's refusal, got {other:?}"),
+    }
+}
+
+fn keyed<'a>(key: &'a str, model: &'a str, text: &'a str) -> RouteRequest<'a> {
+    RouteRequest {
+        id: 42,
+        route: Route::ChatCompletions,
+        model,
+        text,
+        routing_key: Some(key),
+    }
+}
+
+#[test]
+fn init_results_cross_in_both_directions() {
+    let p = probe(r#"{"tick_ms": 250}"#).unwrap();
+    let info = wasm_router::policy::Policy::info(&p);
+    assert_eq!(info.name, "prøbe ✓");
+    assert!(info.needs_text && info.wants_feedback);
+    assert_eq!(
+        info.tick_interval,
+        Some(std::time::Duration::from_millis(250))
+    );
+
+    match probe(r#"{"refuse": "ünïcode"}"#) {
+        Err(LoadError::InitRefused { message, .. }) => {
+            assert_eq!(message, r#"refusé ✓ {"refuse": "ünïcode"}"#)
+        }
+        Err(other) => panic!("expected InitRefused, got {other}"),
+        Ok(_) => panic!("the probe accepted a config it must refuse"),
+    }
+}
+
+#[test]
+fn request_strings_cross_empty_and_non_ascii() {
+    let p = probe("{}").unwrap();
+    let two = idle(&[1, 2]);
+    assert_eq!(
+        ask(&p, &keyed("request", "", ""), &two),
+        "id=42|route=2|model=|text=|n=2"
+    );
+    let text = "héllo 世界 🚀 \u{0}end";
+    assert_eq!(
+        ask(&p, &keyed("request", "llamä-3", text), &two),
+        format!("id=42|route=2|model=llamä-3|text={text}|n=2")
+    );
+}
+
+#[test]
+fn worker_lists_cross_empty_and_full() {
+    let p = probe("{}").unwrap();
+    p.workers_changed(&[]);
+    assert_eq!(ask(&p, &keyed("workers", "", ""), &idle(&[1])), "0");
+    let workers = [
+        WorkerInfo {
+            id: 3,
+            url: "http://127.0.0.1:8001".into(),
+            model: "qwen".into(),
+            role: Role::Regular,
+            dp_rank: None,
+        },
+        WorkerInfo {
+            id: 4_000_000_000,
+            url: "http://[::1]:9/ünï".into(),
+            model: String::new(),
+            role: Role::Decode,
+            dp_rank: Some(7),
+        },
+    ];
+    p.workers_changed(&workers);
+    assert_eq!(
+        ask(&p, &keyed("workers", "", ""), &idle(&[1])),
+        "2;3,http://127.0.0.1:8001,qwen,0,-1;4000000000,http://[::1]:9/ünï,,2,7"
+    );
+}
+
+#[test]
+fn many_candidates_cross_intact_and_memory_stays_bounded() {
+    let p = probe("{}").unwrap();
+    // Loads are a permutation of 0..1000: the busiest id is predictable and
+    // found only if every candidate crossed intact.
+    let candidates: Vec<Candidate> = (0..1000u32)
+        .map(|i| Candidate {
+            id: 10_000 + i,
+            load: (i * 7919) % 1000,
+        })
+        .collect();
+    let busiest = candidates.iter().max_by_key(|c| c.load).unwrap().id;
+    let text = "x".repeat(4096);
+    let req = RouteRequest {
+        id: 1,
+        route: Route::Generate,
+        model: "m",
+        text: &text,
+        routing_key: None,
+    };
+    let decision = p.select(&req, &candidates).unwrap();
+    assert_eq!((decision.worker, decision.fallback), (busiest, None));
+    let after_one = p.memory_bytes();
+    // Parameters are freed and garbage collected: 2000 more calls with a
+    // 4 KB text and 8 KB of candidates must not grow memory by their 24 MB.
+    for _ in 0..2000 {
+        assert_eq!(p.select(&req, &candidates).unwrap().worker, busiest);
+    }
+    assert!(
+        p.memory_bytes() <= after_one + (1 << 20),
+        "guest memory grew from {after_one} to {} bytes",
+        p.memory_bytes()
+    );
+}
+
+#[test]
+fn an_id_that_is_not_a_candidate_is_a_fault_answered_by_the_fallback() {
+    let p = probe("{}").unwrap();
+    let decision = p.select(&keyed("bogus", "", ""), &idle(&[1, 2])).unwrap();
+    assert!(decision.fallback.is_some());
+    assert_eq!(p.faults(), 1);
+}
+
+#[test]
+fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
+    let old = probe("{}").unwrap();
+    old.on_complete(&Outcome {
+        request_id: u64::MAX,
+        worker: 9,
+        status: 200,
+        latency_us: 1234,
+        prompt_tokens: Some(100),
+        cached_tokens: Some(0),
+        completion_tokens: None,
+    });
+    let record = format!("{},9,200,1234,100,0,-1;", u64::MAX);
+    assert_eq!(
+        ask(&old, &keyed("state", "", ""), &idle(&[1])),
+        format!("completed={record}|restored=")
+    );
+    let snapshot = old.snapshot().unwrap();
+    assert_eq!(snapshot, format!("probe:{record}").into_bytes());
+
+    let new = probe("{}").unwrap();
+    new.restore(&snapshot).unwrap();
+    assert_eq!(
+        ask(&new, &keyed("state", "", ""), &idle(&[1])),
+        format!("completed=|restored={record}")
+    );
+    assert_eq!(
+        new.restore(b"garbage").unwrap_err(),
+        "not a probe snapshot: garbage"
+    );
+    new.restore(b"").unwrap_err();
+}
+
+async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
+    let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
+    if let Some(key) = key {
+        req = req.header("x-routing-key", key);
+    }
+    let body: serde_json::Value = req
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["worker"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_assemblyscript_example_keeps_sessions_on_their_worker() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.policy = Some(session_affinity_as().display().to_string());
+    let r = router(a).await;
+    // Idle fleet: a new key goes to the least loaded, ties to the smaller id.
+    for _ in 0..3 {
+        assert_eq!(with_key(&r, Some("alice")).await, "a");
+    }
+    // alice's worker leaves: she moves to b, and stays there when a is back.
+    let a_id = r.state.registry.by_url(&ws[0].url).unwrap().id;
+    r.state.registry.remove(a_id);
+    assert_eq!(with_key(&r, Some("alice")).await, "b");
+    assert_eq!(with_key(&r, Some("bob")).await, "b");
+    let back = r.state.registry.add(&ws[0].url).unwrap();
+    crate::mock::eventually("a passes its health check again", async || {
+        back.is_healthy()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(with_key(&r, Some("alice")).await, "b");
+    }
+    // A new key on the idle fleet: the re-added worker's id is larger now,
+    // so the tie goes to b.
+    assert_eq!(with_key(&r, Some("carol")).await, "b");
+    r.shutdown().await.unwrap();
+}
