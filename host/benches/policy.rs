@@ -1,7 +1,9 @@
-//! Decision cost per `select`, native beside Wasm, and cache_aware's guest
-//! memory per million characters inserted. Results go to BENCHMARKS.md.
+//! Decision cost per `select`, native beside Wasm, the session-affinity
+//! example in Rust beside AssemblyScript, and cache_aware's guest memory per
+//! million characters inserted. Results go to BENCHMARKS.md.
 //!
-//! Run: `cargo bench -p wasm-router --bench policy`
+//! Run: `./examples/build.sh && cargo bench -p wasm-router --bench policy`
+//! (without the examples built, their comparison is skipped with a note).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -130,6 +132,55 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
     }
 }
 
+/// The same session-affinity logic compiled from Rust and from
+/// AssemblyScript (examples/), as built by examples/build.sh.
+fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/examples");
+    let files = [
+        ("rust", dir.join("session_affinity.wasm")),
+        ("assemblyscript", dir.join("session_affinity_as.wasm")),
+    ];
+    if let Some((_, missing)) = files.iter().find(|(_, f)| !f.is_file()) {
+        println!(
+            "skipping the Rust/AssemblyScript comparison: {} is missing (run ./examples/build.sh)",
+            missing.display()
+        );
+        return;
+    }
+    let keys: Vec<String> = (0..1000).map(|i| format!("session-{i}")).collect();
+    let candidates: Vec<policy::Candidate> = (0..8)
+        .map(|id| policy::Candidate { id, load: id % 3 })
+        .collect();
+    let mut group = c.benchmark_group("select/session_affinity");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for (lang, file) in &files {
+        group.bench_function(BenchmarkId::new(*lang, "8cands/1000keys"), |b| {
+            let p = WasmPolicy::load(
+                engine,
+                PolicySource::File(file.clone()),
+                "{}",
+                Limits::default(),
+            )
+            .expect("example loads");
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                let req = RouteRequest {
+                    id: i as u64,
+                    route: Route::ChatCompletions,
+                    model: "",
+                    text: "",
+                    routing_key: Some(&keys[i]),
+                };
+                black_box(p.select(&req, &candidates).unwrap().worker)
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Guest memory per million characters inserted into cache_aware's tree:
 /// unique text (the worst case, nothing shared) and the shared-prefix mix.
 fn memory_per_million_chars(engine: &PolicyEngine) {
@@ -175,5 +226,6 @@ fn main() {
     memory_per_million_chars(&engine);
     let mut c = Criterion::default().configure_from_args();
     bench_select(&mut c, &engine);
+    bench_examples(&mut c, &engine);
     c.final_summary();
 }

@@ -45,9 +45,11 @@ where
     }
     let outcome = match cli.command {
         Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
-        Some(Command::Policy(PolicyCommand::New(args))) => crate::scaffold::create(&args).map(|dir| {
-            println!("created {}: build it with `cargo build --release --target wasm32-wasip2` there", dir.display());
-        }),
+        Some(Command::Policy(PolicyCommand::New(args))) => {
+            crate::scaffold::create(&args).map(|dir| {
+                println!("created {}: {}", dir.display(), args.lang.next_step());
+            })
+        }
         Some(Command::Policy(PolicyCommand::Componentize(args))) => policy_componentize(&args),
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),

@@ -241,3 +241,38 @@ fn policy_new_rust_builds_and_passes_check() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&router(&["policy", "new", "Bad Name"]).stderr).contains("lowercase"));
 }
+
+#[test]
+fn policy_new_assemblyscript_builds_and_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("new-as-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = router(&[
+        "policy",
+        "new",
+        "--lang",
+        "assemblyscript",
+        "my-as-policy",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("./build.sh"));
+    let project = dir.join("my-as-policy");
+    let built = Command::new(project.join("build.sh"))
+        .env("ROUTER", env!("CARGO_BIN_EXE_router"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "the scaffolded project builds: {}",
+        text(&built.stderr)
+    );
+    // build.sh ends with `router policy check` of the component.
+    assert!(
+        text(&built.stdout).contains("name:           my-as-policy"),
+        "{}",
+        text(&built.stdout)
+    );
+    assert!(project.join("my-as-policy.wasm").is_file());
+}
