@@ -22,8 +22,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(10);
 
 /// Deadline for calls off the request path (`init`, `workers-changed`,
-/// `tick`, `snapshot`, `restore`), which may walk the whole state.
+/// `snapshot`, `restore`), which may walk the whole state.
 pub const DEFAULT_MAINTENANCE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Deadline for `tick`. It runs under the instance's lock, so every `select`
+/// waits for it: long enough for cache_aware's eviction of a full tree, short
+/// enough that a guest spinning in `tick` stalls requests only briefly.
+pub const DEFAULT_TICK_DEADLINE: Duration = Duration::from_millis(100);
 
 /// Linear memory a policy instance may grow to. cache_aware's default
 /// `max_tree_size` (2^26 characters per worker) fits for a small fleet; raise
@@ -37,6 +42,8 @@ pub struct Limits {
     pub call_deadline: Duration,
     /// Deadline for maintenance calls.
     pub maintenance_deadline: Duration,
+    /// Deadline for `tick`.
+    pub tick_deadline: Duration,
     /// Maximum linear memory, in bytes.
     pub memory: usize,
 }
@@ -46,6 +53,7 @@ impl Default for Limits {
         Limits {
             call_deadline: DEFAULT_CALL_DEADLINE,
             maintenance_deadline: DEFAULT_MAINTENANCE_DEADLINE,
+            tick_deadline: DEFAULT_TICK_DEADLINE,
             memory: DEFAULT_MEMORY_LIMIT,
         }
     }

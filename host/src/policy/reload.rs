@@ -45,8 +45,10 @@ pub struct PolicyStatus {
     pub reload_count: u64,
     /// The last failed reload's reason, cleared by the next success.
     pub last_error: Option<String>,
-    /// Faults of the current instance.
+    /// Faults of the current policy (they survive its instance restarts).
     pub faults: u64,
+    /// The latest of those faults, as logged.
+    pub last_fault: Option<String>,
 }
 
 /// The outcome of one reload.
@@ -207,6 +209,7 @@ impl PolicyManager {
             reload_count: state.reload_count,
             last_error: state.last_error.clone(),
             faults: state.current.faults(),
+            last_fault: state.current.last_fault(),
         }
     }
 }

@@ -31,6 +31,10 @@ pub const RESTART_BACKOFF_START: Duration = Duration::from_millis(10);
 /// The longest wait between rebuilds of a policy that keeps faulting.
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// A policy's messages (refusals, trap reports) reach clients and logs; past
+/// this many bytes they are cut (a guest may return megabytes).
+pub const MAX_DECLINE_MESSAGE: usize = 1024;
+
 /// Where a policy component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -104,6 +108,7 @@ struct Shared {
     slot: Mutex<Slot>,
     fallback: LeastLoad,
     faults: AtomicU64,
+    last_fault: Mutex<Option<String>>,
 }
 
 /// The running instance and what a rebuilt one must be told.
@@ -191,6 +196,7 @@ impl WasmPolicy {
                 }),
                 fallback: LeastLoad::default(),
                 faults: AtomicU64::new(0),
+                last_fault: Mutex::new(None),
             }),
         })
     }
@@ -208,6 +214,15 @@ impl WasmPolicy {
     /// Faults so far: traps, deadlines, memory limits, bad picks.
     pub fn faults(&self) -> u64 {
         self.shared.faults.load(Ordering::Relaxed)
+    }
+
+    /// The latest fault, as logged; `None` if there was none.
+    pub fn last_fault(&self) -> Option<String> {
+        self.shared
+            .last_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Linear memory of the running instance in bytes (0 while restarting).
@@ -244,6 +259,7 @@ impl WasmPolicy {
                 live.policy.call_restore(&mut live.store, state)
             })
             .unwrap_or_else(|fault| Err(fault.to_string()))
+            .map_err(cap_message)
     }
 }
 
@@ -302,7 +318,7 @@ fn classify(error: &wasmtime::Error) -> PolicyFault {
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PolicyFault::PolicyDeadline,
-        _ => PolicyFault::PolicyTrap(format!("{error:#}")),
+        _ => PolicyFault::PolicyTrap(cap_message(format!("{error:#}"))),
     }
 }
 
@@ -327,7 +343,7 @@ impl Live {
             .map_err(start_fault)?
             .map_err(|message| LoadError::InitRefused {
                 name: name.to_string(),
-                message,
+                message: cap_message(message),
             })?;
         Ok((Live { store, policy }, info.into()))
     }
@@ -370,6 +386,7 @@ impl Shared {
 
     fn record_fault(&self, fault: &PolicyFault) {
         let total = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.last_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault.to_string());
         metrics::counter!(crate::metrics::POLICY_FAULTS, "policy" => self.info.name.clone(), "kind" => fault.kind())
             .increment(1);
         tracing::warn!(policy = %self.info.name, faults = total, "{fault}; answering with the least-load fallback");
@@ -436,6 +453,22 @@ impl Shared {
     }
 }
 
+/// Cut a policy's message (or a trap report) to [`MAX_DECLINE_MESSAGE`] bytes, on a character
+/// boundary, saying how long it was.
+fn cap_message(mut message: String) -> String {
+    if message.len() <= MAX_DECLINE_MESSAGE {
+        return message;
+    }
+    let full = message.len();
+    let mut end = MAX_DECLINE_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("... (cut from {full} bytes)"));
+    message
+}
+
 /// Delay before rebuild number `faults` in a row: 0, then doubling from
 /// [`RESTART_BACKOFF_START`] up to [`RESTART_BACKOFF_MAX`].
 fn backoff(faults: u32) -> Duration {
@@ -494,7 +527,7 @@ impl Policy for WasmPolicy {
                 shared.record_fault(&fault);
                 shared.fallback(candidates, fault)
             }
-            Ok(Err(message)) => Err(SelectError::Declined(message)),
+            Ok(Err(message)) => Err(SelectError::Declined(cap_message(message))),
             Err(fault) => shared.fallback(candidates, fault),
         }
     }
@@ -511,7 +544,7 @@ impl Policy for WasmPolicy {
 
     fn tick(&self, now_ms: u64) {
         let mut slot = self.shared.lock();
-        let deadline = self.shared.limits.maintenance_deadline;
+        let deadline = self.shared.limits.tick_deadline;
         let result = self.shared.call(&mut slot, deadline, |live| {
             live.policy.call_tick(&mut live.store, now_ms)
         });

@@ -6,6 +6,7 @@ mod cli;
 mod engine;
 mod examples;
 mod fixtures;
+mod hostile;
 mod mock;
 mod proxy;
 mod reload;

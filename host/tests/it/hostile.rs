@@ -1,0 +1,194 @@
+//! Hostile policies beyond the engine's basics (issue 9): deep recursion, a
+//! megabyte result, garbage fed to `restore`, allocation to the limit on
+//! every call, a spin in `tick`. Each leaves the router serving, with the
+//! fault counted and shown.
+
+use std::time::Duration;
+
+use wasm_router::policy::{
+    Limits, LoadError, Policy, PolicyFault, PolicySource, SelectError, WasmPolicy,
+};
+
+use crate::fixtures::{engine, hostile, idle, request, wait_until};
+use crate::mock::{MockWorker, args, eventually, generate, get_json, http, post_json, router};
+
+fn load(config: &str, limits: Limits) -> Result<WasmPolicy, LoadError> {
+    WasmPolicy::load(&engine(), PolicySource::File(hostile(None)), config, limits)
+}
+
+fn hostile_policy(config: &str) -> WasmPolicy {
+    load(config, Limits::default()).unwrap()
+}
+
+fn select(p: &WasmPolicy, key: &str) -> Result<wasm_router::policy::Decision, SelectError> {
+    p.select(&request("", Some(key)), &idle(&[1, 2]))
+}
+
+/// The next ordinary call is answered by the policy itself, not the fallback.
+fn assert_serves(p: &WasmPolicy) {
+    wait_until("the policy runs", || p.is_running());
+    assert_eq!(select(p, "ordinary").unwrap().fallback, None);
+}
+
+#[test]
+fn deep_recursion_overflows_the_stack_into_a_trap() {
+    let p = hostile_policy("{}");
+    let decision = select(&p, "recurse").unwrap();
+    match decision.fallback {
+        Some(PolicyFault::PolicyTrap(report)) => {
+            assert!(report.len() < 1100, "the trap report is capped");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(p.faults(), 1);
+    assert!(p.last_fault().unwrap().starts_with("policy trapped"));
+    assert_serves(&p);
+}
+
+#[test]
+fn a_megabyte_refusal_reaches_the_client_cut_short() {
+    let p = hostile_policy("{}");
+    match select(&p, "huge-error") {
+        Err(SelectError::Declined(message)) => {
+            assert!(message.len() < 1100, "{} bytes", message.len());
+            assert!(
+                message.ends_with("(cut from 8388608 bytes)"),
+                "{message:.80}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(p.faults(), 0, "a refusal is an answer, not a fault");
+    assert_serves(&p);
+}
+
+#[test]
+fn restore_refuses_garbage_and_a_trap_in_restore_is_a_fault() {
+    let p = hostile_policy("{}");
+    let error = p.restore(b"\xff garbage").unwrap_err();
+    assert!(error.contains("refuses a 9-byte snapshot"), "{error}");
+    assert_eq!(p.faults(), 0);
+    p.restore(&p.snapshot().unwrap()).unwrap();
+    assert_serves(&p);
+
+    let p = hostile_policy(r#"{"mode": "trap-in-restore"}"#);
+    let error = p.restore(b"hostile-state").unwrap_err();
+    assert!(error.starts_with("policy trapped"), "{error}");
+    assert_eq!(p.faults(), 1);
+    assert_serves(&p);
+}
+
+#[test]
+fn allocating_to_the_limit_on_every_call_is_contained_every_time() {
+    let limits = Limits {
+        memory: 32 << 20,
+        call_deadline: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let p = load("{}", limits).unwrap();
+    for round in 1..=4 {
+        wait_until("the policy restarts", || p.is_running());
+        let decision = select(&p, "alloc").unwrap();
+        assert_eq!(decision.fallback, Some(PolicyFault::PolicyMemoryLimit));
+        assert_eq!(p.faults(), round);
+    }
+    assert_serves(&p);
+    assert!(
+        p.memory_bytes() < 8 << 20,
+        "a fresh instance starts small, not at the limit: {} bytes",
+        p.memory_bytes()
+    );
+}
+
+#[test]
+fn a_spin_in_tick_hits_the_tick_deadline() {
+    let p = hostile_policy(r#"{"mode": "spin-in-tick"}"#);
+    assert_eq!(p.info().tick_interval, Some(Duration::from_millis(5)));
+    p.tick(0);
+    assert_eq!(p.faults(), 1);
+    assert_eq!(
+        p.last_fault().as_deref(),
+        Some("policy call exceeded its deadline")
+    );
+    // Between ticks, requests are served by the policy.
+    assert_serves(&p);
+}
+
+#[tokio::test]
+async fn a_router_with_a_ticking_spinner_keeps_serving_and_shows_the_faults() {
+    let w = MockWorker::start("a", "m").await;
+    let dir = tempdir("spin-in-tick");
+    let toml = dir.join("router.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "policy_name = {:?}\n[policy]\nmode = \"spin-in-tick\"\n",
+            hostile(None).display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut a = args(&[&w]);
+    a.policy = None;
+    a.config = Some(toml);
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    for i in 0..20 {
+        assert_eq!(generate(&r, &format!("q{i}")).await.unwrap(), "a");
+    }
+    eventually("GET /policies shows the tick faults", async || {
+        let status = &get_json(&format!("{base}/policies")).await["policies"][0];
+        status["faults"].as_u64().unwrap_or(0) >= 2
+            && status["last_fault"] == "policy call exceeded its deadline"
+    })
+    .await;
+    let metrics = http()
+        .get(format!("http://{}/metrics", r.metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wasm_router_policy_faults_total")
+                && l.contains("policy=\"hostile-ticker\"")
+                && l.contains("kind=\"deadline\"")),
+        "{metrics}"
+    );
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn through_the_router_recursion_falls_back_and_a_huge_refusal_is_a_short_503() {
+    let w = MockWorker::start("a", "m").await;
+    let mut a = args(&[&w]);
+    a.policy = Some(hostile(None).display().to_string());
+    let r = router(a).await;
+    let keyed = |key: &'static str| {
+        http()
+            .post(format!("http://{}/generate", r.addr))
+            .header("x-routing-key", key)
+            .json(&serde_json::json!({"text": "hi"}))
+            .send()
+    };
+    let recursed = keyed("recurse").await.unwrap();
+    assert_eq!(recursed.status(), 200, "the fallback served it");
+    let refused = keyed("huge-error").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body = refused.bytes().await.unwrap();
+    assert!(body.len() < 2048, "{} bytes", body.len());
+    let (status, _) = post_json(&r, "/generate", serde_json::json!({"text": "after"})).await;
+    assert_eq!(status, 200);
+    let policies = get_json(&format!("http://{}/policies", r.addr)).await;
+    assert_eq!(policies["policies"][0]["faults"], 1);
+    r.shutdown().await.unwrap();
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hostile-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
