@@ -131,11 +131,19 @@ pub async fn forward(
             .headers(headers.clone())
             .body(req.body.clone())
             .send();
-        let response = match tokio::time::timeout(config.request_timeout, send).await {
+        let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
+        let response = match tokio::time::timeout(timeout, send).await {
             Err(_elapsed) => {
                 worker.breaker.record(false, Instant::now());
-                // The worker may still be working on it: no retry.
-                return Err(ApiError::UpstreamTimeout);
+                tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, "no response headers within {timeout:?}");
+                // Without --attempt-timeout-secs the worker may still be
+                // working on it and the request's time is up: no retry.
+                if config.attempt_timeout.is_none() || attempt >= config.retry.max_retries {
+                    return Err(ApiError::UpstreamTimeout);
+                }
+                last_error = ApiError::UpstreamTimeout;
+                excluded.push(worker.id);
+                continue;
             }
             Ok(Err(e)) => {
                 worker.breaker.record(false, Instant::now());

@@ -45,6 +45,11 @@ pub struct RouterArgs {
     /// Seconds to wait for a worker's response headers; then 504 [default: 1800].
     #[arg(long)]
     pub request_timeout_secs: Option<u64>,
+    /// Seconds to wait for one worker's response headers before counting the
+    /// attempt as failed and retrying on another worker; at most
+    /// --request-timeout-secs [default: off, one attempt may use it all].
+    #[arg(long)]
+    pub attempt_timeout_secs: Option<u64>,
     /// Retries after the first attempt [default: 5].
     #[arg(long)]
     pub retry_max_retries: Option<u32>,

@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub(super) max_tree_size: Option<u64>,
     pub(super) max_payload_size: Option<usize>,
     pub(super) request_timeout_secs: Option<u64>,
+    pub(super) attempt_timeout_secs: Option<u64>,
     pub(super) retry_max_retries: Option<u32>,
     pub(super) retry_initial_backoff_ms: Option<u64>,
     pub(super) retry_max_backoff_ms: Option<u64>,

@@ -126,6 +126,9 @@ pub struct Config {
     pub max_payload_size: usize,
     /// Time allowed for a worker's response headers.
     pub request_timeout: Duration,
+    /// Time allowed for one attempt's response headers before retrying
+    /// elsewhere; `None`: the whole `request_timeout`, without retry.
+    pub attempt_timeout: Option<Duration>,
     /// Retries.
     pub retry: RetryConfig,
     /// Circuit breakers.
@@ -356,6 +359,13 @@ impl Config {
         if request_timeout == 0 {
             return Err(invalid("--request-timeout-secs", "must be above 0"));
         }
+        let attempt_timeout = a.attempt_timeout_secs.or(f.attempt_timeout_secs);
+        if attempt_timeout.is_some_and(|secs| secs == 0 || secs > request_timeout) {
+            return Err(invalid(
+                "--attempt-timeout-secs",
+                "must be above 0 and at most --request-timeout-secs",
+            ));
+        }
         let api_key = a.api_key.clone().or(f.api_key);
         if api_key.as_deref() == Some("") {
             return Err(invalid("--api-key", "must not be empty"));
@@ -475,6 +485,7 @@ impl Config {
             },
             max_payload_size,
             request_timeout: Duration::from_secs(request_timeout),
+            attempt_timeout: attempt_timeout.map(Duration::from_secs),
             retry,
             breaker,
             health,

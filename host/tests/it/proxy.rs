@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::fixtures::picker;
 use crate::mock::{MockWorker, args, eventually, generate, get_json, http, post_json, router};
 
 fn assert_openai_error(body: &Value, code: &str) {
@@ -263,6 +264,22 @@ async fn a_worker_that_does_not_answer_in_time_is_504() {
     assert_eq!(status, 504);
     assert_openai_error(&body, "upstream_timeout");
     w.release(1);
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_an_attempt_timeout_a_hung_worker_is_retried_elsewhere() {
+    let hung = MockWorker::start("hung", "m").await;
+    let ok = MockWorker::start("ok", "m").await;
+    hung.b.hold.store(true, Ordering::SeqCst);
+    let mut a = args(&[&hung, &ok]);
+    a.policy = Some(picker("first").display().to_string());
+    a.attempt_timeout_secs = Some(1);
+    let r = router(a).await;
+    // The first worker (smallest id) hangs; the request moves on.
+    assert_eq!(generate(&r, "q").await.unwrap(), "ok");
+    assert_eq!(hung.hits(), 1);
+    hung.release(1);
     r.shutdown().await.unwrap();
 }
 

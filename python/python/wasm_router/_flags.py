@@ -43,6 +43,7 @@ FLAGS = [
     ("max_tree_size", _positive_int, "cache_aware: characters per worker after eviction [default: 67108864]"),
     ("max_payload_size", _positive_int, "largest request body in bytes [default: 536870912]"),
     ("request_timeout_secs", _positive_int, "seconds to wait for a worker's response [default: 1800]"),
+    ("attempt_timeout_secs", _positive_int, "seconds to wait for one worker before retrying on another [default: off]"),
     ("max_concurrent_requests", _positive_int, "requests forwarded at once, 0 for no limit [default: 256]"),
     ("queue_size", _positive_int, "requests that may wait for a slot [default: 100]"),
     ("queue_timeout_secs", _positive_int, "seconds a request may wait [default: 60]"),
