@@ -1,17 +1,100 @@
 //! What a policy instance may touch: deny-all WASI (no files, environment,
 //! arguments, sockets or stdin), a memory limit, and stdout/stderr that go to
 //! the router's log tagged with the policy's name.
+//!
+//! Guests are called synchronously from the router's tokio worker threads.
+//! wasmtime-wasi's synchronous WASI runs its blocking calls through
+//! `block_on`, which panics inside a runtime; [`add_to_linker`] therefore
+//! replaces the calls a guest makes to print (stdout/stderr writes and
+//! drops) with non-blocking ones, and makes waiting (`wasi:io/poll`, used by
+//! `sleep`) a trap: a policy must never hold a router thread. Any other host
+//! call that panics is caught by the caller as a fault.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
+use wasmtime::{ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::bindings::sync::io::streams::StreamError as WitStreamError;
+use wasmtime_wasi::p2::{
+    DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The WASI io package version wasmtime-wasi 48 defines (guests built for
+/// any 0.2.x match it).
+const WASI_IO: &str = "0.2.12";
+
+/// Link WASI for policies: wasmtime-wasi's synchronous WASI, with the
+/// blocking stream and poll calls replaced (see the module docs).
+pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+
+    let mut streams = linker.instance(&format!("wasi:io/streams@{WASI_IO}"))?;
+    streams.resource(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut store, rep| {
+            store
+                .data_mut()
+                .table
+                .delete(Resource::<DynOutputStream>::new_own(rep))?;
+            Ok(())
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-and-flush",
+        |mut store: StoreContextMut<'_, StoreState>,
+         (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+            let out = store.data_mut().table.get_mut(&stream)?;
+            let written = out.write(Bytes::from(bytes)).and_then(|()| out.flush());
+            Ok((lower_stream_result(written)?,))
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-flush",
+        |mut store: StoreContextMut<'_, StoreState>, (stream,): (Resource<DynOutputStream>,)| {
+            let flushed = store.data_mut().table.get_mut(&stream)?.flush();
+            Ok((lower_stream_result(flushed)?,))
+        },
+    )?;
+
+    let mut poll = linker.instance(&format!("wasi:io/poll@{WASI_IO}"))?;
+    poll.func_wrap(
+        "poll",
+        |_store: StoreContextMut<'_, StoreState>,
+         (_pollables,): (Vec<Resource<DynPollable>>,)|
+         -> wasmtime::Result<(Vec<u32>,)> { Err(may_not_wait()) },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |_store: StoreContextMut<'_, StoreState>,
+         (_pollable,): (Resource<DynPollable>,)|
+         -> wasmtime::Result<()> { Err(may_not_wait()) },
+    )?;
+    Ok(())
+}
+
+fn may_not_wait() -> wasmtime::Error {
+    wasmtime::Error::msg(
+        "policies may not wait or sleep (wasi:io/poll): every call runs on a router thread",
+    )
+}
+
+/// Our streams (the guest log) never fail but by closing; a trap stays a trap.
+fn lower_stream_result(result: StreamResult<()>) -> wasmtime::Result<Result<(), WitStreamError>> {
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(StreamError::Trap(e)) => Err(e),
+        Err(StreamError::Closed | StreamError::LastOperationFailed(_)) => {
+            Ok(Err(WitStreamError::Closed))
+        }
+    }
+}
 
 /// A guest's output line is cut at this many bytes, so a guest cannot make the
 /// router buffer without bound.

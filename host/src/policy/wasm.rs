@@ -18,7 +18,7 @@ use wasmtime::component::Linker;
 
 use super::bindings::{self, Bindings, BindingsPre};
 use super::engine::{Limits, PolicyEngine, sha256_hex};
-use super::sandbox::{MemoryLimitHit, StoreState};
+use super::sandbox::{self, MemoryLimitHit, StoreState};
 use super::{
     CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault,
     PolicyInfo, RouteRequest, SelectError, WorkerInfo, builtin,
@@ -165,7 +165,7 @@ impl WasmPolicy {
             });
         }
         let mut linker = Linker::<StoreState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI interfaces link once");
+        sandbox::add_to_linker(&mut linker).expect("WASI interfaces link once");
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports {
@@ -337,9 +337,8 @@ impl Live {
             name: name.to_string(),
             fault: classify(&e),
         };
-        let policy = pre.instantiate(&mut store).map_err(start_fault)?;
-        let info = policy
-            .call_init(&mut store, config)
+        let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault)?;
+        let info = guarded(|| policy.call_init(&mut store, config))
             .map_err(start_fault)?
             .map_err(|message| LoadError::InitRefused {
                 name: name.to_string(),
@@ -366,7 +365,7 @@ impl Shared {
     ) -> Result<R, PolicyFault> {
         let live = slot.live.as_mut().ok_or(PolicyFault::PolicyRestarting)?;
         live.store.set_epoch_deadline(Limits::ticks(deadline));
-        f(live).map_err(|error| {
+        guarded(|| f(live)).map_err(|error| {
             let fault = classify(&error);
             slot.live = None;
             slot.consecutive_faults += 1;
@@ -451,6 +450,22 @@ impl Shared {
             fallback: Some(fault),
         })
     }
+}
+
+/// Run a guest call, turning a panic in a host function it called (a WASI
+/// call that cannot run on this thread, say) into an error: the caller then
+/// treats it as a fault and drops the store, and the router thread lives on.
+fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(wasmtime::Error::msg(format!(
+            "a host call made by the policy panicked: {message}"
+        )))
+    })
 }
 
 /// Cut a policy's message (or a trap report) to [`MAX_DECLINE_MESSAGE`] bytes, on a character

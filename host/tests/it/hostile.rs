@@ -114,6 +114,34 @@ fn a_spin_in_tick_hits_the_tick_deadline() {
     assert_serves(&p);
 }
 
+/// Inside the router, guests are called from tokio worker threads, where
+/// wasmtime-wasi's blocking WASI calls cannot run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_io_on_a_runtime_thread_prints_or_faults_but_never_panics() {
+    let p = hostile_policy("{}");
+    let printed = select(&p, "print").unwrap();
+    assert_eq!((printed.worker, printed.fallback), (1, None));
+    let slept = select(&p, "sleep").unwrap();
+    match slept.fallback {
+        Some(PolicyFault::PolicyTrap(report)) => {
+            assert!(report.contains("may not wait or sleep"), "{report}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_serves(&p);
+    let read = select(&p, "stdin");
+    match read {
+        // A closed stdin may also read as end of file.
+        Err(SelectError::Declined(message)) => assert_eq!(message, "read 0 bytes from stdin"),
+        Ok(decision) => assert!(matches!(
+            decision.fallback,
+            Some(PolicyFault::PolicyTrap(_))
+        )),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_serves(&p);
+}
+
 #[tokio::test]
 async fn a_router_with_a_ticking_spinner_keeps_serving_and_shows_the_faults() {
     let w = MockWorker::start("a", "m").await;
