@@ -33,6 +33,10 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --locked --workspace
 
+step "soak: load and injected faults for ${WASM_ROUTER_SOAK_SECS:=60} s (report: target/soak-report.json)"
+WASM_ROUTER_SOAK_SECS=$WASM_ROUTER_SOAK_SECS \
+    cargo test --locked -p wasm-router --test it soak -- --ignored --nocapture
+
 step "Python wheel: build it, install it into a fresh venv, run pytest there"
 rm -rf target/wheels target/py-build target/py-venv
 python3 -m venv target/py-build

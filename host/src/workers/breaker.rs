@@ -127,6 +127,20 @@ impl Breaker {
         self.report(&inner);
     }
 
+    /// Close the breaker, forgetting past failures: the worker was seen to
+    /// recover by other means (its health checks passing again).
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        if !matches!(*inner, Inner::Closed { .. }) {
+            tracing::info!("circuit breaker closed: the worker passes its health checks again");
+        }
+        *inner = Inner::Closed {
+            failures: 0,
+            since: Instant::now(),
+        };
+        self.report(&inner);
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         match *self.lock() {
@@ -152,6 +166,24 @@ mod tests {
             }),
             metrics::Gauge::noop(),
         )
+    }
+
+    #[test]
+    fn a_reset_closes_an_open_breaker_at_once() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(false, t0);
+        b.record(false, t0);
+        assert!(!b.admits(t0));
+        b.reset();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admits(t0));
+        b.record(false, t0);
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "the failure count starts over"
+        );
     }
 
     #[test]

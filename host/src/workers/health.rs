@@ -104,6 +104,11 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, h: HealthConf
             {
                 if healthy {
                     tracing::info!(worker = %worker.url, "worker is healthy");
+                    // Health checks failed and now pass: the worker came back
+                    // (a restart, say). Its breaker learned about the old
+                    // process; waiting out --cb-timeout-duration-secs would
+                    // keep a healthy worker idle.
+                    worker.breaker.reset();
                 } else {
                     tracing::warn!(worker = %worker.url, "worker is unhealthy: {} failed health checks", h.failure_threshold);
                 }

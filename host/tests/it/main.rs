@@ -12,4 +12,5 @@ mod proxy;
 mod reload;
 mod round_robin;
 mod sim;
+mod soak;
 mod tls;
