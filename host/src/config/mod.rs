@@ -563,7 +563,8 @@ fn readable(setting: &'static str, path: PathBuf) -> Result<PathBuf, ConfigError
     }
 }
 
-/// Check a worker URL (http or https, a host, an optional port, no query)
+/// Check a worker URL (http or https, a host, an optional non-zero port, no
+/// query or credentials)
 /// and return it without a trailing slash.
 pub fn validate_worker_url(url: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| {
@@ -579,8 +580,15 @@ pub fn validate_worker_url(url: &str) -> Result<String, ConfigError> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
     }
-    if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
-        return Err(bad("has a query, fragment or user name"));
+    if parsed.port() == Some(0) {
+        return Err(bad("has port 0"));
+    }
+    if parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        return Err(bad("has a query, fragment or credentials"));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -635,6 +643,10 @@ mod tests {
             "ftp://h:1",
             "http://",
             "http://h:1/?a=b",
+            "http://h:0",
+            "http://h:65536",
+            "http://:secret@h:1",
+            "http://user@h:1",
             "not a url",
         ] {
             assert!(validate_worker_url(bad).is_err(), "{bad}");
