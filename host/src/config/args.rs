@@ -21,7 +21,8 @@ pub struct RouterArgs {
     /// Worker base URLs.
     #[arg(long, num_args = 1..)]
     pub worker_urls: Vec<String>,
-    /// Built-in policy name (cache_aware, round_robin) or a .wasm file [default: cache_aware].
+    /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
+    /// consistent_hash) or a .wasm file [default: cache_aware].
     #[arg(long)]
     pub policy: Option<String>,
     /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].

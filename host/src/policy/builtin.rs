@@ -11,6 +11,15 @@ const BUILTINS: &[(&str, &[u8])] = &[
         "round_robin",
         include_bytes!("../../../policies/round_robin.wasm"),
     ),
+    ("random", include_bytes!("../../../policies/random.wasm")),
+    (
+        "power_of_two",
+        include_bytes!("../../../policies/power_of_two.wasm"),
+    ),
+    (
+        "consistent_hash",
+        include_bytes!("../../../policies/consistent_hash.wasm"),
+    ),
 ];
 
 /// The policy used when none is named (as in the SGLang router).

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod assemblyscript;
+mod builtins;
 mod cache_aware;
 mod cli;
 mod engine;

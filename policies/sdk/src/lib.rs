@@ -37,6 +37,7 @@
 
 #[doc(hidden)]
 pub mod glue;
+pub mod rng;
 
 /// Bindings generated from `wit/policy.wit`. Policy authors use the re-exports
 /// at the crate root instead.
@@ -53,6 +54,7 @@ pub mod bindings {
 }
 
 pub use bindings::{Candidate, Outcome, PolicyInfo, Request, Role, Route, WorkerInfo};
+pub use rng::Rng;
 
 /// The contract version this SDK implements: the package version of
 /// `wit/policy.wit`. The router refuses policies built for another one.

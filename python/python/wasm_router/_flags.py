@@ -34,7 +34,7 @@ FLAGS = [
     ("host", str, "address to listen on [default: 127.0.0.1]"),
     ("port", _port, "port to listen on [default: 30000]"),
     ("worker_urls", "list", "worker base URLs"),
-    ("policy", str, "built-in policy (cache_aware, round_robin) or a .wasm file [default: cache_aware]"),
+    ("policy", str, "built-in policy (cache_aware, round_robin, random, power_of_two, consistent_hash) or a .wasm file [default: cache_aware]"),
     ("config", str, "TOML file with the same settings and a [policy] table"),
     ("cache_threshold", _ratio, "cache_aware: minimum prefix match ratio [default: 0.3]"),
     ("balance_abs_threshold", _positive_int, "cache_aware: absolute load gap that overrides affinity [default: 64]"),

@@ -1,0 +1,64 @@
+//! Every built-in policy, selected by name, routes real requests; the
+//! key-based ones keep a key on its worker.
+
+use serde_json::json;
+use wasm_router::policy::builtin;
+
+use crate::mock::{MockWorker, args, generate, http, router};
+
+#[tokio::test]
+async fn every_builtin_routes_requests_by_name() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    for name in builtin::names() {
+        let mut a = args(&ws.iter().collect::<Vec<_>>());
+        a.policy = Some(name.to_string());
+        let r = router(a).await;
+        for i in 0..8 {
+            let worker = generate(&r, &format!("{name} {i}")).await;
+            assert!(
+                matches!(worker.as_deref(), Ok("a" | "b")),
+                "{name}: {worker:?}"
+            );
+        }
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_each_key_on_one_worker() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+        MockWorker::start("c", "m").await,
+    ];
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.policy = Some("consistent_hash".into());
+    let r = router(a).await;
+    let mut owners = std::collections::HashSet::new();
+    for key in 0..12 {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let body: serde_json::Value = http()
+                .post(format!("http://{}/generate", r.addr))
+                .header("x-smg-routing-key", format!("user-{key}"))
+                .json(&json!({"text": "hi"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            seen.insert(body["worker"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "user-{key} went to {seen:?}");
+        owners.extend(seen);
+    }
+    assert!(
+        owners.len() >= 2,
+        "12 keys spread over the ring: {owners:?}"
+    );
+    r.shutdown().await.unwrap();
+}
