@@ -22,7 +22,7 @@ pub struct RouterArgs {
     #[arg(long, num_args = 1..)]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
-    /// consistent_hash) or a .wasm file [default: cache_aware].
+    /// consistent_hash, manual) or a .wasm file [default: cache_aware].
     #[arg(long)]
     pub policy: Option<String>,
     /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
@@ -40,6 +40,13 @@ pub struct RouterArgs {
     /// cache_aware: characters per worker kept after eviction [default: 67108864].
     #[arg(long)]
     pub max_tree_size: Option<u64>,
+    /// manual: how a new routing key picks its worker: random, min_load or
+    /// min_group [default: random].
+    #[arg(long)]
+    pub assignment_mode: Option<String>,
+    /// manual: seconds after which an unused routing key is forgotten [default: 3600].
+    #[arg(long)]
+    pub max_idle_secs: Option<u64>,
     /// Largest request body in bytes; larger is a 413 [default: 536870912].
     #[arg(long)]
     pub max_payload_size: Option<usize>,

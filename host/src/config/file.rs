@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub(super) balance_rel_threshold: Option<f64>,
     pub(super) eviction_interval_secs: Option<u64>,
     pub(super) max_tree_size: Option<u64>,
+    pub(super) assignment_mode: Option<String>,
+    pub(super) max_idle_secs: Option<u64>,
     pub(super) max_payload_size: Option<usize>,
     pub(super) request_timeout_secs: Option<u64>,
     pub(super) attempt_timeout_secs: Option<u64>,

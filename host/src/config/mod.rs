@@ -225,6 +225,23 @@ impl Config {
                 .unwrap_or(1 << 26)
                 .into(),
         );
+        let assignment_mode = a
+            .assignment_mode
+            .clone()
+            .or(f.assignment_mode)
+            .unwrap_or_else(|| "random".into());
+        if !["random", "min_load", "min_group"].contains(&assignment_mode.as_str()) {
+            return Err(invalid(
+                "--assignment-mode",
+                format!("{assignment_mode:?} is not random, min_load or min_group"),
+            ));
+        }
+        policy_config.insert("assignment_mode".into(), assignment_mode.into());
+        let max_idle_secs = a.max_idle_secs.or(f.max_idle_secs).unwrap_or(3600);
+        if max_idle_secs == 0 {
+            return Err(invalid("--max-idle-secs", "must be above 0"));
+        }
+        policy_config.insert("max_idle_secs".into(), max_idle_secs.into());
         // The `[policy]` table is the policy's own: it wins over the flags.
         policy_config.extend(f.policy);
 
@@ -626,6 +643,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--cache-threshold"), "{err}");
+        let args = RouterArgs {
+            assignment_mode: Some("fastest".into()),
+            ..RouterArgs::default()
+        };
+        let err = Config::merge(&args, FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--assignment-mode"), "{err}");
         let err = toml::from_str::<FileConfig>("prot = 1")
             .unwrap_err()
             .to_string();

@@ -20,6 +20,7 @@ const BUILTINS: &[(&str, &[u8])] = &[
         "consistent_hash",
         include_bytes!("../../../policies/consistent_hash.wasm"),
     ),
+    ("manual", include_bytes!("../../../policies/manual.wasm")),
 ];
 
 /// The policy used when none is named (as in the SGLang router).

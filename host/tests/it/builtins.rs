@@ -27,6 +27,43 @@ async fn every_builtin_routes_requests_by_name() {
     }
 }
 
+/// The worker a request with this routing key went to.
+async fn keyed(r: &wasm_router::server::Running, key: &str) -> String {
+    let body: serde_json::Value = http()
+        .post(format!("http://{}/generate", r.addr))
+        .header("x-smg-routing-key", key)
+        .json(&json!({"text": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["worker"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn manual_with_min_group_spreads_keys_and_keeps_them() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.policy = Some("manual".into());
+    a.assignment_mode = Some("min_group".into());
+    let r = router(a).await;
+    let mut first = Vec::new();
+    for key in 0..6 {
+        first.push(keyed(&r, &format!("user-{key}")).await);
+    }
+    // min_group: alternate between the two workers, smaller id first.
+    assert_eq!(first, ["a", "b", "a", "b", "a", "b"]);
+    for (key, worker) in first.iter().enumerate() {
+        assert_eq!(&keyed(&r, &format!("user-{key}")).await, worker);
+    }
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn consistent_hash_keeps_each_key_on_one_worker() {
     let ws = [
@@ -41,17 +78,7 @@ async fn consistent_hash_keeps_each_key_on_one_worker() {
     for key in 0..12 {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..3 {
-            let body: serde_json::Value = http()
-                .post(format!("http://{}/generate", r.addr))
-                .header("x-smg-routing-key", format!("user-{key}"))
-                .json(&json!({"text": "hi"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            seen.insert(body["worker"].as_str().unwrap().to_string());
+            seen.insert(keyed(&r, &format!("user-{key}")).await);
         }
         assert_eq!(seen.len(), 1, "user-{key} went to {seen:?}");
         owners.extend(seen);
