@@ -37,6 +37,9 @@ step "soak: load and injected faults for ${WASM_ROUTER_SOAK_SECS:=60} s (report:
 WASM_ROUTER_SOAK_SECS=$WASM_ROUTER_SOAK_SECS \
     cargo test --locked -p wasm-router --test it soak -- --ignored --nocapture
 
+step "fuzzing: ${WASM_ROUTER_FUZZ_SECS:=30} s per target"
+./fuzz/run.sh "$WASM_ROUTER_FUZZ_SECS"
+
 step "Python wheel: build it, install it into a fresh venv, run pytest there"
 rm -rf target/wheels target/py-build target/py-venv
 python3 -m venv target/py-build
