@@ -581,8 +581,7 @@ fn readable(setting: &'static str, path: PathBuf) -> Result<PathBuf, ConfigError
 }
 
 /// Check a worker URL (http or https, a host, an optional non-zero port, no
-/// query or credentials)
-/// and return it without a trailing slash.
+/// query or credentials) and return it without a trailing slash.
 pub fn validate_worker_url(url: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| {
         invalid(

@@ -33,7 +33,7 @@ pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// A policy's messages (refusals, trap reports) reach clients and logs; past
 /// this many bytes they are cut (a guest may return megabytes).
-pub const MAX_DECLINE_MESSAGE: usize = 1024;
+pub const MAX_POLICY_MESSAGE: usize = 1024;
 
 /// Where a policy component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,14 +468,14 @@ fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R>
     })
 }
 
-/// Cut a policy's message (or a trap report) to [`MAX_DECLINE_MESSAGE`] bytes, on a character
-/// boundary, saying how long it was.
+/// Cut a policy's message (or a trap report) to [`MAX_POLICY_MESSAGE`]
+/// bytes, on a character boundary, saying how long it was.
 fn cap_message(mut message: String) -> String {
-    if message.len() <= MAX_DECLINE_MESSAGE {
+    if message.len() <= MAX_POLICY_MESSAGE {
         return message;
     }
     let full = message.len();
-    let mut end = MAX_DECLINE_MESSAGE;
+    let mut end = MAX_POLICY_MESSAGE;
     while !message.is_char_boundary(end) {
         end -= 1;
     }
