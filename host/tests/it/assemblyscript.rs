@@ -5,19 +5,25 @@
 
 use serde_json::json;
 use wasm_router::policy::{
-    Candidate, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest, SelectError,
-    WasmPolicy, WorkerInfo,
+    Candidate, Limits, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest,
+    SelectError, WasmPolicy, WorkerInfo,
 };
 
 use crate::fixtures::{assemblyscript_probe, engine, idle, session_affinity_as};
 use crate::mock::{MockWorker, args, http, router};
 
+/// The probe, with a deadline generous enough that a busy machine cannot
+/// turn a slow call into a fallback answer.
 fn probe(config: &str) -> Result<WasmPolicy, LoadError> {
+    let limits = Limits {
+        call_deadline: std::time::Duration::from_secs(5),
+        ..Limits::default()
+    };
     WasmPolicy::load(
         &engine(),
         PolicySource::File(assemblyscript_probe()),
         config,
-        Default::default(),
+        limits,
     )
 }
 
@@ -202,6 +208,8 @@ async fn the_assemblyscript_example_keeps_sessions_on_their_worker() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some(session_affinity_as().display().to_string());
+    // A deadline fault would answer with the fallback, not the predicted pick.
+    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     // Idle fleet: a new key goes to the least loaded, ties to the smaller id.
     for _ in 0..3 {

@@ -50,6 +50,8 @@ async fn manual_with_min_group_spreads_keys_and_keeps_them() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some("manual".into());
+    // A deadline fault on a busy machine would answer with the fallback.
+    a.policy_call_deadline_ms = Some(5000);
     a.assignment_mode = Some("min_group".into());
     let r = router(a).await;
     let mut first = Vec::new();
@@ -73,6 +75,7 @@ async fn consistent_hash_keeps_each_key_on_one_worker() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some("consistent_hash".into());
+    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     let mut owners = std::collections::HashSet::new();
     for key in 0..12 {

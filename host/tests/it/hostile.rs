@@ -16,8 +16,15 @@ fn load(config: &str, limits: Limits) -> Result<WasmPolicy, LoadError> {
     WasmPolicy::load(&engine(), PolicySource::File(hostile(None)), config, limits)
 }
 
+/// The fixture with a generous call deadline: on a busy machine a 10 ms
+/// deadline could fire first and hide the fault under test. (The deadline
+/// itself is tested in engine.rs; `tick` keeps its own.)
 fn hostile_policy(config: &str) -> WasmPolicy {
-    load(config, Limits::default()).unwrap()
+    let limits = Limits {
+        call_deadline: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    load(config, limits).unwrap()
 }
 
 fn select(p: &WasmPolicy, key: &str) -> Result<wasm_router::policy::Decision, SelectError> {
@@ -193,6 +200,8 @@ async fn through_the_router_recursion_falls_back_and_a_huge_refusal_is_a_short_5
     let w = MockWorker::start("a", "m").await;
     let mut a = args(&[&w]);
     a.policy = Some(hostile(None).display().to_string());
+    // As in hostile_policy: the 8 MB refusal must not meet a deadline first.
+    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     let keyed = |key: &'static str| {
         http()

@@ -274,6 +274,7 @@ async fn with_an_attempt_timeout_a_hung_worker_is_retried_elsewhere() {
     hung.b.hold.store(true, Ordering::SeqCst);
     let mut a = args(&[&hung, &ok]);
     a.policy = Some(picker("first").display().to_string());
+    a.policy_call_deadline_ms = Some(5000);
     a.attempt_timeout_secs = Some(1);
     let r = router(a).await;
     // The first worker (smallest id) hangs; the request moves on.
