@@ -3,27 +3,20 @@
 //! in a refusal message. Then the AssemblyScript example, routing real
 //! requests.
 
-use serde_json::json;
 use wasm_router::policy::{
-    Candidate, Limits, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest,
-    SelectError, WasmPolicy, WorkerInfo,
+    Candidate, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest, SelectError,
+    WasmPolicy, WorkerInfo,
 };
 
-use crate::fixtures::{assemblyscript_probe, engine, idle, session_affinity_as};
-use crate::mock::{MockWorker, args, http, router};
+use crate::fixtures::{assemblyscript_probe, engine, generous_limits, idle, session_affinity_as};
+use crate::mock::{MockWorker, args, router, worker_for_key};
 
-/// The probe, with a deadline generous enough that a busy machine cannot
-/// turn a slow call into a fallback answer.
 fn probe(config: &str) -> Result<WasmPolicy, LoadError> {
-    let limits = Limits {
-        call_deadline: std::time::Duration::from_secs(5),
-        ..Limits::default()
-    };
     WasmPolicy::load(
         &engine(),
         PolicySource::File(assemblyscript_probe()),
         config,
-        limits,
+        generous_limits(),
     )
 }
 
@@ -185,19 +178,7 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
 }
 
 async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
-    let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
-    if let Some(key) = key {
-        req = req.header("x-routing-key", key);
-    }
-    let body: serde_json::Value = req
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["worker"].as_str().unwrap().to_string()
+    worker_for_key(r, "x-routing-key", key).await
 }
 
 #[tokio::test]
@@ -208,8 +189,6 @@ async fn the_assemblyscript_example_keeps_sessions_on_their_worker() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some(session_affinity_as().display().to_string());
-    // A deadline fault would answer with the fallback, not the predicted pick.
-    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     // Idle fleet: a new key goes to the least loaded, ties to the smaller id.
     for _ in 0..3 {

@@ -1,10 +1,9 @@
 //! Every built-in policy, selected by name, routes real requests; the
 //! key-based ones keep a key on its worker.
 
-use serde_json::json;
 use wasm_router::policy::builtin;
 
-use crate::mock::{MockWorker, args, generate, http, router};
+use crate::mock::{MockWorker, args, generate, router, worker_for_key};
 
 #[tokio::test]
 async fn every_builtin_routes_requests_by_name() {
@@ -27,19 +26,9 @@ async fn every_builtin_routes_requests_by_name() {
     }
 }
 
-/// The worker a request with this routing key went to.
+/// The worker a request with this routing key went to (SGLang's header).
 async fn keyed(r: &wasm_router::server::Running, key: &str) -> String {
-    let body: serde_json::Value = http()
-        .post(format!("http://{}/generate", r.addr))
-        .header("x-smg-routing-key", key)
-        .json(&json!({"text": "hi"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["worker"].as_str().unwrap().to_string()
+    worker_for_key(r, "x-smg-routing-key", Some(key)).await
 }
 
 #[tokio::test]
@@ -50,8 +39,6 @@ async fn manual_with_min_group_spreads_keys_and_keeps_them() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some("manual".into());
-    // A deadline fault on a busy machine would answer with the fallback.
-    a.policy_call_deadline_ms = Some(5000);
     a.assignment_mode = Some("min_group".into());
     let r = router(a).await;
     let mut first = Vec::new();
@@ -75,7 +62,6 @@ async fn consistent_hash_keeps_each_key_on_one_worker() {
     ];
     let mut a = args(&ws.iter().collect::<Vec<_>>());
     a.policy = Some("consistent_hash".into());
-    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     let mut owners = std::collections::HashSet::new();
     for key in 0..12 {

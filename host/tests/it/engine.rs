@@ -9,7 +9,7 @@ use wasm_router::policy::{
     SelectError, WasmPolicy,
 };
 
-use crate::fixtures::{engine, hostile, idle, request, wait_until};
+use crate::fixtures::{engine, generous_limits, hostile, idle, request, wait_until};
 
 fn hostile_file() -> PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
@@ -79,11 +79,10 @@ fn each_fault_is_named() {
 
 #[test]
 fn unbounded_allocation_hits_the_memory_limit() {
+    // A generous deadline, so that only the memory limit can stop the guest.
     let limits = Limits {
         memory: 32 << 20,
-        // Generous, so that only the memory limit can stop the guest.
-        call_deadline: std::time::Duration::from_secs(5),
-        ..Limits::default()
+        ..generous_limits()
     };
     let p = load_hostile("{}", limits).unwrap();
     // Inside the limit: an ordinary call works.

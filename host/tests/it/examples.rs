@@ -1,24 +1,10 @@
 //! The custom-policy examples, built from source and routing real requests.
 
-use serde_json::json;
-
 use crate::fixtures::session_affinity;
-use crate::mock::{MockWorker, args, eventually, http, router};
+use crate::mock::{MockWorker, args, eventually, router, worker_for_key};
 
 async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
-    let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
-    if let Some(key) = key {
-        req = req.header("x-routing-key", key);
-    }
-    let body: serde_json::Value = req
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["worker"].as_str().unwrap().to_string()
+    worker_for_key(r, "x-routing-key", key).await
 }
 
 #[tokio::test]

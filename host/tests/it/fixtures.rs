@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
+use wasm_router::policy::{Candidate, Limits, PolicyEngine, Route, RouteRequest};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -22,6 +22,16 @@ pub fn engine() -> PolicyEngine {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"),
     ))
     .unwrap()
+}
+
+/// Default limits with a generous call deadline, for tests that are not
+/// about the deadline: on a busy machine 10 ms could fire first and hide
+/// the behaviour under test behind the fallback.
+pub fn generous_limits() -> Limits {
+    Limits {
+        call_deadline: Duration::from_secs(5),
+        ..Limits::default()
+    }
 }
 
 /// The hostile fixture (host/tests/fixtures/hostile_policy), built for

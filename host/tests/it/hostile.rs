@@ -9,22 +9,19 @@ use wasm_router::policy::{
     Limits, LoadError, Policy, PolicyFault, PolicySource, SelectError, WasmPolicy,
 };
 
-use crate::fixtures::{engine, hostile, idle, request, wait_until};
-use crate::mock::{MockWorker, args, eventually, generate, get_json, http, post_json, router};
+use crate::fixtures::{engine, generous_limits, hostile, idle, request, wait_until};
+use crate::mock::{
+    MockWorker, args, eventually, generate, get_json, get_text, http, post_json, router,
+};
 
 fn load(config: &str, limits: Limits) -> Result<WasmPolicy, LoadError> {
     WasmPolicy::load(&engine(), PolicySource::File(hostile(None)), config, limits)
 }
 
-/// The fixture with a generous call deadline: on a busy machine a 10 ms
-/// deadline could fire first and hide the fault under test. (The deadline
-/// itself is tested in engine.rs; `tick` keeps its own.)
+/// The fixture with a generous call deadline (the deadline itself is tested
+/// in engine.rs; `tick` keeps its own).
 fn hostile_policy(config: &str) -> WasmPolicy {
-    let limits = Limits {
-        call_deadline: Duration::from_secs(5),
-        ..Limits::default()
-    };
-    load(config, limits).unwrap()
+    load(config, generous_limits()).unwrap()
 }
 
 fn select(p: &WasmPolicy, key: &str) -> Result<wasm_router::policy::Decision, SelectError> {
@@ -89,8 +86,7 @@ fn restore_refuses_garbage_and_a_trap_in_restore_is_a_fault() {
 fn allocating_to_the_limit_on_every_call_is_contained_every_time() {
     let limits = Limits {
         memory: 32 << 20,
-        call_deadline: Duration::from_secs(5),
-        ..Limits::default()
+        ..generous_limits()
     };
     let p = load("{}", limits).unwrap();
     for round in 1..=4 {
@@ -176,14 +172,7 @@ async fn a_router_with_a_ticking_spinner_keeps_serving_and_shows_the_faults() {
             && status["last_fault"] == "policy call exceeded its deadline"
     })
     .await;
-    let metrics = http()
-        .get(format!("http://{}/metrics", r.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
     assert!(
         metrics
             .lines()
@@ -200,8 +189,6 @@ async fn through_the_router_recursion_falls_back_and_a_huge_refusal_is_a_short_5
     let w = MockWorker::start("a", "m").await;
     let mut a = args(&[&w]);
     a.policy = Some(hostile(None).display().to_string());
-    // As in hostile_policy: the 8 MB refusal must not meet a deadline first.
-    a.policy_call_deadline_ms = Some(5000);
     let r = router(a).await;
     let keyed = |key: &'static str| {
         http()

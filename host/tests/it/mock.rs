@@ -163,7 +163,7 @@ fn async_stream(
 }
 
 /// Router flags for tests: loopback, ephemeral ports, fast health checks,
-/// no jitter, a shared compile cache.
+/// no jitter, a generous policy deadline, a shared compile cache.
 pub fn args(urls: &[&MockWorker]) -> RouterArgs {
     RouterArgs {
         host: Some([127, 0, 0, 1].into()),
@@ -176,6 +176,9 @@ pub fn args(urls: &[&MockWorker]) -> RouterArgs {
         health_check_interval_secs: Some(1),
         health_failure_threshold: Some(1),
         health_success_threshold: Some(1),
+        // Generous: on a busy machine the 10 ms default could fire first
+        // and answer with the fallback instead of the behaviour under test.
+        policy_call_deadline_ms: Some(5000),
         ..RouterArgs::default()
     }
 }
@@ -203,6 +206,29 @@ pub fn http() -> reqwest::Client {
 /// GET `url` and parse the body as JSON.
 pub async fn get_json(url: &str) -> Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url` and return the body as text.
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// A chat request with the routing key `key` in `header` (none if `None`);
+/// the name of the worker that answered.
+pub async fn worker_for_key(r: &Running, header: &str, key: Option<&str>) -> String {
+    let mut req = http().post(format!("http://{}/v1/chat/completions", r.addr));
+    if let Some(key) = key {
+        req = req.header(header, key);
+    }
+    let body: Value = req
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["worker"].as_str().unwrap().to_string()
 }
 
 /// POST a JSON body to the router; return status and parsed body.

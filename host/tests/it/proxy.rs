@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fixtures::picker;
-use crate::mock::{MockWorker, args, eventually, generate, get_json, http, post_json, router};
+use crate::mock::{
+    MockWorker, args, eventually, generate, get_json, get_text, http, post_json, router,
+};
 
 fn assert_openai_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -274,7 +276,6 @@ async fn with_an_attempt_timeout_a_hung_worker_is_retried_elsewhere() {
     hung.b.hold.store(true, Ordering::SeqCst);
     let mut a = args(&[&hung, &ok]);
     a.policy = Some(picker("first").display().to_string());
-    a.policy_call_deadline_ms = Some(5000);
     a.attempt_timeout_secs = Some(1);
     let r = router(a).await;
     // The first worker (smallest id) hangs; the request moves on.
@@ -616,14 +617,7 @@ async fn metrics_are_served_in_prometheus_text() {
     let w = MockWorker::start("a", "m").await;
     let r = router(args(&[&w])).await;
     generate(&r, "x").await.unwrap();
-    let text = http()
-        .get(format!("http://{}/metrics", r.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
     for name in [
         "wasm_router_requests_total",
         "wasm_router_policy_decision_seconds",

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::fixtures::{picker, workspace};
-use crate::mock::http;
+use crate::mock::{get_json, http};
 
 const CLIENTS: usize = 16;
 /// An upper bound on requests per client, besides the time bound.
@@ -276,14 +276,7 @@ async fn soak_under_faults_loses_no_request() {
         client.await.unwrap();
     }
     let rss_end = rss_kb(router.0.id());
-    let status: Value = client
-        .get(format!("{base}/policies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&format!("{base}/policies")).await;
     let report = json!({
         "seconds": secs,
         "clients": CLIENTS,
