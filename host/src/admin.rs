@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::config::validate_worker_url;
 use crate::errors::ApiError;
 use crate::server::AppState;
-use crate::workers::health;
+use crate::workers::{Worker, WorkerSpec, health};
 
 type S = State<Arc<AppState>>;
 
@@ -102,17 +102,18 @@ struct WorkerUrl {
     url: String,
 }
 
-/// Validate, register, and discover the model in the background.
-fn register(s: &AppState, url: &str) -> Result<Arc<crate::workers::Worker>, ApiError> {
+/// Validate and enroll a regular worker (each of its ranks with
+/// `--dp-aware`); its model is discovered in the background.
+async fn register(s: &AppState, url: &str) -> Result<Vec<Arc<Worker>>, ApiError> {
     let url = validate_worker_url(url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let worker = s.registry.add(&url)?;
-    tokio::spawn(health::onboard(
-        s.registry.clone(),
-        s.client.clone(),
-        worker.clone(),
-        s.config.health.clone(),
-    ));
-    Ok(worker)
+    health::enroll(
+        &s.registry,
+        &s.client,
+        WorkerSpec::regular(&url),
+        s.config.dp_aware,
+        s.config.health.as_ref(),
+    )
+    .await
 }
 
 async fn add(
@@ -122,10 +123,11 @@ async fn add(
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!("expected {{\"url\": \"http://HOST:PORT\"}}: {e}"))
     })?;
-    let worker = register(&s, &body.url)?;
-    let location = format!("/workers/{}", worker.id);
-    let reply =
-        json!({"id": worker.id, "url": worker.url, "status": "pending", "location": location});
+    let added = register(&s, &body.url).await?;
+    let ids: Vec<_> = added.iter().map(|w| w.id).collect();
+    let location = format!("/workers/{}", ids[0]);
+    // One id per data-parallel rank with --dp-aware; `id` is the first.
+    let reply = json!({"id": ids[0], "ids": ids, "url": added[0].url, "status": "pending", "location": location});
     Ok((StatusCode::ACCEPTED, [("location", location)], Json(reply)).into_response())
 }
 
@@ -157,39 +159,35 @@ async fn remove(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiE
 }
 
 async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
-    let worker = register(&s, &q.url)?;
-    Ok(format!("Successfully added worker: {}", worker.url))
+    let added = register(&s, &q.url).await?;
+    Ok(format!("Successfully added worker: {}", added[0].url))
 }
 
 async fn remove_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
     let url = q.url.trim_end_matches('/');
-    let worker = s
-        .registry
-        .by_url(url)
-        .ok_or_else(|| ApiError::NotFound(format!("no worker with url {url}")))?;
-    s.registry.remove(worker.id);
+    let entries = s.registry.all_at(url);
+    if entries.is_empty() {
+        return Err(ApiError::NotFound(format!("no worker with url {url}")));
+    }
+    for worker in entries {
+        s.registry.remove(worker.id);
+    }
     Ok(format!("Successfully removed worker: {url}"))
 }
 
 async fn list_urls(State(s): S) -> Json<Value> {
-    let urls: Vec<String> = s.registry.all().iter().map(|w| w.url.clone()).collect();
-    Json(json!({"urls": urls}))
+    Json(json!({"urls": s.registry.urls()}))
 }
 
-/// `POST /flush_cache` on every worker; 200 only if all succeeded.
+/// `POST /flush_cache` on every worker (once per server, whatever its
+/// data-parallel ranks); 200 only if all succeeded.
 async fn flush_cache(State(s): S) -> Response {
-    let workers = s.registry.all();
-    let calls = workers.iter().map(|w| {
+    let calls = s.registry.urls().into_iter().map(|url| {
         let request = s
             .client
-            .post(format!("{}/flush_cache", w.url))
+            .post(format!("{url}/flush_cache"))
             .timeout(s.config.request_timeout);
-        async move {
-            (
-                w.url.clone(),
-                request.send().await.map(|r| r.status().as_u16()),
-            )
-        }
+        async move { (url, request.send().await.map(|r| r.status().as_u16())) }
     });
     let results: Vec<(String, Result<u16, reqwest::Error>)> =
         futures_util::future::join_all(calls).await;
@@ -233,18 +231,34 @@ pub async fn get_loads(State(s): S) -> Json<Value> {
 
 /// `GET /policies`: what is loaded, and how reloads went.
 async fn policies(State(s): S) -> Json<Value> {
-    Json(json!({"policies": [s.policies.status()]}))
+    Json(json!({"policies": statuses(&s)}))
 }
 
-/// `POST /policies/reload`: reload now, even if nothing changed.
+/// Each policy's status, with the workers it routes to (`serves`: regular,
+/// or prefill and decode in PD mode).
+fn statuses(s: &AppState) -> Vec<Value> {
+    s.managers()
+        .into_iter()
+        .map(|(serves, manager)| {
+            let mut status = json!(manager.status());
+            status["serves"] = serves.into();
+            status
+        })
+        .collect()
+}
+
+/// `POST /policies/reload`: reload now, even if nothing changed (both
+/// policies in PD mode).
 async fn reload_policy(State(s): S) -> Result<Json<Value>, ApiError> {
-    let manager = s.policies.clone();
-    let result = tokio::task::spawn_blocking(move || manager.reload(true))
-        .await
-        .map_err(|e| ApiError::PolicyReload(format!("reload task failed: {e}")))?;
-    result.map_err(ApiError::PolicyReload)?;
+    for (serves, manager) in s.managers() {
+        let manager = manager.clone();
+        let result = tokio::task::spawn_blocking(move || manager.reload(true))
+            .await
+            .map_err(|e| ApiError::PolicyReload(format!("reload task failed: {e}")))?;
+        result.map_err(|e| ApiError::PolicyReload(format!("{serves} policy: {e}")))?;
+    }
     Ok(Json(
-        json!({"reloaded": true, "policy": s.policies.status()}),
+        json!({"reloaded": true, "policy": s.policies.status(), "policies": statuses(&s)}),
     ))
 }
 

@@ -1,7 +1,11 @@
 //! What the router reads of a request body: the `model` (always, to pick the
-//! worker pool) and the routing text (only for policies that asked). The body
-//! is scanned once without building a typed model of the request; nested
+//! worker pool), the routing text (only for policies that asked), and in PD
+//! mode whether it streams, wants logprobs, or is a batch. The body is
+//! scanned once without building a typed model of the request; nested
 //! values the router does not need are skipped as raw JSON.
+//!
+//! The router forwards the client's bytes unchanged, except for the fields
+//! it must add ([`with_fields`]: PD bootstrap, `data_parallel_rank`).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -22,6 +26,10 @@ pub struct Peek<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(default, borrow)]
     messages: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    return_logprob: Option<&'a RawValue>,
 }
 
 /// Parse the body: it must be one JSON object.
@@ -37,6 +45,31 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, ApiError> {
 }
 
 impl Peek<'_> {
+    /// Whether the client asked for a stream (`"stream": true`).
+    pub fn streams(&self) -> bool {
+        self.stream.is_some_and(|raw| raw.get() == "true")
+    }
+
+    /// Whether the client asked for logprobs (`"return_logprob": true`).
+    pub fn wants_logprobs(&self) -> bool {
+        self.return_logprob.is_some_and(|raw| raw.get() == "true")
+    }
+
+    /// The number of prompts when the body is a batch: `text` as an array of
+    /// strings, `input_ids` as an array of arrays, `prompt` as an array of
+    /// strings or of arrays. `None` for a single prompt.
+    pub fn batch_size(&self) -> Option<usize> {
+        if let Some(raw) = self.text {
+            return items(raw).map(|v| v.len());
+        }
+        let nested = self.input_ids.or(self.prompt)?;
+        let items = items(nested)?;
+        match items.first() {
+            Some(first) if first.get().starts_with(['"', '[']) => Some(items.len()),
+            _ => None,
+        }
+    }
+
     /// The routing text: `text` (or `input_ids`) for `/generate`, `prompt`
     /// for completions, every message's content in order for chat. Strings in
     /// a batch are joined by newlines; token ids by spaces.
@@ -81,6 +114,11 @@ fn push_text(value: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// The items of a JSON array, unparsed; `None` if it is not an array.
+fn items(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    serde_json::from_str(raw.get()).ok()
+}
+
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(default, borrow)]
@@ -113,6 +151,29 @@ fn chat_text(raw: &RawValue) -> Result<String, ApiError> {
     Ok(out)
 }
 
+/// `body` (a JSON object, as [`peek`] checked) with `fields` (`"k":v`
+/// pairs, comma-separated) added before its closing brace. Fields the
+/// client also sent appear twice; JSON readers keep the last, the router's.
+pub fn with_fields(body: &[u8], fields: &str) -> bytes::Bytes {
+    let end = body
+        .iter()
+        .rposition(|&b| b == b'}')
+        .expect("peek admits only JSON objects");
+    let start = body
+        .iter()
+        .position(|&b| b == b'{')
+        .expect("peek admits only JSON objects");
+    let empty = body[start + 1..end].iter().all(u8::is_ascii_whitespace);
+    let mut out = Vec::with_capacity(body.len() + fields.len() + 1);
+    out.extend_from_slice(&body[..end]);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(fields.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +195,33 @@ mod tests {
         );
         assert_eq!(text(r#"{"model": "m"}"#), "");
         assert_eq!(text(r#"{"text": "ünïcödé 🚀"}"#), "ünïcödé 🚀");
+    }
+
+    #[test]
+    fn batches_stream_and_logprobs_are_read() {
+        let batch = |body: &str| peek(body.as_bytes()).unwrap().batch_size();
+        assert_eq!(batch(r#"{"text": "one"}"#), None);
+        assert_eq!(batch(r#"{"text": ["a", "b", "c"]}"#), Some(3));
+        assert_eq!(batch(r#"{"input_ids": [1, 2, 3]}"#), None);
+        assert_eq!(batch(r#"{"input_ids": [[1, 2], [3]]}"#), Some(2));
+        assert_eq!(batch(r#"{"prompt": [[1, 2], [3]]}"#), Some(2));
+        assert_eq!(batch(r#"{"prompt": ["x", "y"]}"#), Some(2));
+        assert_eq!(batch(r#"{"prompt": "x"}"#), None);
+        assert_eq!(batch(r#"{"messages": [{"content": "x"}]}"#), None);
+        let p = peek(br#"{"stream": true, "return_logprob": true}"#).unwrap();
+        assert!(p.streams() && p.wants_logprobs());
+        let p = peek(br#"{"stream": "true", "return_logprob": false}"#).unwrap();
+        assert!(!p.streams() && !p.wants_logprobs());
+    }
+
+    #[test]
+    fn fields_are_added_and_the_rest_kept_byte_for_byte() {
+        let added = with_fields(b"{\"text\": \"a}\" } \n", "\"k\":1");
+        assert_eq!(&added[..], b"{\"text\": \"a}\" ,\"k\":1} \n");
+        let v: serde_json::Value = serde_json::from_slice(&added).unwrap();
+        assert_eq!(v["k"], 1);
+        assert_eq!(v["text"], "a}");
+        assert_eq!(&with_fields(b" { } ", "\"k\":1")[..], b" { \"k\":1} ");
     }
 
     #[test]

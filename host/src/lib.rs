@@ -17,6 +17,7 @@ pub mod demo;
 pub mod errors;
 pub mod extract;
 pub mod metrics;
+pub mod pd;
 pub mod policy;
 pub mod proxy;
 pub mod scaffold;

@@ -17,11 +17,11 @@ use crate::admission::Slot;
 use crate::config::{Config, RetryConfig};
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{Outcome, Policy, Route, RouteRequest, SelectError};
-use crate::workers::{InFlight, Registry};
+use crate::policy::{Outcome, Policy, Role, Route, RouteRequest, SelectError};
+use crate::workers::{InFlight, Registry, Worker};
 
 /// Worker statuses worth another worker's try.
-const RETRYABLE: [u16; 6] = [408, 429, 500, 502, 503, 504];
+pub(crate) const RETRYABLE: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
 /// Headers that belong to one connection and are not forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -96,40 +96,15 @@ pub async fn forward(
             metrics::counter!(m::RETRIES, "route" => route_label(req.route)).increment(1);
             tokio::time::sleep(backoff(&config.retry, attempt)).await;
         }
-        let workers = registry.candidates(req.model, &excluded)?;
-        if workers.is_empty() {
+        let Some(worker) = pick(registry, &**policy, Role::Regular, &req, &excluded)? else {
             return Err(last_error);
-        }
-        let candidates = Registry::as_candidates(&workers);
-        let asked = Instant::now();
-        let decision = policy
-            .select(
-                &RouteRequest {
-                    id: req.seq,
-                    route: req.route,
-                    model: req.model,
-                    text: req.text,
-                    routing_key: req.routing_key,
-                },
-                &candidates,
-            )
-            .map_err(|e| match e {
-                SelectError::NoCandidates => ApiError::NoHealthyWorker,
-                SelectError::Declined(message) => ApiError::PolicyDeclined(message),
-            })?;
-        metrics::histogram!(m::POLICY_DECISION).record(asked.elapsed());
-        let worker = workers
-            .iter()
-            .find(|w| w.id == decision.worker)
-            .expect("policies return one of the candidates")
-            .clone();
+        };
         let in_flight = worker.start_request();
         let sent = Instant::now();
-        let url = format!("{}{}", worker.url, req.path_and_query);
         let send = client
-            .post(&url)
+            .post(format!("{}{}", worker.url, req.path_and_query))
             .headers(headers.clone())
-            .body(req.body.clone())
+            .body(body_for(&worker, &req.body))
             .send();
         let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
         let response = match tokio::time::timeout(timeout, send).await {
@@ -169,17 +144,7 @@ pub async fn forward(
             continue;
         }
         metrics::histogram!(m::TTFB, "route" => route_label(req.route)).record(sent.elapsed());
-        let feedback = policy.info().wants_feedback.then(|| Feedback {
-            policy: policy.clone(),
-            outcome: Outcome {
-                request_id: req.seq,
-                worker: worker.id,
-                status: status.as_u16(),
-                ..Outcome::default()
-            },
-            sent,
-            tail: Vec::new(),
-        });
+        let feedback = Feedback::wanted(&policy, req.seq, &worker, status.as_u16(), sent);
         return Ok(stream_back(
             response,
             req.request_id,
@@ -191,8 +156,55 @@ pub async fn forward(
     Err(last_error)
 }
 
+/// Ask `policy` to pick one of the `role` workers that may take `req`,
+/// except `excluded`; `None` when there is none.
+pub(crate) fn pick(
+    registry: &Registry,
+    policy: &dyn Policy,
+    role: Role,
+    req: &Forward<'_>,
+    excluded: &[u32],
+) -> Result<Option<Arc<Worker>>, ApiError> {
+    let workers = registry.candidates(req.model, role, excluded)?;
+    if workers.is_empty() {
+        return Ok(None);
+    }
+    let candidates = Registry::as_candidates(&workers);
+    let asked = Instant::now();
+    let decision = policy
+        .select(
+            &RouteRequest {
+                id: req.seq,
+                route: req.route,
+                model: req.model,
+                text: req.text,
+                routing_key: req.routing_key,
+            },
+            &candidates,
+        )
+        .map_err(|e| match e {
+            SelectError::NoCandidates => ApiError::NoHealthyWorker,
+            SelectError::Declined(message) => ApiError::PolicyDeclined(message),
+        })?;
+    metrics::histogram!(m::POLICY_DECISION).record(asked.elapsed());
+    let worker = workers
+        .into_iter()
+        .find(|w| w.id == decision.worker)
+        .expect("policies return one of the candidates");
+    Ok(Some(worker))
+}
+
+/// The body for `worker`: the client's bytes, plus `data_parallel_rank`
+/// when the worker entry stands for one rank (`--dp-aware`).
+pub(crate) fn body_for(worker: &Worker, body: &Bytes) -> Bytes {
+    match worker.dp_rank {
+        Some(rank) => crate::extract::with_fields(body, &format!("\"data_parallel_rank\":{rank}")),
+        None => body.clone(),
+    }
+}
+
 /// The root cause of a client error, without reqwest's wrapping.
-fn root_cause(e: &reqwest::Error) -> String {
+pub(crate) fn root_cause(e: &reqwest::Error) -> String {
     let mut source: &dyn std::error::Error = e;
     while let Some(next) = source.source() {
         source = next;
@@ -208,7 +220,7 @@ pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     Duration::from_secs_f64((capped * jitter).max(0.0))
 }
 
-fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len() + 1);
     for (name, value) in client {
         if !HOP_BY_HOP.contains(name) {
@@ -224,7 +236,7 @@ fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
 /// The client's response: the worker's status and headers, and its body
 /// passed through as it arrives. The in-flight count, the admission slot and
 /// the policy feedback live until the body ends or the client goes away.
-fn stream_back(
+pub(crate) fn stream_back(
     response: reqwest::Response,
     request_id: &str,
     in_flight: InFlight,
@@ -257,7 +269,7 @@ fn stream_back(
 
 /// Reports a response's [`Outcome`] to the policy when dropped (the body
 /// ended or the client went away), with token counts found in the body.
-struct Feedback {
+pub(crate) struct Feedback {
     policy: Arc<Box<dyn Policy>>,
     outcome: Outcome,
     sent: Instant,
@@ -268,7 +280,29 @@ struct Feedback {
 impl Feedback {
     const TAIL: usize = 64;
 
-    fn scan(&mut self, chunk: &Bytes) {
+    /// Feedback on request `seq` served by `worker`, if the policy wants it.
+    pub(crate) fn wanted(
+        policy: &Arc<Box<dyn Policy>>,
+        seq: u64,
+        worker: &Worker,
+        status: u16,
+        sent: Instant,
+    ) -> Option<Feedback> {
+        policy.info().wants_feedback.then(|| Feedback {
+            policy: policy.clone(),
+            outcome: Outcome {
+                request_id: seq,
+                worker: worker.id,
+                status,
+                ..Outcome::default()
+            },
+            sent,
+            tail: Vec::new(),
+        })
+    }
+
+    /// Look for token counts in the next piece of the body.
+    pub(crate) fn scan(&mut self, chunk: &Bytes) {
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(chunk);
         let o = &mut self.outcome;

@@ -19,13 +19,13 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::admission::Admission;
-use crate::config::Config;
+use crate::config::{Config, PolicySlot};
 use crate::errors::ApiError;
 use crate::policy::reload::PolicyManager;
 use crate::policy::{Policy, PolicyEngine, Route, watch};
 use crate::proxy::{self, Forward};
-use crate::workers::{Registry, health};
-use crate::{admin, extract, metrics as m};
+use crate::workers::{Registry, WorkerSpec, health};
+use crate::{admin, extract, metrics as m, pd};
 
 /// Everything handlers share.
 pub struct AppState {
@@ -39,16 +39,20 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// Loads and reloads the policy behind `policy`.
     pub policies: Arc<PolicyManager>,
+    /// PD mode: loads and reloads the prefill workers' policy (`policy` is
+    /// the decode workers').
+    pub prefill_policies: Option<Arc<PolicyManager>>,
     admission: Option<Admission>,
     seq: AtomicU64,
 }
 
 impl AppState {
-    /// State over a registry and the policy manager that feeds the seam.
+    /// State over a registry and the policy managers that feed the seam.
     pub fn new(
         config: Config,
         registry: Arc<Registry>,
         policies: Arc<PolicyManager>,
+        prefill_policies: Option<Arc<PolicyManager>>,
     ) -> anyhow::Result<Self> {
         Ok(AppState {
             admission: config.queue.map(Admission::new),
@@ -57,6 +61,7 @@ impl AppState {
             registry,
             policy: policies.active(),
             policies,
+            prefill_policies,
             seq: AtomicU64::new(0),
         })
     }
@@ -66,6 +71,15 @@ impl AppState {
     /// Requests waiting in the admission queue.
     pub fn queued(&self) -> usize {
         self.admission.as_ref().map_or(0, Admission::waiting)
+    }
+
+    /// Every policy manager with what it routes: one, or prefill and decode
+    /// in PD mode.
+    pub fn managers(&self) -> Vec<(&'static str, &Arc<PolicyManager>)> {
+        match &self.prefill_policies {
+            None => vec![("regular", &self.policies)],
+            Some(prefill) => vec![("prefill", prefill), ("decode", &self.policies)],
+        }
     }
 }
 
@@ -191,8 +205,11 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
     let (parts, body) = req.into_parts();
     let body = read_body(body, s.config.max_payload_size).await?;
     let policy = s.policy.load_full();
+    let prefill_policy = s.prefill_policies.as_ref().map(|m| m.active().load_full());
     let peek = extract::peek(&body)?;
-    let text = if policy.info().needs_text {
+    let needs_text =
+        policy.info().needs_text || prefill_policy.as_ref().is_some_and(|p| p.info().needs_text);
+    let text = if needs_text {
         peek.routing_text()?
     } else {
         String::new()
@@ -220,7 +237,25 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         text: &text,
         routing_key,
     };
-    proxy::forward(&s.config, &s.client, &s.registry, policy, forward, slot).await
+    match prefill_policy {
+        None => proxy::forward(&s.config, &s.client, &s.registry, policy, forward, slot).await,
+        Some(prefill) => {
+            let policies = pd::PdPolicies {
+                prefill,
+                decode: policy,
+            };
+            pd::forward(
+                &s.config,
+                &s.client,
+                &s.registry,
+                policies,
+                forward,
+                &peek,
+                slot,
+            )
+            .await
+        }
+    }
 }
 
 /// Informational routes: the least-loaded healthy worker answers.
@@ -272,7 +307,7 @@ pub struct Running {
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
-    _watch: Option<watch::FileWatch>,
+    _watches: Vec<watch::FileWatch>,
 }
 
 impl Running {
@@ -308,27 +343,61 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })?;
     let metrics_addr = metrics_listener.local_addr()?;
     let registry = Arc::new(Registry::new(config.breaker, config.health.is_none()));
-    let policies = Arc::new(start_policy(&config, registry.clone()).await?);
-    let watch = match config.watched_files() {
-        files if config.watch && !files.is_empty() => Some(watch::watch(&files, policies.clone())?),
-        _ => None,
+    let policies = Arc::new(start_policy(&config, registry.clone(), PolicySlot::Main).await?);
+    let prefill_policies = match config.pd {
+        Some(_) => Some(Arc::new(
+            start_policy(&config, registry.clone(), PolicySlot::Prefill).await?,
+        )),
+        None => None,
     };
-    let state = Arc::new(AppState::new(config, registry.clone(), policies)?);
-    let policy_for_changes = state.policy.clone();
-    registry.on_change(move |workers| policy_for_changes.load().workers_changed(workers));
+    let state = Arc::new(AppState::new(
+        config,
+        registry.clone(),
+        policies,
+        prefill_policies,
+    )?);
+    let mut watches = Vec::new();
+    for (slot, manager) in [(PolicySlot::Main, Some(&state.policies))]
+        .into_iter()
+        .chain([(PolicySlot::Prefill, state.prefill_policies.as_ref())])
+    {
+        let files = state.config.watched_files(slot);
+        if let Some(manager) = manager
+            && state.config.watch
+            && !files.is_empty()
+        {
+            watches.push(watch::watch(&files, manager.clone())?);
+        }
+    }
+    let seams: Vec<_> = state.managers().iter().map(|(_, m)| m.active()).collect();
+    registry.on_change(move |workers| {
+        for seam in &seams {
+            seam.load().workers_changed(workers);
+        }
+    });
     let mut background = vec![tokio::spawn(async move {
         if let Err(e) = m::serve_on(metrics_listener, handle).await {
             tracing::error!("metrics endpoint stopped: {e}");
         }
     })];
-    for url in &state.config.worker_urls {
-        let worker = registry.add(url)?;
-        background.push(tokio::spawn(health::onboard(
-            registry.clone(),
-            state.client.clone(),
-            worker,
-            state.config.health.clone(),
-        )));
+    let specs: Vec<WorkerSpec> = match &state.config.pd {
+        Some(pd) => pd.workers.clone(),
+        None => state
+            .config
+            .worker_urls
+            .iter()
+            .map(|url| WorkerSpec::regular(url))
+            .collect(),
+    };
+    for spec in specs {
+        health::enroll(
+            &registry,
+            &state.client,
+            spec,
+            state.config.dp_aware,
+            state.config.health.as_ref(),
+        )
+        .await?;
     }
     if let Some(h) = state.config.health.clone() {
         background.push(tokio::spawn(health::run(
@@ -337,7 +406,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             h,
         )));
     }
-    background.push(tokio::spawn(tick(state.policy.clone())));
+    for (_, manager) in state.managers() {
+        background.push(tokio::spawn(tick(manager.active())));
+    }
     let listener = tokio::net::TcpListener::bind(state.config.listen)
         .await
         .map_err(|e| {
@@ -362,7 +433,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         server,
         background,
-        _watch: watch,
+        _watches: watches,
     })
 }
 
@@ -399,9 +470,13 @@ fn serve(
     ))
 }
 
-async fn start_policy(config: &Config, registry: Arc<Registry>) -> anyhow::Result<PolicyManager> {
+async fn start_policy(
+    config: &Config,
+    registry: Arc<Registry>,
+    slot: PolicySlot,
+) -> anyhow::Result<PolicyManager> {
     let engine = PolicyEngine::new(config.policy_cache_dir.clone())?;
-    let wanted = config.wanted_policy();
+    let wanted = config.wanted_policy(slot);
     let limits = config.policy_limits;
     let workers = Box::new(move || registry.infos());
     // Compiling takes tens of milliseconds: keep it off the async workers.

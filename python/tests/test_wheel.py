@@ -131,6 +131,38 @@ def test_router_class_runs_in_a_background_thread_and_stops(workers):
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/health", timeout=2)
 
+def test_pd_mode_with_the_launcher_and_the_router_class():
+    ports = {"prefill": free_port(), "decode": free_port()}
+    procs = [spawn("wasm_router.sim_worker", "--port", str(p), "--role", role, "--time-scale", "0", "--log-level", "warn")
+             for role, p in ports.items()]
+    prefill, decode = (f"http://127.0.0.1:{p}" for p in ports.values())
+    try:
+        for url in (prefill, decode):
+            wait_for(url, lambda: requests.get(url + "/health", timeout=1).ok)
+        port = free_port()
+        router = spawn("wasm_router.launch_router", "--port", str(port), "--prometheus-port", str(free_port()),
+                       "--pd-disaggregation", "--prefill", prefill, str(ports["prefill"]), "--decode", decode,
+                       "--log-level", "warn")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for("the PD router", lambda: requests.get(url + "/readiness", timeout=1).ok)
+            r = requests.post(url + "/generate", json={"text": "hi", "sampling_params": {"max_new_tokens": 4}}, timeout=30)
+            assert r.ok and r.json()["text"] == "tok tok tok tok", r.text
+        finally:
+            router.terminate()
+            assert router.wait(timeout=30) == 0, router.stderr.read().decode()
+        with wasm_router.Router(pd_disaggregation=True, prefill=[[prefill, ports["prefill"]]], decode=[decode],
+                                port=free_port(), prometheus_port=free_port(), log_level="warn") as r:
+            wait_for("the PD router class", lambda: requests.get(r.url + "/readiness", timeout=1).ok)
+            assert requests.post(r.url + "/generate", json={"text": "again"}, timeout=30).ok
+        pulls = [l for l in requests.get(prefill + "/metrics", timeout=5).text.splitlines()
+                 if l.startswith("sim_kv_pulls_total ")]
+        assert pulls == ["sim_kv_pulls_total 2"], "each request's room was pulled from the prefill"
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+
 def test_settings_are_checked_in_python():
     with pytest.raises(ValueError, match="unknown router setting 'cache_treshold'"):
         wasm_router.Router(worker_urls=[], cache_treshold=0.5)

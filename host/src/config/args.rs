@@ -22,7 +22,7 @@ pub struct RouterArgs {
     #[arg(long, num_args = 1..)]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
-    /// consistent_hash, manual) or a .wasm file [default: cache_aware].
+    /// consistent_hash, manual, bucket) or a .wasm file [default: cache_aware].
     #[arg(long)]
     pub policy: Option<String>,
     /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
@@ -47,6 +47,28 @@ pub struct RouterArgs {
     /// manual: seconds after which an unused routing key is forgotten [default: 3600].
     #[arg(long)]
     pub max_idle_secs: Option<u64>,
+    /// Prefill/decode disaggregation: each request goes to a prefill and a
+    /// decode worker at once (give them with --prefill and --decode).
+    #[arg(long)]
+    pub pd_disaggregation: bool,
+    /// PD mode: a prefill worker's URL and, optionally, the port of its KV
+    /// bootstrap server (or `none`); repeat the flag per worker.
+    #[arg(long, num_args = 1..=2, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    pub prefill: Vec<String>,
+    /// PD mode: decode worker URLs (several per flag, or the flag repeated).
+    #[arg(long, num_args = 1..)]
+    pub decode: Vec<String>,
+    /// PD mode: the prefill workers' policy [default: --policy].
+    #[arg(long)]
+    pub prefill_policy: Option<String>,
+    /// PD mode: the decode workers' policy [default: --policy].
+    #[arg(long)]
+    pub decode_policy: Option<String>,
+    /// Ask each worker for its `dp_size` (/get_server_info) and route to
+    /// each data-parallel rank as its own candidate, adding
+    /// `data_parallel_rank` to the request.
+    #[arg(long)]
+    pub dp_aware: bool,
     /// Largest request body in bytes; larger is a 413 [default: 536870912].
     #[arg(long)]
     pub max_payload_size: Option<usize>,

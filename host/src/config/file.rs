@@ -26,6 +26,16 @@ pub struct FileConfig {
     pub(super) max_tree_size: Option<u64>,
     pub(super) assignment_mode: Option<String>,
     pub(super) max_idle_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) pd_disaggregation: bool,
+    #[serde(default)]
+    pub(super) prefill: Vec<PrefillEntry>,
+    #[serde(default)]
+    pub(super) decode: Vec<String>,
+    pub(super) prefill_policy: Option<String>,
+    pub(super) decode_policy: Option<String>,
+    #[serde(default)]
+    pub(super) dp_aware: bool,
     pub(super) max_payload_size: Option<usize>,
     pub(super) request_timeout_secs: Option<u64>,
     pub(super) attempt_timeout_secs: Option<u64>,
@@ -70,4 +80,12 @@ pub struct FileConfig {
     pub(super) ca_cert_paths: Vec<PathBuf>,
     pub(super) client_cert_path: Option<PathBuf>,
     pub(super) client_key_path: Option<PathBuf>,
+}
+
+/// A prefill worker in the file: `prefill = [{ url = "http://h:1", bootstrap_port = 8998 }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefillEntry {
+    pub(super) url: String,
+    pub(super) bootstrap_port: Option<u16>,
 }

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::policy::{Limits, engine};
+use crate::policy::{Limits, Role, engine};
+use crate::workers::WorkerSpec;
 
 mod args;
 mod file;
 
 pub use args::RouterArgs;
 pub use file::FileConfig;
+use file::PrefillEntry;
 
 /// A setting that cannot be used, named so the user can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,26 @@ pub struct QueueConfig {
     pub timeout: Duration,
 }
 
+/// Prefill/decode disaggregation (`--pd-disaggregation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PdConfig {
+    /// The prefill workers, then the decode workers.
+    pub workers: Vec<WorkerSpec>,
+    /// The prefill workers' policy (the decode workers' is
+    /// [`Config::policy`]).
+    pub prefill_policy: String,
+}
+
+/// Which of a router's policies: the main one (of regular workers, or of
+/// decode workers in PD mode) or PD mode's prefill policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySlot {
+    /// Regular workers, or decode workers in PD mode.
+    Main,
+    /// Prefill workers in PD mode.
+    Prefill,
+}
+
 /// Validated settings of a router run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -114,7 +136,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Initial workers (validated URLs, no trailing slash).
     pub worker_urls: Vec<String>,
-    /// Policy name or path.
+    /// PD mode, with its workers; `None` for the regular mode.
+    pub pd: Option<PdConfig>,
+    /// Expand workers per data-parallel rank.
+    pub dp_aware: bool,
+    /// Policy name or path (of the decode workers in PD mode).
     pub policy: String,
     /// JSON object passed to the policy's `init`.
     pub policy_config: String,
@@ -187,6 +213,43 @@ impl Config {
             .iter()
             .map(|u| validate_worker_url(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let policy = a
+            .policy
+            .clone()
+            .or(f.policy_name)
+            .unwrap_or_else(|| crate::policy::builtin::DEFAULT.into());
+        let pd = if a.pd_disaggregation || f.pd_disaggregation {
+            if !worker_urls.is_empty() {
+                return Err(invalid(
+                    "--worker-urls",
+                    "PD mode takes its workers from --prefill and --decode",
+                ));
+            }
+            Some(pd_config(
+                a,
+                f.prefill,
+                pick_vec(&a.decode, f.decode),
+                a.prefill_policy.clone().or(f.prefill_policy),
+                &policy,
+            )?)
+        } else {
+            let pd_workers_given = !a.prefill.is_empty()
+                || !a.decode.is_empty()
+                || !f.prefill.is_empty()
+                || !f.decode.is_empty();
+            if pd_workers_given {
+                return Err(invalid("--prefill/--decode", "need --pd-disaggregation"));
+            }
+            None
+        };
+        let policy = match &pd {
+            Some(_) => a
+                .decode_policy
+                .clone()
+                .or(f.decode_policy)
+                .unwrap_or(policy),
+            None => policy,
+        };
 
         let cache_threshold = a.cache_threshold.or(f.cache_threshold).unwrap_or(0.3);
         if !(0.0..=1.0).contains(&cache_threshold) {
@@ -488,11 +551,9 @@ impl Config {
                 a.port.or(f.port).unwrap_or(30000),
             ),
             worker_urls,
-            policy: a
-                .policy
-                .clone()
-                .or(f.policy_name)
-                .unwrap_or_else(|| crate::policy::builtin::DEFAULT.into()),
+            pd,
+            dp_aware: a.dp_aware || f.dp_aware,
+            policy,
             policy_config: Value::Object(policy_config).to_string(),
             policy_limits,
             policy_cache_dir: if a.no_policy_cache {
@@ -530,13 +591,106 @@ impl Config {
     }
 }
 
+/// PD mode's workers and prefill policy, from flags (winning) or the file.
+fn pd_config(
+    a: &RouterArgs,
+    file_prefill: Vec<PrefillEntry>,
+    decode: Vec<String>,
+    prefill_policy: Option<String>,
+    policy: &str,
+) -> Result<PdConfig, ConfigError> {
+    let prefill = if a.prefill.is_empty() {
+        file_prefill
+            .into_iter()
+            .map(|e| (e.url, e.bootstrap_port))
+            .collect()
+    } else {
+        parse_prefill(&a.prefill)?
+    };
+    if prefill.is_empty() || decode.is_empty() {
+        return Err(invalid(
+            "--prefill/--decode",
+            "PD mode needs at least one prefill and one decode worker",
+        ));
+    }
+    let mut workers = Vec::with_capacity(prefill.len() + decode.len());
+    for (url, bootstrap_port) in prefill {
+        workers.push(WorkerSpec {
+            role: Role::Prefill,
+            bootstrap_port,
+            ..WorkerSpec::regular(&validate_worker_url(&url)?)
+        });
+    }
+    for url in decode {
+        workers.push(WorkerSpec {
+            role: Role::Decode,
+            ..WorkerSpec::regular(&validate_worker_url(&url)?)
+        });
+    }
+    Ok(PdConfig {
+        workers,
+        prefill_policy: prefill_policy.unwrap_or_else(|| policy.to_string()),
+    })
+}
+
+/// The values of every `--prefill URL [BOOTSTRAP_PORT|none]`, in order (clap
+/// gives them as one list): a URL starts a worker, a port or `none` after it
+/// is its bootstrap port.
+fn parse_prefill(values: &[String]) -> Result<Vec<(String, Option<u16>)>, ConfigError> {
+    let mut workers: Vec<(String, Option<u16>)> = Vec::new();
+    let mut port_given = false;
+    for value in values {
+        let is_url = value.contains("://");
+        match workers.last_mut() {
+            Some((_, port)) if !is_url && !port_given => {
+                port_given = true;
+                *port = match value.as_str() {
+                    "none" => None,
+                    text => match text.parse::<u16>() {
+                        Ok(p) if p > 0 => Some(p),
+                        _ => {
+                            return Err(invalid(
+                                "--prefill",
+                                format!(
+                                    "bootstrap port {text:?} is not a port number (1-65535) or none"
+                                ),
+                            ));
+                        }
+                    },
+                };
+            }
+            _ if is_url => {
+                workers.push((value.clone(), None));
+                port_given = false;
+            }
+            _ => {
+                return Err(invalid(
+                    "--prefill",
+                    format!(
+                        "{value:?} is not a worker URL; expected --prefill URL [BOOTSTRAP_PORT|none]"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(workers)
+}
+
 impl Config {
-    /// The files a running router watches: the policy file (if the policy is
-    /// a path) and the config file.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+    /// The policy (name or path) in `slot`.
+    pub fn policy_of(&self, slot: PolicySlot) -> &str {
+        match (slot, &self.pd) {
+            (PolicySlot::Prefill, Some(pd)) => &pd.prefill_policy,
+            _ => &self.policy,
+        }
+    }
+
+    /// The files a running router watches for the policy in `slot`: its file
+    /// (if the policy is a path) and the config file.
+    pub fn watched_files(&self, slot: PolicySlot) -> Vec<PathBuf> {
         let mut files = Vec::new();
         if let Ok(crate::policy::PolicySource::File(path)) =
-            crate::policy::PolicySource::parse(&self.policy)
+            crate::policy::PolicySource::parse(self.policy_of(slot))
         {
             files.push(path);
         }
@@ -546,13 +700,13 @@ impl Config {
         files
     }
 
-    /// Where reloads find the policy to load: the config file again when
+    /// Where reloads find the policy in `slot`: the config file again when
     /// there is one (so a changed `[policy]` table re-inits the policy),
     /// else the settings of this run.
-    pub fn wanted_policy(&self) -> crate::policy::reload::WantedSource {
+    pub fn wanted_policy(&self, slot: PolicySlot) -> crate::policy::reload::WantedSource {
         use crate::policy::reload::Wanted;
         let fixed = Wanted {
-            policy: self.policy.clone(),
+            policy: self.policy_of(slot).to_string(),
             config: self.policy_config.clone(),
         };
         match self.reload_from.clone() {
@@ -560,7 +714,7 @@ impl Config {
             Some(args) => Box::new(move || {
                 let config = Config::load(&args).map_err(|e| e.to_string())?;
                 Ok(Wanted {
-                    policy: config.policy,
+                    policy: config.policy_of(slot).to_string(),
                     config: config.policy_config,
                 })
             }),
@@ -654,6 +808,133 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("prot"), "{err}");
+    }
+
+    fn parse_flags(argv: &[&str]) -> Result<Config, ConfigError> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            args: RouterArgs,
+        }
+        let flags = Flags::try_parse_from([&["router"], argv].concat()).unwrap();
+        Config::merge(&flags.args, FileConfig::default())
+    }
+
+    #[test]
+    fn pd_flags_give_prefill_and_decode_workers_and_their_policies() {
+        let c = parse_flags(&[
+            "--pd-disaggregation",
+            "--prefill",
+            "http://127.0.0.1:1",
+            "8998",
+            "--prefill",
+            "http://127.0.0.1:2",
+            "--prefill",
+            "http://127.0.0.1:3",
+            "none",
+            "--decode",
+            "http://127.0.0.1:4",
+            "--decode",
+            "http://127.0.0.1:5/",
+            "--policy",
+            "random",
+            "--decode-policy",
+            "round_robin",
+        ])
+        .unwrap();
+        let pd = c.pd.as_ref().unwrap();
+        let workers: Vec<_> = pd
+            .workers
+            .iter()
+            .map(|w| (w.url.as_str(), w.role, w.bootstrap_port))
+            .collect();
+        assert_eq!(
+            workers,
+            vec![
+                ("http://127.0.0.1:1", Role::Prefill, Some(8998)),
+                ("http://127.0.0.1:2", Role::Prefill, None),
+                ("http://127.0.0.1:3", Role::Prefill, None),
+                ("http://127.0.0.1:4", Role::Decode, None),
+                ("http://127.0.0.1:5", Role::Decode, None),
+            ]
+        );
+        assert_eq!(c.policy_of(PolicySlot::Prefill), "random");
+        assert_eq!(c.policy_of(PolicySlot::Main), "round_robin");
+    }
+
+    #[test]
+    fn pd_workers_can_come_from_the_file() {
+        let file: FileConfig = toml::from_str(
+            "pd_disaggregation = true\nprefill_policy = \"random\"\ndecode = [\"http://127.0.0.1:2\"]\n\
+             prefill = [{ url = \"http://127.0.0.1:1\", bootstrap_port = 8998 }, { url = \"http://127.0.0.1:3\" }]\n",
+        )
+        .unwrap();
+        let c = Config::merge(&RouterArgs::default(), file).unwrap();
+        let ports: Vec<_> =
+            c.pd.unwrap()
+                .workers
+                .iter()
+                .map(|w| (w.role, w.bootstrap_port))
+                .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (Role::Prefill, Some(8998)),
+                (Role::Prefill, None),
+                (Role::Decode, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn pd_mistakes_name_the_flag() {
+        for (argv, flag) in [
+            (
+                &["--pd-disaggregation", "--decode", "http://h:1"][..],
+                "--prefill/--decode",
+            ),
+            (
+                &["--prefill", "http://h:1", "--decode", "http://h:2"][..],
+                "--pd-disaggregation",
+            ),
+            (
+                &[
+                    "--pd-disaggregation",
+                    "--prefill",
+                    "http://h:1",
+                    "99999",
+                    "--decode",
+                    "http://h:2",
+                ][..],
+                "--prefill",
+            ),
+            (
+                &[
+                    "--pd-disaggregation",
+                    "--prefill",
+                    "h:1",
+                    "--decode",
+                    "http://h:2",
+                ][..],
+                "--prefill",
+            ),
+            (
+                &[
+                    "--pd-disaggregation",
+                    "--worker-urls",
+                    "http://h:3",
+                    "--prefill",
+                    "http://h:1",
+                    "--decode",
+                    "http://h:2",
+                ][..],
+                "--worker-urls",
+            ),
+        ] {
+            let err = parse_flags(argv).unwrap_err().to_string();
+            assert!(err.contains(flag), "{argv:?}: {err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ const BUILTINS: &[(&str, &[u8])] = &[
         include_bytes!("../../../policies/consistent_hash.wasm"),
     ),
     ("manual", include_bytes!("../../../policies/manual.wasm")),
+    ("bucket", include_bytes!("../../../policies/bucket.wasm")),
 ];
 
 /// The policy used when none is named (as in the SGLang router).

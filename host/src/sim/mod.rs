@@ -6,9 +6,12 @@
 //! a FIFO queue. It speaks SGLang's `/generate` and OpenAI's completions and
 //! chat routes (streaming or not) with their token accounting, so the
 //! router's feedback and the benchmarks read cache hits from the workers'
-//! own counters. Knobs make it fail, hang or crash for tests.
+//! own counters. Knobs make it fail, hang or crash for tests. It can play
+//! either half of a prefill/decode pair and report data-parallel ranks
+//! ([`pd`]).
 
 pub mod cache;
+pub mod pd;
 mod respond;
 
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use cache::PrefixCache;
+use pd::{Rooms, SimRole};
 
 /// Knobs of a simulated worker.
 #[derive(Debug, Clone, Args)]
@@ -83,6 +87,19 @@ pub struct SimArgs {
     /// parsing: an instant upstream for measuring a router's own overhead.
     #[arg(long)]
     pub fixed_response: bool,
+    /// Its part: a regular worker, or the prefill or decode half of a PD
+    /// pair (both need the router's bootstrap fields; the prefill worker
+    /// serves the decode worker's KV pulls on its own port).
+    #[arg(long, value_enum, default_value_t = SimRole::Regular)]
+    pub role: SimRole,
+    /// Data-parallel ranks it reports as `dp_size` in /get_server_info;
+    /// requests may name one in `data_parallel_rank`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dp_size: u32,
+    /// Prefill: how long to wait for the decode worker to pull a request's
+    /// KV cache before failing the request, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub bootstrap_timeout_ms: u64,
 }
 
 impl Default for SimArgs {
@@ -110,6 +127,10 @@ pub struct Counters {
     pub running: AtomicUsize,
     /// Requests waiting for a batch slot.
     pub queued: AtomicUsize,
+    /// Requests per data-parallel rank (`--dp-size` entries).
+    pub by_rank: Vec<AtomicU64>,
+    /// KV pulls served (prefill) or made (decode).
+    pub kv_pulls: AtomicU64,
 }
 
 /// A simulated worker's state.
@@ -120,6 +141,10 @@ pub struct Sim {
     slots: Semaphore,
     /// Counters, for `/metrics` and tests.
     pub counters: Counters,
+    /// Prefill: rooms waiting for their KV pull.
+    rooms: Rooms,
+    /// Decode: the client that pulls KV caches.
+    client: reqwest::Client,
     stop: tokio::sync::Notify,
     in_process: bool,
 }
@@ -154,7 +179,12 @@ pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle
     let sim = Arc::new(Sim {
         cache: Mutex::new(PrefixCache::new(args.block_size, args.cache_tokens)),
         slots: Semaphore::new(args.max_running.max(1)),
-        counters: Counters::default(),
+        counters: Counters {
+            by_rank: (0..args.dp_size).map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        },
+        rooms: Rooms::default(),
+        client: crate::proxy::client(),
         stop: tokio::sync::Notify::new(),
         in_process,
         args,
@@ -178,6 +208,7 @@ pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle
         .route("/v1/models", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"object": "list", "data": [{"id": s.args.model, "object": "model", "owned_by": "sim"}]})) }))
         .route("/get_load", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"load": s.load()})) }))
         .route("/flush_cache", post(|State(s): State<Arc<Sim>>| async move { s.flush(); "Cache flushed." }))
+        .route("/bootstrap/{room}", get(respond::bootstrap))
         .route("/metrics", get(metrics))
         .with_state(sim.clone());
     let stopper = sim.clone();
@@ -221,6 +252,10 @@ impl Sim {
             + Duration::from_millis(self.args.latency_ms)
     }
 
+    fn bootstrap_timeout(&self) -> Duration {
+        Duration::from_millis(self.args.bootstrap_timeout_ms)
+    }
+
     fn scaled(&self, micros: f64) -> Duration {
         Duration::from_secs_f64((micros * self.args.time_scale).max(0.0) / 1e6)
     }
@@ -232,21 +267,32 @@ async fn server_info(State(s): State<Arc<Sim>>) -> axum::Json<serde_json::Value>
         "max_running_requests": s.args.max_running,
         "page_size": s.args.block_size,
         "max_total_num_tokens": s.args.cache_tokens,
+        "dp_size": s.args.dp_size,
         "simulated": true,
     }))
 }
 
 async fn metrics(State(s): State<Arc<Sim>>) -> String {
     let c = &s.counters;
-    format!(
-        "# TYPE sim_requests_total counter\nsim_requests_total {}\n\
+    let mut ranks = String::from("# TYPE sim_requests_by_rank_total counter\n");
+    for (rank, n) in c.by_rank.iter().enumerate() {
+        ranks += &format!(
+            "sim_requests_by_rank_total{{rank=\"{rank}\"}} {}\n",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    ranks
+        + &format!(
+            "# TYPE sim_requests_total counter\nsim_requests_total {}\n\
          # TYPE sim_prompt_tokens_total counter\nsim_prompt_tokens_total {}\n\
          # TYPE sim_cached_tokens_total counter\nsim_cached_tokens_total {}\n\
-         # TYPE sim_running gauge\nsim_running {}\n# TYPE sim_queued gauge\nsim_queued {}\n",
-        c.requests.load(Ordering::Relaxed),
-        c.prompt_tokens.load(Ordering::Relaxed),
-        c.cached_tokens.load(Ordering::Relaxed),
-        c.running.load(Ordering::Relaxed),
-        c.queued.load(Ordering::Relaxed),
-    )
+         # TYPE sim_running gauge\nsim_running {}\n# TYPE sim_queued gauge\nsim_queued {}\n\
+         # TYPE sim_kv_pulls_total counter\nsim_kv_pulls_total {}\n",
+            c.requests.load(Ordering::Relaxed),
+            c.prompt_tokens.load(Ordering::Relaxed),
+            c.cached_tokens.load(Ordering::Relaxed),
+            c.running.load(Ordering::Relaxed),
+            c.queued.load(Ordering::Relaxed),
+            c.kv_pulls.load(Ordering::Relaxed),
+        )
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -16,6 +16,7 @@ use tokio::sync::SemaphorePermit;
 
 use super::Sim;
 use super::cache::Lookup;
+use super::pd::{self, Bootstrap, SimRole};
 
 /// Which response shape to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,10 @@ struct Job {
     text: String,
     output_tokens: usize,
     stream: bool,
+    return_logprob: bool,
     id: String,
+    /// PD roles: the router's bootstrap fields.
+    bootstrap: Option<Bootstrap>,
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -96,10 +100,18 @@ async fn knobs(s: &Sim) -> Result<(), (StatusCode, &'static str)> {
     Ok(())
 }
 
-fn parse(s: &Sim, body: &[u8]) -> Result<Job, crate::errors::ApiError> {
-    let peek = crate::extract::peek(body)?;
-    let text = peek.routing_text()?;
+/// Read the request; `Err` is why it is a bad one.
+fn parse(s: &Sim, body: &[u8]) -> Result<Job, String> {
+    let peek = crate::extract::peek(body).map_err(|e| e.to_string())?;
+    let text = peek.routing_text().map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Some(rank) = pd::rank(&v, s.args.dp_size)? {
+        s.counters.by_rank[rank as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    let bootstrap = match s.args.role {
+        SimRole::Regular => None,
+        SimRole::Prefill | SimRole::Decode => Some(pd::bootstrap(&v, peek.batch_size())?),
+    };
     let asked = [
         &v["sampling_params"]["max_new_tokens"],
         &v["max_tokens"],
@@ -107,14 +119,66 @@ fn parse(s: &Sim, body: &[u8]) -> Result<Job, crate::errors::ApiError> {
     ]
     .into_iter()
     .find_map(|t| t.as_u64());
-    Ok(Job {
-        text,
-        output_tokens: asked
+    // A prefill worker computes the first token only; decode does the rest.
+    let output_tokens = match s.args.role {
+        SimRole::Prefill => 1,
+        _ => asked
             .map_or(s.args.output_tokens, |t| t as usize)
             .clamp(1, 4096),
+    };
+    Ok(Job {
+        text,
+        output_tokens,
         stream: v["stream"] == true,
+        return_logprob: v["return_logprob"] == true,
         id: format!("sim-{:016x}", fastrand::u64(..)),
+        bootstrap,
     })
+}
+
+/// `GET /bootstrap/{room}`: a decode worker pulls a room's KV cache from
+/// this prefill worker; it waits for the room's prefill request to arrive.
+pub async fn bootstrap(State(s): State<Arc<Sim>>, Path(room): Path<u64>) -> Response {
+    if s.rooms.pull(room, s.bootstrap_timeout()).await {
+        s.counters.kv_pulls.fetch_add(1, Ordering::Relaxed);
+        Json(json!({"room": room})).into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("no prefill request for room {room}"),
+        )
+    }
+}
+
+/// The PD half of a request before it runs: a prefill worker opens its
+/// rooms and waits for the decode worker to pull them; a decode worker
+/// pulls them. `Err` is the error to answer.
+async fn pd_handshake(s: &Sim, job: &Job) -> Result<(), Response> {
+    let Some(b) = &job.bootstrap else {
+        return Ok(());
+    };
+    match s.args.role {
+        SimRole::Prefill if b.port.is_some() => {
+            s.rooms.open(&b.rooms);
+            if !s.rooms.wait_pulled(&b.rooms, s.bootstrap_timeout()).await {
+                let message = format!(
+                    "no decode worker pulled room(s) {:?} within --bootstrap-timeout-ms",
+                    b.rooms
+                );
+                return Err(error(StatusCode::GATEWAY_TIMEOUT, &message));
+            }
+        }
+        SimRole::Decode => {
+            pd::pull_all(&s.client, b)
+                .await
+                .map_err(|e| error(StatusCode::BAD_GATEWAY, &e))?;
+            s.counters
+                .kv_pulls
+                .fetch_add(b.rooms.len() as u64, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn serve(s: Arc<Sim>, body: Bytes, shape: Shape) -> Response {
@@ -123,8 +187,11 @@ async fn serve(s: Arc<Sim>, body: Bytes, shape: Shape) -> Response {
     }
     let job = match parse(&s, &body) {
         Ok(job) => job,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
+    if let Err(response) = pd_handshake(&s, &job).await {
+        return response;
+    }
     if job.stream {
         return stream(s, job, shape);
     }
@@ -185,19 +252,37 @@ fn usage(lookup: Lookup, completion: usize) -> Value {
     })
 }
 
+/// SGLang's `[logprob, token_id, token_text]` triples, made up.
+fn logprobs(tokens: usize) -> Value {
+    (0..tokens).map(|i| json!([-0.5, i, null])).collect()
+}
+
 fn full_body(s: &Sim, job: &Job, shape: Shape, lookup: Lookup) -> Value {
     let text = output_text(job.output_tokens);
     match shape {
-        Shape::Generate => json!({
-            "text": text,
-            "meta_info": {
-                "id": job.id,
-                "prompt_tokens": lookup.prompt_tokens,
-                "completion_tokens": job.output_tokens,
-                "cached_tokens": lookup.cached_tokens,
-                "finish_reason": {"type": "length", "length": job.output_tokens},
-            },
-        }),
+        Shape::Generate => {
+            let mut v = json!({
+                "text": text,
+                "meta_info": {
+                    "id": job.id,
+                    "prompt_tokens": lookup.prompt_tokens,
+                    "completion_tokens": job.output_tokens,
+                    "cached_tokens": lookup.cached_tokens,
+                    "finish_reason": {"type": "length", "length": job.output_tokens},
+                },
+            });
+            if job.return_logprob {
+                // The prompt's logprobs come from whoever read the prompt:
+                // not a decode worker.
+                let read = match s.args.role {
+                    SimRole::Decode => 0,
+                    _ => lookup.prompt_tokens,
+                };
+                v["meta_info"]["input_token_logprobs"] = logprobs(read);
+                v["meta_info"]["output_token_logprobs"] = logprobs(job.output_tokens);
+            }
+            v
+        }
         Shape::Completions => json!({
             "id": job.id, "object": "text_completion", "model": s.args.model,
             "choices": [{"index": 0, "text": text, "finish_reason": "length"}],

@@ -1,16 +1,87 @@
-//! Background work on workers: discovering each new worker's model, and
-//! periodic health checks that flip a worker after N results in a row.
+//! Background work on workers: enrolling a new worker (its data-parallel
+//! ranks with `--dp-aware`, then its model in the background), and periodic
+//! health checks that flip a worker after N results in a row.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Registry, Worker};
+use super::{Registry, Worker, WorkerSpec};
 use crate::config::HealthConfig;
+use crate::errors::ApiError;
 
 /// How long model discovery waits for each endpoint.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `--dp-aware` keeps asking a new worker for its `dp_size`:
+/// workers are often registered while they still load their model.
+const DP_SIZE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+struct ServerInfo {
+    dp_size: Option<u32>,
+}
+
+/// `--dp-aware`: the worker's `dp_size` from `/get_server_info` (1 when it
+/// does not say), asked every half second until it answers or
+/// [`DP_SIZE_WAIT`] has passed.
+pub async fn dp_size(client: &reqwest::Client, url: &str) -> Result<u32, String> {
+    let deadline = tokio::time::Instant::now() + DP_SIZE_WAIT;
+    loop {
+        let answer = client
+            .get(format!("{url}/get_server_info"))
+            .timeout(DISCOVERY_TIMEOUT)
+            .send()
+            .await;
+        let why = match answer {
+            Ok(resp) if resp.status().is_success() => match resp.json::<ServerInfo>().await {
+                Ok(ServerInfo { dp_size: Some(0) }) => "it reported dp_size 0".to_string(),
+                Ok(info) => return Ok(info.dp_size.unwrap_or(1)),
+                Err(e) => format!("unreadable /get_server_info: {e}"),
+            },
+            Ok(resp) => format!("/get_server_info answered {}", resp.status()),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "cannot learn the dp_size of {url} within {DP_SIZE_WAIT:?} (--dp-aware): {why}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Register a worker and onboard it in the background; with `dp_aware`,
+/// first learn its `dp_size` and register one entry per rank.
+pub async fn enroll(
+    registry: &Arc<Registry>,
+    client: &reqwest::Client,
+    spec: WorkerSpec,
+    dp_aware: bool,
+    health: Option<&HealthConfig>,
+) -> Result<Vec<Arc<Worker>>, ApiError> {
+    let specs = if dp_aware {
+        let size = dp_size(client, &spec.url)
+            .await
+            .map_err(ApiError::UpstreamConnect)?;
+        (0..size).map(|rank| spec.at_rank(rank)).collect()
+    } else {
+        vec![spec]
+    };
+    let mut added = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let worker = registry.register(spec)?;
+        tokio::spawn(onboard(
+            registry.clone(),
+            client.clone(),
+            worker.clone(),
+            health.cloned(),
+        ));
+        added.push(worker);
+    }
+    Ok(added)
+}
 
 #[derive(Deserialize)]
 struct ModelInfo {
@@ -55,7 +126,7 @@ pub async fn discover_model(client: &reqwest::Client, url: &str) -> Option<Strin
 
 /// Discover a new worker's model, check its health once, and tell the
 /// registry's listeners. Runs in the background after registration.
-pub async fn onboard(
+async fn onboard(
     registry: Arc<Registry>,
     client: reqwest::Client,
     worker: Arc<Worker>,
@@ -63,10 +134,10 @@ pub async fn onboard(
 ) {
     match discover_model(&client, &worker.url).await {
         Some(model) => {
-            tracing::info!(worker = %worker.url, %model, "worker model discovered");
+            tracing::info!(worker = %worker.name(), %model, "worker model discovered");
             worker.set_model(model);
         }
-        None => tracing::warn!(worker = %worker.url, "worker did not say which model it serves"),
+        None => tracing::warn!(worker = %worker.name(), "worker did not say which model it serves"),
     }
     if let Some(h) = &health {
         let ok = check(&client, &worker, h).await;
@@ -103,14 +174,14 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, h: HealthConf
                 worker.record_health(ok, h.failure_threshold, h.success_threshold)
             {
                 if healthy {
-                    tracing::info!(worker = %worker.url, "worker is healthy");
+                    tracing::info!(worker = %worker.name(), "worker is healthy");
                     // Health checks failed and now pass: the worker came back
                     // (a restart, say). Its breaker learned about the old
                     // process; waiting out --cb-timeout-duration-secs would
                     // keep a healthy worker idle.
                     worker.breaker.reset();
                 } else {
-                    tracing::warn!(worker = %worker.url, "worker is unhealthy: {} failed health checks", h.failure_threshold);
+                    tracing::warn!(worker = %worker.name(), "worker is unhealthy: {} failed health checks", h.failure_threshold);
                 }
             }
         }

@@ -19,6 +19,55 @@ use crate::config::BreakerConfig;
 use crate::errors::ApiError;
 use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
 
+/// What a worker is registered as: where it is and what part it plays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSpec {
+    /// Base URL, validated, without a trailing slash.
+    pub url: String,
+    /// Regular, or one half of a prefill/decode pair.
+    pub role: Role,
+    /// Prefill workers: the port of their KV bootstrap server, sent to the
+    /// decode worker as `bootstrap_port` (`None`: the worker's default).
+    pub bootstrap_port: Option<u16>,
+    /// `--dp-aware`: the data-parallel rank this entry stands for; requests
+    /// routed to it carry `data_parallel_rank`.
+    pub dp_rank: Option<u32>,
+}
+
+impl WorkerSpec {
+    /// A regular worker, one entry for the whole server.
+    pub fn regular(url: &str) -> Self {
+        WorkerSpec {
+            url: url.to_string(),
+            role: Role::Regular,
+            bootstrap_port: None,
+            dp_rank: None,
+        }
+    }
+
+    /// The same worker at data-parallel rank `rank`.
+    pub fn at_rank(&self, rank: u32) -> Self {
+        WorkerSpec {
+            dp_rank: Some(rank),
+            ..self.clone()
+        }
+    }
+
+    /// How logs and metrics name it: see [`name`].
+    pub fn name(&self) -> String {
+        name(&self.url, self.dp_rank)
+    }
+}
+
+/// How logs and metrics name a worker: its URL, with `@RANK` for a
+/// data-parallel rank.
+fn name(url: &str, dp_rank: Option<u32>) -> String {
+    match dp_rank {
+        Some(rank) => format!("{url}@{rank}"),
+        None => url.to_string(),
+    }
+}
+
 /// One worker.
 #[derive(Debug)]
 pub struct Worker {
@@ -26,6 +75,12 @@ pub struct Worker {
     pub id: WorkerId,
     /// Base URL, without a trailing slash.
     pub url: String,
+    /// Regular, prefill or decode.
+    pub role: Role,
+    /// See [`WorkerSpec::bootstrap_port`].
+    pub bootstrap_port: Option<u16>,
+    /// See [`WorkerSpec::dp_rank`].
+    pub dp_rank: Option<u32>,
     /// Model it serves ("" until discovered, or if it will not say).
     model: ArcSwap<String>,
     /// Requests in flight from this router.
@@ -48,6 +103,11 @@ pub struct WorkerView {
     id: WorkerId,
     url: String,
     model: String,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dp_rank: Option<u32>,
     healthy: bool,
     circuit_breaker: &'static str,
     load: u32,
@@ -116,11 +176,23 @@ impl Worker {
         (now != was).then_some(now)
     }
 
+    /// How logs and metrics name it: see [`name`].
+    pub fn name(&self) -> String {
+        name(&self.url, self.dp_rank)
+    }
+
     fn view(&self) -> WorkerView {
         WorkerView {
             id: self.id,
             url: self.url.clone(),
             model: self.model().to_string(),
+            role: match self.role {
+                Role::Regular => "regular",
+                Role::Prefill => "prefill",
+                Role::Decode => "decode",
+            },
+            bootstrap_port: self.bootstrap_port,
+            dp_rank: self.dp_rank,
             healthy: self.is_healthy(),
             circuit_breaker: match self.breaker.state() {
                 BreakerState::Closed => "closed",
@@ -137,8 +209,8 @@ impl Worker {
             id: self.id,
             url: self.url.clone(),
             model: self.model().to_string(),
-            role: Role::Regular,
-            dp_rank: None,
+            role: self.role,
+            dp_rank: self.dp_rank,
         }
     }
 }
@@ -246,19 +318,31 @@ impl Registry {
         self.workers.load_full()
     }
 
-    /// Register a worker by URL (already validated).
+    /// Register a regular worker by URL (already validated).
     pub fn add(&self, url: &str) -> Result<Arc<Worker>, ApiError> {
+        self.register(WorkerSpec::regular(url))
+    }
+
+    /// Register a worker; a URL (at a rank) is registered once.
+    pub fn register(&self, spec: WorkerSpec) -> Result<Arc<Worker>, ApiError> {
         let guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.workers.load();
-        if current.iter().any(|w| w.url == url) {
-            return Err(ApiError::WorkerExists(url.to_string()));
+        if current
+            .iter()
+            .any(|w| w.url == spec.url && w.dp_rank == spec.dp_rank)
+        {
+            return Err(ApiError::WorkerExists(spec.name()));
         }
-        let label = || url.to_string();
+        let name = spec.name();
+        let label = || name.clone();
         let healthy_gauge = metrics::gauge!(crate::metrics::WORKER_HEALTHY, "worker" => label());
         healthy_gauge.set(f64::from(u8::from(self.trust_new_workers)));
         let worker = Arc::new(Worker {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            url: url.to_string(),
+            url: spec.url,
+            role: spec.role,
+            bootstrap_port: spec.bootstrap_port,
+            dp_rank: spec.dp_rank,
             model: ArcSwap::from_pointee(String::new()),
             in_flight: AtomicU32::new(0),
             processed: AtomicU64::new(0),
@@ -275,7 +359,7 @@ impl Registry {
         next.push(worker.clone());
         self.workers.store(Arc::new(next));
         drop(guard);
-        tracing::info!(worker = %url, id = worker.id, "worker added");
+        tracing::info!(worker = %name, id = worker.id, role = ?worker.role, "worker added");
         self.changed();
         Ok(worker)
     }
@@ -288,7 +372,7 @@ impl Registry {
         let next: Vec<_> = current.iter().filter(|w| w.id != id).cloned().collect();
         self.workers.store(Arc::new(next));
         drop(guard);
-        tracing::info!(worker = %removed.url, id, "worker removed");
+        tracing::info!(worker = %removed.name(), id, "worker removed");
         self.changed();
         Some(removed)
     }
@@ -303,9 +387,31 @@ impl Registry {
         self.workers.load().iter().find(|w| w.id == id).cloned()
     }
 
-    /// A worker by URL.
+    /// A worker by URL (its first rank, with `--dp-aware`).
     pub fn by_url(&self, url: &str) -> Option<Arc<Worker>> {
         self.workers.load().iter().find(|w| w.url == url).cloned()
+    }
+
+    /// The workers' URLs, each once (a worker has one entry per
+    /// data-parallel rank with `--dp-aware`).
+    pub fn urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for w in self.workers.load().iter() {
+            if !urls.contains(&w.url) {
+                urls.push(w.url.clone());
+            }
+        }
+        urls
+    }
+
+    /// Every entry of a URL: one, or one per data-parallel rank.
+    pub fn all_at(&self, url: &str) -> Vec<Arc<Worker>> {
+        self.workers
+            .load()
+            .iter()
+            .filter(|w| w.url == url)
+            .cloned()
+            .collect()
     }
 
     /// Views of all workers, for the admin routes.
@@ -313,13 +419,15 @@ impl Registry {
         self.workers.load().iter().map(|w| w.view()).collect()
     }
 
-    /// The workers that may take a request for `model`, except `excluded`:
-    /// healthy, admitted by their breaker, serving the model. When workers
-    /// serve different models, the request's model picks the pool (an
-    /// unknown one is a 404); with a single model, any name is accepted.
+    /// The workers of `role` that may take a request for `model`, except
+    /// `excluded`: healthy, admitted by their breaker, serving the model.
+    /// When workers serve different models, the request's model picks the
+    /// pool (an unknown one is a 404); with a single model, any name is
+    /// accepted.
     pub fn candidates(
         &self,
         model: &str,
+        role: Role,
         excluded: &[WorkerId],
     ) -> Result<Vec<Arc<Worker>>, ApiError> {
         let all = self.workers.load();
@@ -327,6 +435,7 @@ impl Registry {
         let now = Instant::now();
         Ok(all
             .iter()
+            .filter(|w| w.role == role)
             .filter(|w| pool.is_none_or(|m| w.model().as_str() == m))
             .filter(|w| !excluded.contains(&w.id) && w.is_healthy() && w.breaker.admits(now))
             .cloned()
@@ -376,17 +485,26 @@ mod tests {
     #[test]
     fn a_single_model_fleet_accepts_any_model_name() {
         let r = registry(&["llama", "llama"]);
-        assert_eq!(ids(r.candidates("gpt-4", &[]).unwrap()), vec![0, 1]);
-        assert_eq!(ids(r.candidates("", &[1]).unwrap()), vec![0]);
+        assert_eq!(
+            ids(r.candidates("gpt-4", Role::Regular, &[]).unwrap()),
+            vec![0, 1]
+        );
+        assert_eq!(ids(r.candidates("", Role::Regular, &[1]).unwrap()), vec![0]);
     }
 
     #[test]
     fn several_models_pick_the_pool_and_unknown_is_404() {
         let r = registry(&["llama", "qwen", "llama"]);
-        assert_eq!(ids(r.candidates("llama", &[]).unwrap()), vec![0, 2]);
-        assert_eq!(ids(r.candidates("qwen", &[]).unwrap()), vec![1]);
         assert_eq!(
-            r.candidates("mistral", &[]).unwrap_err(),
+            ids(r.candidates("llama", Role::Regular, &[]).unwrap()),
+            vec![0, 2]
+        );
+        assert_eq!(
+            ids(r.candidates("qwen", Role::Regular, &[]).unwrap()),
+            vec![1]
+        );
+        assert_eq!(
+            r.candidates("mistral", Role::Regular, &[]).unwrap_err(),
             ApiError::ModelNotFound("mistral".into())
         );
     }
@@ -408,7 +526,7 @@ mod tests {
         let w = r.get(0).unwrap();
         assert_eq!(w.record_health(false, 2, 2), None);
         assert_eq!(w.record_health(false, 2, 2), Some(false));
-        assert!(r.candidates("", &[]).unwrap().is_empty());
+        assert!(r.candidates("", Role::Regular, &[]).unwrap().is_empty());
         assert_eq!(w.record_health(true, 2, 2), None);
         assert_eq!(w.record_health(true, 2, 2), Some(true));
     }

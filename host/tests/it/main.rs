@@ -9,6 +9,7 @@ mod examples;
 mod fixtures;
 mod hostile;
 mod mock;
+mod pd;
 mod proxy;
 mod reload;
 mod round_robin;

@@ -29,12 +29,13 @@ def _at_least_one(text):
     return value
 
 # (name, kind, help): kind is a converter, "list" (one flag, several
-# values), "append" (the flag repeated per value), or "flag" (a switch).
+# values), "append" (the flag repeated per value), "groups" (the flag
+# repeated, each with one or more values), or "flag" (a switch).
 FLAGS = [
     ("host", str, "address to listen on [default: 127.0.0.1]"),
     ("port", _port, "port to listen on [default: 30000]"),
     ("worker_urls", "list", "worker base URLs"),
-    ("policy", str, "built-in policy (cache_aware, round_robin, random, power_of_two, consistent_hash, manual) or a .wasm file [default: cache_aware]"),
+    ("policy", str, "built-in policy (cache_aware, round_robin, random, power_of_two, consistent_hash, manual, bucket) or a .wasm file [default: cache_aware]"),
     ("config", str, "TOML file with the same settings and a [policy] table"),
     ("cache_threshold", _ratio, "cache_aware: minimum prefix match ratio [default: 0.3]"),
     ("balance_abs_threshold", _positive_int, "cache_aware: absolute load gap that overrides affinity [default: 64]"),
@@ -43,6 +44,12 @@ FLAGS = [
     ("max_tree_size", _positive_int, "cache_aware: characters per worker after eviction [default: 67108864]"),
     ("assignment_mode", str, "manual: how a new routing key picks its worker: random, min_load or min_group [default: random]"),
     ("max_idle_secs", _positive_int, "manual: seconds after which an unused routing key is forgotten [default: 3600]"),
+    ("pd_disaggregation", "flag", "prefill/decode disaggregation: each request goes to a prefill and a decode worker at once"),
+    ("prefill", "groups", "PD mode: a prefill worker URL and optionally its bootstrap port or none (repeat per worker)"),
+    ("decode", "append", "PD mode: a decode worker URL (repeat per worker)"),
+    ("prefill_policy", str, "PD mode: the prefill workers' policy [default: --policy]"),
+    ("decode_policy", str, "PD mode: the decode workers' policy [default: --policy]"),
+    ("dp_aware", "flag", "route to each data-parallel rank of a worker (dp_size from /get_server_info)"),
     ("max_payload_size", _positive_int, "largest request body in bytes [default: 536870912]"),
     ("request_timeout_secs", _positive_int, "seconds to wait for a worker's response [default: 1800]"),
     ("attempt_timeout_secs", _positive_int, "seconds to wait for one worker before retrying on another [default: off]"),
@@ -94,6 +101,8 @@ def add_arguments(parser):
             parser.add_argument(flag, nargs="+", default=None, help=text)
         elif kind == "append":
             parser.add_argument(flag, action="append", default=None, help=text)
+        elif kind == "groups":
+            parser.add_argument(flag, action="append", nargs="+", default=None, help=text)
         else:
             parser.add_argument(flag, type=kind, default=None, help=text)
 
@@ -113,6 +122,10 @@ def to_argv(settings):
         elif kinds[name] == "append":
             for v in value:
                 argv.extend([flag, str(v)])
+        elif kinds[name] == "groups":
+            for group in value:
+                argv.append(flag)
+                argv.extend(str(v) for v in group)
         else:
             argv.extend([flag, str(value)])
     return argv
@@ -135,6 +148,12 @@ def validate(settings):
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name} must be a list of strings, got {value!r}")
             value = list(value)
+        elif kind == "groups":
+            # A group is one string, or a list of strings (URL, then port).
+            groups = [[g] if isinstance(g, str) else g for g in value] if not isinstance(value, str) else None
+            if groups is None or not all(isinstance(g, (list, tuple)) and g and all(isinstance(v, (str, int)) for v in g) for g in groups):
+                raise ValueError(f"{name} must be a list of URLs or [URL, port] pairs, got {value!r}")
+            value = [[str(v) for v in g] for g in groups]
         else:
             try:
                 value = kind(str(value)) if kind is not str else str(value)

@@ -1,0 +1,398 @@
+//! Prefill/decode disaggregation (`--pd-disaggregation`), as the SGLang
+//! router does it: each request goes to a prefill worker and a decode
+//! worker at once, each picked by its own policy. The body gains the prefill
+//! worker's bootstrap address and a random room (`bootstrap_host`,
+//! `bootstrap_port`, `bootstrap_room`; arrays for a batch), where the decode
+//! worker pulls the prompt's KV cache from. The client gets the decode
+//! worker's response, streamed as it comes; a prefill that fails fails the
+//! request with the prefill's own answer; a retry picks a new pair (and a
+//! new room). With `return_logprob`, the prefill's input logprobs are put in
+//! front of the decode's (in non-streaming responses).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::admission::Slot;
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::extract::{Peek, with_fields};
+use crate::metrics as m;
+use crate::policy::{Policy, Role};
+use crate::proxy::{
+    Feedback, Forward, RETRYABLE, backoff, body_for, pick, root_cause, route_label, stream_back,
+    upstream_headers,
+};
+use crate::workers::{InFlight, Registry, Worker};
+
+/// The two policies of PD mode, as loaded for this request.
+pub struct PdPolicies {
+    /// Picks the prefill worker.
+    pub prefill: Arc<Box<dyn Policy>>,
+    /// Picks the decode worker.
+    pub decode: Arc<Box<dyn Policy>>,
+}
+
+/// One half's answer: response headers, or why there are none.
+type Answer = Result<reqwest::Response, Failed>;
+
+enum Failed {
+    /// No response headers within the attempt's time.
+    Timeout,
+    /// Could not connect, or the connection broke; the root cause.
+    Unreachable(String),
+}
+
+/// What to do after one half of the pair failed.
+enum Next {
+    /// Try another pair, without the failed worker; the failure is the
+    /// answer if no pair is left.
+    Retry(Result<Response, ApiError>),
+    /// Answer the client now.
+    Answer(Result<Response, ApiError>),
+}
+
+/// Forward `req` to a prefill/decode pair, retrying with a new pair as
+/// configured. `peek` is the body as [`crate::extract::peek`] read it.
+pub async fn forward(
+    config: &Config,
+    client: &reqwest::Client,
+    registry: &Registry,
+    policies: PdPolicies,
+    req: Forward<'_>,
+    peek: &Peek<'_>,
+    slot: Option<Slot>,
+) -> Result<Response, ApiError> {
+    let mut excluded = Vec::new();
+    // What the client gets when no pair is left to try: the last failure,
+    // a worker's own error answer included.
+    let mut last: Result<Response, ApiError> = Err(ApiError::NoHealthyWorker);
+    let headers = upstream_headers(req.headers, req.request_id);
+    let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
+    let may_retry = |attempt: u32| attempt < config.retry.max_retries;
+    for attempt in 0..=config.retry.max_retries {
+        if attempt > 0 {
+            metrics::counter!(m::RETRIES, "route" => route_label(req.route)).increment(1);
+            tokio::time::sleep(backoff(&config.retry, attempt)).await;
+        }
+        let prefill = pick(
+            registry,
+            &**policies.prefill,
+            Role::Prefill,
+            &req,
+            &excluded,
+        )?;
+        let decode = pick(registry, &**policies.decode, Role::Decode, &req, &excluded)?;
+        let (Some(prefill), Some(decode)) = (prefill, decode) else {
+            return last;
+        };
+        let body = with_fields(&req.body, &bootstrap_fields(&prefill, peek.batch_size()));
+        let send = |worker: &Worker| {
+            let call = client
+                .post(format!("{}{}", worker.url, req.path_and_query))
+                .headers(headers.clone())
+                .body(body_for(worker, &body))
+                .send();
+            async move {
+                match tokio::time::timeout(timeout, call).await {
+                    Err(_elapsed) => Err(Failed::Timeout),
+                    Ok(Err(e)) => Err(Failed::Unreachable(root_cause(&e))),
+                    Ok(Ok(response)) => Ok(response),
+                }
+            }
+        };
+        let prefill_in_flight = prefill.start_request();
+        let decode_in_flight = decode.start_request();
+        let sent = Instant::now();
+        // Both at once: the decode worker waits for the prefill's KV cache,
+        // and a prefill worker may hold its answer until the transfer ends.
+        // Whichever half fails first ends the attempt; dropping the other
+        // call cancels it.
+        let prefill_call = send(&prefill);
+        let decode_call = send(&decode);
+        tokio::pin!(prefill_call, decode_call);
+        let (mut prefill_answer, mut decode_answer) = (None::<Answer>, None::<Answer>);
+        loop {
+            tokio::select! {
+                answer = &mut prefill_call, if prefill_answer.is_none() => prefill_answer = Some(answer),
+                answer = &mut decode_call, if decode_answer.is_none() => decode_answer = Some(answer),
+            }
+            let failed = |answer: &Option<Answer>| match answer {
+                Some(Ok(r)) => !r.status().is_success(),
+                Some(Err(_)) => true,
+                None => false,
+            };
+            if failed(&prefill_answer)
+                || failed(&decode_answer)
+                || (prefill_answer.is_some() && decode_answer.is_some())
+            {
+                break;
+            }
+        }
+        let succeeded =
+            |answer: &Option<Answer>| matches!(answer, Some(Ok(r)) if r.status().is_success());
+        let (prefill_ok, decode_ok) = (succeeded(&prefill_answer), succeeded(&decode_answer));
+        // A failed prefill decides the attempt, whatever the decode did.
+        let (worker, answer) = match (prefill_answer, decode_answer) {
+            (Some(Ok(p)), Some(Ok(d))) if prefill_ok && decode_ok => {
+                prefill.breaker.record(true, Instant::now());
+                decode.breaker.record(true, Instant::now());
+                metrics::histogram!(m::TTFB, "route" => route_label(req.route))
+                    .record(sent.elapsed());
+                let pair = Pair {
+                    prefill: (&prefill, prefill_in_flight, p),
+                    decode: (&decode, decode_in_flight, d),
+                };
+                return Ok(respond(config, &policies, &req, peek, pair, sent, slot).await);
+            }
+            (Some(p), _) if !prefill_ok => (&prefill, p),
+            (_, Some(d)) => (&decode, d),
+            (_, None) => unreachable!("the loop above ends on a failure or both answers"),
+        };
+        match next_step(config, worker, answer, may_retry(attempt), req.request_id).await {
+            Next::Retry(failure) => {
+                excluded.push(worker.id);
+                last = failure;
+            }
+            Next::Answer(result) => return result,
+        }
+    }
+    last
+}
+
+/// After `worker` failed: its breaker learns, and either another pair is
+/// tried or the client gets the failure (a worker's own error answer is
+/// passed on as it is).
+async fn next_step(
+    config: &Config,
+    worker: &Worker,
+    answer: Answer,
+    may_retry: bool,
+    request_id: &str,
+) -> Next {
+    let role = match worker.role {
+        Role::Prefill => "prefill",
+        _ => "decode",
+    };
+    match answer {
+        Err(Failed::Timeout) => {
+            worker.breaker.record(false, Instant::now());
+            tracing::warn!(worker = %worker.name(), request_id, role, "no response headers in time");
+            // Without --attempt-timeout-secs the request's time is up.
+            if config.attempt_timeout.is_none() || !may_retry {
+                Next::Answer(Err(ApiError::UpstreamTimeout))
+            } else {
+                Next::Retry(Err(ApiError::UpstreamTimeout))
+            }
+        }
+        Err(Failed::Unreachable(cause)) => {
+            worker.breaker.record(false, Instant::now());
+            tracing::warn!(worker = %worker.name(), request_id, role, "worker unreachable: {cause}");
+            Next::Retry(Err(ApiError::UpstreamConnect(format!(
+                "{role} worker: {cause}"
+            ))))
+        }
+        Ok(response) => {
+            let status = response.status();
+            worker
+                .breaker
+                .record(!status.is_server_error(), Instant::now());
+            let answer = Ok(crate::server::relay(response).await);
+            if RETRYABLE.contains(&status.as_u16()) && may_retry {
+                tracing::warn!(worker = %worker.name(), request_id, role, %status, "retrying with another pair");
+                Next::Retry(answer)
+            } else {
+                Next::Answer(answer)
+            }
+        }
+    }
+}
+
+/// Both halves answered with success.
+struct Pair<'w> {
+    prefill: (&'w Arc<Worker>, InFlight, reqwest::Response),
+    decode: (&'w Arc<Worker>, InFlight, reqwest::Response),
+}
+
+/// The client's response: the decode's, streamed; or, for non-streaming
+/// requests with `return_logprob`, both bodies read and merged.
+async fn respond(
+    config: &Config,
+    policies: &PdPolicies,
+    req: &Forward<'_>,
+    peek: &Peek<'_>,
+    pair: Pair<'_>,
+    sent: Instant,
+    slot: Option<Slot>,
+) -> Response {
+    let (prefill, prefill_in_flight, prefill_response) = pair.prefill;
+    let (decode, decode_in_flight, decode_response) = pair.decode;
+    let feedback =
+        |policy: &Arc<Box<dyn Policy>>, worker: &Worker, response: &reqwest::Response| {
+            Feedback::wanted(policy, req.seq, worker, response.status().as_u16(), sent)
+        };
+    let prefill_feedback = feedback(&policies.prefill, prefill, &prefill_response);
+    let decode_feedback = feedback(&policies.decode, decode, &decode_response);
+    if !peek.wants_logprobs() || peek.streams() {
+        tokio::spawn(drain(
+            prefill_response,
+            prefill_in_flight,
+            prefill_feedback,
+            config.request_timeout,
+        ));
+        return stream_back(
+            decode_response,
+            req.request_id,
+            decode_in_flight,
+            slot,
+            decode_feedback,
+        );
+    }
+    let status = decode_response.status().as_u16();
+    let (prefill_body, decode_body) =
+        tokio::join!(prefill_response.bytes(), decode_response.bytes());
+    let (Ok(prefill_body), Ok(decode_body)) = (prefill_body, decode_body) else {
+        return ApiError::UpstreamConnect("a worker's response broke off".into()).into_response();
+    };
+    for (mut feedback, body) in [
+        (prefill_feedback, &prefill_body),
+        (decode_feedback, &decode_body),
+    ] {
+        if let Some(f) = feedback.as_mut() {
+            f.scan(body);
+        }
+    }
+    drop((prefill_in_flight, decode_in_flight, slot));
+    let merged = match (
+        serde_json::from_slice::<Value>(&prefill_body),
+        serde_json::from_slice::<Value>(&decode_body),
+    ) {
+        (Ok(prefill), Ok(mut decode)) => {
+            merge_logprobs(&prefill, &mut decode);
+            bytes::Bytes::from(decode.to_string())
+        }
+        _ => decode_body,
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        [(header::CONTENT_TYPE, "application/json")],
+        merged,
+    )
+        .into_response()
+}
+
+/// Read the prefill's body to its end (so its connection is reused and its
+/// feedback complete), in the background, for at most `limit`.
+async fn drain(
+    response: reqwest::Response,
+    in_flight: InFlight,
+    mut feedback: Option<Feedback>,
+    limit: Duration,
+) {
+    let read = async {
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if let Some(f) = feedback.as_mut() {
+                        f.scan(&bytes);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(worker = %in_flight.worker().name(), "prefill body broke off: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(limit, read).await.is_err() {
+        tracing::warn!(worker = %in_flight.worker().name(), "prefill body still open after {limit:?}; dropped");
+    }
+}
+
+/// The bootstrap fields for a request to `prefill`'s pair: its host, its
+/// bootstrap port (`null`: the worker's default) and a random room, each an
+/// array of `batch` entries for a batch.
+fn bootstrap_fields(prefill: &Worker, batch: Option<usize>) -> String {
+    let host = reqwest::Url::parse(&prefill.url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .unwrap_or_default();
+    let host = Value::from(host).to_string();
+    let port = prefill
+        .bootstrap_port
+        .map_or_else(|| "null".to_string(), |p| p.to_string());
+    let room = || fastrand::u64(..1 << 63).to_string();
+    match batch {
+        None => format!(
+            r#""bootstrap_host":{host},"bootstrap_port":{port},"bootstrap_room":{}"#,
+            room()
+        ),
+        Some(n) => {
+            let repeat = |value: &str| vec![value; n].join(",");
+            let rooms: Vec<String> = (0..n).map(|_| room()).collect();
+            format!(
+                r#""bootstrap_host":[{}],"bootstrap_port":[{}],"bootstrap_room":[{}]"#,
+                repeat(&host),
+                repeat(&port),
+                rooms.join(",")
+            )
+        }
+    }
+}
+
+/// Put the prefill's `meta_info.input_token_logprobs` in front of the
+/// decode's (the prompt was read by the prefill worker); element by element
+/// for a batch.
+fn merge_logprobs(prefill: &Value, decode: &mut Value) {
+    if let (Value::Array(prefill), Value::Array(decode)) = (prefill, &mut *decode) {
+        for (p, d) in prefill.iter().zip(decode) {
+            merge_logprobs(p, d);
+        }
+        return;
+    }
+    let Some(Value::Array(front)) = prefill.pointer("/meta_info/input_token_logprobs") else {
+        return;
+    };
+    let Some(meta) = decode.get_mut("meta_info").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut all = front.clone();
+    if let Some(Value::Array(back)) = meta.remove("input_token_logprobs") {
+        all.extend(back);
+    }
+    meta.insert("input_token_logprobs".into(), Value::Array(all));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn logprobs_of_the_prompt_come_first_also_per_batch_item() {
+        let prefill =
+            json!({"meta_info": {"input_token_logprobs": [[-1.0, 1, null], [-2.0, 2, null]]}});
+        let mut decode =
+            json!({"text": "x", "meta_info": {"input_token_logprobs": [[-3.0, 3, null]]}});
+        merge_logprobs(&prefill, &mut decode);
+        assert_eq!(
+            decode["meta_info"]["input_token_logprobs"],
+            json!([[-1.0, 1, null], [-2.0, 2, null], [-3.0, 3, null]])
+        );
+        assert_eq!(decode["text"], "x");
+        let prefill =
+            json!([{"meta_info": {"input_token_logprobs": [[-1.0, 1, null]]}}, {"meta_info": {}}]);
+        let mut decode = json!([{"meta_info": {}}, {"meta_info": {"input_token_logprobs": []}}]);
+        merge_logprobs(&prefill, &mut decode);
+        assert_eq!(
+            decode[0]["meta_info"]["input_token_logprobs"],
+            json!([[-1.0, 1, null]])
+        );
+        assert_eq!(decode[1]["meta_info"]["input_token_logprobs"], json!([]));
+    }
+}
