@@ -399,6 +399,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .await?;
     }
+    if let Some(every) = state.config.worker_load_check_interval {
+        background.push(tokio::spawn(crate::workers::load::run(
+            registry.clone(),
+            state.client.clone(),
+            every,
+        )));
+    }
     if let Some(h) = state.config.health.clone() {
         background.push(tokio::spawn(health::run(
             registry.clone(),

@@ -69,6 +69,11 @@ pub struct RouterArgs {
     /// `data_parallel_rank` to the request.
     #[arg(long)]
     pub dp_aware: bool,
+    /// Seconds between reads of each worker's own load (/get_load), which
+    /// policies see when it is above the router's in-flight count; 0 to
+    /// never read it [default: 10].
+    #[arg(long)]
+    pub worker_load_check_interval: Option<u64>,
     /// Largest request body in bytes; larger is a 413 [default: 536870912].
     #[arg(long)]
     pub max_payload_size: Option<usize>,

@@ -36,6 +36,7 @@ pub struct FileConfig {
     pub(super) decode_policy: Option<String>,
     #[serde(default)]
     pub(super) dp_aware: bool,
+    pub(super) worker_load_check_interval: Option<u64>,
     pub(super) max_payload_size: Option<usize>,
     pub(super) request_timeout_secs: Option<u64>,
     pub(super) attempt_timeout_secs: Option<u64>,

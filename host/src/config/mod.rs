@@ -140,6 +140,8 @@ pub struct Config {
     pub pd: Option<PdConfig>,
     /// Expand workers per data-parallel rank.
     pub dp_aware: bool,
+    /// How often to read workers' `/get_load`; `None`: never.
+    pub worker_load_check_interval: Option<Duration>,
     /// Policy name or path (of the decode workers in PD mode).
     pub policy: String,
     /// JSON object passed to the policy's `init`.
@@ -553,6 +555,13 @@ impl Config {
             worker_urls,
             pd,
             dp_aware: a.dp_aware || f.dp_aware,
+            worker_load_check_interval: Some(
+                a.worker_load_check_interval
+                    .or(f.worker_load_check_interval)
+                    .unwrap_or(10),
+            )
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs),
             policy,
             policy_config: Value::Object(policy_config).to_string(),
             policy_limits,

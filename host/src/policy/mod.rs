@@ -98,7 +98,8 @@ pub struct RouteRequest<'a> {
 pub struct Candidate {
     /// Worker id.
     pub id: WorkerId,
-    /// Requests in flight from this router to it.
+    /// Requests in flight from this router to it, or the worker's own
+    /// count (`/get_load`, see [`crate::workers::load`]) when that is higher.
     pub load: u32,
 }
 

@@ -5,6 +5,7 @@
 
 mod breaker;
 pub mod health;
+pub mod load;
 
 pub use breaker::{Breaker, BreakerState};
 
@@ -85,6 +86,9 @@ pub struct Worker {
     model: ArcSwap<String>,
     /// Requests in flight from this router.
     in_flight: AtomicU32,
+    /// The worker's own load from `/get_load` ([`load`]); [`NO_REPORT`]
+    /// when it gave none.
+    reported_load: AtomicU64,
     /// Requests it has been sent.
     processed: AtomicU64,
     healthy: AtomicBool,
@@ -96,6 +100,9 @@ pub struct Worker {
     in_flight_gauge: metrics::Gauge,
     healthy_gauge: metrics::Gauge,
 }
+
+/// [`Worker::reported_load`] when the worker reported nothing.
+const NO_REPORT: u64 = u64::MAX;
 
 /// What `GET /workers` shows of a worker.
 #[derive(Debug, Serialize)]
@@ -111,6 +118,8 @@ pub struct WorkerView {
     healthy: bool,
     circuit_breaker: &'static str,
     load: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported_load: Option<u32>,
     processed: u64,
 }
 
@@ -125,6 +134,26 @@ impl Worker {
     /// Requests in flight.
     pub fn load(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The load it reported at the last `/get_load` check, if any.
+    pub fn reported_load(&self) -> Option<u32> {
+        match self.reported_load.load(Ordering::Relaxed) {
+            NO_REPORT => None,
+            n => Some(n as u32),
+        }
+    }
+
+    /// Record what the last `/get_load` check said.
+    pub fn set_reported_load(&self, load: Option<u32>) {
+        self.reported_load
+            .store(load.map_or(NO_REPORT, u64::from), Ordering::Relaxed);
+    }
+
+    /// The load policies see: requests in flight from this router, or the
+    /// worker's own report when that is higher.
+    pub fn routing_load(&self) -> u32 {
+        self.load().max(self.reported_load().unwrap_or(0))
     }
 
     /// Whether health checks pass (always, with them disabled).
@@ -200,6 +229,7 @@ impl Worker {
                 BreakerState::HalfOpen => "half_open",
             },
             load: self.load(),
+            reported_load: self.reported_load(),
             processed: self.processed.load(Ordering::Relaxed),
         }
     }
@@ -345,6 +375,7 @@ impl Registry {
             dp_rank: spec.dp_rank,
             model: ArcSwap::from_pointee(String::new()),
             in_flight: AtomicU32::new(0),
+            reported_load: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
             healthy: AtomicBool::new(self.trust_new_workers),
             breaker: Breaker::new(
@@ -448,18 +479,18 @@ impl Registry {
             .iter()
             .map(|w| Candidate {
                 id: w.id,
-                load: w.load(),
+                load: w.routing_load(),
             })
             .collect()
     }
 
-    /// The healthy worker with the fewest requests in flight.
+    /// The healthy worker with the lowest load.
     pub fn least_loaded(&self) -> Option<Arc<Worker>> {
         self.workers
             .load()
             .iter()
             .filter(|w| w.is_healthy())
-            .min_by_key(|w| w.load())
+            .min_by_key(|w| w.routing_load())
             .cloned()
     }
 }

@@ -3,7 +3,7 @@
 
 use wasm_router::policy::builtin;
 
-use crate::mock::{MockWorker, args, generate, router, worker_for_key};
+use crate::mock::{MockWorker, args, eventually, generate, router, worker_for_key};
 
 #[tokio::test]
 async fn every_builtin_routes_requests_by_name() {
@@ -76,5 +76,32 @@ async fn consistent_hash_keeps_each_key_on_one_worker() {
         owners.len() >= 2,
         "12 keys spread over the ring: {owners:?}"
     );
+    r.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn power_of_two_sees_the_load_workers_report() {
+    let ws = [
+        MockWorker::start("busy", "m").await,
+        MockWorker::start("idle", "m").await,
+    ];
+    // Another router's traffic: this router sends none, the worker says so.
+    ws[0].b.load.store(100, std::sync::atomic::Ordering::SeqCst);
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.policy = Some("power_of_two".into());
+    a.worker_load_check_interval = Some(1);
+    let r = router(a).await;
+    // Before the first read both look idle and the pick is a coin flip;
+    // after it, two candidates always include the idle one, which wins.
+    eventually("the reported load is read", async || {
+        generate(&r, "p").await.as_deref() == Ok("idle")
+            && generate(&r, "q").await.as_deref() == Ok("idle")
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(generate(&r, &format!("r{i}")).await.as_deref(), Ok("idle"));
+    }
+    let workers = crate::mock::get_json(&format!("http://{}/workers", r.addr)).await;
+    assert_eq!(workers["workers"][0]["reported_load"], 100);
     r.shutdown().await.unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -32,6 +32,8 @@ pub struct Behaviour {
     pub gate: Semaphore,
     /// Inference requests seen.
     pub hits: AtomicUsize,
+    /// What `/get_load` reports.
+    pub load: AtomicU32,
     /// The last inference request's headers and body.
     pub last: std::sync::Mutex<Option<(HeaderMap, Bytes)>>,
 }
@@ -52,6 +54,7 @@ impl MockWorker {
             hold: AtomicBool::new(false),
             gate: Semaphore::new(0),
             hits: AtomicUsize::new(0),
+            load: AtomicU32::new(0),
             last: std::sync::Mutex::new(None),
         });
         let app =
@@ -79,7 +82,12 @@ impl MockWorker {
                     }),
                 )
                 .route("/flush_cache", post(|| async { "flushed" }))
-                .route("/get_load", get(|| async { Json(json!({"load": 0})) }))
+                .route(
+                    "/get_load",
+                    get(|State(b): State<Arc<Behaviour>>| async move {
+                        Json(json!({"load": b.load.load(Ordering::SeqCst)}))
+                    }),
+                )
                 .with_state(b.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();

@@ -3,7 +3,9 @@
 //! drawn). Nearly as balanced as least-loaded, without every router herding
 //! onto the same least-loaded worker.
 //!
-//! Load is the router's in-flight count per worker. Config: `seed` (an
+//! Load is the candidate's load: the router's in-flight count, or the
+//! worker's own `/get_load` count when that is higher (the router reads it
+//! every `--worker-load-check-interval` seconds). Config: `seed` (an
 //! integer) makes the draws repeatable.
 #![deny(missing_docs)]
 

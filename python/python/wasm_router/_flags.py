@@ -50,6 +50,7 @@ FLAGS = [
     ("prefill_policy", str, "PD mode: the prefill workers' policy [default: --policy]"),
     ("decode_policy", str, "PD mode: the decode workers' policy [default: --policy]"),
     ("dp_aware", "flag", "route to each data-parallel rank of a worker (dp_size from /get_server_info)"),
+    ("worker_load_check_interval", _positive_int, "seconds between reads of each worker's /get_load, 0 for never [default: 10]"),
     ("max_payload_size", _positive_int, "largest request body in bytes [default: 536870912]"),
     ("request_timeout_secs", _positive_int, "seconds to wait for a worker's response [default: 1800]"),
     ("attempt_timeout_secs", _positive_int, "seconds to wait for one worker before retrying on another [default: off]"),
