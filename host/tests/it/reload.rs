@@ -249,3 +249,47 @@ async fn cache_aware_keeps_its_affinity_across_a_reload() {
     assert_eq!(generate(&r, &format!("{p2}two")).await.unwrap(), "b");
     assert_eq!(generate(&r, &format!("{p1}two")).await.unwrap(), "a");
 }
+
+#[tokio::test]
+async fn in_pd_mode_the_prefill_policy_file_is_watched_and_reloaded_alone() {
+    use wasm_router::policy::builtin;
+    let (prefill, decode) = (
+        MockWorker::start("prefill", "m").await,
+        MockWorker::start("decode", "m").await,
+    );
+    let file = dir("pd").join("prefill.wasm");
+    replace(&file, builtin::get("round_robin").unwrap());
+    let a = wasm_router::config::RouterArgs {
+        pd_disaggregation: true,
+        prefill: vec![prefill.url.clone()],
+        decode: vec![decode.url.clone()],
+        prefill_policy: Some(file.display().to_string()),
+        decode_policy: Some("random".into()),
+        ..args(&[])
+    };
+    let r = router(a).await;
+    let base = format!("http://{}", r.addr);
+    let names = async || -> Vec<String> {
+        let v: Value = get_json(&format!("{base}/policies")).await;
+        v["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}",
+                    p["serves"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names().await, ["prefill:round_robin", "decode:random"]);
+    replace(&file, builtin::get("bucket").unwrap());
+    eventually("the prefill policy is reloaded", async || {
+        names().await == ["prefill:bucket", "decode:random"]
+    })
+    .await;
+    assert_eq!(generate(&r, "after").await.as_deref(), Ok("decode"));
+    r.shutdown().await.unwrap();
+}
