@@ -55,11 +55,27 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Serve the Prometheus text format on `listener` until the task is aborted.
+/// How often recorded histogram samples are folded into their buckets.
+/// The recorder keeps every sample until then (or until a scrape): without
+/// this, a router nobody scrapes grows by 24 bytes per request.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serve the Prometheus text format on `listener`, and keep the recorder's
+/// memory bounded, until the task is aborted.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
 ) -> std::io::Result<()> {
+    let upkeep = {
+        let handle = handle.clone();
+        async move {
+            let mut every = tokio::time::interval(UPKEEP);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        }
+    };
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -71,5 +87,8 @@ pub async fn serve_on(
         "Prometheus metrics on http://{}/metrics",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await
+    tokio::select! {
+        served = axum::serve(listener, app) => served,
+        () = upkeep => Ok(()),
+    }
 }
