@@ -1,7 +1,12 @@
 //! Prometheus metrics: names in one place, the recorder, and the text
 //! endpoint on its own port (`--prometheus-host:--prometheus-port`).
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::policy::Route;
 
 /// Requests answered, by route and status.
 pub const REQUESTS: &str = "wasm_router_requests_total";
@@ -33,6 +38,61 @@ const LATENCY_BUCKETS: &[f64] = &[
 const DECISION_BUCKETS: &[f64] = &[
     1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3, 1e-2,
 ];
+
+/// The route's label in metrics.
+pub fn route_label(route: Route) -> &'static str {
+    match route {
+        Route::Generate => "/generate",
+        Route::Completions => "/v1/completions",
+        Route::ChatCompletions => "/v1/chat/completions",
+        Route::Embeddings => "/v1/embeddings",
+        Route::Other => "other",
+    }
+}
+
+/// Handles of one route's per-request metrics, made once: on the request
+/// path, a label lookup costs more than the update.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// [`REQUESTS`] with status 200 (other statuses are looked up).
+    pub ok: Counter,
+    /// [`REQUEST_DURATION`].
+    pub duration: Histogram,
+    /// [`TTFB`].
+    pub ttfb: Histogram,
+}
+
+/// The handles of `route`'s metrics.
+pub fn for_route(route: Route) -> &'static RouteMetrics {
+    const ROUTES: [Route; 5] = [
+        Route::Generate,
+        Route::Completions,
+        Route::ChatCompletions,
+        Route::Embeddings,
+        Route::Other,
+    ];
+    static HANDLES: OnceLock<Vec<RouteMetrics>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        ROUTES
+            .iter()
+            .map(|&r| RouteMetrics {
+                ok: metrics::counter!(REQUESTS, "route" => route_label(r), "status" => "200"),
+                duration: metrics::histogram!(REQUEST_DURATION, "route" => route_label(r)),
+                ttfb: metrics::histogram!(TTFB, "route" => route_label(r)),
+            })
+            .collect()
+    });
+    &handles[ROUTES
+        .iter()
+        .position(|&r| r == route)
+        .expect("every route is listed")]
+}
+
+/// The handle of [`POLICY_DECISION`].
+pub fn policy_decision() -> &'static Histogram {
+    static HANDLE: OnceLock<Histogram> = OnceLock::new();
+    HANDLE.get_or_init(|| metrics::histogram!(POLICY_DECISION))
+}
 
 /// Install the process-wide recorder (once; later calls reuse it).
 pub fn install() -> PrometheusHandle {

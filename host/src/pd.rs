@@ -7,7 +7,7 @@
 //! worker's response, streamed as it comes; a prefill that fails fails the
 //! request with the prefill's own answer; a retry picks a new pair (and a
 //! new room). With `return_logprob`, the prefill's input logprobs are put in
-//! front of the decode's (in non-streaming responses).
+//! front of the decode's: in the response, or in a stream's first event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +24,8 @@ use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
 use crate::policy::{Policy, Role};
 use crate::proxy::{
-    Feedback, Forward, RETRYABLE, backoff, body_for, pick, root_cause, route_label, stream_back,
-    upstream_headers,
+    Feedback, Forward, RETRYABLE, backoff, body_for, pick, respond_with, response_head, root_cause,
+    stream_back, upstream_headers,
 };
 use crate::workers::{InFlight, Registry, Worker};
 
@@ -76,7 +76,7 @@ pub async fn forward(
     let may_retry = |attempt: u32| attempt < config.retry.max_retries;
     for attempt in 0..=config.retry.max_retries {
         if attempt > 0 {
-            metrics::counter!(m::RETRIES, "route" => route_label(req.route)).increment(1);
+            metrics::counter!(m::RETRIES, "route" => m::route_label(req.route)).increment(1);
             tokio::time::sleep(backoff(&config.retry, attempt)).await;
         }
         let prefill = pick(
@@ -141,8 +141,7 @@ pub async fn forward(
             (Some(Ok(p)), Some(Ok(d))) if prefill_ok && decode_ok => {
                 prefill.breaker.record(true, Instant::now());
                 decode.breaker.record(true, Instant::now());
-                metrics::histogram!(m::TTFB, "route" => route_label(req.route))
-                    .record(sent.elapsed());
+                m::for_route(req.route).ttfb.record(sent.elapsed());
                 let pair = Pair {
                     prefill: (&prefill, prefill_in_flight, p),
                     decode: (&decode, decode_in_flight, d),
@@ -218,8 +217,8 @@ struct Pair<'w> {
     decode: (&'w Arc<Worker>, InFlight, reqwest::Response),
 }
 
-/// The client's response: the decode's, streamed; or, for non-streaming
-/// requests with `return_logprob`, both bodies read and merged.
+/// The client's response: the decode's, streamed; with `return_logprob`,
+/// the prefill's body is read first and its prompt logprobs merged in.
 async fn respond(
     config: &Config,
     policies: &PdPolicies,
@@ -237,7 +236,29 @@ async fn respond(
         };
     let prefill_feedback = feedback(&policies.prefill, prefill, &prefill_response);
     let decode_feedback = feedback(&policies.decode, decode, &decode_response);
-    if !peek.wants_logprobs() || peek.streams() {
+    if peek.wants_logprobs() && peek.streams() {
+        let prefill_body = prefill_response.bytes().await;
+        let mut prefill_feedback = prefill_feedback;
+        if let (Some(f), Ok(body)) = (prefill_feedback.as_mut(), &prefill_body) {
+            f.scan(body);
+        }
+        drop((prefill_feedback, prefill_in_flight));
+        let front = prefill_body
+            .ok()
+            .and_then(|body| streamed_input_logprobs(&body));
+        let (status, mut headers) = response_head(&decode_response, req.request_id);
+        // The first event changes length.
+        headers.remove(header::CONTENT_LENGTH);
+        let body = merge_first_event(decode_response.bytes_stream(), front);
+        return respond_with(
+            (status, headers),
+            body,
+            decode_in_flight,
+            slot,
+            decode_feedback,
+        );
+    }
+    if !peek.wants_logprobs() {
         tokio::spawn(drain(
             prefill_response,
             prefill_in_flight,
@@ -345,6 +366,82 @@ fn bootstrap_fields(prefill: &Worker, batch: Option<usize>) -> String {
     }
 }
 
+/// The prompt's logprobs in a streamed prefill answer: the last
+/// `meta_info.input_token_logprobs` in its `data:` events.
+fn streamed_input_logprobs(body: &[u8]) -> Option<Value> {
+    body.split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data: "))
+        .filter_map(|data| serde_json::from_slice::<Value>(data).ok())
+        .filter_map(|event| event.pointer("/meta_info/input_token_logprobs").cloned())
+        .next_back()
+}
+
+/// The decode's stream with the prompt's logprobs (`front`) merged into its
+/// first `data:` event; the rest passes through untouched.
+fn merge_first_event(
+    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+    front: Option<Value>,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static {
+    // (the stream, the logprobs until merged, bytes held until the first
+    // event is whole, the stream's next item or end when held bytes went
+    // out first)
+    type Item = reqwest::Result<bytes::Bytes>;
+    let state = (
+        Box::pin(body.fuse()),
+        front,
+        Vec::<u8>::new(),
+        None::<Option<Item>>,
+    );
+    futures_util::stream::unfold(
+        state,
+        |(mut body, mut front, mut held, queued)| async move {
+            if let Some(item) = queued {
+                return item.map(|chunk| (chunk, (body, None, held, None)));
+            }
+            loop {
+                let next = body.next().await;
+                let Some(logprobs) = front.take() else {
+                    return next.map(|chunk| (chunk, (body, None, held, None)));
+                };
+                match next {
+                    Some(Ok(chunk)) => {
+                        held.extend_from_slice(&chunk);
+                        let Some(end) = held.windows(2).position(|w| w == b"\n\n") else {
+                            front = Some(logprobs);
+                            continue;
+                        };
+                        let mut out = merged_event(&held[..end], &logprobs);
+                        out.extend_from_slice(&held[end..]);
+                        return Some((Ok(out.into()), (body, None, Vec::new(), None)));
+                    }
+                    // Ended or broke before a whole event: what was held goes
+                    // out first, then the end or the error.
+                    other if held.is_empty() => {
+                        return other.map(|chunk| (chunk, (body, None, held, None)));
+                    }
+                    other => {
+                        let out = std::mem::take(&mut held);
+                        return Some((Ok(out.into()), (body, None, held, Some(other))));
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// One SSE event with `front` merged in, if it is a JSON `data:` event.
+fn merged_event(event: &[u8], front: &Value) -> Vec<u8> {
+    let Some(mut data) = event
+        .strip_prefix(b"data: ")
+        .and_then(|d| serde_json::from_slice::<Value>(d).ok())
+    else {
+        return event.to_vec();
+    };
+    let prefill = serde_json::json!({"meta_info": {"input_token_logprobs": front}});
+    merge_logprobs(&prefill, &mut data);
+    format!("data: {data}").into_bytes()
+}
+
 /// Put the prefill's `meta_info.input_token_logprobs` in front of the
 /// decode's (the prompt was read by the prefill worker); element by element
 /// for a batch.
@@ -372,6 +469,57 @@ fn merge_logprobs(prefill: &Value, decode: &mut Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    async fn collect(chunks: &[&'static str], front: Option<Value>) -> String {
+        let body = futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok(bytes::Bytes::from_static(c.as_bytes())))
+                .collect::<Vec<reqwest::Result<bytes::Bytes>>>(),
+        );
+        let out: Vec<_> = merge_first_event(body, front).collect().await;
+        out.into_iter()
+            .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_streams_first_event_gets_the_prompt_logprobs_even_split_across_chunks() {
+        let front = Some(json!([[-1.0, 1, null]]));
+        let merged = collect(
+            &[
+                "data: {\"meta_info\": {\"input_tok",
+                "en_logprobs\": []}}\n",
+                "\ndata: {\"x\": 2}\n\n",
+                "data: [DONE]\n\n",
+            ],
+            front.clone(),
+        )
+        .await;
+        let events: Vec<&str> = merged.split("\n\n").collect();
+        let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(
+            first["meta_info"]["input_token_logprobs"],
+            json!([[-1.0, 1, null]])
+        );
+        assert_eq!(&events[1..], ["data: {\"x\": 2}", "data: [DONE]", ""]);
+        // Without logprobs, or when the stream ends mid-event, bytes pass as they are.
+        assert_eq!(
+            collect(&["data: 1\n\n", "data: 2"], None).await,
+            "data: 1\n\ndata: 2"
+        );
+        assert_eq!(
+            collect(&["data: {\"a\"", ": 1}"], front).await,
+            "data: {\"a\": 1}"
+        );
+    }
+
+    #[test]
+    fn the_prompt_logprobs_are_found_in_a_streamed_prefill_answer() {
+        let body = b"data: {\"meta_info\": {\"input_token_logprobs\": [[-1, 1, null]]}}\n\ndata: {\"meta_info\": {}}\n\ndata: [DONE]\n\n";
+        assert_eq!(streamed_input_logprobs(body), Some(json!([[-1, 1, null]])));
+        assert_eq!(streamed_input_logprobs(b"data: [DONE]\n\n"), None);
+    }
 
     #[test]
     fn logprobs_of_the_prompt_come_first_also_per_batch_item() {

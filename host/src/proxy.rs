@@ -93,7 +93,7 @@ pub async fn forward(
     let headers = upstream_headers(req.headers, req.request_id);
     for attempt in 0..=config.retry.max_retries {
         if attempt > 0 {
-            metrics::counter!(m::RETRIES, "route" => route_label(req.route)).increment(1);
+            metrics::counter!(m::RETRIES, "route" => m::route_label(req.route)).increment(1);
             tokio::time::sleep(backoff(&config.retry, attempt)).await;
         }
         let Some(worker) = pick(registry, &**policy, Role::Regular, &req, &excluded)? else {
@@ -143,7 +143,7 @@ pub async fn forward(
             excluded.push(worker.id);
             continue;
         }
-        metrics::histogram!(m::TTFB, "route" => route_label(req.route)).record(sent.elapsed());
+        m::for_route(req.route).ttfb.record(sent.elapsed());
         let feedback = Feedback::wanted(&policy, req.seq, &worker, status.as_u16(), sent);
         return Ok(stream_back(
             response,
@@ -186,7 +186,7 @@ pub(crate) fn pick(
             SelectError::NoCandidates => ApiError::NoHealthyWorker,
             SelectError::Declined(message) => ApiError::PolicyDeclined(message),
         })?;
-    metrics::histogram!(m::POLICY_DECISION).record(asked.elapsed());
+    m::policy_decision().record(asked.elapsed());
     let worker = workers
         .into_iter()
         .find(|w| w.id == decision.worker)
@@ -241,8 +241,17 @@ pub(crate) fn stream_back(
     request_id: &str,
     in_flight: InFlight,
     slot: Option<Slot>,
-    mut feedback: Option<Feedback>,
+    feedback: Option<Feedback>,
 ) -> Response {
+    let head = response_head(&response, request_id);
+    respond_with(head, response.bytes_stream(), in_flight, slot, feedback)
+}
+
+/// The status and headers the client gets for a worker's `response`.
+pub(crate) fn response_head(
+    response: &reqwest::Response,
+    request_id: &str,
+) -> (StatusCode, HeaderMap) {
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::with_capacity(response.headers().len() + 1);
@@ -254,7 +263,19 @@ pub(crate) fn stream_back(
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(HeaderName::from_static("x-request-id"), id);
     }
-    let body = response.bytes_stream().map(move |chunk| {
+    (status, headers)
+}
+
+/// The client's response: `head`, and `body` passed through as it arrives;
+/// see [`stream_back`].
+pub(crate) fn respond_with(
+    (status, headers): (StatusCode, HeaderMap),
+    body: impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    in_flight: InFlight,
+    slot: Option<Slot>,
+    mut feedback: Option<Feedback>,
+) -> Response {
+    let body = body.map(move |chunk| {
         let _held = (&in_flight, &slot);
         if let (Some(f), Ok(bytes)) = (feedback.as_mut(), &chunk) {
             f.scan(bytes);
@@ -338,17 +359,6 @@ fn last_number_after(haystack: &[u8], field: &[u8]) -> Option<u32> {
         .copied()
         .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// The route's label in metrics.
-pub fn route_label(route: Route) -> &'static str {
-    match route {
-        Route::Generate => "/generate",
-        Route::Completions => "/v1/completions",
-        Route::ChatCompletions => "/v1/chat/completions",
-        Route::Embeddings => "/v1/embeddings",
-        Route::Other => "other",
-    }
 }
 
 #[cfg(test)]

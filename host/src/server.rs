@@ -190,14 +190,18 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
     let started = Instant::now();
     let result = forward(&s, route, req).await;
     let resp = result.unwrap_or_else(|e| {
-        metrics::counter!(m::ERRORS, "route" => proxy::route_label(route), "code" => e.status().as_str().to_owned()).increment(1);
+        metrics::counter!(m::ERRORS, "route" => m::route_label(route), "code" => e.status().as_str().to_owned()).increment(1);
         e.into_response()
     });
-    let status = resp.status().as_str().to_owned();
-    metrics::counter!(m::REQUESTS, "route" => proxy::route_label(route), "status" => status)
-        .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION, "route" => proxy::route_label(route))
-        .record(started.elapsed());
+    let handles = m::for_route(route);
+    if resp.status() == StatusCode::OK {
+        handles.ok.increment(1);
+    } else {
+        let status = resp.status().as_str().to_owned();
+        metrics::counter!(m::REQUESTS, "route" => m::route_label(route), "status" => status)
+            .increment(1);
+    }
+    handles.duration.record(started.elapsed());
     resp
 }
 

@@ -257,6 +257,15 @@ fn logprobs(tokens: usize) -> Value {
     (0..tokens).map(|i| json!([-0.5, i, null])).collect()
 }
 
+/// The prompt's logprobs come from whoever read the prompt: not a decode
+/// worker.
+fn input_logprobs(s: &Sim, lookup: Lookup) -> Value {
+    match s.args.role {
+        SimRole::Decode => logprobs(0),
+        _ => logprobs(lookup.prompt_tokens),
+    }
+}
+
 fn full_body(s: &Sim, job: &Job, shape: Shape, lookup: Lookup) -> Value {
     let text = output_text(job.output_tokens);
     match shape {
@@ -272,13 +281,7 @@ fn full_body(s: &Sim, job: &Job, shape: Shape, lookup: Lookup) -> Value {
                 },
             });
             if job.return_logprob {
-                // The prompt's logprobs come from whoever read the prompt:
-                // not a decode worker.
-                let read = match s.args.role {
-                    SimRole::Decode => 0,
-                    _ => lookup.prompt_tokens,
-                };
-                v["meta_info"]["input_token_logprobs"] = logprobs(read);
+                v["meta_info"]["input_token_logprobs"] = input_logprobs(s, lookup);
                 v["meta_info"]["output_token_logprobs"] = logprobs(job.output_tokens);
             }
             v
@@ -326,7 +329,7 @@ fn async_stream(
             }
             sent += n;
             let last = sent == job.output_tokens;
-            let event = piece(&s, &job, shape, n, sent, last.then_some(lookup));
+            let event = piece(&s, &job, shape, n, sent, lookup, last);
             if tx
                 .send(Bytes::from(format!("data: {event}\n\n")))
                 .await
@@ -351,7 +354,19 @@ fn async_stream(
     )
 }
 
-fn piece(s: &Sim, job: &Job, shape: Shape, n: usize, sent: usize, end: Option<Lookup>) -> Value {
+/// One streamed piece of `n` tokens, `sent` so far; the last carries the
+/// token accounting. With `return_logprob`, `/generate` pieces carry their
+/// tokens' logprobs, and the first the prompt's, as SGLang streams them.
+fn piece(
+    s: &Sim,
+    job: &Job,
+    shape: Shape,
+    n: usize,
+    sent: usize,
+    lookup: Lookup,
+    last: bool,
+) -> Value {
+    let end = last.then_some(lookup);
     // Deltas join into the full text: every piece but the first starts with
     // the space between tokens.
     let text = if sent == n {
@@ -362,6 +377,15 @@ fn piece(s: &Sim, job: &Job, shape: Shape, n: usize, sent: usize, end: Option<Lo
     match shape {
         Shape::Generate => {
             let mut v = json!({"text": output_text(sent), "meta_info": {"id": job.id, "completion_tokens": sent}});
+            if job.return_logprob {
+                let first = sent == n;
+                v["meta_info"]["input_token_logprobs"] = if first {
+                    input_logprobs(s, lookup)
+                } else {
+                    logprobs(0)
+                };
+                v["meta_info"]["output_token_logprobs"] = logprobs(n);
+            }
             if let Some(l) = end {
                 v["meta_info"]["prompt_tokens"] = l.prompt_tokens.into();
                 v["meta_info"]["cached_tokens"] = l.cached_tokens.into();

@@ -167,6 +167,42 @@ async fn the_prefill_logprobs_of_the_prompt_are_merged_in_front() {
 }
 
 #[tokio::test]
+async fn a_streams_first_event_carries_the_prefill_logprobs() {
+    let (prefill, decode) = (
+        sims(SimRole::Prefill, 1).await,
+        sims(SimRole::Decode, 1).await,
+    );
+    let r = pd_router(&prefill, &decode).await;
+    let text = http()
+        .post(format!("http://{}/generate", r.addr))
+        .json(&json!({"text": "y".repeat(40), "stream": true, "return_logprob": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first: Value = serde_json::from_str(
+        text.split("\n\n")
+            .next()
+            .unwrap()
+            .trim_start_matches("data: "),
+    )
+    .unwrap();
+    // 40 characters are 10 prompt tokens, read by the prefill sim; the
+    // decode sim streams none of them.
+    assert_eq!(
+        first["meta_info"]["input_token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10,
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
+
+#[tokio::test]
 async fn a_failed_prefill_fails_the_request_with_its_own_error() {
     // 400 is not retried; 503 is, until no prefill worker is left.
     for fail_status in [400, 503] {
