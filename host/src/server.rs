@@ -22,7 +22,7 @@ use crate::admission::Admission;
 use crate::config::{Config, PolicySlot};
 use crate::errors::ApiError;
 use crate::policy::reload::PolicyManager;
-use crate::policy::{Policy, PolicyEngine, Route, watch};
+use crate::policy::{Policy, PolicyEngine, Role, Route, watch};
 use crate::proxy::{self, Forward};
 use crate::workers::{Registry, WorkerSpec, health};
 use crate::{admin, extract, metrics as m, pd};
@@ -155,16 +155,34 @@ async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Nex
     }
 }
 
+/// Ready once a request can be served: a healthy worker, or in PD mode a
+/// healthy prefill and a healthy decode worker.
 async fn readiness(State(s): State<Arc<AppState>>) -> Response {
-    let healthy = s.registry.all().iter().filter(|w| w.is_healthy()).count();
-    let status = if healthy > 0 {
+    let workers = s.registry.all();
+    let healthy_with = |role: Role| {
+        workers
+            .iter()
+            .filter(|w| w.role == role && w.is_healthy())
+            .count()
+    };
+    let (healthy, ready) = match s.config.pd {
+        None => {
+            let n = healthy_with(Role::Regular);
+            (n, n > 0)
+        }
+        Some(_) => {
+            let (p, d) = (healthy_with(Role::Prefill), healthy_with(Role::Decode));
+            (p + d, p > 0 && d > 0)
+        }
+    };
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        axum::Json(json!({"ready": healthy > 0, "healthy_workers": healthy})),
+        axum::Json(json!({"ready": ready, "healthy_workers": healthy})),
     )
         .into_response()
 }

@@ -302,6 +302,33 @@ async fn bootstrap_fields_name_the_prefill_and_one_room_and_none_is_null() {
 }
 
 #[tokio::test]
+async fn pd_readiness_needs_a_healthy_prefill_and_a_healthy_decode() {
+    let prefill = MockWorker::start("prefill", "m").await;
+    let decode = MockWorker::start("decode", "m").await;
+    let args = RouterArgs {
+        pd_disaggregation: true,
+        prefill: vec![prefill.url.clone()],
+        decode: vec![decode.url.clone()],
+        ..mock::args(&[])
+    };
+    let r = mock::router(args).await;
+    let ready = async || {
+        http()
+            .get(format!("http://{}/readiness", r.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    decode.b.unhealthy.store(true, Ordering::SeqCst);
+    mock::eventually("the decode worker is out", async || ready().await == 503).await;
+    let (status, _) = post_json(&r, "/generate", json!({"text": "hi"})).await;
+    assert_eq!(status, 503, "a prefill alone cannot serve");
+}
+
+#[tokio::test]
 async fn each_side_has_its_own_policy_and_both_are_reported() {
     let (prefill, decode) = (
         sims(SimRole::Prefill, 1).await,
