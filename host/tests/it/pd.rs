@@ -523,3 +523,86 @@ async fn bucket_as_the_prefill_policy_splits_short_and_long_prompts() {
         assert_eq!((served_by(&short).await, served_by(&long).await), (0, 1));
     }
 }
+
+#[tokio::test]
+async fn with_dp_aware_a_worker_added_at_runtime_joins_with_every_rank_and_leaves_whole() {
+    let first = sim::start(
+        SimArgs {
+            dp_size: 2,
+            ..sim_args(SimRole::Regular)
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let added = sim::start(
+        SimArgs {
+            dp_size: 3,
+            ..sim_args(SimRole::Regular)
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let args = RouterArgs {
+        worker_urls: vec![first.url()],
+        dp_aware: true,
+        ..mock::args(&[])
+    };
+    let r = mock::router(args).await;
+    let resp = http()
+        .post(format!("http://{}/workers", r.addr))
+        .json(&json!({"url": added.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["ids"].as_array().unwrap().len(), 3, "{body}");
+    let count = async || {
+        get_json(&format!("http://{}/workers", r.addr)).await["workers"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count().await, 5);
+    let removed = http()
+        .post(format!(
+            "http://{}/remove_worker?url={}",
+            r.addr,
+            added.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    assert_eq!(count().await, 2, "all three ranks left");
+}
+
+#[tokio::test]
+async fn pd_with_dp_aware_names_a_rank_on_each_side() {
+    let two = |role| SimArgs {
+        dp_size: 2,
+        ..sim_args(role)
+    };
+    let prefill = vec![sim::start(two(SimRole::Prefill), true).await.unwrap()];
+    let decode = vec![sim::start(two(SimRole::Decode), true).await.unwrap()];
+    let mut args = pd_args(&urls(&prefill), &urls(&decode));
+    args.dp_aware = true;
+    let r = mock::router(args).await;
+    for i in 0..4 {
+        let (status, body) = post_json(&r, "/generate", json!({"text": format!("q{i}")})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let by_rank = |s: &SimHandle| -> Vec<u64> {
+        s.sim
+            .counters
+            .by_rank
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    };
+    assert_eq!(by_rank(&prefill[0]), vec![2, 2]);
+    assert_eq!(by_rank(&decode[0]), vec![2, 2]);
+    assert_eq!(pulls(&prefill), 4);
+}
