@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::validate_worker_url;
 use crate::errors::ApiError;
+use crate::policy::Role;
 use crate::server::AppState;
 use crate::workers::{Worker, WorkerSpec, health};
 
@@ -97,19 +98,50 @@ async fn require_admin(
     }
 }
 
+/// A worker to add: its URL, and in PD mode its role (`prefill` or
+/// `decode`) and, for a prefill worker, its bootstrap port.
 #[derive(Deserialize)]
 struct WorkerUrl {
     url: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    bootstrap_port: Option<u16>,
 }
 
-/// Validate and enroll a regular worker (each of its ranks with
-/// `--dp-aware`); its model is discovered in the background.
-async fn register(s: &AppState, url: &str) -> Result<Vec<Arc<Worker>>, ApiError> {
-    let url = validate_worker_url(url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+/// Validate and enroll a worker (each of its ranks with `--dp-aware`); its
+/// model is discovered in the background.
+async fn register(s: &AppState, w: &WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiError> {
+    let url = validate_worker_url(&w.url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let role = match (s.config.pd.is_some(), w.role.as_deref()) {
+        (false, None | Some("regular")) => Role::Regular,
+        (true, Some("prefill")) => Role::Prefill,
+        (true, Some("decode")) => Role::Decode,
+        (false, Some(other)) => {
+            return Err(ApiError::BadRequest(format!(
+                "role {other:?}: workers have roles prefill and decode only with --pd-disaggregation"
+            )));
+        }
+        (true, other) => {
+            return Err(ApiError::BadRequest(format!(
+                "role {other:?}: in PD mode a worker's role is prefill or decode"
+            )));
+        }
+    };
+    if w.bootstrap_port.is_some() && role != Role::Prefill {
+        return Err(ApiError::BadRequest(
+            "bootstrap_port is for prefill workers".into(),
+        ));
+    }
+    let spec = WorkerSpec {
+        role,
+        bootstrap_port: w.bootstrap_port,
+        ..WorkerSpec::regular(&url)
+    };
     health::enroll(
         &s.registry,
         &s.client,
-        WorkerSpec::regular(&url),
+        spec,
         s.config.dp_aware,
         s.config.health.as_ref(),
     )
@@ -123,7 +155,7 @@ async fn add(
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!("expected {{\"url\": \"http://HOST:PORT\"}}: {e}"))
     })?;
-    let added = register(&s, &body.url).await?;
+    let added = register(&s, &body).await?;
     let ids: Vec<_> = added.iter().map(|w| w.id).collect();
     let location = format!("/workers/{}", ids[0]);
     // One id per data-parallel rank with --dp-aware; `id` is the first.
@@ -159,7 +191,7 @@ async fn remove(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiE
 }
 
 async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
-    let added = register(&s, &q.url).await?;
+    let added = register(&s, &q).await?;
     Ok(format!("Successfully added worker: {}", added[0].url))
 }
 

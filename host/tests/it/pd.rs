@@ -329,6 +329,42 @@ async fn pd_readiness_needs_a_healthy_prefill_and_a_healthy_decode() {
 }
 
 #[tokio::test]
+async fn in_pd_mode_workers_are_added_with_their_role() {
+    let (prefill, decode) = (
+        sims(SimRole::Prefill, 1).await,
+        sims(SimRole::Decode, 2).await,
+    );
+    let r = pd_router(&prefill, &decode[..1]).await;
+    let add = async |body: Value| {
+        let resp = http()
+            .post(format!("http://{}/workers", r.addr))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    let (status, body) = add(json!({"url": decode[1].url()})).await;
+    assert_eq!(status, 400, "no role in PD mode: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("prefill or decode")
+    );
+    let (status, body) =
+        add(json!({"url": decode[1].url(), "role": "decode", "bootstrap_port": 1})).await;
+    assert_eq!(status, 400, "a bootstrap port for a decode worker: {body}");
+    let (status, _) = add(json!({"url": decode[1].url(), "role": "decode"})).await;
+    assert_eq!(status, 202);
+    mock::eventually("the new decode worker takes requests", async || {
+        post_json(&r, "/generate", json!({"text": "hi"})).await.0 == 200
+            && requests(&decode[1..])[0] > 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn each_side_has_its_own_policy_and_both_are_reported() {
     let (prefill, decode) = (
         sims(SimRole::Prefill, 1).await,
