@@ -172,6 +172,8 @@ def test_settings_are_checked_in_python():
         wasm_router.Router(worker_urls="http://127.0.0.1:1")
     with pytest.raises(ValueError, match="invalid port"):
         wasm_router.Router(worker_urls=[], port="x")
+    with pytest.raises(ValueError, match="prefill must be a list of URLs or"):
+        wasm_router.Router(pd_disaggregation=True, prefill="http://127.0.0.1:1")
 
 @pytest.mark.parametrize("flags, message", [
     (["--cache-threshold", "3"], "between 0 and 1"),

@@ -131,6 +131,19 @@ def to_argv(settings):
             argv.extend([flag, str(value)])
     return argv
 
+def _groups(name, value):
+    """A "groups" setting: a list whose items are a URL, or a [URL, port]
+    list; as lists of strings."""
+    def group(item):
+        if isinstance(item, str):
+            return [item]
+        if isinstance(item, (list, tuple)) and item and all(isinstance(v, (str, int)) for v in item):
+            return [str(v) for v in item]
+        raise ValueError(f"{name} must be a list of URLs or [URL, port] pairs, got {value!r}")
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a list of URLs or [URL, port] pairs, got {value!r}")
+    return [group(item) for item in value]
+
 def validate(settings):
     """Check ``Router(**settings)`` keyword arguments like argparse would;
     raise ``ValueError`` naming the setting."""
@@ -150,11 +163,7 @@ def validate(settings):
                 raise ValueError(f"{name} must be a list of strings, got {value!r}")
             value = list(value)
         elif kind == "groups":
-            # A group is one string, or a list of strings (URL, then port).
-            groups = [[g] if isinstance(g, str) else g for g in value] if not isinstance(value, str) else None
-            if groups is None or not all(isinstance(g, (list, tuple)) and g and all(isinstance(v, (str, int)) for v in g) for g in groups):
-                raise ValueError(f"{name} must be a list of URLs or [URL, port] pairs, got {value!r}")
-            value = [[str(v) for v in g] for g in groups]
+            value = _groups(name, value)
         else:
             try:
                 value = kind(str(value)) if kind is not str else str(value)
