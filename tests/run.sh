@@ -51,9 +51,10 @@ target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest re
 target/py-venv/bin/python -m pytest python/tests -q
 
 # Last: the sanitizer build of wasmtime needs gigabytes of its own. In CI the
-# debug build the tests used is removed first, and the fuzz build after.
+# debug and release builds the steps above used are removed first, and the
+# fuzz build after.
 step "fuzzing: ${WASM_ROUTER_FUZZ_SECS:=30} s per target"
-if [ "${CI:-}" = true ]; then rm -rf target/debug; fi
+if [ "${CI:-}" = true ]; then rm -rf target/debug target/release; fi
 ./fuzz/run.sh "$WASM_ROUTER_FUZZ_SECS"
 if [ "${CI:-}" = true ]; then rm -rf fuzz/target; fi
 step "all checks passed"
