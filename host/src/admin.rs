@@ -21,7 +21,8 @@ use crate::workers::{Worker, WorkerSpec, health};
 
 type S = State<Arc<AppState>>;
 
-/// The admin routes, behind the admin boundary ([`require_admin`]).
+/// The admin routes, behind the admin boundary (an admin key, or a
+/// loopback client; see [`admin_check`]).
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/workers", post(add).get(list))

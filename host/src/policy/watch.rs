@@ -1,7 +1,7 @@
 //! Watching policy files: the directory of each watched file is watched (so
 //! replacing a file by rename, as editors and `cp` do, is seen), events for
 //! other files are ignored, and a reload starts once events have stopped for
-//! [`DEBOUNCE`](super::reload::DEBOUNCE).
+//! [`super::reload::DEBOUNCE`].
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;

@@ -24,8 +24,8 @@ struct ServerInfo {
 }
 
 /// `--dp-aware`: the worker's `dp_size` from `/get_server_info` (1 when it
-/// does not say), asked every half second until it answers or
-/// [`DP_SIZE_WAIT`] has passed.
+/// does not say), asked every half second until it answers or a minute has
+/// passed.
 pub async fn dp_size(client: &reqwest::Client, url: &str) -> Result<u32, String> {
     let deadline = tokio::time::Instant::now() + DP_SIZE_WAIT;
     loop {

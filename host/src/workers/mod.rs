@@ -54,7 +54,8 @@ impl WorkerSpec {
         }
     }
 
-    /// How logs and metrics name it: see [`name`].
+    /// How logs and metrics name it: its URL, with `@RANK` for a
+    /// data-parallel rank.
     pub fn name(&self) -> String {
         name(&self.url, self.dp_rank)
     }
@@ -205,7 +206,8 @@ impl Worker {
         (now != was).then_some(now)
     }
 
-    /// How logs and metrics name it: see [`name`].
+    /// How logs and metrics name it: its URL, with `@RANK` for a
+    /// data-parallel rank.
     pub fn name(&self) -> String {
         name(&self.url, self.dp_rank)
     }
