@@ -25,12 +25,27 @@ fn sim_args(role: SimRole) -> SimArgs {
     }
 }
 
+/// A simulated worker in this process.
+async fn start(args: SimArgs) -> SimHandle {
+    sim::start(args, true).await.unwrap()
+}
+
 async fn sims(role: SimRole, n: usize) -> Vec<SimHandle> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(sim::start(sim_args(role), true).await.unwrap());
+        out.push(start(sim_args(role)).await);
     }
     out
+}
+
+/// Requests a sim counted per data-parallel rank.
+fn by_rank(s: &SimHandle) -> Vec<u64> {
+    s.sim
+        .counters
+        .by_rank
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect()
 }
 
 /// `--prefill URL PORT` with the prefill sim's own port as its bootstrap
@@ -206,16 +221,12 @@ async fn a_streams_first_event_carries_the_prefill_logprobs() {
 async fn a_failed_prefill_fails_the_request_with_its_own_error() {
     // 400 is not retried; 503 is, until no prefill worker is left.
     for fail_status in [400, 503] {
-        let prefill = sim::start(
-            SimArgs {
-                fail_rate: 1.0,
-                fail_status,
-                ..sim_args(SimRole::Prefill)
-            },
-            true,
-        )
-        .await
-        .unwrap();
+        let prefill = start(SimArgs {
+            fail_rate: 1.0,
+            fail_status,
+            ..sim_args(SimRole::Prefill)
+        })
+        .await;
         let decode = sims(SimRole::Decode, 1).await;
         let r = pd_router(std::slice::from_ref(&prefill), &decode).await;
         let (status, body) = post_json(&r, "/generate", json!({"text": "hi"})).await;
@@ -229,20 +240,13 @@ async fn a_failed_prefill_fails_the_request_with_its_own_error() {
 #[tokio::test]
 async fn a_retry_picks_a_new_pair_without_the_failed_worker() {
     let prefill = sims(SimRole::Prefill, 2).await;
-    let failing_decode = sim::start(
-        SimArgs {
-            fail_first: 1,
-            fail_status: 503,
-            ..sim_args(SimRole::Decode)
-        },
-        true,
-    )
-    .await
-    .unwrap();
-    let decode = vec![
-        failing_decode,
-        sim::start(sim_args(SimRole::Decode), true).await.unwrap(),
-    ];
+    let failing_decode = start(SimArgs {
+        fail_first: 1,
+        fail_status: 503,
+        ..sim_args(SimRole::Decode)
+    })
+    .await;
+    let decode = vec![failing_decode, start(sim_args(SimRole::Decode)).await];
     let r = pd_router(&prefill, &decode).await;
     let (status, body) = post_json(&r, "/generate", json!({"text": "hi"})).await;
     assert_eq!(status, 200, "{body}");
@@ -335,15 +339,7 @@ async fn in_pd_mode_workers_are_added_with_their_role() {
         sims(SimRole::Decode, 2).await,
     );
     let r = pd_router(&prefill, &decode[..1]).await;
-    let add = async |body: Value| {
-        let resp = http()
-            .post(format!("http://{}/workers", r.addr))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-    };
+    let add = async |body: Value| post_json(&r, "/workers", body).await;
     let (status, body) = add(json!({"url": decode[1].url()})).await;
     assert_eq!(status, 400, "no role in PD mode: {body}");
     assert!(
@@ -407,24 +403,16 @@ async fn each_side_has_its_own_policy_and_both_are_reported() {
 
 #[tokio::test]
 async fn dp_aware_routes_to_every_rank_and_names_it_in_the_body() {
-    let four = sim::start(
-        SimArgs {
-            dp_size: 4,
-            ..sim_args(SimRole::Regular)
-        },
-        true,
-    )
-    .await
-    .unwrap();
-    let two = sim::start(
-        SimArgs {
-            dp_size: 2,
-            ..sim_args(SimRole::Regular)
-        },
-        true,
-    )
-    .await
-    .unwrap();
+    let four = start(SimArgs {
+        dp_size: 4,
+        ..sim_args(SimRole::Regular)
+    })
+    .await;
+    let two = start(SimArgs {
+        dp_size: 2,
+        ..sim_args(SimRole::Regular)
+    })
+    .await;
     let args = RouterArgs {
         worker_urls: vec![four.url(), two.url()],
         dp_aware: true,
@@ -454,14 +442,6 @@ async fn dp_aware_routes_to_every_rank_and_names_it_in_the_body() {
     }
     // round_robin over six candidates: two requests per rank, and each sim
     // counts ranks from the body's data_parallel_rank.
-    let by_rank = |s: &SimHandle| -> Vec<u64> {
-        s.sim
-            .counters
-            .by_rank
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
-    };
     assert_eq!(by_rank(&four), vec![2, 2, 2, 2]);
     assert_eq!(by_rank(&two), vec![2, 2]);
     let listed = get_json(&format!("http://{}/list_workers", r.addr)).await;
@@ -474,15 +454,11 @@ async fn dp_aware_routes_to_every_rank_and_names_it_in_the_body() {
 
 #[tokio::test]
 async fn a_sim_refuses_a_rank_it_does_not_have_and_pd_halves_without_bootstrap() {
-    let w = sim::start(
-        SimArgs {
-            dp_size: 2,
-            ..sim_args(SimRole::Regular)
-        },
-        true,
-    )
-    .await
-    .unwrap();
+    let w = start(SimArgs {
+        dp_size: 2,
+        ..sim_args(SimRole::Regular)
+    })
+    .await;
     let post = |url: String, body: Value| async move {
         let resp = http().post(url).json(&body).send().await.unwrap();
         (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
@@ -495,7 +471,7 @@ async fn a_sim_refuses_a_rank_it_does_not_have_and_pd_halves_without_bootstrap()
     assert_eq!(status, 400, "{body}");
     let info = get_json(&format!("{}/get_server_info", w.url())).await;
     assert_eq!(info["dp_size"], 2);
-    let d = sim::start(sim_args(SimRole::Decode), true).await.unwrap();
+    let d = start(sim_args(SimRole::Decode)).await;
     let (status, body) = post(format!("{}/generate", d.url()), json!({"text": "a"})).await;
     assert_eq!(status, 400);
     assert!(
@@ -506,15 +482,11 @@ async fn a_sim_refuses_a_rank_it_does_not_have_and_pd_halves_without_bootstrap()
         "{body}"
     );
     // A decode sim whose prefill never saw the room cannot pull it.
-    let p = sim::start(
-        SimArgs {
-            bootstrap_timeout_ms: 100,
-            ..sim_args(SimRole::Prefill)
-        },
-        true,
-    )
-    .await
-    .unwrap();
+    let p = start(SimArgs {
+        bootstrap_timeout_ms: 100,
+        ..sim_args(SimRole::Prefill)
+    })
+    .await;
     let port = p.addr.port();
     let lonely = json!({"text": "a", "bootstrap_host": "127.0.0.1", "bootstrap_port": port, "bootstrap_room": 9});
     let (status, body) = post(format!("{}/generate", d.url()), lonely).await;
@@ -562,38 +534,24 @@ async fn bucket_as_the_prefill_policy_splits_short_and_long_prompts() {
 
 #[tokio::test]
 async fn with_dp_aware_a_worker_added_at_runtime_joins_with_every_rank_and_leaves_whole() {
-    let first = sim::start(
-        SimArgs {
-            dp_size: 2,
-            ..sim_args(SimRole::Regular)
-        },
-        true,
-    )
-    .await
-    .unwrap();
-    let added = sim::start(
-        SimArgs {
-            dp_size: 3,
-            ..sim_args(SimRole::Regular)
-        },
-        true,
-    )
-    .await
-    .unwrap();
+    let first = start(SimArgs {
+        dp_size: 2,
+        ..sim_args(SimRole::Regular)
+    })
+    .await;
+    let added = start(SimArgs {
+        dp_size: 3,
+        ..sim_args(SimRole::Regular)
+    })
+    .await;
     let args = RouterArgs {
         worker_urls: vec![first.url()],
         dp_aware: true,
         ..mock::args(&[])
     };
     let r = mock::router(args).await;
-    let resp = http()
-        .post(format!("http://{}/workers", r.addr))
-        .json(&json!({"url": added.url()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = post_json(&r, "/workers", json!({"url": added.url()})).await;
+    assert_eq!(status, 202);
     assert_eq!(body["ids"].as_array().unwrap().len(), 3, "{body}");
     let count = async || {
         get_json(&format!("http://{}/workers", r.addr)).await["workers"]
@@ -621,8 +579,8 @@ async fn pd_with_dp_aware_names_a_rank_on_each_side() {
         dp_size: 2,
         ..sim_args(role)
     };
-    let prefill = vec![sim::start(two(SimRole::Prefill), true).await.unwrap()];
-    let decode = vec![sim::start(two(SimRole::Decode), true).await.unwrap()];
+    let prefill = vec![start(two(SimRole::Prefill)).await];
+    let decode = vec![start(two(SimRole::Decode)).await];
     let mut args = pd_args(&urls(&prefill), &urls(&decode));
     args.dp_aware = true;
     let r = mock::router(args).await;
@@ -630,14 +588,6 @@ async fn pd_with_dp_aware_names_a_rank_on_each_side() {
         let (status, body) = post_json(&r, "/generate", json!({"text": format!("q{i}")})).await;
         assert_eq!(status, 200, "{body}");
     }
-    let by_rank = |s: &SimHandle| -> Vec<u64> {
-        s.sim
-            .counters
-            .by_rank
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
-    };
     assert_eq!(by_rank(&prefill[0]), vec![2, 2]);
     assert_eq!(by_rank(&decode[0]), vec![2, 2]);
     assert_eq!(pulls(&prefill), 4);
