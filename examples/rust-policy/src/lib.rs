@@ -151,16 +151,10 @@ export_policy!(SessionAffinity);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::{Role, Route};
+    use wasm_router_policy::Role;
 
     fn req(key: Option<&str>) -> Request {
-        Request {
-            id: 0,
-            route: Route::ChatCompletions,
-            model: String::new(),
-            text: String::new(),
-            routing_key: key.map(str::to_string),
-        }
+        Request::new("", key)
     }
 
     fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {

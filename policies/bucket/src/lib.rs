@@ -136,16 +136,9 @@ export_policy!(Bucket);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::Route;
 
     fn request(len: usize) -> Request {
-        Request {
-            id: 0,
-            route: Route::Generate,
-            model: String::new(),
-            text: "x".repeat(len),
-            routing_key: None,
-        }
+        Request::new(&"x".repeat(len), None)
     }
 
     fn idle(ids: &[u32]) -> Vec<Candidate> {

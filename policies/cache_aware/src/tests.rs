@@ -1,18 +1,12 @@
 use super::*;
-use wasm_router_policy::{Role, Route};
+use wasm_router_policy::Role;
 
 fn policy() -> CacheAware {
     CacheAware::init("{}").unwrap().0
 }
 
 fn req(text: &str) -> Request {
-    Request {
-        id: 0,
-        route: Route::Generate,
-        model: String::new(),
-        text: text.to_string(),
-        routing_key: None,
-    }
+    Request::new(text, None)
 }
 
 fn idle(ids: &[u32]) -> Vec<Candidate> {

@@ -106,7 +106,7 @@ export_policy!(ConsistentHash);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::{Role, Route};
+    use wasm_router_policy::Role;
 
     fn worker(id: u32) -> WorkerInfo {
         WorkerInfo {
@@ -129,13 +129,7 @@ mod tests {
     }
 
     fn keyed(key: &str) -> Request {
-        Request {
-            id: 0,
-            route: Route::Generate,
-            model: String::new(),
-            text: String::new(),
-            routing_key: Some(key.to_string()),
-        }
+        Request::new("", Some(key))
     }
 
     #[test]
@@ -180,10 +174,7 @@ mod tests {
     #[test]
     fn no_key_means_least_loaded() {
         let mut p = policy(&[1, 2]);
-        let req = Request {
-            routing_key: None,
-            ..keyed("")
-        };
+        let req = Request::new("", None);
         let loads = [Candidate { id: 1, load: 4 }, Candidate { id: 2, load: 1 }];
         assert_eq!(p.select(&req, &loads).unwrap(), 2);
         assert!(ConsistentHash::init(r#"{"virtual_nodes": 0}"#).is_err());

@@ -196,16 +196,10 @@ export_policy!(Manual);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::{Role, Route};
+    use wasm_router_policy::Role;
 
     fn keyed(key: &str) -> Request {
-        Request {
-            id: 0,
-            route: Route::ChatCompletions,
-            model: String::new(),
-            text: String::new(),
-            routing_key: Some(key.to_string()),
-        }
+        Request::new("", Some(key))
     }
 
     fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {

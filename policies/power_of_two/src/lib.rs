@@ -52,16 +52,9 @@ export_policy!(PowerOfTwo);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::Route;
 
     fn request() -> Request {
-        Request {
-            id: 0,
-            route: Route::Generate,
-            model: String::new(),
-            text: String::new(),
-            routing_key: None,
-        }
+        Request::new("", None)
     }
 
     #[test]

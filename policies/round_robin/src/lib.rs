@@ -33,16 +33,9 @@ export_policy!(RoundRobin);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_router_policy::Route;
 
     fn request() -> Request {
-        Request {
-            id: 0,
-            route: Route::Generate,
-            model: String::new(),
-            text: String::new(),
-            routing_key: None,
-        }
+        Request::new("", None)
     }
 
     fn candidates(ids: &[u32]) -> Vec<Candidate> {

@@ -161,3 +161,23 @@ macro_rules! export_policy {
         };
     };
 }
+
+impl Request {
+    /// A `/generate` request with this routing text and routing key, id 0
+    /// and no model: what a policy's unit tests usually need. Set other
+    /// fields with struct update syntax.
+    ///
+    /// ```
+    /// let req = wasm_router_policy::Request::new("hello", Some("user-7"));
+    /// assert_eq!(req.routing_key.as_deref(), Some("user-7"));
+    /// ```
+    pub fn new(text: &str, routing_key: Option<&str>) -> Self {
+        Request {
+            id: 0,
+            route: Route::Generate,
+            model: String::new(),
+            text: text.to_string(),
+            routing_key: routing_key.map(str::to_string),
+        }
+    }
+}
