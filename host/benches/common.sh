@@ -26,3 +26,24 @@ sglang_router_venv() {
 }
 
 need_wrk() { command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
+
+# Two instant upstreams (`router sim-worker --fixed-response`): sets up1,
+# up2 and urls (both base URLs, space-separated).
+instant_upstreams() {
+    up1=$(free_port); up2=$(free_port)
+    for p in "$up1" "$up2"; do
+        "$router" sim-worker --port "$p" --fixed-response --log-level warn & pids+=($!)
+        wait_port "$p"
+    done
+    urls="http://127.0.0.1:$up1 http://127.0.0.1:$up2"
+}
+
+# A wrk script that POSTs /generate with a 52-character prompt: sets lua.
+generate_lua() {
+    lua=$(mktemp)
+    cat >"$lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"text": "What is the capital of France? Answer in one word."}'
+LUA
+}

@@ -12,22 +12,14 @@ rounds="${1:-4}"
 source host/benches/common.sh
 need_wrk
 
-up1=$(free_port); up2=$(free_port); port=$(free_port)
-for p in "$up1" "$up2"; do
-    "$router" sim-worker --port "$p" --fixed-response --log-level warn & pids+=($!)
-    wait_port "$p"
-done
-"$router" --port "$port" --prometheus-port "$(free_port)" --policy round_robin \
-    --worker-urls "http://127.0.0.1:$up1" "http://127.0.0.1:$up2" \
+instant_upstreams
+generate_lua
+port=$(free_port)
+# shellcheck disable=SC2086
+"$router" --port "$port" --prometheus-port "$(free_port)" --policy round_robin --worker-urls $urls \
     --max-concurrent-requests 0 --log-level warn & pids+=($!)
 wait_port "$port"
 router_pid=${pids[-1]}
-lua=$(mktemp)
-cat >"$lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"text": "What is the capital of France? Answer in one word."}'
-LUA
 rss() { awk '/VmRSS/ {print $2}' "/proc/$router_pid/status"; }
 echo "| after | requests (total) | router RSS |"
 echo "| --- | ---: | ---: |"

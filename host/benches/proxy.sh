@@ -16,19 +16,8 @@ source host/benches/common.sh
 need_wrk
 sglang_router_venv
 
-up1=$(free_port); up2=$(free_port)
-for p in "$up1" "$up2"; do
-    "$router" sim-worker --port "$p" --fixed-response --log-level warn & pids+=($!)
-    wait_port "$p"
-done
-urls="http://127.0.0.1:$up1 http://127.0.0.1:$up2"
-
-lua=$(mktemp)
-cat >"$lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"text": "What is the capital of France? Answer in one word."}'
-LUA
+instant_upstreams
+generate_lua
 
 # measure NAME PORT -> "rps p50_us p99_us"
 measure() {
