@@ -24,5 +24,6 @@ pub mod scaffold;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod upstream;
 pub mod workers;
 pub mod workload;

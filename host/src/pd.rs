@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -24,9 +24,10 @@ use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
 use crate::policy::{Policy, Role};
 use crate::proxy::{
-    Feedback, Forward, RETRYABLE, backoff, body_for, pick, respond_with, response_head, root_cause,
+    Feedback, Forward, RETRYABLE, backoff, body_for, pick, respond_with, response_head,
     stream_back, upstream_headers,
 };
+use crate::upstream::{self, Chunk, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
 /// The two policies of PD mode, as loaded for this request.
@@ -38,13 +39,13 @@ pub struct PdPolicies {
 }
 
 /// One half's answer: response headers, or why there are none.
-type Answer = Result<reqwest::Response, Failed>;
+type Answer = Result<upstream::Response, Failed>;
 
 enum Failed {
     /// No response headers within the attempt's time.
     Timeout,
-    /// Could not connect, or the connection broke; the root cause.
-    Unreachable(String),
+    /// Could not connect, or the connection broke.
+    Unreachable(upstream::UpstreamError),
 }
 
 /// What to do after one half of the pair failed.
@@ -60,7 +61,7 @@ enum Next {
 /// configured. `peek` is the body as [`crate::extract::peek`] read it.
 pub async fn forward(
     config: &Config,
-    client: &reqwest::Client,
+    upstream: &Upstream,
     registry: &Registry,
     policies: PdPolicies,
     req: Forward<'_>,
@@ -92,15 +93,13 @@ pub async fn forward(
         };
         let body = with_fields(&req.body, &bootstrap_fields(&prefill, peek.batch_size()));
         let send = |worker: &Worker| {
-            let call = client
-                .post(format!("{}{}", worker.url, req.path_and_query))
-                .headers(headers.clone())
-                .body(body_for(worker, &body))
-                .send();
+            let url = format!("{}{}", worker.url, req.path_and_query);
+            let (headers, body) = (headers.clone(), body_for(worker, &body));
             async move {
+                let call = upstream.send(Method::POST, &url, headers, body);
                 match tokio::time::timeout(timeout, call).await {
                     Err(_elapsed) => Err(Failed::Timeout),
-                    Ok(Err(e)) => Err(Failed::Unreachable(root_cause(&e))),
+                    Ok(Err(e)) => Err(Failed::Unreachable(e)),
                     Ok(Ok(response)) => Ok(response),
                 }
             }
@@ -213,8 +212,8 @@ async fn next_step(
 
 /// Both halves answered with success.
 struct Pair<'w> {
-    prefill: (&'w Arc<Worker>, InFlight, reqwest::Response),
-    decode: (&'w Arc<Worker>, InFlight, reqwest::Response),
+    prefill: (&'w Arc<Worker>, InFlight, upstream::Response),
+    decode: (&'w Arc<Worker>, InFlight, upstream::Response),
 }
 
 /// The client's response: the decode's, streamed; with `return_logprob`,
@@ -231,7 +230,7 @@ async fn respond(
     let (prefill, prefill_in_flight, prefill_response) = pair.prefill;
     let (decode, decode_in_flight, decode_response) = pair.decode;
     let feedback =
-        |policy: &Arc<Box<dyn Policy>>, worker: &Worker, response: &reqwest::Response| {
+        |policy: &Arc<Box<dyn Policy>>, worker: &Worker, response: &upstream::Response| {
             Feedback::wanted(policy, req.seq, worker, response.status().as_u16(), sent)
         };
     let prefill_feedback = feedback(&policies.prefill, prefill, &prefill_response);
@@ -249,7 +248,10 @@ async fn respond(
         let (status, mut headers) = response_head(&decode_response, req.request_id);
         // The first event changes length.
         headers.remove(header::CONTENT_LENGTH);
-        let body = merge_first_event(decode_response.bytes_stream(), front);
+        let events = merge_first_event(decode_response.bytes_stream(), front);
+        let body = http_body_util::StreamBody::new(Box::pin(
+            events.map(|chunk| chunk.map(http_body::Frame::data)),
+        ));
         return respond_with(
             (status, headers),
             body,
@@ -309,7 +311,7 @@ async fn respond(
 /// Read the prefill's body to its end (so its connection is reused and its
 /// feedback complete), in the background, for at most `limit`.
 async fn drain(
-    response: reqwest::Response,
+    response: upstream::Response,
     in_flight: InFlight,
     mut feedback: Option<Feedback>,
     limit: Duration,
@@ -379,18 +381,17 @@ fn streamed_input_logprobs(body: &[u8]) -> Option<Value> {
 /// The decode's stream with the prompt's logprobs (`front`) merged into its
 /// first `data:` event; the rest passes through untouched.
 fn merge_first_event(
-    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+    body: impl futures_util::Stream<Item = Chunk> + Send + 'static,
     front: Option<Value>,
-) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static {
+) -> impl futures_util::Stream<Item = Chunk> + Send + 'static {
     // (the stream, the logprobs until merged, bytes held until the first
     // event is whole, the stream's next item or end when held bytes went
     // out first)
-    type Item = reqwest::Result<bytes::Bytes>;
     let state = (
         Box::pin(body.fuse()),
         front,
         Vec::<u8>::new(),
-        None::<Option<Item>>,
+        None::<Option<Chunk>>,
     );
     futures_util::stream::unfold(
         state,
@@ -475,7 +476,7 @@ mod tests {
             chunks
                 .iter()
                 .map(|c| Ok(bytes::Bytes::from_static(c.as_bytes())))
-                .collect::<Vec<reqwest::Result<bytes::Bytes>>>(),
+                .collect::<Vec<Chunk>>(),
         );
         let out: Vec<_> = merge_first_event(body, front).collect().await;
         out.into_iter()

@@ -4,20 +4,23 @@
 //! response back chunk by chunk as it arrives. Knows nothing of Wasm: the
 //! policy is a [`Policy`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http_body::{Frame, SizeHint};
 
 use crate::admission::Slot;
 use crate::config::{Config, RetryConfig};
 use crate::errors::ApiError;
 use crate::metrics as m;
 use crate::policy::{Outcome, Policy, Role, Route, RouteRequest, SelectError};
+use crate::upstream::{self, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
 /// Worker statuses worth another worker's try.
@@ -43,8 +46,9 @@ fn builder() -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(1024)
 }
 
-/// The HTTP client for workers: pooled HTTP/1.1, no proxy from the
-/// environment, Nagle off, system roots only.
+/// The HTTP client for the router's own calls to workers (health, models,
+/// flushes; forwarding uses [`Upstream`]): pooled HTTP/1.1, no proxy from
+/// the environment, Nagle off, webpki roots only.
 pub fn client() -> reqwest::Client {
     builder()
         .build()
@@ -53,7 +57,9 @@ pub fn client() -> reqwest::Client {
 
 /// The same client with extra roots and a client certificate.
 pub fn client_with_tls(tls: &crate::tls::ClientTls) -> anyhow::Result<reqwest::Client> {
-    Ok(tls.apply(builder())?.build()?)
+    Ok(builder()
+        .use_preconfigured_tls(tls.rustls_config()?)
+        .build()?)
 }
 
 /// One request to forward.
@@ -82,7 +88,7 @@ pub struct Forward<'a> {
 /// Forward `req`, retrying as configured; the response streams back.
 pub async fn forward(
     config: &Config,
-    client: &reqwest::Client,
+    upstream: &Upstream,
     registry: &Registry,
     policy: Arc<Box<dyn Policy>>,
     req: Forward<'_>,
@@ -101,11 +107,13 @@ pub async fn forward(
         };
         let in_flight = worker.start_request();
         let sent = Instant::now();
-        let send = client
-            .post(format!("{}{}", worker.url, req.path_and_query))
-            .headers(headers.clone())
-            .body(body_for(&worker, &req.body))
-            .send();
+        let url = format!("{}{}", worker.url, req.path_and_query);
+        let send = upstream.send(
+            Method::POST,
+            &url,
+            headers.clone(),
+            body_for(&worker, &req.body),
+        );
         let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
         let response = match tokio::time::timeout(timeout, send).await {
             Err(_elapsed) => {
@@ -120,9 +128,8 @@ pub async fn forward(
                 excluded.push(worker.id);
                 continue;
             }
-            Ok(Err(e)) => {
+            Ok(Err(cause)) => {
                 worker.breaker.record(false, Instant::now());
-                let cause = root_cause(&e);
                 tracing::warn!(worker = %worker.url, request_id = req.request_id, attempt, "worker unreachable: {cause}");
                 // Clients learn what failed, not the fleet's addresses.
                 last_error = ApiError::UpstreamConnect(format!(
@@ -203,15 +210,6 @@ pub(crate) fn body_for(worker: &Worker, body: &Bytes) -> Bytes {
     }
 }
 
-/// The root cause of a client error, without reqwest's wrapping.
-pub(crate) fn root_cause(e: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    source.to_string()
-}
-
 /// Back-off before retry number `attempt` (1-based), with jitter.
 pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     let base = retry.initial_backoff.as_secs_f64() * retry.multiplier.powi(attempt as i32 - 1);
@@ -237,19 +235,19 @@ pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMa
 /// passed through as it arrives. The in-flight count, the admission slot and
 /// the policy feedback live until the body ends or the client goes away.
 pub(crate) fn stream_back(
-    response: reqwest::Response,
+    response: upstream::Response,
     request_id: &str,
     in_flight: InFlight,
     slot: Option<Slot>,
     feedback: Option<Feedback>,
 ) -> Response {
     let head = response_head(&response, request_id);
-    respond_with(head, response.bytes_stream(), in_flight, slot, feedback)
+    respond_with(head, response.into_body(), in_flight, slot, feedback)
 }
 
 /// The status and headers the client gets for a worker's `response`.
 pub(crate) fn response_head(
-    response: &reqwest::Response,
+    response: &upstream::Response,
     request_id: &str,
 ) -> (StatusCode, HeaderMap) {
     let status =
@@ -268,24 +266,67 @@ pub(crate) fn response_head(
 
 /// The client's response: `head`, and `body` passed through as it arrives;
 /// see [`stream_back`].
-pub(crate) fn respond_with(
+pub(crate) fn respond_with<B>(
     (status, headers): (StatusCode, HeaderMap),
-    body: impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    body: B,
     in_flight: InFlight,
     slot: Option<Slot>,
-    mut feedback: Option<Feedback>,
-) -> Response {
-    let body = body.map(move |chunk| {
-        let _held = (&in_flight, &slot);
-        if let (Some(f), Ok(bytes)) = (feedback.as_mut(), &chunk) {
-            f.scan(bytes);
-        }
-        chunk
-    });
-    let mut out = Response::new(Body::from_stream(body));
+    feedback: Option<Feedback>,
+) -> Response
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
+    let body = Tracked {
+        body,
+        _in_flight: in_flight,
+        _slot: slot,
+        feedback,
+    };
+    let mut out = Response::new(Body::new(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// A worker's response body on its way to the client, with what lives as
+/// long as it does: the in-flight count, the admission slot, and the
+/// policy feedback, which reads token counts on the way and reports when
+/// dropped (the body ended or the client went away).
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+    _slot: Option<Slot>,
+    feedback: Option<Feedback>,
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if let (Some(feedback), Some(Ok(frame))) = (this.feedback.as_mut(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            feedback.scan(data);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Reports a response's [`Outcome`] to the policy when dropped (the body

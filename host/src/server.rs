@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -24,6 +24,7 @@ use crate::errors::ApiError;
 use crate::policy::reload::PolicyManager;
 use crate::policy::{Policy, PolicyEngine, Role, Route, watch};
 use crate::proxy::{self, Forward};
+use crate::upstream::{self, Upstream};
 use crate::workers::{Registry, WorkerSpec, health};
 use crate::{admin, extract, metrics as m, pd};
 
@@ -35,8 +36,11 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The active policy, swapped whole on reload.
     pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
-    /// Client for workers.
+    /// Client for the router's own calls to workers (health, models,
+    /// flushes).
     pub client: reqwest::Client,
+    /// Client that forwards clients' requests to workers.
+    pub upstream: Upstream,
     /// Loads and reloads the policy behind `policy`.
     pub policies: Arc<PolicyManager>,
     /// PD mode: loads and reloads the prefill workers' policy (`policy` is
@@ -57,6 +61,7 @@ impl AppState {
         Ok(AppState {
             admission: config.queue.map(Admission::new),
             client: proxy::client_with_tls(&config.client_tls)?,
+            upstream: Upstream::new(&config.client_tls)?,
             config,
             registry,
             policy: policies.active(),
@@ -260,7 +265,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         routing_key,
     };
     match prefill_policy {
-        None => proxy::forward(&s.config, &s.client, &s.registry, policy, forward, slot).await,
+        None => proxy::forward(&s.config, &s.upstream, &s.registry, policy, forward, slot).await,
         Some(prefill) => {
             let policies = pd::PdPolicies {
                 prefill,
@@ -268,7 +273,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
             };
             pd::forward(
                 &s.config,
-                &s.client,
+                &s.upstream,
                 &s.registry,
                 policies,
                 forward,
@@ -287,28 +292,34 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
     let body = read_body(body, s.config.max_payload_size).await?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = if parts.method == Method::POST {
-        reqwest::Method::POST
+        Method::POST
     } else {
-        reqwest::Method::GET
+        Method::GET
     };
     let _in_flight = worker.start_request();
-    let resp = s
-        .client
-        .request(method, format!("{}{path}", worker.url))
-        .body(body)
-        .timeout(s.config.request_timeout)
-        .send()
-        .await
-        .map_err(|e| {
+    let url = format!("{}{path}", worker.url);
+    let call = async {
+        let resp = s
+            .upstream
+            .send(method, &url, HeaderMap::new(), body)
+            .await?;
+        Ok::<_, upstream::UpstreamError>(relay(resp).await)
+    };
+    match tokio::time::timeout(s.config.request_timeout, call).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
             tracing::warn!(worker = %worker.url, "worker unreachable: {e}");
-            ApiError::UpstreamConnect("the worker did not answer".into())
-        })?;
-    Ok(relay(resp).await)
+            Err(ApiError::UpstreamConnect(
+                "the worker did not answer".into(),
+            ))
+        }
+        Err(_elapsed) => Err(ApiError::UpstreamTimeout),
+    }
 }
 
 /// A small worker response, relayed whole.
-pub async fn relay(resp: reqwest::Response) -> Response {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+pub async fn relay(resp: upstream::Response) -> Response {
+    let status = resp.status();
     let content_type = resp.headers().get("content-type").cloned();
     let body = resp.bytes().await.unwrap_or_default();
     let mut out = (status, body).into_response();

@@ -88,27 +88,28 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// Apply to a reqwest client builder.
-    pub fn apply(
-        &self,
-        mut builder: reqwest::ClientBuilder,
-    ) -> Result<reqwest::ClientBuilder, TlsError> {
+    /// A rustls client config: the webpki roots plus the extra
+    /// ones, and the client certificate if set. Both HTTP clients towards
+    /// workers (forwarding and the router's own calls) use it.
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let mut roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for path in &self.ca_certs {
             for cert in certs("--ca-cert-paths", path)? {
-                let cert = reqwest::Certificate::from_der(&cert)
+                roots
+                    .add(cert)
                     .map_err(|e| file_error("--ca-cert-paths", path, e))?;
-                builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some((cert, key)) = &self.identity {
-            let mut pem =
-                std::fs::read(cert).map_err(|e| file_error("--client-cert-path", cert, e))?;
-            pem.push(b'\n');
-            pem.extend(std::fs::read(key).map_err(|e| file_error("--client-key-path", key, e))?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| file_error("--client-cert-path", cert, e))?;
-            builder = builder.identity(identity);
-        }
-        Ok(builder)
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        Ok(match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key_path)) => builder.with_client_auth_cert(
+                certs("--client-cert-path", cert)?,
+                key("--client-key-path", key_path)?,
+            )?,
+        })
     }
 }
