@@ -479,35 +479,79 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// Serve `app` on `listener`, over TLS if configured, until `stop` turns
 /// true; then stop accepting and let open requests finish.
+///
+/// One serving thread per core, each with its own single-threaded runtime
+/// accepting from the same listening socket: a client connection, its
+/// requests and the worker connections they use ([`Upstream`]) stay on one
+/// thread, so serving a request wakes no other thread. On one shared
+/// runtime those wake-ups cost more CPU than everything else the router
+/// does per request (BENCHMARKS.md). Background work (health checks,
+/// metrics, reloads) stays on the caller's runtime.
 fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     tls: Option<&crate::tls::ServerTls>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
-    let Some(tls) = tls else {
-        return Ok(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _changed = stop.wait_for(|&stop| stop).await;
-            })
-            .await
-        }));
+    let listener = listener.into_std()?;
+    let tls = tls.map(|t| t.rustls_config()).transpose()?.map(Arc::new);
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut finished = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let shard = serve_one(
+            listener.try_clone()?,
+            app.clone(),
+            tls.clone(),
+            stop.clone(),
+        );
+        let (done, finish) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("serve-{n}"))
+            .spawn(move || {
+                let _unheard = done.send(runtime.block_on(shard));
+            })?;
+        finished.push(finish);
+    }
+    Ok(tokio::spawn(async move {
+        for finish in finished {
+            finish
+                .await
+                .map_err(|_| std::io::Error::other("a serving thread panicked"))??;
+        }
+        Ok(())
+    }))
+}
+
+/// One serving thread's accept loop; see [`serve`].
+async fn serve_one(
+    listener: std::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let stopped = async move {
+        let _changed = stop.wait_for(|&stop| stop).await;
     };
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls.rustls_config()?));
-    let server = axum_server::from_tcp_rustls(listener.into_std()?, config)?;
+    let Some(tls) = tls else {
+        return axum::serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped)
+        .await;
+    };
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let server = axum_server::from_tcp_rustls(listener, config)?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
-        let _changed = stop.wait_for(|&stop| stop).await;
+        stopped.await;
         stopper.graceful_shutdown(None);
     });
-    Ok(tokio::spawn(
-        server.handle(handle).serve(app.into_make_service()),
-    ))
+    server.handle(handle).serve(app.into_make_service()).await
 }
 
 async fn start_policy(

@@ -6,6 +6,8 @@
 //! calls to workers (health checks, model discovery, `/flush_cache`, the
 //! load monitor) go through reqwest, which is more convenient there.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
@@ -34,11 +36,24 @@ pub enum UpstreamError {
     Unreachable(String),
 }
 
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's pools, by [`Upstream::id`].
+    static POOLS: RefCell<Vec<(u64, Pool)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Pooled HTTP/1.1 connections to workers, plain or TLS (extra roots and a
-/// client certificate from [`ClientTls`]). Cheap to clone.
-#[derive(Clone)]
+/// client certificate from [`ClientTls`]).
+///
+/// Each thread that sends keeps its own pool: a worker connection's task
+/// runs on the thread that opened it, so with the router's one runtime per
+/// serving thread ([`crate::server`]) a request never wakes another thread.
+/// The pools live as long as the serving threads.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Tells this client's pools from other routers' in the same process.
+    id: u64,
+    connector: HttpsConnector<HttpConnector>,
 }
 
 impl Upstream {
@@ -48,17 +63,35 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        let https = HttpsConnectorBuilder::new()
+        let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls.rustls_config()?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .build(https);
-        Ok(Upstream { client })
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Ok(Upstream {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connector,
+        })
+    }
+
+    /// `f` with this thread's pool, made on first use.
+    fn with_pool<R>(&self, f: impl FnOnce(&Pool) -> R) -> R {
+        POOLS.with_borrow_mut(|pools| {
+            let at = match pools.iter().position(|(id, _)| *id == self.id) {
+                Some(at) => at,
+                None => {
+                    let pool = Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .pool_max_idle_per_host(1024)
+                        .pool_timer(TokioTimer::new())
+                        .build(self.connector.clone());
+                    pools.push((self.id, pool));
+                    pools.len() - 1
+                }
+            };
+            f(&pools[at].1)
+        })
     }
 
     /// Send `body` to `url` (a worker's base URL and the path and query)
@@ -75,7 +108,7 @@ impl Upstream {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match self.client.request(request).await {
+        match self.with_pool(|pool| pool.request(request)).await {
             Ok(response) => Ok(Response(response)),
             Err(e) => Err(UpstreamError::Unreachable(root_cause(&e))),
         }
@@ -119,5 +152,101 @@ impl Response {
     /// The body as it arrives, for passing on.
     pub fn into_body(self) -> Incoming {
         self.0.into_body()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive worker that answers every request `ok` and counts the
+    /// connections it accepted.
+    async fn counting_worker() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        // Bodies are empty: a request ends with its head.
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            socket.write_all(reply).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn two_requests(upstream: &Upstream, url: &str) {
+        for _ in 0..2 {
+            let response = upstream
+                .send(Method::GET, url, HeaderMap::new(), Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(response.bytes().await.unwrap(), "ok");
+        }
+    }
+
+    /// `work` on a new thread with its own single-threaded runtime, as the
+    /// router's serving threads have.
+    fn on_a_serving_thread(
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(work)
+        })
+    }
+
+    #[test]
+    fn each_thread_keeps_its_own_pool() {
+        let workers = tokio::runtime::Runtime::new().unwrap();
+        let (url, accepted) = workers.block_on(counting_worker());
+        let upstream = Arc::new(Upstream::new(&ClientTls::default()).unwrap());
+        let (first_sent, second_may_start) = std::sync::mpsc::channel();
+        let (second_sent, first_may_end) = tokio::sync::oneshot::channel::<()>();
+        // The first thread's runtime keeps running (and its connection
+        // usable) while the second sends.
+        let first = on_a_serving_thread({
+            let (upstream, url) = (upstream.clone(), url.clone());
+            async move {
+                two_requests(&upstream, &url).await;
+                first_sent.send(()).unwrap();
+                first_may_end.await.unwrap();
+            }
+        });
+        second_may_start.recv().unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "a thread reuses its connection"
+        );
+        on_a_serving_thread(async move { two_requests(&upstream, &url).await })
+            .join()
+            .unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "another thread opens its own, though the first one's is idle"
+        );
+        second_sent.send(()).unwrap();
+        first.join().unwrap();
     }
 }
