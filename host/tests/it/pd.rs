@@ -30,6 +30,15 @@ async fn start(args: SimArgs) -> SimHandle {
     sim::start(args, true).await.unwrap()
 }
 
+/// A sim of `role` reporting `dp_size` ranks.
+async fn start_dp(role: SimRole, dp_size: u32) -> SimHandle {
+    start(SimArgs {
+        dp_size,
+        ..sim_args(role)
+    })
+    .await
+}
+
 async fn sims(role: SimRole, n: usize) -> Vec<SimHandle> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -403,16 +412,8 @@ async fn each_side_has_its_own_policy_and_both_are_reported() {
 
 #[tokio::test]
 async fn dp_aware_routes_to_every_rank_and_names_it_in_the_body() {
-    let four = start(SimArgs {
-        dp_size: 4,
-        ..sim_args(SimRole::Regular)
-    })
-    .await;
-    let two = start(SimArgs {
-        dp_size: 2,
-        ..sim_args(SimRole::Regular)
-    })
-    .await;
+    let four = start_dp(SimRole::Regular, 4).await;
+    let two = start_dp(SimRole::Regular, 2).await;
     let args = RouterArgs {
         worker_urls: vec![four.url(), two.url()],
         dp_aware: true,
@@ -454,11 +455,7 @@ async fn dp_aware_routes_to_every_rank_and_names_it_in_the_body() {
 
 #[tokio::test]
 async fn a_sim_refuses_a_rank_it_does_not_have_and_pd_halves_without_bootstrap() {
-    let w = start(SimArgs {
-        dp_size: 2,
-        ..sim_args(SimRole::Regular)
-    })
-    .await;
+    let w = start_dp(SimRole::Regular, 2).await;
     let post = |url: String, body: Value| async move {
         let resp = http().post(url).json(&body).send().await.unwrap();
         (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
@@ -534,16 +531,8 @@ async fn bucket_as_the_prefill_policy_splits_short_and_long_prompts() {
 
 #[tokio::test]
 async fn with_dp_aware_a_worker_added_at_runtime_joins_with_every_rank_and_leaves_whole() {
-    let first = start(SimArgs {
-        dp_size: 2,
-        ..sim_args(SimRole::Regular)
-    })
-    .await;
-    let added = start(SimArgs {
-        dp_size: 3,
-        ..sim_args(SimRole::Regular)
-    })
-    .await;
+    let first = start_dp(SimRole::Regular, 2).await;
+    let added = start_dp(SimRole::Regular, 3).await;
     let args = RouterArgs {
         worker_urls: vec![first.url()],
         dp_aware: true,
@@ -575,12 +564,8 @@ async fn with_dp_aware_a_worker_added_at_runtime_joins_with_every_rank_and_leave
 
 #[tokio::test]
 async fn pd_with_dp_aware_names_a_rank_on_each_side() {
-    let two = |role| SimArgs {
-        dp_size: 2,
-        ..sim_args(role)
-    };
-    let prefill = vec![start(two(SimRole::Prefill)).await];
-    let decode = vec![start(two(SimRole::Decode)).await];
+    let prefill = vec![start_dp(SimRole::Prefill, 2).await];
+    let decode = vec![start_dp(SimRole::Decode, 2).await];
     let mut args = pd_args(&urls(&prefill), &urls(&decode));
     args.dp_aware = true;
     let r = mock::router(args).await;
