@@ -49,6 +49,9 @@ pub struct PolicyStatus {
     pub faults: u64,
     /// The latest of those faults, as logged.
     pub last_fault: Option<String>,
+    /// `tick` calls the current policy completed (0 if it asks for none):
+    /// its housekeeping, such as cache_aware's eviction, is running.
+    pub ticks: u64,
 }
 
 /// The outcome of one reload.
@@ -210,6 +213,7 @@ impl PolicyManager {
             last_error: state.last_error.clone(),
             faults: state.current.faults(),
             last_fault: state.current.last_fault(),
+            ticks: state.current.ticks(),
         }
     }
 }

@@ -109,6 +109,7 @@ struct Shared {
     fallback: LeastLoad,
     faults: AtomicU64,
     last_fault: Mutex<Option<String>>,
+    ticks: AtomicU64,
 }
 
 /// The running instance and what a rebuilt one must be told.
@@ -197,6 +198,7 @@ impl WasmPolicy {
                 fallback: LeastLoad::default(),
                 faults: AtomicU64::new(0),
                 last_fault: Mutex::new(None),
+                ticks: AtomicU64::new(0),
             }),
         })
     }
@@ -214,6 +216,11 @@ impl WasmPolicy {
     /// Faults so far: traps, deadlines, memory limits, bad picks.
     pub fn faults(&self) -> u64 {
         self.shared.faults.load(Ordering::Relaxed)
+    }
+
+    /// `tick` calls that returned, over every instance of this policy.
+    pub fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
     }
 
     /// The latest fault, as logged; `None` if there was none.
@@ -563,6 +570,9 @@ impl Policy for WasmPolicy {
         let result = self.shared.call(&mut slot, deadline, |live| {
             live.policy.call_tick(&mut live.store, now_ms)
         });
+        if result.is_ok() {
+            self.shared.ticks.fetch_add(1, Ordering::Relaxed);
+        }
         self.shared.skipped("tick", result);
     }
 }

@@ -518,13 +518,21 @@ async fn bucket_as_the_prefill_policy_splits_short_and_long_prompts() {
         let after = requests(&prefill);
         (0..2).find(|&i| after[i] > before[i]).unwrap()
     };
-    // Until the first split every prompt goes to the least loaded (idle:
-    // the first); after it, short prompts to the first, long to the second.
-    mock::eventually("bucket splits by length", async || {
-        served_by(&short).await == 0 && served_by(&long).await == 1
-    })
-    .await;
-    for _ in 0..3 {
+    let ticks = async || {
+        let status = get_json(&format!("http://{}/policies", r.addr)).await;
+        let policies = status["policies"].as_array().unwrap().clone();
+        let prefill = policies.iter().find(|p| p["serves"] == "prefill").unwrap();
+        prefill["ticks"].as_u64().unwrap()
+    };
+    // Until the first split every prompt goes to the least loaded worker,
+    // which may be either (the previous request's prefill may still count
+    // as in flight). A tick after prompts of both lengths splits them:
+    // short prompts to the first, long to the second.
+    served_by(&short).await;
+    served_by(&long).await;
+    let seen = ticks().await;
+    mock::eventually("a tick after both lengths", async || ticks().await > seen).await;
+    for _ in 0..5 {
         assert_eq!((served_by(&short).await, served_by(&long).await), (0, 1));
     }
 }
