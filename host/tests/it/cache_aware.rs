@@ -6,7 +6,7 @@ use cache_aware::CacheAware;
 use wasm_router::policy::{self, Limits, Policy, PolicySource, Role, WasmPolicy, WorkerInfo};
 use wasm_router_policy::Policy as _;
 
-use crate::fixtures::engine;
+use crate::fixtures::{engine, generous_limits};
 
 /// One step of a script.
 enum Step<'a> {
@@ -129,7 +129,7 @@ fn load(config: &str) -> WasmPolicy {
         &engine(),
         PolicySource::Builtin("cache_aware"),
         config,
-        Limits::default(),
+        generous_limits(),
     )
     .unwrap()
 }

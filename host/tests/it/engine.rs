@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use wasm_router::policy::{
     Candidate, Decision, Limits, LoadError, Policy, PolicyEngine, PolicyFault, PolicySource,
@@ -25,8 +26,14 @@ fn load_hostile(config: &str, limits: Limits) -> Result<WasmPolicy, LoadError> {
     )
 }
 
+/// The hostile policy with a 1 s call deadline: an ordinary call does not
+/// reach it even on a busy machine (10 ms can), and `loop` ends in a second.
 fn hostile_policy() -> WasmPolicy {
-    load_hostile("{}", Limits::default()).unwrap()
+    let limits = Limits {
+        call_deadline: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    load_hostile("{}", limits).unwrap()
 }
 
 /// Send a request with this routing key to idle workers 1 and 2.

@@ -1,8 +1,8 @@
 //! round_robin.wasm, the built-in component, through the engine.
 
-use wasm_router::policy::{Limits, Policy, PolicySource, WasmPolicy};
+use wasm_router::policy::{Policy, PolicySource, WasmPolicy};
 
-use crate::fixtures::{engine, idle, request};
+use crate::fixtures::{engine, generous_limits, idle, request};
 
 #[test]
 fn cycles_over_exactly_the_candidates_it_is_given() {
@@ -10,7 +10,7 @@ fn cycles_over_exactly_the_candidates_it_is_given() {
         &engine(),
         PolicySource::Builtin("round_robin"),
         "{}",
-        Limits::default(),
+        generous_limits(),
     )
     .unwrap();
     assert_eq!(p.info().name, "round_robin");
