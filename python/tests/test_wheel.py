@@ -5,6 +5,7 @@ bounded."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import requests
 from openai import OpenAI
 
 import wasm_router
+from wasm_router import _flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +99,9 @@ def test_openai_and_requests_clients_through_the_launcher(launch):
     assert r.headers["x-request-id"]
 
 def test_the_bundled_default_policy_is_cache_aware(launch, workers):
-    url = launch()
+    # A generous deadline: on a busy machine 10 ms could fire first, and the
+    # fallback would spread the prefix over both workers.
+    url = launch("--policy-call-deadline-ms", "1000")
     policies = requests.get(url + "/policies", timeout=5).json()["policies"]
     assert policies[0]["name"] == "cache_aware" and policies[0]["source"] == "builtin:cache_aware"
     before = served(workers)
@@ -184,6 +188,16 @@ def test_bad_flags_exit_2_with_a_message(flags, message):
     done = subprocess.run([sys.executable, "-m", "wasm_router.launch_router", *flags], capture_output=True, text=True)
     assert done.returncode == 2
     assert message in done.stderr
+
+def test_the_launcher_knows_every_flag_of_the_router():
+    native_help = "import sys; from wasm_router import _native; sys.exit(_native.main(['--help']))"
+    done = subprocess.run([sys.executable, "-c", native_help], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    native = set(re.findall(r"^\s+(?:-\w, )?--([a-z][a-z0-9-]*)", done.stdout, re.M)) - {"help", "version"}
+    assert len(native) > 40, done.stdout
+    ours = {name.replace("_", "-") for name in _flags.NAMES}
+    assert native - ours == set(), "router flags the Python launcher lacks"
+    assert ours - native == set(), "launcher flags the router does not know"
 
 def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "wasm-router"

@@ -87,7 +87,11 @@ FLAGS = [
     ("disable_health_check", "flag", "no health checks"),
     ("shutdown_grace_period_secs", _positive_int, "seconds to finish requests at shutdown [default: 180]"),
     ("log_level", str, "log filter: error, warn, info, debug, trace [default: info]"),
+    ("log_json", "flag", "log as JSON lines"),
     ("no_watch", "flag", "do not hot-reload the policy file"),
+    ("policy_call_deadline_ms", _positive_int, "deadline of one policy call on the request path, in ms [default: 10]"),
+    ("policy_memory_limit_mb", _positive_int, "linear memory a policy may use, in MiB [default: 512]"),
+    ("no_policy_cache", "flag", "do not cache compiled policies on disk"),
 ]
 
 NAMES = {name for name, _, _ in FLAGS}
