@@ -42,8 +42,8 @@ fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(upstream::POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(upstream::POOL_MAX_IDLE_PER_WORKER)
 }
 
 /// The HTTP client for the router's own calls to workers (health, models,

@@ -36,6 +36,14 @@ pub enum UpstreamError {
     Unreachable(String),
 }
 
+/// How long an idle worker connection is kept for reuse. This and
+/// [`POOL_MAX_IDLE_PER_WORKER`] also set the pool of the router's own calls
+/// to workers ([`crate::proxy::client`]).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per worker (per serving thread, here).
+pub const POOL_MAX_IDLE_PER_WORKER: usize = 1024;
+
 type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 thread_local! {
@@ -82,8 +90,8 @@ impl Upstream {
                 Some(at) => at,
                 None => {
                     let pool = Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(90))
-                        .pool_max_idle_per_host(1024)
+                        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_WORKER)
                         .pool_timer(TokioTimer::new())
                         .build(self.connector.clone());
                     pools.push((self.id, pool));
