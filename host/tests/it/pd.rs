@@ -520,7 +520,7 @@ async fn bucket_as_the_prefill_policy_splits_short_and_long_prompts() {
     };
     let ticks = async || {
         let status = get_json(&format!("http://{}/policies", r.addr)).await;
-        let policies = status["policies"].as_array().unwrap().clone();
+        let policies = status["policies"].as_array().unwrap();
         let prefill = policies.iter().find(|p| p["serves"] == "prefill").unwrap();
         prefill["ticks"].as_u64().unwrap()
     };
