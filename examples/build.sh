@@ -12,7 +12,7 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasi
 RUSTFLAGS="-C target-feature=+simd128" \
     cargo build --locked --quiet --target wasm32-wasip2 --profile policy -p session-affinity
 cp "$target/wasm32-wasip2/policy/session_affinity.wasm" "$out/"
-cargo build --locked --quiet --release -p wasm-router --bin router
+cargo build --locked --quiet --release -p wasm-router-cli --bin router
 ROUTER="$root/$target/release/router" examples/assemblyscript-policy/build.sh >/dev/null
 cp examples/assemblyscript-policy/session_affinity_as.wasm "$out/"
 ls -l "$out"

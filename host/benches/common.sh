@@ -3,7 +3,7 @@
 # and waiting for a port to open. `sglang_router_venv` installs
 # sglang-router 0.3.2 in a venv under target/ for the comparisons.
 
-cargo build --release --quiet -p wasm-router --bin router
+cargo build --release --quiet -p wasm-router-cli --bin router
 router=target/release/router
 
 pids=()

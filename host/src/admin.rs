@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::config::validate_worker_url;
 use crate::errors::ApiError;
 use crate::policy::Role;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::workers::{Worker, WorkerSpec, health};
 
 type S = State<Arc<AppState>>;

@@ -4,11 +4,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::QueueConfig;
 use crate::errors::ApiError;
+
+/// Admission control; `None` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests forwarded at once.
+    pub max_concurrent: usize,
+    /// Requests that may wait.
+    pub queue_size: usize,
+    /// How long one may wait.
+    pub timeout: Duration,
+}
 
 /// See the module docs.
 #[derive(Debug)]

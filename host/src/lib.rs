@@ -10,20 +10,16 @@
 
 pub mod admin;
 pub mod admission;
-pub mod bench;
-pub mod cli;
+pub mod client;
 pub mod config;
-pub mod demo;
 pub mod errors;
 pub mod extract;
 pub mod metrics;
-pub mod pd;
 pub mod policy;
 pub mod proxy;
-pub mod scaffold;
+pub mod route;
 pub mod server;
-pub mod sim;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod workers;
-pub mod workload;

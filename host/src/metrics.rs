@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::Route;
+use crate::route::Route;
 
 /// Requests answered, by route and status.
 pub const REQUESTS: &str = "wasm_router_requests_total";
@@ -39,17 +39,6 @@ const DECISION_BUCKETS: &[f64] = &[
     1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3, 1e-2,
 ];
 
-/// The route's label in metrics.
-pub fn route_label(route: Route) -> &'static str {
-    match route {
-        Route::Generate => "/generate",
-        Route::Completions => "/v1/completions",
-        Route::ChatCompletions => "/v1/chat/completions",
-        Route::Embeddings => "/v1/embeddings",
-        Route::Other => "other",
-    }
-}
-
 /// Handles of one route's per-request metrics, made once: on the request
 /// path, a label lookup costs more than the update.
 #[derive(Debug)]
@@ -76,9 +65,9 @@ pub fn for_route(route: Route) -> &'static RouteMetrics {
         ROUTES
             .iter()
             .map(|&r| RouteMetrics {
-                ok: metrics::counter!(REQUESTS, "route" => route_label(r), "status" => "200"),
-                duration: metrics::histogram!(REQUEST_DURATION, "route" => route_label(r)),
-                ttfb: metrics::histogram!(TTFB, "route" => route_label(r)),
+                ok: metrics::counter!(REQUESTS, "route" => r.label(), "status" => "200"),
+                duration: metrics::histogram!(REQUEST_DURATION, "route" => r.label()),
+                ttfb: metrics::histogram!(TTFB, "route" => r.label()),
             })
             .collect()
     });

@@ -1,10 +1,11 @@
 //! The HTTP layer: [`app`] builds the routes over an [`AppState`]; [`start`]
 //! wires config, policy, workers, background tasks and the listener. Handlers
-//! stay short; forwarding lives in [`crate::proxy`], admin in [`crate::admin`].
+//! stay short; forwarding lives in [`crate::proxy`], admin in [`crate::admin`],
+//! the state they share in [`crate::state`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -18,75 +19,16 @@ use axum::routing::{any, get, post};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::admission::Admission;
 use crate::config::{Config, PolicySlot};
 use crate::errors::ApiError;
 use crate::policy::reload::PolicyManager;
 use crate::policy::{Policy, PolicyEngine, Role, Route, watch};
+use crate::proxy::pd;
 use crate::proxy::{self, Forward};
-use crate::upstream::{self, Upstream};
+use crate::state::{AppState, RequestId};
+use crate::upstream;
 use crate::workers::{Registry, WorkerSpec, health};
-use crate::{admin, extract, metrics as m, pd};
-
-/// Everything handlers share.
-pub struct AppState {
-    /// Validated settings.
-    pub config: Config,
-    /// The workers.
-    pub registry: Arc<Registry>,
-    /// The active policy, swapped whole on reload.
-    pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
-    /// Client for the router's own calls to workers (health, models,
-    /// flushes).
-    pub client: reqwest::Client,
-    /// Client that forwards clients' requests to workers.
-    pub upstream: Upstream,
-    /// Loads and reloads the policy behind `policy`.
-    pub policies: Arc<PolicyManager>,
-    /// PD mode: loads and reloads the prefill workers' policy (`policy` is
-    /// the decode workers').
-    pub prefill_policies: Option<Arc<PolicyManager>>,
-    admission: Option<Admission>,
-    seq: AtomicU64,
-}
-
-impl AppState {
-    /// State over a registry and the policy managers that feed the seam.
-    pub fn new(
-        config: Config,
-        registry: Arc<Registry>,
-        policies: Arc<PolicyManager>,
-        prefill_policies: Option<Arc<PolicyManager>>,
-    ) -> anyhow::Result<Self> {
-        Ok(AppState {
-            admission: config.queue.map(Admission::new),
-            client: proxy::client_with_tls(&config.client_tls)?,
-            upstream: Upstream::new(&config.client_tls)?,
-            config,
-            registry,
-            policy: policies.active(),
-            policies,
-            prefill_policies,
-            seq: AtomicU64::new(0),
-        })
-    }
-}
-
-impl AppState {
-    /// Requests waiting in the admission queue.
-    pub fn queued(&self) -> usize {
-        self.admission.as_ref().map_or(0, Admission::waiting)
-    }
-
-    /// Every policy manager with what it routes: one, or prefill and decode
-    /// in PD mode.
-    pub fn managers(&self) -> Vec<(&'static str, &Arc<PolicyManager>)> {
-        match &self.prefill_policies {
-            None => vec![("regular", &self.policies)],
-            Some(prefill) => vec![("prefill", prefill), ("decode", &self.policies)],
-        }
-    }
-}
+use crate::{admin, extract, metrics as m};
 
 /// All routes.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -129,10 +71,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), request_id))
         .with_state(state)
 }
-
-/// The request id: from the first configured header present, else new.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 async fn request_id(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let id = s
@@ -213,7 +151,7 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
     let started = Instant::now();
     let result = forward(&s, route, req).await;
     let resp = result.unwrap_or_else(|e| {
-        metrics::counter!(m::ERRORS, "route" => m::route_label(route), "code" => e.status().as_str().to_owned()).increment(1);
+        metrics::counter!(m::ERRORS, "route" => route.label(), "code" => e.status().as_str().to_owned()).increment(1);
         e.into_response()
     });
     let handles = m::for_route(route);
@@ -221,8 +159,7 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
         handles.ok.increment(1);
     } else {
         let status = resp.status().as_str().to_owned();
-        metrics::counter!(m::REQUESTS, "route" => m::route_label(route), "status" => status)
-            .increment(1);
+        metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => status).increment(1);
     }
     handles.duration.record(started.elapsed());
     resp
@@ -303,7 +240,7 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
             .upstream
             .send(method, &url, HeaderMap::new(), body)
             .await?;
-        Ok::<_, upstream::UpstreamError>(relay(resp).await)
+        Ok::<_, upstream::UpstreamError>(resp.relay().await)
     };
     match tokio::time::timeout(s.config.request_timeout, call).await {
         Ok(Ok(resp)) => Ok(resp),
@@ -315,18 +252,6 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
         }
         Err(_elapsed) => Err(ApiError::UpstreamTimeout),
     }
-}
-
-/// A small worker response, relayed whole.
-pub async fn relay(resp: upstream::Response) -> Response {
-    let status = resp.status();
-    let content_type = resp.headers().get("content-type").cloned();
-    let body = resp.bytes().await.unwrap_or_default();
-    let mut out = (status, body).into_response();
-    if let Some(ct) = content_type {
-        out.headers_mut().insert("content-type", ct);
-    }
-    out
 }
 
 /// A running router: its addresses, and how to stop it.

@@ -38,7 +38,7 @@ pub enum UpstreamError {
 
 /// How long an idle worker connection is kept for reuse. This and
 /// [`POOL_MAX_IDLE_PER_WORKER`] also set the pool of the router's own calls
-/// to workers ([`crate::proxy::client`]).
+/// to workers ([`crate::client`]).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Idle connections kept per worker (per serving thread, here).
@@ -160,6 +160,20 @@ impl Response {
     /// The body as it arrives, for passing on.
     pub fn into_body(self) -> Incoming {
         self.0.into_body()
+    }
+
+    /// A small answer (an error, an informational route's), relayed whole
+    /// with its status and content type.
+    pub async fn relay(self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let status = self.status();
+        let content_type = self.headers().get("content-type").cloned();
+        let body = self.bytes().await.unwrap_or_default();
+        let mut out = (status, body).into_response();
+        if let Some(ct) = content_type {
+            out.headers_mut().insert("content-type", ct);
+        }
+        out
     }
 }
 

@@ -6,13 +6,14 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use clap::Parser;
+use clap::error::{ContextKind, ContextValue};
+use clap::{ArgAction, CommandFactory, Parser};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use wasm_router::cli::Cli;
-use wasm_router::config::Config;
+use wasm_router_cli::Cli;
+use wasm_router::config::{Config, ConfigError};
 
-// The router binary's allocator (see host/src/main.rs), for the same
+// The router binary's allocator (see host/cli/src/main.rs), for the same
 // performance from Python. It serves this extension's Rust allocations only.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,7 +22,76 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// binary would; returns its exit code. The GIL is released meanwhile.
 #[pyfunction]
 fn main(py: Python<'_>, argv: Vec<String>) -> u8 {
-    py.detach(|| wasm_router::cli::run::entry(std::iter::once("router".to_string()).chain(argv)))
+    py.detach(|| wasm_router_cli::run::entry(std::iter::once("router".to_string()).chain(argv)))
+}
+
+/// The router's flags, as `wasm_router._flags` turns `Router(...)` keyword
+/// arguments into argv: one `(name, flag, switch, max_values, value_names)`
+/// per flag, `name` being the long flag with underscores.
+#[pyfunction]
+fn flags() -> Vec<(String, String, bool, usize, Vec<String>)> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            if matches!(arg.get_action(), ArgAction::Help | ArgAction::Version) {
+                return None;
+            }
+            let switch = matches!(arg.get_action(), ArgAction::SetTrue);
+            let max_values = arg.get_num_args().map_or(1, |n| n.max_values());
+            let value_names = arg
+                .get_value_names()
+                .map(|names| names.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            Some((
+                long.replace('-', "_"),
+                format!("--{long}"),
+                switch,
+                max_values,
+                value_names,
+            ))
+        })
+        .collect()
+}
+
+/// Parse and validate router flags as `router` would, without starting it;
+/// `ValueError` naming the setting (as a `Router(...)` keyword) otherwise.
+#[pyfunction]
+fn check(argv: Vec<String>) -> PyResult<()> {
+    let cli = parse(argv)?;
+    Config::load(&cli.run).map_err(config_error)?;
+    Ok(())
+}
+
+fn parse(argv: Vec<String>) -> PyResult<Cli> {
+    Cli::try_parse_from(std::iter::once("router".to_string()).chain(argv)).map_err(|e| {
+        let message = e.render().to_string();
+        let message = message.trim().trim_start_matches("error: ");
+        match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => {
+                let flag = arg.split(' ').next().unwrap_or(arg);
+                PyValueError::new_err(format!("invalid {}: {message}", keyword(flag)))
+            }
+            _ => PyValueError::new_err(message.to_string()),
+        }
+    })
+}
+
+fn config_error(e: ConfigError) -> PyErr {
+    match &e {
+        ConfigError::Invalid { setting, reason } if setting.starts_with("--") => {
+            PyValueError::new_err(format!(
+                "invalid {} ({setting}): {reason}",
+                keyword(setting)
+            ))
+        }
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// `Router(...)`'s keyword for a flag: `--cache-threshold` is `cache_threshold`.
+fn keyword(flag: &str) -> String {
+    flag.trim_start_matches("--").replace('-', "_")
 }
 
 /// A router running on a background thread of this process.
@@ -38,9 +108,8 @@ impl RouterHandle {
     /// listens. Bad flags raise `ValueError`; failure to start, `RuntimeError`.
     #[staticmethod]
     fn start(py: Python<'_>, argv: Vec<String>) -> PyResult<RouterHandle> {
-        let cli = Cli::try_parse_from(std::iter::once("router".to_string()).chain(argv))
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let config = Config::load(&cli.run).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let cli = parse(argv)?;
+        let config = Config::load(&cli.run).map_err(config_error)?;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -103,6 +172,8 @@ impl RouterHandle {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
+    m.add_function(wrap_pyfunction!(flags, m)?)?;
+    m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_class::<RouterHandle>()?;
     Ok(())
 }

@@ -1,30 +1,56 @@
-//! The raw launch flags of `router` (clap), before validation.
+//! The one declaration of every router setting, raw, before validation.
+//!
+//! Each field is at once a flag (clap: its name, help and number of values),
+//! a key of the `--config` TOML file (serde: the same name, except
+//! `policy_name` for `--policy`) and, through the flag table the native
+//! extension exposes, a keyword of the Python `Router(...)` and a flag of
+//! `python -m wasm_router.launch_router`. Every field is optional (`None`,
+//! `false`, empty: not given), so that [`super::layer`] can put the flags
+//! over the file with one generic rule; the defaults shown in the help are
+//! applied by validation ([`super::Config::load`]). One clap + serde struct
+//! rather than `figment`: the file and the flags are the only two layers,
+//! and a struct that both derive keeps each setting's name, type, help and
+//! TOML key on the lines of its field.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-/// Launch flags of `router` (all optional: unset flags fall back to the
-/// `--config` file, then to the defaults shown).
-#[derive(Debug, Default, Clone, Args)]
+/// Settings of a router run, from flags or the `--config` file (all
+/// optional: unset flags fall back to the file, then to the defaults shown).
+#[derive(Debug, Default, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RouterArgs {
     /// TOML file with the same settings (flags override it) and a `[policy]` table.
+    // A file cannot name a file: this one is a flag only.
     #[arg(long)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1].
     #[arg(long)]
     pub host: Option<IpAddr>,
     /// Port to listen on [default: 30000].
-    #[arg(long)]
+    #[arg(long, value_parser = port_number)]
     pub port: Option<u16>,
     /// Worker base URLs.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., value_name = "URL")]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
     /// consistent_hash, manual, bucket) or a .wasm file [default: cache_aware].
+    // `policy` in the file is the policy's own table (below).
     #[arg(long)]
+    #[serde(rename = "policy_name")]
     pub policy: Option<String>,
+    /// The file's `[policy]` table, passed to the policy's `init` as JSON
+    /// over the cache-aware and manual settings.
+    // The policy's own settings have no flags: they are the policy's, not
+    // the router's.
+    #[arg(skip)]
+    #[serde(rename = "policy")]
+    pub policy_table: Map<String, Value>,
     /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
     #[arg(long)]
     pub cache_threshold: Option<f64>,
@@ -53,10 +79,12 @@ pub struct RouterArgs {
     pub pd_disaggregation: bool,
     /// PD mode: a prefill worker's URL and, optionally, the port of its KV
     /// bootstrap server (or `none`); repeat the flag per worker.
+    /// In the file: `prefill = [{ url = "...", bootstrap_port = 8998 }]`.
     #[arg(long, num_args = 1..=2, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    #[serde(deserialize_with = "prefill_entries")]
     pub prefill: Vec<String>,
     /// PD mode: decode worker URLs (several per flag, or the flag repeated).
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., value_name = "URL")]
     pub decode: Vec<String>,
     /// PD mode: the prefill workers' policy [default: --policy].
     #[arg(long)]
@@ -103,7 +131,7 @@ pub struct RouterArgs {
     /// Never retry.
     #[arg(long)]
     pub disable_retries: bool,
-    /// Failures in the window that open a worker's breaker [default: 10].
+    /// Failures in a row that open a worker's breaker [default: 10].
     #[arg(long)]
     pub cb_failure_threshold: Option<u32>,
     /// Successes in half-open that close it again [default: 3].
@@ -112,7 +140,8 @@ pub struct RouterArgs {
     /// Seconds an open breaker waits before letting a trial through [default: 60].
     #[arg(long)]
     pub cb_timeout_duration_secs: Option<u64>,
-    /// Seconds over which failures are counted [default: 120].
+    /// Seconds after the first of a row of failures that the row starts
+    /// again [default: 120].
     #[arg(long)]
     pub cb_window_duration_secs: Option<u64>,
     /// No circuit breakers.
@@ -160,7 +189,7 @@ pub struct RouterArgs {
     #[arg(long)]
     pub prometheus_host: Option<IpAddr>,
     /// Port of the Prometheus endpoint [default: 29000].
-    #[arg(long)]
+    #[arg(long, value_parser = port_number)]
     pub prometheus_port: Option<u16>,
     /// Headers that carry a client's request id, first found wins
     /// [default: x-request-id x-correlation-id x-trace-id request-id].
@@ -196,4 +225,42 @@ pub struct RouterArgs {
     /// PEM private key for --client-cert-path.
     #[arg(long)]
     pub client_key_path: Option<PathBuf>,
+}
+
+/// A port flag's value, with the message the Python launcher always gave.
+fn port_number(text: &str) -> Result<u16, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a port number (0-65535)"))
+}
+
+/// The file's `prefill` entries (`{ url, bootstrap_port }` tables, or the
+/// flag's flat list of strings) as the flag's values: each URL followed by
+/// its bootstrap port when it has one.
+fn prefill_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Value(String),
+        Worker(Worker),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Worker {
+        url: String,
+        bootstrap_port: Option<u16>,
+    }
+    let mut values = Vec::new();
+    for entry in Vec::<Entry>::deserialize(d)? {
+        match entry {
+            Entry::Value(value) => values.push(value),
+            Entry::Worker(Worker {
+                url,
+                bootstrap_port,
+            }) => {
+                values.push(url);
+                values.extend(bootstrap_port.map(|port| port.to_string()));
+            }
+        }
+    }
+    Ok(values)
 }

@@ -26,6 +26,9 @@ pub use error::{LoadError, PolicyFault, SelectError};
 pub use native::LeastLoad;
 pub use wasm::{PolicySource, WasmPolicy};
 
+/// The inference route, as policies see it.
+pub use crate::route::Route;
+
 use std::time::Duration;
 
 /// The contract version this router speaks: the package version of
@@ -35,21 +38,6 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 /// A worker's id as the router assigns it: stable while the worker is
 /// registered, never reused.
 pub type WorkerId = u32;
-
-/// The route a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// SGLang's `/generate`.
-    Generate,
-    /// `/v1/completions`.
-    Completions,
-    /// `/v1/chat/completions`.
-    ChatCompletions,
-    /// `/v1/embeddings`.
-    Embeddings,
-    /// Anything else routed to one worker.
-    Other,
-}
 
 /// What a worker does in prefill/decode disaggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

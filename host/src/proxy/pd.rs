@@ -17,16 +17,15 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::respond::{Feedback, respond_with, response_head, stream_back};
+use super::retry::{Failure, Retries};
+use super::{Forward, body_for, pick, upstream_headers};
 use crate::admission::Slot;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
 use crate::policy::{Policy, Role};
-use crate::proxy::{
-    Feedback, Forward, RETRYABLE, backoff, body_for, pick, respond_with, response_head,
-    stream_back, upstream_headers,
-};
 use crate::upstream::{self, Chunk, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
@@ -39,23 +38,7 @@ pub struct PdPolicies {
 }
 
 /// One half's answer: response headers, or why there are none.
-type Answer = Result<upstream::Response, Failed>;
-
-enum Failed {
-    /// No response headers within the attempt's time.
-    Timeout,
-    /// Could not connect, or the connection broke.
-    Unreachable(upstream::UpstreamError),
-}
-
-/// What to do after one half of the pair failed.
-enum Next {
-    /// Try another pair, without the failed worker; the failure is the
-    /// answer if no pair is left.
-    Retry(Result<Response, ApiError>),
-    /// Answer the client now.
-    Answer(Result<Response, ApiError>),
-}
+type Answer = Result<upstream::Response, Failure>;
 
 /// Forward `req` to a prefill/decode pair, retrying with a new pair as
 /// configured. `peek` is the body as [`crate::extract::peek`] read it.
@@ -68,28 +51,15 @@ pub async fn forward(
     peek: &Peek<'_>,
     slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
-    let mut excluded = Vec::new();
-    // What the client gets when no pair is left to try: the last failure,
-    // a worker's own error answer included.
-    let mut last: Result<Response, ApiError> = Err(ApiError::NoHealthyWorker);
     let headers = upstream_headers(req.headers, req.request_id);
     let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
-    let may_retry = |attempt: u32| attempt < config.retry.max_retries;
-    for attempt in 0..=config.retry.max_retries {
-        if attempt > 0 {
-            metrics::counter!(m::RETRIES, "route" => m::route_label(req.route)).increment(1);
-            tokio::time::sleep(backoff(&config.retry, attempt)).await;
-        }
-        let prefill = pick(
-            registry,
-            &**policies.prefill,
-            Role::Prefill,
-            &req,
-            &excluded,
-        )?;
-        let decode = pick(registry, &**policies.decode, Role::Decode, &req, &excluded)?;
+    let mut retries = Retries::new(config, req.route, req.request_id);
+    while retries.next().await {
+        let excluded = retries.excluded();
+        let prefill = pick(registry, &**policies.prefill, Role::Prefill, &req, excluded)?;
+        let decode = pick(registry, &**policies.decode, Role::Decode, &req, excluded)?;
         let (Some(prefill), Some(decode)) = (prefill, decode) else {
-            return last;
+            break;
         };
         let body = with_fields(&req.body, &bootstrap_fields(&prefill, peek.batch_size()));
         let send = |worker: &Worker| {
@@ -98,8 +68,8 @@ pub async fn forward(
             async move {
                 let call = upstream.send(Method::POST, &url, headers, body);
                 match tokio::time::timeout(timeout, call).await {
-                    Err(_elapsed) => Err(Failed::Timeout),
-                    Ok(Err(e)) => Err(Failed::Unreachable(e)),
+                    Err(_elapsed) => Err(Failure::Timeout),
+                    Ok(Err(e)) => Err(Failure::Unreachable(e)),
                     Ok(Ok(response)) => Ok(response),
                 }
             }
@@ -147,67 +117,28 @@ pub async fn forward(
                 };
                 return Ok(respond(config, &policies, &req, peek, pair, sent, slot).await);
             }
-            (Some(p), _) if !prefill_ok => (&prefill, p),
-            (_, Some(d)) => (&decode, d),
+            (Some(p), _) if !prefill_ok => (prefill, p),
+            (_, Some(d)) => (decode, d),
             (_, None) => unreachable!("the loop above ends on a failure or both answers"),
         };
-        match next_step(config, worker, answer, may_retry(attempt), req.request_id).await {
-            Next::Retry(failure) => {
-                excluded.push(worker.id);
-                last = failure;
+        let failure = match answer {
+            Err(failure) => failure,
+            Ok(response) if retries.retries(response.status().as_u16()) => {
+                Failure::Status(response)
             }
-            Next::Answer(result) => return result,
+            // The worker's own error answer, passed on as it is.
+            Ok(response) => {
+                worker
+                    .breaker
+                    .record(!response.status().is_server_error(), Instant::now());
+                return Ok(response.relay().await);
+            }
+        };
+        if let Some(end) = retries.failed(worker, failure).await {
+            return end;
         }
     }
-    last
-}
-
-/// After `worker` failed: its breaker learns, and either another pair is
-/// tried or the client gets the failure (a worker's own error answer is
-/// passed on as it is).
-async fn next_step(
-    config: &Config,
-    worker: &Worker,
-    answer: Answer,
-    may_retry: bool,
-    request_id: &str,
-) -> Next {
-    let role = match worker.role {
-        Role::Prefill => "prefill",
-        _ => "decode",
-    };
-    match answer {
-        Err(Failed::Timeout) => {
-            worker.breaker.record(false, Instant::now());
-            tracing::warn!(worker = %worker.name(), request_id, role, "no response headers in time");
-            // Without --attempt-timeout-secs the request's time is up.
-            if config.attempt_timeout.is_none() || !may_retry {
-                Next::Answer(Err(ApiError::UpstreamTimeout))
-            } else {
-                Next::Retry(Err(ApiError::UpstreamTimeout))
-            }
-        }
-        Err(Failed::Unreachable(cause)) => {
-            worker.breaker.record(false, Instant::now());
-            tracing::warn!(worker = %worker.name(), request_id, role, "worker unreachable: {cause}");
-            Next::Retry(Err(ApiError::UpstreamConnect(format!(
-                "{role} worker: {cause}"
-            ))))
-        }
-        Ok(response) => {
-            let status = response.status();
-            worker
-                .breaker
-                .record(!status.is_server_error(), Instant::now());
-            let answer = Ok(crate::server::relay(response).await);
-            if RETRYABLE.contains(&status.as_u16()) && may_retry {
-                tracing::warn!(worker = %worker.name(), request_id, role, %status, "retrying with another pair");
-                Next::Retry(answer)
-            } else {
-                Next::Answer(answer)
-            }
-        }
-    }
+    retries.exhausted()
 }
 
 /// Both halves answered with success.

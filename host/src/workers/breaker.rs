@@ -1,12 +1,24 @@
 //! A per-worker circuit breaker: closed until `failure_threshold` failures
-//! fall within `window`, then open (no traffic) for `open_for`, then
-//! half-open (traffic as trials) until `success_threshold` successes close it
-//! or one failure opens it again.
+//! in a row (a success starts the count again, and so does a failure more
+//! than `window` after the first of the row), then open (no traffic) for
+//! `open_for`, then half-open (traffic as trials) until `success_threshold`
+//! successes close it or one failure opens it again.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::BreakerConfig;
+/// Circuit breaker settings; `None` when disabled (`--disable-circuit-breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker.
+    pub failure_threshold: u32,
+    /// Half-open successes that close it.
+    pub success_threshold: u32,
+    /// How long it stays open before a trial.
+    pub open_for: Duration,
+    /// A row of failures longer than this starts again.
+    pub window: Duration,
+}
 
 /// Breaker state, as exported in metrics (0 closed, 1 open, 2 half-open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

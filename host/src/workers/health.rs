@@ -8,8 +8,22 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Registry, Worker, WorkerSpec};
-use crate::config::HealthConfig;
 use crate::errors::ApiError;
+
+/// Health check settings; `None` when disabled (`--disable-health-check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Failed checks in a row to mark unhealthy.
+    pub failure_threshold: u32,
+    /// Passed checks in a row to mark healthy.
+    pub success_threshold: u32,
+    /// Per-check timeout.
+    pub timeout: Duration,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Path probed.
+    pub endpoint: String,
+}
 
 /// How long model discovery waits for each endpoint.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);

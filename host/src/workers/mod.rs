@@ -3,7 +3,7 @@
 //! flight. The list lives behind an `ArcSwap`: the request path reads it
 //! without a lock; additions and removals build a new list and swap it.
 
-mod breaker;
+pub mod breaker;
 pub mod health;
 pub mod load;
 
@@ -16,9 +16,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::config::BreakerConfig;
 use crate::errors::ApiError;
 use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
+use breaker::BreakerConfig;
 
 /// What a worker is registered as: where it is and what part it plays.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,24 +1,14 @@
-"""``python -m wasm_router.launch_router``: start the router with the SGLang
-router's launch flags (same names and defaults). Unknown or invalid flags are
-argparse errors (exit code 2)."""
+"""``python -m wasm_router.launch_router``: the router's own command line
+(``router --help`` lists it), with the SGLang router's launch flags under
+the same names and defaults. Unknown or invalid flags exit with code 2."""
 
-import argparse
 import sys
 
-from . import _flags, _native
-
-def parser():
-    p = argparse.ArgumentParser(
-        prog="wasm-router",
-        description="Load balancer for LLM inference workers with WebAssembly routing policies.",
-    )
-    _flags.add_arguments(p)
-    return p
+from . import _native
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    settings = {name: getattr(args, name) for name in _flags.NAMES}
-    sys.exit(_native.main(_flags.to_argv(settings)))
+    argv = sys.argv[1:] if argv is None else argv
+    sys.exit(_native.main(list(argv)))
 
 if __name__ == "__main__":
     main()

@@ -6,8 +6,9 @@ class Router:
     """A wasm-router instance.
 
     ``Router(worker_urls=[...], policy="cache_aware", **settings)`` takes the
-    launch flags as keyword arguments (``cache_threshold=0.5``,
-    ``port=30001``, ...), checked here with messages that name the setting.
+    router's flags as keyword arguments (``cache_threshold=0.5``,
+    ``port=30001``, ...), checked by the router's own parser with messages
+    that name the setting.
 
     - ``start()`` runs it in the foreground until SIGINT/SIGTERM, like
       ``sglang_router``'s ``Router.start()``.
@@ -21,12 +22,13 @@ class Router:
             raise ValueError(f"worker_urls must be a list of URLs, got the string {worker_urls!r}")
         settings["worker_urls"] = list(worker_urls) or None
         settings["policy"] = policy
-        self._settings = _flags.validate(settings)
+        self._argv = _flags.to_argv(settings)
+        _native.check(self._argv)
         self._handle = None
 
     def argv(self):
         """The router flags these settings amount to."""
-        return _flags.to_argv(self._settings)
+        return list(self._argv)
 
     def start(self):
         """Run in the foreground until interrupted; returns the exit code."""

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 use wasm_router::config::RouterArgs;
 use wasm_router::server::Running;
-use wasm_router::sim::pd::SimRole;
-use wasm_router::sim::{self, SimArgs, SimHandle};
+use wasm_router_cli::sim::pd::SimRole;
+use wasm_router_cli::sim::{self, SimArgs, SimHandle};
 
 use crate::mock::{self, MockWorker, get_json, http, post_json};
 

@@ -5,8 +5,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use super::{Cli, Command, PolicyCommand, cache_dir};
-use crate::config::{Config, RouterArgs};
-use crate::policy::{PolicyEngine, PolicySource, check};
+use wasm_router::config::{Config, RouterArgs};
+use wasm_router::policy::{PolicyEngine, PolicySource, check};
 
 /// Run the `router` command line with `argv` (program name first), as the
 /// binary and the Python package do. Returns the process exit code: 0, 1
@@ -20,7 +20,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with 0; usage errors exit 2.
-            let _printed = e.print();
+            if e.kind() == clap::error::ErrorKind::UnknownArgument {
+                eprint!("{}", unrecognized(&e));
+            } else {
+                let _printed = e.print();
+            }
             return e.exit_code() as u8;
         }
     };
@@ -68,7 +72,22 @@ where
     }
 }
 
-fn policy_check(args: crate::cli::CheckArgs) -> anyhow::Result<()> {
+/// clap's message for an unknown flag in argparse's words, which scripts
+/// written against sglang_router's launcher look for.
+fn unrecognized(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = e.render().to_string();
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => text.replacen(
+            &format!("unexpected argument '{arg}' found"),
+            &format!("unrecognized arguments: {arg}"),
+            1,
+        ),
+        _ => text,
+    }
+}
+
+fn policy_check(args: crate::CheckArgs) -> anyhow::Result<()> {
     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.config)
         .map_err(|e| anyhow::anyhow!("--config must be a JSON object: {e}"))?;
     let engine = PolicyEngine::new(cache_dir(args.no_cache))?;
@@ -77,11 +96,11 @@ fn policy_check(args: crate::cli::CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn policy_componentize(args: &crate::cli::ComponentizeArgs) -> anyhow::Result<()> {
+fn policy_componentize(args: &crate::ComponentizeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let core = std::fs::read(&args.core)
         .with_context(|| format!("cannot read {}", args.core.display()))?;
-    let component = crate::policy::componentize::componentize(&core)
+    let component = wasm_router::policy::componentize::componentize(&core)
         .with_context(|| format!("cannot componentize {}", args.core.display()))?;
     std::fs::write(&args.output, &component)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
@@ -141,7 +160,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives while starting must not kill
     // the process with the default action.
     let stop = ShutdownSignal::install()?;
-    let running = crate::server::start(config).await?;
+    let running = wasm_router::server::start(config).await?;
     stop.wait().await?;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await

@@ -3,7 +3,7 @@
 //! compile cache warm and with no cache), and failed requests while 100
 //! reloads happen under load from concurrent clients (must be 0).
 //!
-//! Run: `cargo bench -p wasm-router --bench reload`
+//! Run: `cargo bench -p wasm-router-cli --bench reload`
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +14,13 @@ use serde_json::{Value, json};
 use wasm_router::config::{Config, RouterArgs};
 use wasm_router::policy::engine::sha256_hex;
 use wasm_router::server::{Running, start};
-use wasm_router::sim::{self, SimArgs};
+use wasm_router_cli::sim::{self, SimArgs};
 
 const RELOADS: usize = 100;
 const CLIENTS: usize = 4;
 
 fn policies() -> [Vec<u8>; 2] {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     [
         std::fs::read(dir.join("round_robin.wasm")).expect("policies/round_robin.wasm"),
         std::fs::read(dir.join("cache_aware.wasm")).expect("policies/cache_aware.wasm"),

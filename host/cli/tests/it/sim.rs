@@ -1,9 +1,9 @@
 //! The simulated worker over HTTP, and `router demo`.
 
 use serde_json::{Value, json};
-use wasm_router::demo::{self, DemoArgs};
-use wasm_router::sim::cache::Lookup;
-use wasm_router::sim::{self, SimArgs};
+use wasm_router_cli::demo::{self, DemoArgs};
+use wasm_router_cli::sim::cache::Lookup;
+use wasm_router_cli::sim::{self, SimArgs};
 
 use crate::mock::http;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::{Config, RouterArgs};
+use wasm_router::config::{Config, RouterArgs};
 use crate::sim::{self, SimArgs};
 use crate::workload::{self, Report, Shape, Spec};
 
@@ -106,9 +106,9 @@ async fn run_policy(
         worker_urls: fleet.iter().map(|w| w.url()).collect(),
         ..RouterArgs::default()
     };
-    let router = crate::server::start(Config::load(&router_args)?).await?;
+    let router = wasm_router::server::start(Config::load(&router_args)?).await?;
     wait_until_ready(&router).await?;
-    let client = crate::proxy::client();
+    let client = wasm_router::client::client();
     let total = prompts.len();
     let progress = |done: usize| {
         if show_progress {
@@ -179,7 +179,7 @@ async fn run_policy(
     })
 }
 
-async fn wait_until_ready(router: &crate::server::Running) -> anyhow::Result<()> {
+async fn wait_until_ready(router: &wasm_router::server::Running) -> anyhow::Result<()> {
     for _ in 0..500 {
         if router
             .state

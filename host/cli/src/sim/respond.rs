@@ -102,7 +102,7 @@ async fn knobs(s: &Sim) -> Result<(), (StatusCode, &'static str)> {
 
 /// Read the request; `Err` is why it is a bad one.
 fn parse(s: &Sim, body: &[u8]) -> Result<Job, String> {
-    let peek = crate::extract::peek(body).map_err(|e| e.to_string())?;
+    let peek = wasm_router::extract::peek(body).map_err(|e| e.to_string())?;
     let text = peek.routing_text().map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     if let Some(rank) = pd::rank(&v, s.args.dp_size)? {

@@ -184,7 +184,7 @@ pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle
             ..Counters::default()
         },
         rooms: Rooms::default(),
-        client: crate::proxy::client(),
+        client: wasm_router::client::client(),
         stop: tokio::sync::Notify::new(),
         in_process,
         args,

@@ -102,7 +102,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         output_tokens: args.output_tokens,
         seed: args.seed,
     };
-    let client = crate::proxy::client();
+    let client = wasm_router::client::client();
     let before = cache_counters(&client, &args.worker_metrics).await?;
     let prompts = spec.prompts();
     let base = args.url.trim_end_matches('/');

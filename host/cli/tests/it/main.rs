@@ -8,6 +8,7 @@ mod engine;
 mod examples;
 mod fixtures;
 mod hostile;
+mod layout;
 mod mock;
 mod pd;
 mod proxy;

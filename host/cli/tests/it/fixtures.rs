@@ -9,10 +9,9 @@ use wasm_router::policy::{Candidate, Limits, PolicyEngine, Route, RouteRequest};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    // host/cli's grandparent.
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cli.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
 /// An engine whose compile cache is shared by the tests (debug builds of
@@ -34,7 +33,7 @@ pub fn generous_limits() -> Limits {
     }
 }
 
-/// The hostile fixture (host/tests/fixtures/hostile_policy), built for
+/// The hostile fixture (host/cli/tests/fixtures/hostile_policy), built for
 /// wasm32-wasip2 and claiming contract `version` (the real one if `None`).
 pub fn hostile(version: Option<&str>) -> PathBuf {
     match version {

@@ -68,13 +68,13 @@ pub struct NewArgs {
     pub sdk_path: Option<PathBuf>,
 }
 
-const RUST_CARGO: &str = include_str!("../../examples/templates/rust/Cargo.toml.tmpl");
-const RUST_LIB: &str = include_str!("../../examples/templates/rust/lib.rs.tmpl");
-const AS_PACKAGE: &str = include_str!("../../examples/templates/assemblyscript/package.json.tmpl");
-const AS_CONFIG: &str = include_str!("../../examples/templates/assemblyscript/asconfig.json.tmpl");
-const AS_INDEX: &str = include_str!("../../examples/templates/assemblyscript/index.ts.tmpl");
-const AS_BUILD: &str = include_str!("../../examples/templates/assemblyscript/build.sh.tmpl");
-const AS_GITIGNORE: &str = include_str!("../../examples/templates/assemblyscript/gitignore.tmpl");
+const RUST_CARGO: &str = include_str!("../../../examples/templates/rust/Cargo.toml.tmpl");
+const RUST_LIB: &str = include_str!("../../../examples/templates/rust/lib.rs.tmpl");
+const AS_PACKAGE: &str = include_str!("../../../examples/templates/assemblyscript/package.json.tmpl");
+const AS_CONFIG: &str = include_str!("../../../examples/templates/assemblyscript/asconfig.json.tmpl");
+const AS_INDEX: &str = include_str!("../../../examples/templates/assemblyscript/index.ts.tmpl");
+const AS_BUILD: &str = include_str!("../../../examples/templates/assemblyscript/build.sh.tmpl");
+const AS_GITIGNORE: &str = include_str!("../../../examples/templates/assemblyscript/gitignore.tmpl");
 
 /// Create the project; returns its directory.
 pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
@@ -91,7 +91,7 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
     let sdk = match &args.sdk_path {
         Some(path) => path.clone(),
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
+            .join("../..")
             .join(in_checkout),
     };
     let sdk = sdk.canonicalize().map_err(|e| {

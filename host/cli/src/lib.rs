@@ -1,11 +1,22 @@
-//! Command-line interface: flags parsed raw here, turned into validated
-//! settings by the modules that use them; [`run`] dispatches.
+//! The `router` command: its command line ([`Cli`]; [`run`] dispatches,
+//! for the binary and the Python package alike), and the tools it offers
+//! besides routing: a simulated SGLang worker ([`sim`]), the demo on a
+//! simulated fleet ([`demo`]), a workload replayer ([`bench`], over
+//! [`workload`]) and the policy project scaffold ([`scaffold`]). The router
+//! itself is the `wasm-router` library; nothing here is on its request
+//! path.
+#![deny(missing_docs)]
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod bench;
+pub mod demo;
 pub mod run;
+pub mod scaffold;
+pub mod sim;
+pub mod workload;
 
 /// A load balancer for LLM inference workers with WebAssembly routing policies.
 ///
@@ -24,7 +35,7 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Router flags (when no subcommand is given).
     #[command(flatten)]
-    pub run: crate::config::RouterArgs,
+    pub run: wasm_router::config::RouterArgs,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
@@ -88,6 +99,6 @@ pub fn cache_dir(disabled: bool) -> Option<PathBuf> {
     if disabled {
         None
     } else {
-        crate::policy::PolicyEngine::default_cache_dir()
+        wasm_router::policy::PolicyEngine::default_cache_dir()
     }
 }

@@ -17,7 +17,7 @@
 //!
 //! Ignored in the plain test run (it loads both cores for its whole length);
 //! tests/run.sh runs it on its own:
-//! `cargo test -p wasm-router --test it soak -- --ignored --nocapture`, for
+//! `cargo test -p wasm-router-cli --test it soak -- --ignored --nocapture`, for
 //! `WASM_ROUTER_SOAK_SECS` seconds (default 60).
 
 use std::net::TcpListener;

@@ -1,5 +1,5 @@
 //! The `router` binary: the allocator, and the command line in
-//! [`wasm_router::cli::run`].
+//! [`wasm_router_cli::run`].
 
 use std::process::ExitCode;
 
@@ -9,5 +9,5 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    ExitCode::from(wasm_router::cli::run::entry(std::env::args_os()))
+    ExitCode::from(wasm_router_cli::run::entry(std::env::args_os()))
 }

@@ -1,0 +1,267 @@
+//! Unit tests of layering and validation.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::*;
+use crate::policy::Role;
+
+/// The file under the flags, validated, as `Config::load` does it.
+fn merge(flags: &RouterArgs, file: RouterArgs) -> Result<Config, ConfigError> {
+    Config::validate(layer(file, flags))
+}
+
+#[test]
+fn flags_override_the_file_which_overrides_defaults() {
+    let file: RouterArgs = toml::from_str(
+        "port = 1234\nhost = \"0.0.0.0\"\ncache_threshold = 0.5\nworker_urls = [\"http://127.0.0.1:1\"]\n[policy]\nmax_tree_size = 99\n",
+    )
+    .unwrap();
+    let args = RouterArgs {
+        port: Some(4321),
+        ..RouterArgs::default()
+    };
+    let c = merge(&args, file).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:4321".parse().unwrap());
+    assert_eq!(c.worker_urls, vec!["http://127.0.0.1:1"]);
+    let policy: Value = serde_json::from_str(&c.policy_config).unwrap();
+    assert_eq!(policy["cache_threshold"], 0.5);
+    assert_eq!(policy["max_tree_size"], 99);
+    assert_eq!(c.retry.max_retries, 5);
+}
+
+#[test]
+fn errors_name_the_setting() {
+    let args = RouterArgs {
+        cache_threshold: Some(3.0),
+        ..RouterArgs::default()
+    };
+    let err = merge(&args, RouterArgs::default()).unwrap_err().to_string();
+    assert!(err.contains("--cache-threshold"), "{err}");
+    let args = RouterArgs {
+        assignment_mode: Some("fastest".into()),
+        ..RouterArgs::default()
+    };
+    let err = merge(&args, RouterArgs::default()).unwrap_err().to_string();
+    assert!(err.contains("--assignment-mode"), "{err}");
+    let err = toml::from_str::<RouterArgs>("prot = 1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prot"), "{err}");
+}
+
+fn parse_flags(argv: &[&str]) -> Result<Config, ConfigError> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    let flags = Flags::try_parse_from([&["router"], argv].concat()).unwrap();
+    merge(&flags.args, RouterArgs::default())
+}
+
+#[test]
+fn pd_flags_give_prefill_and_decode_workers_and_their_policies() {
+    let c = parse_flags(&[
+        "--pd-disaggregation",
+        "--prefill",
+        "http://127.0.0.1:1",
+        "8998",
+        "--prefill",
+        "http://127.0.0.1:2",
+        "--prefill",
+        "http://127.0.0.1:3",
+        "none",
+        "--decode",
+        "http://127.0.0.1:4",
+        "--decode",
+        "http://127.0.0.1:5/",
+        "--policy",
+        "random",
+        "--decode-policy",
+        "round_robin",
+    ])
+    .unwrap();
+    let pd = c.pd.as_ref().unwrap();
+    let workers: Vec<_> = pd
+        .workers
+        .iter()
+        .map(|w| (w.url.as_str(), w.role, w.bootstrap_port))
+        .collect();
+    assert_eq!(
+        workers,
+        vec![
+            ("http://127.0.0.1:1", Role::Prefill, Some(8998)),
+            ("http://127.0.0.1:2", Role::Prefill, None),
+            ("http://127.0.0.1:3", Role::Prefill, None),
+            ("http://127.0.0.1:4", Role::Decode, None),
+            ("http://127.0.0.1:5", Role::Decode, None),
+        ]
+    );
+    assert_eq!(c.policy_of(PolicySlot::Prefill), "random");
+    assert_eq!(c.policy_of(PolicySlot::Main), "round_robin");
+}
+
+#[test]
+fn pd_workers_can_come_from_the_file() {
+    let file: RouterArgs = toml::from_str(
+        "pd_disaggregation = true\nprefill_policy = \"random\"\ndecode = [\"http://127.0.0.1:2\"]\n\
+         prefill = [{ url = \"http://127.0.0.1:1\", bootstrap_port = 8998 }, { url = \"http://127.0.0.1:3\" }]\n",
+    )
+    .unwrap();
+    let c = merge(&RouterArgs::default(), file).unwrap();
+    let ports: Vec<_> =
+        c.pd.unwrap()
+            .workers
+            .iter()
+            .map(|w| (w.role, w.bootstrap_port))
+            .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (Role::Prefill, Some(8998)),
+            (Role::Prefill, None),
+            (Role::Decode, None)
+        ]
+    );
+}
+
+#[test]
+fn pd_mistakes_name_the_flag() {
+    for (argv, flag) in [
+        (
+            &["--pd-disaggregation", "--decode", "http://h:1"][..],
+            "--prefill/--decode",
+        ),
+        (
+            &["--prefill", "http://h:1", "--decode", "http://h:2"][..],
+            "--pd-disaggregation",
+        ),
+        (
+            &[
+                "--pd-disaggregation",
+                "--prefill",
+                "http://h:1",
+                "99999",
+                "--decode",
+                "http://h:2",
+            ][..],
+            "--prefill",
+        ),
+        (
+            &[
+                "--pd-disaggregation",
+                "--prefill",
+                "h:1",
+                "--decode",
+                "http://h:2",
+            ][..],
+            "--prefill",
+        ),
+        (
+            &[
+                "--pd-disaggregation",
+                "--worker-urls",
+                "http://h:3",
+                "--prefill",
+                "http://h:1",
+                "--decode",
+                "http://h:2",
+            ][..],
+            "--worker-urls",
+        ),
+    ] {
+        let err = parse_flags(argv).unwrap_err().to_string();
+        assert!(err.contains(flag), "{argv:?}: {err}");
+    }
+}
+
+#[test]
+fn worker_urls_are_validated() {
+    assert_eq!(
+        validate_worker_url("http://127.0.0.1:8000/").unwrap(),
+        "http://127.0.0.1:8000"
+    );
+    for bad in [
+        "127.0.0.1:8000",
+        "ftp://h:1",
+        "http://",
+        "http://h:1/?a=b",
+        "http://h:0",
+        "http://h:65536",
+        "http://:secret@h:1",
+        "http://user@h:1",
+        "not a url",
+    ] {
+        assert!(validate_worker_url(bad).is_err(), "{bad}");
+    }
+}
+
+/// One declaration: every flag is a key of the file and every key a flag,
+/// under the same name but for the documented exceptions. A setting added
+/// with `#[arg(skip)]` or `#[serde(skip)]` fails here; the Python launcher
+/// and `Router(...)` take the flag table itself (python/src/lib.rs).
+#[test]
+fn every_setting_is_both_a_flag_and_a_file_key() {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+    // `--config` names the file; the file's `policy` is the policy's table;
+    // `--policy` is `policy_name` in the file.
+    let flag_only = ["config"];
+    let file_only = ["policy"];
+    let file_key = |id: &str| {
+        if id == "policy" {
+            "policy_name".to_string()
+        } else {
+            id.to_string()
+        }
+    };
+    let flags: BTreeSet<String> = Flags::command()
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| id != "help" && !flag_only.contains(&id.as_str()))
+        .map(|id| file_key(&id))
+        .collect();
+    let Value::Object(defaults) = serde_json::to_value(RouterArgs::default()).unwrap() else {
+        panic!("settings serialize to an object");
+    };
+    let keys: BTreeSet<String> = defaults
+        .keys()
+        .filter(|k| !file_only.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    assert!(flags.len() > 50, "{flags:?}");
+    assert_eq!(
+        flags.difference(&keys).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "flags that the config file does not take"
+    );
+    assert_eq!(
+        keys.difference(&flags).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "file keys that have no flag"
+    );
+}
+
+#[test]
+fn a_flag_wins_over_the_file_only_when_given() {
+    let file: RouterArgs = toml::from_str(
+        "retry_max_retries = 2\ndisable_retries = true\nrequest_id_headers = [\"x-a\"]\n",
+    )
+    .unwrap();
+    let flags = RouterArgs {
+        retry_max_retries: Some(7),
+        ..RouterArgs::default()
+    };
+    let c = merge(&flags, file).unwrap();
+    assert_eq!(c.retry.max_retries, 0, "the file's switch stays on");
+    assert_eq!(c.request_id_headers, vec!["x-a"], "the file's list stays");
+    let layered = layer(toml::from_str("retry_max_retries = 2").unwrap(), &flags);
+    assert_eq!(layered.retry_max_retries, Some(7));
+}

@@ -1,0 +1,81 @@
+//! What the HTTP handlers share: [`AppState`], and the [`RequestId`] the
+//! request-id layer gives each request. Its own module so that the routes
+//! ([`crate::server`], [`crate::admin`]) and forwarding share it without
+//! importing each other.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+
+use crate::admission::Admission;
+use crate::client::client_with_tls;
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::policy::reload::PolicyManager;
+use crate::upstream::Upstream;
+use crate::workers::Registry;
+
+/// Everything handlers share.
+pub struct AppState {
+    /// Validated settings.
+    pub config: Config,
+    /// The workers.
+    pub registry: Arc<Registry>,
+    /// The active policy, swapped whole on reload.
+    pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
+    /// Client for the router's own calls to workers (health, models,
+    /// flushes).
+    pub client: reqwest::Client,
+    /// Client that forwards clients' requests to workers.
+    pub upstream: Upstream,
+    /// Loads and reloads the policy behind `policy`.
+    pub policies: Arc<PolicyManager>,
+    /// PD mode: loads and reloads the prefill workers' policy (`policy` is
+    /// the decode workers').
+    pub prefill_policies: Option<Arc<PolicyManager>>,
+    pub(crate) admission: Option<Admission>,
+    pub(crate) seq: AtomicU64,
+}
+
+impl AppState {
+    /// State over a registry and the policy managers that feed the seam.
+    pub fn new(
+        config: Config,
+        registry: Arc<Registry>,
+        policies: Arc<PolicyManager>,
+        prefill_policies: Option<Arc<PolicyManager>>,
+    ) -> anyhow::Result<Self> {
+        Ok(AppState {
+            admission: config.queue.map(Admission::new),
+            client: client_with_tls(&config.client_tls)?,
+            upstream: Upstream::new(&config.client_tls)?,
+            config,
+            registry,
+            policy: policies.active(),
+            policies,
+            prefill_policies,
+            seq: AtomicU64::new(0),
+        })
+    }
+}
+
+impl AppState {
+    /// Requests waiting in the admission queue.
+    pub fn queued(&self) -> usize {
+        self.admission.as_ref().map_or(0, Admission::waiting)
+    }
+
+    /// Every policy manager with what it routes: one, or prefill and decode
+    /// in PD mode.
+    pub fn managers(&self) -> Vec<(&'static str, &Arc<PolicyManager>)> {
+        match &self.prefill_policies {
+            None => vec![("regular", &self.policies)],
+            Some(prefill) => vec![("prefill", prefill), ("decode", &self.policies)],
+        }
+    }
+}
+
+/// The request id: from the first configured header present, else new.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
