@@ -83,7 +83,7 @@ lints() {
 
 soak() {
     WASM_ROUTER_SOAK_SECS=$WASM_ROUTER_SOAK_SECS \
-        cargo test --locked -p wasm-router --test it soak -- --ignored --nocapture
+        cargo test --locked -p wasm-router-cli --test it soak -- --ignored --nocapture
 }
 
 wheel() {
