@@ -66,9 +66,11 @@ pub fn admin_check(
     ))
 }
 
-/// Compare without an early exit, so timing does not reveal the key.
+/// Compare in constant time (for equal lengths), so timing does not reveal
+/// the key.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// The bearer token of a request, if any.

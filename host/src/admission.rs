@@ -47,23 +47,45 @@ impl Admission {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// Wait for a slot.
+    /// Wait for a slot. Cancellation-safe: a caller dropped while waiting
+    /// (its client went away) gives its queue place back.
     pub async fn admit(&self) -> Result<Slot, ApiError> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(slot);
         }
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.queue_size {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let place = QueuePlace::take(&self.waiting);
+        if place.ahead >= self.config.queue_size {
             return Err(ApiError::QueueFull);
         }
         let waited =
             tokio::time::timeout(self.config.timeout, self.slots.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(place);
         match waited {
             Ok(Ok(slot)) => Ok(slot),
             Ok(Err(_closed)) => Err(ApiError::ShuttingDown),
             Err(_elapsed) => Err(ApiError::QueueTimeout),
         }
+    }
+}
+
+/// A place in the queue, counted in `waiting` for as long as it lives: it
+/// is given back when dropped, however the wait ends.
+struct QueuePlace<'a> {
+    waiting: &'a AtomicUsize,
+    /// Places taken before this one.
+    ahead: usize,
+}
+
+impl<'a> QueuePlace<'a> {
+    fn take(waiting: &'a AtomicUsize) -> Self {
+        let ahead = waiting.fetch_add(1, Ordering::SeqCst);
+        QueuePlace { waiting, ahead }
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -94,6 +116,37 @@ mod tests {
         assert_eq!(queued.await.unwrap().unwrap_err(), ApiError::QueueTimeout);
         drop(held);
         assert!(a.admit().await.is_ok());
+    }
+
+    /// Issue 15: a client that gave up while queued kept its place for
+    /// ever, and after `queue_size` of them every wait was refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_goes_away_gives_its_place_back() {
+        let a = Arc::new(admission(1, 2));
+        let held = a.admit().await.unwrap();
+        for _ in 0..3 {
+            let waiter = tokio::spawn({
+                let a = a.clone();
+                async move { a.admit().await }
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(a.waiting(), 1);
+            waiter.abort();
+            assert!(waiter.await.unwrap_err().is_cancelled());
+            assert_eq!(a.waiting(), 0, "the dropped wait gave its place back");
+        }
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit().await.map(drop) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(a.waiting(), 2, "both wait: the queue has room for two");
+        drop(held);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Ok(()));
+        }
     }
 
     #[tokio::test(start_paused = true)]

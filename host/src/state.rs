@@ -1,5 +1,4 @@
-//! What the HTTP handlers share: [`AppState`], and the [`RequestId`] the
-//! request-id layer gives each request. Its own module so that the routes
+//! What the HTTP handlers share: [`AppState`]. Its own module so that the routes
 //! ([`crate::server`], [`crate::admin`]) and forwarding share it without
 //! importing each other.
 
@@ -75,7 +74,3 @@ impl AppState {
         }
     }
 }
-
-/// The request id: from the first configured header present, else new.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);

@@ -10,8 +10,8 @@ use clap::error::{ContextKind, ContextValue};
 use clap::{ArgAction, CommandFactory, Parser};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use wasm_router_cli::Cli;
 use wasm_router::config::{Config, ConfigError};
+use wasm_router_cli::Cli;
 
 // The router binary's allocator (see host/cli/src/main.rs), for the same
 // performance from Python. It serves this extension's Rust allocations only.

@@ -199,6 +199,28 @@ def test_the_launcher_knows_every_flag_of_the_router():
     assert native - ours == set(), "router flags the Python launcher lacks"
     assert ours - native == set(), "launcher flags the router does not know"
 
+def test_the_launcher_is_the_routers_own_command_line():
+    native_help = "import sys; from wasm_router import _native; sys.exit(_native.main(['--help']))"
+    native = subprocess.run([sys.executable, "-c", native_help], capture_output=True, text=True)
+    launcher = subprocess.run([sys.executable, "-m", "wasm_router.launch_router", "--help"], capture_output=True, text=True)
+    assert launcher.returncode == 0, launcher.stderr
+    assert launcher.stdout == native.stdout
+
+def test_router_keywords_are_the_routers_flags():
+    router = wasm_router.Router(worker_urls=["http://127.0.0.1:1", "http://127.0.0.1:2"], policy="random",
+                                admin_api_key=["k1", "k2"], dp_aware=True, disable_retries=False, cache_threshold=0.5)
+    argv = router.argv()
+    assert argv[argv.index("--worker-urls"):][:3] == ["--worker-urls", "http://127.0.0.1:1", "http://127.0.0.1:2"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--admin-api-key"] == ["k1", "k2"]
+    assert "--dp-aware" in argv and "--disable-retries" not in argv
+    assert argv[argv.index("--cache-threshold") + 1] == "0.5"
+    pd = wasm_router.Router(pd_disaggregation=True, prefill=[["http://127.0.0.1:1", 8998], "http://127.0.0.1:2"],
+                            decode=["http://127.0.0.1:3"])
+    assert pd.argv()[pd.argv().index("--prefill"):][:6] == [
+        "--prefill", "http://127.0.0.1:1", "8998", "--prefill", "http://127.0.0.1:2", "--decode"]
+    with pytest.raises(ValueError, match="must be above 0"):
+        wasm_router.Router(worker_urls=[], request_timeout_secs=0)
+
 def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "wasm-router"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True)

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use wasm_router::config::{Config, RouterArgs};
 use crate::sim::{self, SimArgs};
 use crate::workload::{self, Report, Shape, Spec};
+use wasm_router::config::{Config, RouterArgs};
 
 /// `router demo` flags.
 #[derive(Debug, Clone, Args)]

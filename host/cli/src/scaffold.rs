@@ -70,11 +70,14 @@ pub struct NewArgs {
 
 const RUST_CARGO: &str = include_str!("../../../examples/templates/rust/Cargo.toml.tmpl");
 const RUST_LIB: &str = include_str!("../../../examples/templates/rust/lib.rs.tmpl");
-const AS_PACKAGE: &str = include_str!("../../../examples/templates/assemblyscript/package.json.tmpl");
-const AS_CONFIG: &str = include_str!("../../../examples/templates/assemblyscript/asconfig.json.tmpl");
+const AS_PACKAGE: &str =
+    include_str!("../../../examples/templates/assemblyscript/package.json.tmpl");
+const AS_CONFIG: &str =
+    include_str!("../../../examples/templates/assemblyscript/asconfig.json.tmpl");
 const AS_INDEX: &str = include_str!("../../../examples/templates/assemblyscript/index.ts.tmpl");
 const AS_BUILD: &str = include_str!("../../../examples/templates/assemblyscript/build.sh.tmpl");
-const AS_GITIGNORE: &str = include_str!("../../../examples/templates/assemblyscript/gitignore.tmpl");
+const AS_GITIGNORE: &str =
+    include_str!("../../../examples/templates/assemblyscript/gitignore.tmpl");
 
 /// Create the project; returns its directory.
 pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {

@@ -15,16 +15,19 @@ pub mod check;
 pub mod componentize;
 pub mod engine;
 mod error;
+mod instance;
 mod native;
 pub mod reload;
 mod sandbox;
+mod source;
 mod wasm;
 pub mod watch;
 
 pub use engine::{Limits, PolicyEngine};
 pub use error::{LoadError, PolicyFault, SelectError};
 pub use native::LeastLoad;
-pub use wasm::{PolicySource, WasmPolicy};
+pub use source::PolicySource;
+pub use wasm::WasmPolicy;
 
 /// The inference route, as policies see it.
 pub use crate::route::Route;

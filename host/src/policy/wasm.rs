@@ -7,21 +7,20 @@
 //! built on a background thread from the pre-linked component, after a
 //! back-off that doubles with each consecutive fault.
 
-use std::borrow::Cow;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use wasmtime::Store;
 use wasmtime::component::Linker;
 
-use super::bindings::{self, Bindings, BindingsPre};
+use super::bindings::{self, BindingsPre};
 use super::engine::{Limits, PolicyEngine, sha256_hex};
-use super::sandbox::{self, MemoryLimitHit, StoreState};
+use super::instance::{Live, cap_message, check_contract_version, classify, guarded};
+use super::sandbox::{self, StoreState};
+use super::source::{PolicySource, check_header};
 use super::{
     CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault,
-    PolicyInfo, RouteRequest, SelectError, WorkerInfo, builtin,
+    PolicyInfo, RouteRequest, SelectError, WorkerInfo,
 };
 
 /// Wait before rebuilding after the second consecutive fault; doubles with
@@ -34,54 +33,6 @@ pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A policy's messages (refusals, trap reports) reach clients and logs; past
 /// this many bytes they are cut (a guest may return megabytes).
 pub const MAX_POLICY_MESSAGE: usize = 1024;
-
-/// Where a policy component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicySource {
-    /// Embedded in the binary, by name.
-    Builtin(&'static str),
-    /// A `.wasm` file.
-    File(PathBuf),
-}
-
-impl PolicySource {
-    /// A built-in name (`cache_aware`, `round_robin`) or a path to a file.
-    pub fn parse(spec: &str) -> Result<Self, LoadError> {
-        if let Some(name) = builtin::names().into_iter().find(|n| *n == spec) {
-            return Ok(PolicySource::Builtin(name));
-        }
-        let path = PathBuf::from(spec);
-        if path.exists() || spec.ends_with(".wasm") || spec.contains('/') {
-            return Ok(PolicySource::File(path));
-        }
-        Err(LoadError::Unknown(spec.to_string()))
-    }
-
-    /// The component's bytes.
-    pub fn read(&self) -> Result<Cow<'static, [u8]>, LoadError> {
-        match self {
-            PolicySource::Builtin(name) => Ok(Cow::Borrowed(
-                builtin::get(name).expect("built-in names resolve"),
-            )),
-            PolicySource::File(path) => {
-                std::fs::read(path)
-                    .map(Cow::Owned)
-                    .map_err(|source| LoadError::Read {
-                        path: path.clone(),
-                        source,
-                    })
-            }
-        }
-    }
-
-    /// How the user named it: `cache_aware (built-in)` or the path.
-    pub fn label(&self) -> String {
-        match self {
-            PolicySource::Builtin(name) => format!("{name} (built-in)"),
-            PolicySource::File(path) => path.display().to_string(),
-        }
-    }
-}
 
 /// A policy component, loaded, checked and running. See the module docs.
 pub struct WasmPolicy {
@@ -118,11 +69,6 @@ struct Slot {
     live: Option<Live>,
     workers: Vec<WorkerInfo>,
     consecutive_faults: u32,
-}
-
-struct Live {
-    store: Store<StoreState>,
-    policy: Bindings,
 }
 
 impl WasmPolicy {
@@ -270,91 +216,6 @@ impl WasmPolicy {
     }
 }
 
-/// Tell a component from a core module from anything else by the header.
-fn check_header(bytes: &[u8], name: &str) -> Result<(), LoadError> {
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::CoreModule(name.to_string())),
-        Some([0, b'a', b's', b'm', ..]) => Ok(()),
-        _ => Err(LoadError::NotWasm(name.to_string())),
-    }
-}
-
-/// Call `contract-version` on a throwaway instance, before the typed
-/// bindings (which would fail with a less helpful type error) are built.
-fn check_contract_version(
-    engine: &PolicyEngine,
-    pre: &wasmtime::component::InstancePre<StoreState>,
-    name: &str,
-    limits: Limits,
-) -> Result<(), LoadError> {
-    let mut store = new_store(engine, name, limits);
-    store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
-    let start_fault = |e: wasmtime::Error| LoadError::StartFault {
-        name: name.to_string(),
-        fault: classify(&e),
-    };
-    let instance = pre.instantiate(&mut store).map_err(start_fault)?;
-    let func = instance
-        .get_typed_func::<(), (String,)>(&mut store, "contract-version")
-        .map_err(|e| LoadError::Exports {
-            name: name.to_string(),
-            version: CONTRACT_VERSION,
-            reason: format!("contract-version: {e:#}"),
-        })?;
-    let (found,) = func.call(&mut store, ()).map_err(start_fault)?;
-    if found != CONTRACT_VERSION {
-        return Err(LoadError::ContractVersion {
-            name: name.to_string(),
-            found,
-            expected: CONTRACT_VERSION,
-        });
-    }
-    Ok(())
-}
-
-fn new_store(engine: &PolicyEngine, name: &str, limits: Limits) -> Store<StoreState> {
-    let mut store = Store::new(engine.engine(), StoreState::new(name, limits.memory));
-    store.limiter(|state| &mut state.limits);
-    store
-}
-
-/// Name a call's failure.
-fn classify(error: &wasmtime::Error) -> PolicyFault {
-    if error.chain().any(|e| e.is::<MemoryLimitHit>()) {
-        return PolicyFault::PolicyMemoryLimit;
-    }
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => PolicyFault::PolicyDeadline,
-        _ => PolicyFault::PolicyTrap(cap_message(format!("{error:#}"))),
-    }
-}
-
-impl Live {
-    /// Instantiate and `init`: the start of every instance, first or rebuilt.
-    fn start(
-        pre: &BindingsPre<StoreState>,
-        engine: &PolicyEngine,
-        name: &str,
-        config: &str,
-        limits: Limits,
-    ) -> Result<(Live, PolicyInfo), LoadError> {
-        let mut store = new_store(engine, name, limits);
-        store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
-        let start_fault = |e: wasmtime::Error| LoadError::StartFault {
-            name: name.to_string(),
-            fault: classify(&e),
-        };
-        let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault)?;
-        let info = guarded(|| policy.call_init(&mut store, config))
-            .map_err(start_fault)?
-            .map_err(|message| LoadError::InitRefused {
-                name: name.to_string(),
-                message: cap_message(message),
-            })?;
-        Ok((Live { store, policy }, info.into()))
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Slot> {
         // A panic while holding the lock cannot leave the slot inconsistent:
@@ -457,38 +318,6 @@ impl Shared {
             fallback: Some(fault),
         })
     }
-}
-
-/// Run a guest call, turning a panic in a host function it called (a WASI
-/// call that cannot run on this thread, say) into an error: the caller then
-/// treats it as a fault and drops the store, and the router thread lives on.
-fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime::Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        Err(wasmtime::Error::msg(format!(
-            "a host call made by the policy panicked: {message}"
-        )))
-    })
-}
-
-/// Cut a policy's message (or a trap report) to [`MAX_POLICY_MESSAGE`]
-/// bytes, on a character boundary, saying how long it was.
-fn cap_message(mut message: String) -> String {
-    if message.len() <= MAX_POLICY_MESSAGE {
-        return message;
-    }
-    let full = message.len();
-    let mut end = MAX_POLICY_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    message.push_str(&format!("... (cut from {full} bytes)"));
-    message
 }
 
 /// Delay before rebuild number `faults` in a row: 0, then doubling from

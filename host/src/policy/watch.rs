@@ -1,21 +1,22 @@
 //! Watching policy files: the directory of each watched file is watched (so
 //! replacing a file by rename, as editors and `cp` do, is seen), events for
 //! other files are ignored, and a reload starts once events have stopped for
-//! [`super::reload::DEBOUNCE`].
+//! [`super::reload::DEBOUNCE`] (notify-debouncer-full's quiet period).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc;
 
 use super::reload::{DEBOUNCE, PolicyManager};
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct FileWatch {
-    _watcher: RecommendedWatcher,
+    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,7 +33,10 @@ impl Drop for FileWatch {
 }
 
 /// Watch `files` and reload `manager` when any of them changes.
-pub fn watch(files: &[PathBuf], manager: Arc<PolicyManager>) -> notify::Result<FileWatch> {
+pub fn watch(
+    files: &[PathBuf],
+    manager: Arc<PolicyManager>,
+) -> notify_debouncer_full::notify::Result<FileWatch> {
     let names: BTreeSet<OsString> = files
         .iter()
         .filter_map(|f| f.file_name().map(OsString::from))
@@ -45,35 +49,41 @@ pub fn watch(files: &[PathBuf], manager: Arc<PolicyManager>) -> notify::Result<F
         })
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                let ours = event
-                    .paths
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        match result {
+            Ok(events) => {
+                let ours = events
                     .iter()
+                    .flat_map(|e| &e.paths)
                     .any(|p| p.file_name().is_some_and(|n| names.contains(n)));
                 // A send fails only when the watch is being dropped.
                 if ours && tx.send(()).is_err() {
                     tracing::debug!("policy file event after the watch stopped");
                 }
             }
-            Err(e) => tracing::warn!("policy file watch error: {e}"),
-        })?;
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!("policy file watch error: {e}");
+                }
+            }
+        }
+    })?;
     for dir in &dirs {
-        watcher.watch(Path::new(dir), RecursiveMode::NonRecursive)?;
+        debouncer.watch(Path::new(dir), RecursiveMode::NonRecursive)?;
         tracing::info!(dir = %dir.display(), "watching for policy changes");
     }
-    let task = tokio::spawn(debounce_and_reload(rx, manager));
+    let task = tokio::spawn(reload_on(rx, manager));
     Ok(FileWatch {
-        _watcher: watcher,
+        _debouncer: debouncer,
         task,
     })
 }
 
-async fn debounce_and_reload(mut events: mpsc::UnboundedReceiver<()>, manager: Arc<PolicyManager>) {
-    while events.recv().await.is_some() {
-        // Wait for quiet: every new event restarts the wait.
-        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+/// One reload per quiet period's batch of changes (and one more if changes
+/// came while reloading).
+async fn reload_on(mut changes: mpsc::UnboundedReceiver<()>, manager: Arc<PolicyManager>) {
+    while changes.recv().await.is_some() {
+        while changes.try_recv().is_ok() {}
         let manager = manager.clone();
         match tokio::task::spawn_blocking(move || manager.reload(false)).await {
             Ok(_already_logged) => {}

@@ -16,10 +16,11 @@ use crate::admission::Slot;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{Policy, Role, Route, RouteRequest, SelectError};
+use crate::policy::{LeastLoad, Policy, Role, Route, RouteRequest, SelectError};
 use crate::upstream::Upstream;
 use crate::workers::{Registry, Worker};
 
+mod logprobs;
 pub mod pd;
 mod respond;
 mod retry;
@@ -27,8 +28,9 @@ mod retry;
 use respond::{Feedback, stream_back};
 use retry::{Failure, Retries};
 
-/// Headers that belong to one connection and are not forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that belong to one connection and are not forwarded (with those
+/// a `Connection` header names).
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     header::HOST,
     header::CONTENT_LENGTH,
@@ -37,6 +39,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// One request to forward.
@@ -133,27 +137,30 @@ pub(crate) fn pick(
     }
     let candidates = Registry::as_candidates(&workers);
     let asked = Instant::now();
-    let decision = policy
-        .select(
-            &RouteRequest {
-                id: req.seq,
-                route: req.route,
-                model: req.model,
-                text: req.text,
-                routing_key: req.routing_key,
-            },
-            &candidates,
-        )
-        .map_err(|e| match e {
-            SelectError::NoCandidates => ApiError::NoHealthyWorker,
-            SelectError::Declined(message) => ApiError::PolicyDeclined(message),
-        })?;
+    let request = RouteRequest {
+        id: req.seq,
+        route: req.route,
+        model: req.model,
+        text: req.text,
+        routing_key: req.routing_key,
+    };
+    let decision = policy.select(&request, &candidates).map_err(|e| match e {
+        SelectError::NoCandidates => ApiError::NoHealthyWorker,
+        SelectError::Declined(message) => ApiError::PolicyDeclined(message),
+    })?;
     m::policy_decision().record(asked.elapsed());
-    let worker = workers
-        .into_iter()
-        .find(|w| w.id == decision.worker)
-        .expect("policies return one of the candidates");
-    Ok(Some(worker))
+    if let Some(worker) = workers.iter().find(|w| w.id == decision.worker) {
+        return Ok(Some(worker.clone()));
+    }
+    // Every implementation is checked here, not only Wasm ones.
+    let name = &policy.info().name;
+    tracing::warn!(policy = %name, worker = decision.worker, "the policy picked a worker that is not a candidate; routed by the fallback");
+    metrics::counter!(m::POLICY_FAULTS, "policy" => name.clone(), "kind" => "not_a_candidate")
+        .increment(1);
+    let fallback = LeastLoad::default()
+        .select(&request, &candidates)
+        .map_err(|_| ApiError::NoHealthyWorker)?;
+    Ok(workers.into_iter().find(|w| w.id == fallback.worker))
 }
 
 /// The body for `worker`: the client's bytes, plus `data_parallel_rank`
@@ -165,10 +172,19 @@ pub(crate) fn body_for(worker: &Worker, body: &Bytes) -> Bytes {
     }
 }
 
-pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+/// The client's headers for the worker: all but the hop-by-hop ones (also
+/// those the client's `Connection` header names), and the request id.
+pub fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+    let named: Vec<HeaderName> = client
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
     let mut out = HeaderMap::with_capacity(client.len() + 1);
     for (name, value) in client {
-        if !HOP_BY_HOP.contains(name) {
+        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -176,4 +192,78 @@ pub(crate) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMa
         out.insert(HeaderName::from_static("x-request-id"), id);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Candidate, Decision, Outcome, PolicyInfo, WorkerInfo};
+
+    /// A policy that names a worker it was not offered.
+    struct Stray(PolicyInfo);
+
+    impl Policy for Stray {
+        fn info(&self) -> &PolicyInfo {
+            &self.0
+        }
+        fn workers_changed(&self, _: &[WorkerInfo]) {}
+        fn select(&self, _: &RouteRequest<'_>, _: &[Candidate]) -> Result<Decision, SelectError> {
+            Ok(Decision {
+                worker: 999,
+                fallback: None,
+            })
+        }
+        fn on_complete(&self, _: &Outcome) {}
+        fn tick(&self, _: u64) {}
+    }
+
+    /// Issue 15: `pick` panicked on a policy implementation that returned a
+    /// worker outside the candidates.
+    #[test]
+    fn a_pick_that_is_not_a_candidate_is_routed_by_the_fallback() {
+        let registry = Registry::new(None, true);
+        let worker = registry.add("http://127.0.0.1:1").unwrap();
+        let headers = HeaderMap::new();
+        let req = Forward {
+            route: Route::Generate,
+            path_and_query: "/generate",
+            headers: &headers,
+            body: Bytes::new(),
+            request_id: "",
+            seq: 0,
+            model: "",
+            text: "",
+            routing_key: None,
+        };
+        let stray = Stray(PolicyInfo {
+            name: "stray".into(),
+            needs_text: false,
+            wants_feedback: false,
+            tick_interval: None,
+        });
+        let picked = pick(&registry, &stray, Role::Regular, &req, &[]).unwrap();
+        assert_eq!(picked.map(|w| w.id), Some(worker.id));
+    }
+
+    #[test]
+    fn connection_scoped_headers_stay_behind() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-hop", "1"),
+            ("authorization", "Bearer t"),
+            ("x-end-to-end", "2"),
+        ] {
+            client.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let sent = upstream_headers(&client, "id-1");
+        let mut names: Vec<_> = sent.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "x-end-to-end", "x-request-id"]);
+    }
 }

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::logprobs::{merge_first_event, merge_logprobs, streamed_input_logprobs};
 use super::respond::{Feedback, respond_with, response_head, stream_back};
 use super::retry::{Failure, Retries};
 use super::{Forward, body_for, pick, upstream_headers};
@@ -26,7 +27,7 @@ use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
 use crate::policy::{Policy, Role};
-use crate::upstream::{self, Chunk, Upstream};
+use crate::upstream::{self, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
 /// The two policies of PD mode, as loaded for this request.
@@ -296,183 +297,5 @@ fn bootstrap_fields(prefill: &Worker, batch: Option<usize>) -> String {
                 rooms.join(",")
             )
         }
-    }
-}
-
-/// The prompt's logprobs in a streamed prefill answer: the last
-/// `meta_info.input_token_logprobs` in its `data:` events.
-fn streamed_input_logprobs(body: &[u8]) -> Option<Value> {
-    body.split(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data: "))
-        .filter_map(|data| serde_json::from_slice::<Value>(data).ok())
-        .filter_map(|event| event.pointer("/meta_info/input_token_logprobs").cloned())
-        .next_back()
-}
-
-/// The decode's stream with the prompt's logprobs (`front`) merged into its
-/// first `data:` event; the rest passes through untouched.
-fn merge_first_event(
-    body: impl futures_util::Stream<Item = Chunk> + Send + 'static,
-    front: Option<Value>,
-) -> impl futures_util::Stream<Item = Chunk> + Send + 'static {
-    // (the stream, the logprobs until merged, bytes held until the first
-    // event is whole, the stream's next item or end when held bytes went
-    // out first)
-    let state = (
-        Box::pin(body.fuse()),
-        front,
-        Vec::<u8>::new(),
-        None::<Option<Chunk>>,
-    );
-    futures_util::stream::unfold(
-        state,
-        |(mut body, mut front, mut held, queued)| async move {
-            if let Some(item) = queued {
-                return item.map(|chunk| (chunk, (body, None, held, None)));
-            }
-            loop {
-                let next = body.next().await;
-                let Some(logprobs) = front.take() else {
-                    return next.map(|chunk| (chunk, (body, None, held, None)));
-                };
-                match next {
-                    Some(Ok(chunk)) => {
-                        held.extend_from_slice(&chunk);
-                        let Some(end) = held.windows(2).position(|w| w == b"\n\n") else {
-                            front = Some(logprobs);
-                            continue;
-                        };
-                        let mut out = merged_event(&held[..end], &logprobs);
-                        out.extend_from_slice(&held[end..]);
-                        return Some((Ok(out.into()), (body, None, Vec::new(), None)));
-                    }
-                    // Ended or broke before a whole event: what was held goes
-                    // out first, then the end or the error.
-                    other if held.is_empty() => {
-                        return other.map(|chunk| (chunk, (body, None, held, None)));
-                    }
-                    other => {
-                        let out = std::mem::take(&mut held);
-                        return Some((Ok(out.into()), (body, None, held, Some(other))));
-                    }
-                }
-            }
-        },
-    )
-}
-
-/// One SSE event with `front` merged in, if it is a JSON `data:` event.
-fn merged_event(event: &[u8], front: &Value) -> Vec<u8> {
-    let Some(mut data) = event
-        .strip_prefix(b"data: ")
-        .and_then(|d| serde_json::from_slice::<Value>(d).ok())
-    else {
-        return event.to_vec();
-    };
-    let prefill = serde_json::json!({"meta_info": {"input_token_logprobs": front}});
-    merge_logprobs(&prefill, &mut data);
-    format!("data: {data}").into_bytes()
-}
-
-/// Put the prefill's `meta_info.input_token_logprobs` in front of the
-/// decode's (the prompt was read by the prefill worker); element by element
-/// for a batch.
-fn merge_logprobs(prefill: &Value, decode: &mut Value) {
-    if let (Value::Array(prefill), Value::Array(decode)) = (prefill, &mut *decode) {
-        for (p, d) in prefill.iter().zip(decode) {
-            merge_logprobs(p, d);
-        }
-        return;
-    }
-    let Some(Value::Array(front)) = prefill.pointer("/meta_info/input_token_logprobs") else {
-        return;
-    };
-    let Some(meta) = decode.get_mut("meta_info").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let mut all = front.clone();
-    if let Some(Value::Array(back)) = meta.remove("input_token_logprobs") {
-        all.extend(back);
-    }
-    meta.insert("input_token_logprobs".into(), Value::Array(all));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    async fn collect(chunks: &[&'static str], front: Option<Value>) -> String {
-        let body = futures_util::stream::iter(
-            chunks
-                .iter()
-                .map(|c| Ok(bytes::Bytes::from_static(c.as_bytes())))
-                .collect::<Vec<Chunk>>(),
-        );
-        let out: Vec<_> = merge_first_event(body, front).collect().await;
-        out.into_iter()
-            .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn a_streams_first_event_gets_the_prompt_logprobs_even_split_across_chunks() {
-        let front = Some(json!([[-1.0, 1, null]]));
-        let merged = collect(
-            &[
-                "data: {\"meta_info\": {\"input_tok",
-                "en_logprobs\": []}}\n",
-                "\ndata: {\"x\": 2}\n\n",
-                "data: [DONE]\n\n",
-            ],
-            front.clone(),
-        )
-        .await;
-        let events: Vec<&str> = merged.split("\n\n").collect();
-        let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
-        assert_eq!(
-            first["meta_info"]["input_token_logprobs"],
-            json!([[-1.0, 1, null]])
-        );
-        assert_eq!(&events[1..], ["data: {\"x\": 2}", "data: [DONE]", ""]);
-        // Without logprobs, or when the stream ends mid-event, bytes pass as they are.
-        assert_eq!(
-            collect(&["data: 1\n\n", "data: 2"], None).await,
-            "data: 1\n\ndata: 2"
-        );
-        assert_eq!(
-            collect(&["data: {\"a\"", ": 1}"], front).await,
-            "data: {\"a\": 1}"
-        );
-    }
-
-    #[test]
-    fn the_prompt_logprobs_are_found_in_a_streamed_prefill_answer() {
-        let body = b"data: {\"meta_info\": {\"input_token_logprobs\": [[-1, 1, null]]}}\n\ndata: {\"meta_info\": {}}\n\ndata: [DONE]\n\n";
-        assert_eq!(streamed_input_logprobs(body), Some(json!([[-1, 1, null]])));
-        assert_eq!(streamed_input_logprobs(b"data: [DONE]\n\n"), None);
-    }
-
-    #[test]
-    fn logprobs_of_the_prompt_come_first_also_per_batch_item() {
-        let prefill =
-            json!({"meta_info": {"input_token_logprobs": [[-1.0, 1, null], [-2.0, 2, null]]}});
-        let mut decode =
-            json!({"text": "x", "meta_info": {"input_token_logprobs": [[-3.0, 3, null]]}});
-        merge_logprobs(&prefill, &mut decode);
-        assert_eq!(
-            decode["meta_info"]["input_token_logprobs"],
-            json!([[-1.0, 1, null], [-2.0, 2, null], [-3.0, 3, null]])
-        );
-        assert_eq!(decode["text"], "x");
-        let prefill =
-            json!([{"meta_info": {"input_token_logprobs": [[-1.0, 1, null]]}}, {"meta_info": {}}]);
-        let mut decode = json!([{"meta_info": {}}, {"meta_info": {"input_token_logprobs": []}}]);
-        merge_logprobs(&prefill, &mut decode);
-        assert_eq!(
-            decode[0]["meta_info"]["input_token_logprobs"],
-            json!([[-1.0, 1, null]])
-        );
-        assert_eq!(decode[1]["meta_info"]["input_token_logprobs"], json!([]));
     }
 }

@@ -41,6 +41,8 @@ enum Inner {
 /// See the module docs. `None` config: always closed.
 pub struct Breaker {
     config: Option<BreakerConfig>,
+    /// The worker's name, for the log lines.
+    worker: String,
     inner: Mutex<Inner>,
     /// `wasm_router_worker_circuit_breaker_state` for this worker.
     gauge: metrics::Gauge,
@@ -55,11 +57,12 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker, reporting its state in `gauge`.
-    pub fn new(config: Option<BreakerConfig>, gauge: metrics::Gauge) -> Self {
+    /// A closed breaker of `worker`, reporting its state in `gauge`.
+    pub fn new(config: Option<BreakerConfig>, worker: String, gauge: metrics::Gauge) -> Self {
         gauge.set(0.0);
         Breaker {
             config,
+            worker,
             inner: Mutex::new(Inner::Closed {
                 failures: 0,
                 since: Instant::now(),
@@ -113,7 +116,7 @@ impl Breaker {
                     (failures + 1, *since)
                 };
                 if failures >= config.failure_threshold {
-                    tracing::warn!("circuit breaker opened after {failures} failures");
+                    tracing::warn!(worker = %self.worker, "circuit breaker opened after {failures} failures");
                     Inner::Open {
                         until: now + config.open_for,
                     }
@@ -122,7 +125,7 @@ impl Breaker {
                 }
             }
             (Inner::HalfOpen { successes }, true) if successes + 1 >= config.success_threshold => {
-                tracing::info!("circuit breaker closed");
+                tracing::info!(worker = %self.worker, "circuit breaker closed");
                 Inner::Closed {
                     failures: 0,
                     since: now,
@@ -144,7 +147,7 @@ impl Breaker {
     pub fn reset(&self) {
         let mut inner = self.lock();
         if !matches!(*inner, Inner::Closed { .. }) {
-            tracing::info!("circuit breaker closed: the worker passes its health checks again");
+            tracing::info!(worker = %self.worker, "circuit breaker closed: the worker passes its health checks again");
         }
         *inner = Inner::Closed {
             failures: 0,
@@ -176,6 +179,7 @@ mod tests {
                 open_for: Duration::from_secs(10),
                 window: Duration::from_secs(60),
             }),
+            "w".into(),
             metrics::Gauge::noop(),
         )
     }
@@ -237,7 +241,7 @@ mod tests {
 
     #[test]
     fn disabled_always_admits() {
-        let b = Breaker::new(None, metrics::Gauge::noop());
+        let b = Breaker::new(None, "w".into(), metrics::Gauge::noop());
         for _ in 0..100 {
             b.record(false, Instant::now());
         }

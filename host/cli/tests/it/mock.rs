@@ -57,38 +57,40 @@ impl MockWorker {
             load: AtomicU32::new(0),
             last: std::sync::Mutex::new(None),
         });
-        let app =
-            Router::new()
-                .route("/generate", post(infer))
-                .route("/v1/completions", post(infer))
-                .route("/v1/chat/completions", post(infer))
-                .route("/health", get(health))
-                .route(
-                    "/get_model_info",
-                    get(|State(b): State<Arc<Behaviour>>| async move {
-                        Json(json!({"model_path": b.model}))
-                    }),
-                )
-                .route(
-                    "/v1/models",
-                    get(|State(b): State<Arc<Behaviour>>| async move {
-                        Json(json!({"data": [{"id": b.model}]}))
-                    }),
-                )
-                .route(
-                    "/get_server_info",
-                    get(|State(b): State<Arc<Behaviour>>| async move {
-                        Json(json!({"worker": b.name}))
-                    }),
-                )
-                .route("/flush_cache", post(|| async { "flushed" }))
-                .route(
-                    "/get_load",
-                    get(|State(b): State<Arc<Behaviour>>| async move {
-                        Json(json!({"load": b.load.load(Ordering::SeqCst)}))
-                    }),
-                )
-                .with_state(b.clone());
+        let app = Router::new()
+            .route("/generate", post(infer))
+            .route("/v1/completions", post(infer))
+            .route("/v1/chat/completions", post(infer))
+            .route("/health", get(health))
+            .route(
+                "/get_model_info",
+                get(|State(b): State<Arc<Behaviour>>| async move {
+                    Json(json!({"model_path": b.model}))
+                }),
+            )
+            .route(
+                "/v1/models",
+                get(|State(b): State<Arc<Behaviour>>| async move {
+                    Json(json!({"data": [{"id": b.model}]}))
+                }),
+            )
+            .route(
+                "/get_server_info",
+                get(
+                    |State(b): State<Arc<Behaviour>>, headers: HeaderMap| async move {
+                        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                        Json(json!({"worker": b.name, "authorization": auth}))
+                    },
+                ),
+            )
+            .route("/flush_cache", post(|| async { "flushed" }))
+            .route(
+                "/get_load",
+                get(|State(b): State<Arc<Behaviour>>| async move {
+                    Json(json!({"load": b.load.load(Ordering::SeqCst)}))
+                }),
+            )
+            .with_state(b.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

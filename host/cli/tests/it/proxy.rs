@@ -688,3 +688,23 @@ async fn without_an_admin_key_loopback_clients_may_administer() {
     assert_eq!(resp.status(), 200);
     r.shutdown().await.unwrap();
 }
+
+/// Issue 15: the informational routes sent the worker no client header at
+/// all, so a worker behind its own API key refused them.
+#[tokio::test]
+async fn informational_routes_carry_the_clients_authorization() {
+    let w = MockWorker::start("a", "m").await;
+    let r = router(args(&[&w])).await;
+    let info: Value = http()
+        .get(format!("http://{}/get_server_info", r.addr))
+        .header("authorization", "Bearer secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["worker"], "a");
+    assert_eq!(info["authorization"], "Bearer secret");
+    r.shutdown().await.unwrap();
+}

@@ -104,6 +104,25 @@ async fn the_router_serves_https() {
     r.shutdown().await.unwrap();
 }
 
+/// Issue 15: served over TLS, the admin routes saw no peer address and
+/// refused loopback clients with 403.
+#[tokio::test]
+async fn admin_routes_answer_loopback_clients_over_https() {
+    let pki = pki("admin");
+    let w = MockWorker::start("a", "m").await;
+    let mut a = args(&[&w]);
+    a.tls_cert_path = Some(pki.server.0.clone());
+    a.tls_key_path = Some(pki.server.1.clone());
+    let r = router(a).await;
+    let workers = https_client(&pki.ca)
+        .get(format!("https://127.0.0.1:{}/workers", r.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(workers.status(), 200);
+    r.shutdown().await.unwrap();
+}
+
 /// An HTTPS worker that requires a client certificate signed by the CA.
 async fn mtls_worker(pki: &Pki) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,0 +1,281 @@
+//! The HTTP layer: [`app`] builds the routes over an [`AppState`]; [`start`]
+//! (in `start.rs`) wires config, policy, workers, background tasks and the
+//! serving threads. Handlers
+//! stay short; forwarding lives in [`crate::proxy`], admin in [`crate::admin`],
+//! the state they share in [`crate::state`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::json;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+use crate::errors::ApiError;
+use crate::policy::{Role, Route};
+use crate::proxy::pd;
+use crate::proxy::{self, Forward};
+use crate::state::AppState;
+use crate::upstream;
+use crate::{admin, extract, metrics as m};
+
+mod start;
+
+pub use start::{Running, start};
+
+/// All routes.
+pub fn app(state: Arc<AppState>) -> Router {
+    let guarded = Router::new()
+        .route("/generate", post(|s, r| inference(s, Route::Generate, r)))
+        .route(
+            "/v1/completions",
+            post(|s, r| inference(s, Route::Completions, r)),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|s, r| inference(s, Route::ChatCompletions, r)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|s, r| inference(s, Route::Embeddings, r)),
+        )
+        .route("/v1/models", get(to_one_worker))
+        .route("/get_server_info", get(to_one_worker))
+        .route("/get_model_info", get(to_one_worker))
+        .route("/health_generate", any(to_one_worker))
+        .route("/get_loads", get(admin::get_loads))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(guarded)
+        .merge(admin::routes(state.clone()))
+        .route("/health", get(|| async { "ok" }))
+        .route("/liveness", get(|| async { "ok" }))
+        .route("/readiness", get(readiness))
+        .fallback(|req: Request| async move {
+            ApiError::NotFound(format!(
+                "no route for {} {}",
+                req.method(),
+                req.uri().path()
+            ))
+        })
+        // tower-http's request ids: the outer layer gives each request its
+        // id as `x-request-id` (forwarded to the worker), the inner one
+        // puts it on the response.
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID,
+            ClientOrNewId::new(&state.config.request_id_headers),
+        ))
+        .with_state(state)
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request's id: the first of `--request-id-headers` the client sent,
+/// else a new random one.
+#[derive(Clone)]
+struct ClientOrNewId(Arc<Vec<HeaderName>>);
+
+impl ClientOrNewId {
+    fn new(headers: &[String]) -> Self {
+        // Validation checked that each is a header name.
+        let names = headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        ClientOrNewId(Arc::new(names))
+    }
+}
+
+impl MakeRequestId for ClientOrNewId {
+    fn make_request_id<B>(&mut self, req: &axum::http::Request<B>) -> Option<RequestId> {
+        let sent = self
+            .0
+            .iter()
+            .find_map(|h| req.headers().get(h).filter(|v| v.to_str().is_ok()));
+        let id = match sent {
+            Some(id) => id.clone(),
+            None => HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+                .expect("hex digits make a header value"),
+        };
+        Some(RequestId::new(id))
+    }
+}
+
+async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.config.api_key else {
+        return next.run(req).await;
+    };
+    match admin::bearer(&req) {
+        Some(p) if admin::constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// Ready once a request can be served: a healthy worker, or in PD mode a
+/// healthy prefill and a healthy decode worker.
+async fn readiness(State(s): State<Arc<AppState>>) -> Response {
+    let workers = s.registry.all();
+    let healthy_with = |role: Role| {
+        workers
+            .iter()
+            .filter(|w| w.role == role && w.is_healthy())
+            .count()
+    };
+    let (healthy, ready) = match s.config.pd {
+        None => {
+            let n = healthy_with(Role::Regular);
+            (n, n > 0)
+        }
+        Some(_) => {
+            let (p, d) = (healthy_with(Role::Prefill), healthy_with(Role::Decode));
+            (p + d, p > 0 && d > 0)
+        }
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": ready, "healthy_workers": healthy})),
+    )
+        .into_response()
+}
+
+/// Read the body once, bounded by `--max-payload-size`. `Limited` itself
+/// rather than tower-http's `RequestBodyLimitLayer`, whose early 413 is not
+/// in OpenAI's error shape.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!("unreadable body: {e}"))),
+    }
+}
+
+async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {
+    let started = Instant::now();
+    let result = forward(&s, route, req).await;
+    let resp = result.unwrap_or_else(|e| {
+        metrics::counter!(m::ERRORS, "route" => route.label(), "code" => e.status().as_str().to_owned()).increment(1);
+        e.into_response()
+    });
+    let handles = m::for_route(route);
+    if resp.status() == StatusCode::OK {
+        handles.ok.increment(1);
+    } else {
+        let status = resp.status().as_str().to_owned();
+        metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => status).increment(1);
+    }
+    handles.duration.record(started.elapsed());
+    resp
+}
+
+async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, s.config.max_payload_size).await?;
+    let policy = s.policy.load_full();
+    let prefill_policy = s.prefill_policies.as_ref().map(|m| m.active().load_full());
+    let peek = extract::peek(&body)?;
+    let needs_text =
+        policy.info().needs_text || prefill_policy.as_ref().is_some_and(|p| p.info().needs_text);
+    let text = if needs_text {
+        peek.routing_text()?
+    } else {
+        String::new()
+    };
+    let model = peek.model.as_deref().unwrap_or("");
+    let slot = match &s.admission {
+        Some(a) => Some(a.admit().await?),
+        None => None,
+    };
+    let routing_key = ["x-routing-key", "x-smg-routing-key"]
+        .iter()
+        .find_map(|h| parts.headers.get(*h)?.to_str().ok());
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("");
+    let forward = Forward {
+        route,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        body: body.clone(),
+        request_id,
+        seq: s.seq.fetch_add(1, Ordering::Relaxed),
+        model,
+        text: &text,
+        routing_key,
+    };
+    match prefill_policy {
+        None => proxy::forward(&s.config, &s.upstream, &s.registry, policy, forward, slot).await,
+        Some(prefill) => {
+            let policies = pd::PdPolicies {
+                prefill,
+                decode: policy,
+            };
+            pd::forward(
+                &s.config,
+                &s.upstream,
+                &s.registry,
+                policies,
+                forward,
+                &peek,
+                slot,
+            )
+            .await
+        }
+    }
+}
+
+/// Informational routes: the least-loaded healthy worker answers.
+async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let worker = s.registry.least_loaded().ok_or(ApiError::NoHealthyWorker)?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, s.config.max_payload_size).await?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = if parts.method == Method::POST {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let _in_flight = worker.start_request();
+    let url = format!("{}{path}", worker.url);
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("");
+    // The client's own headers (its `Authorization` among them).
+    let headers = proxy::upstream_headers(&parts.headers, request_id);
+    let call = async {
+        let resp = s.upstream.send(method, &url, headers, body).await?;
+        Ok::<_, upstream::UpstreamError>(resp.relay().await)
+    };
+    match tokio::time::timeout(s.config.request_timeout, call).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            tracing::warn!(worker = %worker.url, "worker unreachable: {e}");
+            Err(ApiError::UpstreamConnect(
+                "the worker did not answer".into(),
+            ))
+        }
+        Err(_elapsed) => Err(ApiError::UpstreamTimeout),
+    }
+}
