@@ -21,10 +21,10 @@ ticker=""
 summary() {
     local status=$?
     [ -n "$ticker" ] && kill "$ticker" 2>/dev/null
-    [ -n "$current" ] && steps+=("$(printf '%-62s %5ss  FAILED' "$current" $((SECONDS - started)))")
+    [ -n "$current" ] && steps+=("$(printf '%-75s %5ss  FAILED' "$current" $((SECONDS - started)))")
     printf '\n== summary\n'
     printf '%s\n' "${steps[@]}"
-    printf '%-62s %5ss  %s\n' "total" "$SECONDS" "$([ "$status" = 0 ] && echo passed || echo FAILED)"
+    printf '%-75s %5ss  %s\n' "total" "$SECONDS" "$([ "$status" = 0 ] && echo passed || echo FAILED)"
 }
 trap summary EXIT
 
@@ -47,7 +47,7 @@ step() {
     kill "$ticker" 2>/dev/null || true
     wait "$ticker" 2>/dev/null || true
     ticker=""
-    steps+=("$(printf '%-62s %5ss  ok' "$name" $((SECONDS - started)))")
+    steps+=("$(printf '%-75s %5ss  ok' "$name" $((SECONDS - started)))")
     current=""
 }
 

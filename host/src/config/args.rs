@@ -5,9 +5,9 @@
 //! `policy_name` for `--policy`) and, through the flag table the native
 //! extension exposes, a keyword of the Python `Router(...)` and a flag of
 //! `python -m wasm_router.launch_router`. Every field is optional (`None`,
-//! `false`, empty: not given), so that [`super::layer`] can put the flags
-//! over the file with one generic rule; the defaults shown in the help are
-//! applied by validation ([`super::Config::load`]). One clap + serde struct
+//! `false`, empty: not given), so that one generic rule can put the flags
+//! over the file; the defaults shown in the help are applied by validation
+//! ([`super::Config::load`]). One clap + serde struct
 //! rather than `figment`: the file and the flags are the only two layers,
 //! and a struct that both derive keeps each setting's name, type, help and
 //! TOML key on the lines of its field.

@@ -1,8 +1,8 @@
 //! Router settings in two stages: raw [`RouterArgs`], the one declaration
 //! of every setting, read from the flags and from the `--config` TOML file,
-//! layered (flags over the file, [`layer`]), then validated into a
-//! [`Config`] with the defaults applied ([`validate`]). Only `Config` goes
-//! further. Names and defaults follow the SGLang router.
+//! layered (flags over the file, `layer`), then validated into a [`Config`]
+//! with the defaults applied (`validate.rs`). Only `Config` goes further.
+//! Names and defaults follow the SGLang router.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
