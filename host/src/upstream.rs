@@ -41,6 +41,10 @@ pub enum UpstreamError {
 /// to workers ([`crate::client`]).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The largest worker answer the router reads whole to pass on (errors,
+/// informational routes); a longer one is a 502.
+pub const MAX_RELAYED_BODY: usize = 16 << 20;
+
 /// Idle connections kept per worker (per serving thread, here).
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 1024;
 
@@ -163,17 +167,26 @@ impl Response {
     }
 
     /// A small answer (an error, an informational route's), relayed whole
-    /// with its status and content type.
-    pub async fn relay(self) -> axum::response::Response {
+    /// with its status and content type; `None` when its body breaks off or
+    /// passes [`MAX_RELAYED_BODY`].
+    pub async fn relay(self) -> Option<axum::response::Response> {
+        self.relay_up_to(MAX_RELAYED_BODY).await
+    }
+
+    async fn relay_up_to(self, limit: usize) -> Option<axum::response::Response> {
         use axum::response::IntoResponse;
         let status = self.status();
         let content_type = self.headers().get("content-type").cloned();
-        let body = self.bytes().await.unwrap_or_default();
+        let body = http_body_util::Limited::new(self.0.into_body(), limit)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
         let mut out = (status, body).into_response();
         if let Some(ct) = content_type {
             out.headers_mut().insert("content-type", ct);
         }
-        out
+        Some(out)
     }
 }
 

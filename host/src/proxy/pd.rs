@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::logprobs::{merge_first_event, merge_logprobs, streamed_input_logprobs};
 use super::respond::{Feedback, respond_with, response_head, stream_back};
-use super::retry::{Failure, Retries};
+use super::retry::{Failure, Retries, failed_answer};
 use super::{Forward, body_for, pick, upstream_headers};
 use crate::admission::Slot;
 use crate::config::Config;
@@ -132,7 +132,12 @@ pub async fn forward(
                 worker
                     .breaker
                     .record(!response.status().is_server_error(), Instant::now());
-                return Ok(response.relay().await);
+                let role = if worker.role == Role::Prefill {
+                    "prefill"
+                } else {
+                    "decode"
+                };
+                return failed_answer(response, role).await;
             }
         };
         if let Some(end) = retries.failed(worker, failure).await {

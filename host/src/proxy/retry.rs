@@ -24,6 +24,26 @@ use crate::workers::Worker;
 /// Worker statuses worth another worker's try.
 pub(crate) const RETRYABLE: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
+/// How long a worker's error answer may take to arrive whole once its
+/// headers did; an error body is small.
+pub(crate) const FAILED_ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// A worker's error answer, read whole to pass on: bounded in time
+/// ([`FAILED_ANSWER_WITHIN`]) and size (`upstream::MAX_RELAYED_BODY`), so a
+/// worker that stalls in its error body does not hold the request.
+pub(crate) async fn failed_answer(
+    response: upstream::Response,
+    role: &str,
+) -> Result<Response, ApiError> {
+    let status = response.status();
+    match tokio::time::timeout(FAILED_ANSWER_WITHIN, response.relay()).await {
+        Ok(Some(answer)) => Ok(answer),
+        _ => Err(ApiError::UpstreamConnect(format!(
+            "the {role} worker answered {status}, and its body did not follow"
+        ))),
+    }
+}
+
 /// Back-off before retry number `attempt` (1-based), with jitter.
 pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     let base = retry.initial_backoff.as_secs_f64() * retry.multiplier.powi(attempt as i32 - 1);
@@ -154,7 +174,7 @@ impl<'a> Retries<'a> {
                     .breaker
                     .record(!status.is_server_error(), Instant::now());
                 tracing::warn!(worker = %name, request_id, role, attempt, %status, "retrying on another worker");
-                self.last = Ok(response.relay().await);
+                self.last = failed_answer(response, role).await;
             }
         }
         None
@@ -169,6 +189,57 @@ impl<'a> Retries<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::ClientTls;
+    use crate::upstream::Upstream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A worker that answers 503 with a body it does not send while the
+    /// returned sender lives.
+    async fn stalling_worker() -> (String, tokio::sync::oneshot::Sender<()>) {
+        let (hold, release) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // The request first (its body is empty: it ends with its head).
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let head = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100\r\n\r\n";
+            socket.write_all(head).await.unwrap();
+            // Hold the connection open, body unsent: no timer, so paused
+            // time moves only for the code under test.
+            let _released = release.await;
+            drop(socket);
+        });
+        (url, hold)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_answer_whose_body_stalls_does_not_hold_the_request() {
+        let (url, _hold) = stalling_worker().await;
+        let upstream = Upstream::new(&ClientTls::default()).unwrap();
+        let response = upstream
+            .send(
+                axum::http::Method::GET,
+                &format!("{url}/generate"),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        let bounded =
+            tokio::time::timeout(Duration::from_secs(600), failed_answer(response, "regular"));
+        let answer = bounded.await.expect("the error body's wait is bounded");
+        let Err(ApiError::UpstreamConnect(message)) = answer else {
+            panic!("a 502 naming the stalled body, got {answer:?}");
+        };
+        assert!(message.contains("503"), "{message}");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -269,7 +269,11 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
         Ok::<_, upstream::UpstreamError>(resp.relay().await)
     };
     match tokio::time::timeout(s.config.request_timeout, call).await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(Some(resp))) => Ok(resp),
+        Ok(Ok(None)) => Err(ApiError::UpstreamConnect(format!(
+            "the worker's answer broke off or passed {} bytes",
+            upstream::MAX_RELAYED_BODY
+        ))),
         Ok(Err(e)) => {
             tracing::warn!(worker = %worker.url, "worker unreachable: {e}");
             Err(ApiError::UpstreamConnect(
