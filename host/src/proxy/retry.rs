@@ -4,10 +4,10 @@
 //! (a success, a status not worth a retry, or any status on the last try),
 //! or names the worker that failed and how. [`Retries`] records that
 //! failure in the worker's breaker, logs it, waits its back-off, and the
-//! next attempt goes without that worker. Retries happen only before any byte went to the
-//! client: an attempt that answered is never retried. When no candidate is
-//! left, the client gets the last failure, a worker's own error answer
-//! included.
+//! next attempt goes without that worker. Retries happen only before any
+//! byte went to the client: an attempt that answered is never retried.
+//! When no candidate is left, the client gets the last failure, a worker's
+//! own error answer included.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,12 +60,6 @@ pub(crate) enum Failure {
     Unreachable(UpstreamError),
     /// A status in [`RETRYABLE`], with retries left.
     Status(upstream::Response),
-}
-
-impl From<UpstreamError> for Failure {
-    fn from(e: UpstreamError) -> Self {
-        Failure::Unreachable(e)
-    }
 }
 
 /// The retry loop's state, driven by a forwarder:
