@@ -170,14 +170,10 @@ impl Response {
     /// with its status and content type; `None` when its body breaks off or
     /// passes [`MAX_RELAYED_BODY`].
     pub async fn relay(self) -> Option<axum::response::Response> {
-        self.relay_up_to(MAX_RELAYED_BODY).await
-    }
-
-    async fn relay_up_to(self, limit: usize) -> Option<axum::response::Response> {
         use axum::response::IntoResponse;
         let status = self.status();
         let content_type = self.headers().get("content-type").cloned();
-        let body = http_body_util::Limited::new(self.0.into_body(), limit)
+        let body = http_body_util::Limited::new(self.0.into_body(), MAX_RELAYED_BODY)
             .collect()
             .await
             .ok()?

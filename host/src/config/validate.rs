@@ -19,7 +19,6 @@ impl Config {
     pub(super) fn validate(s: RouterArgs) -> Result<Config, ConfigError> {
         let worker_urls = s
             .worker_urls
-            .clone()
             .iter()
             .map(|u| validate_worker_url(u))
             .collect::<Result<Vec<_>, _>>()?;
@@ -195,8 +194,7 @@ impl Config {
             memory: memory_mb.map_or(engine::DEFAULT_MEMORY_LIMIT, |mb| mb << 20),
             ..Limits::default()
         };
-        let request_id_headers = s.request_id_headers.clone();
-        let request_id_headers = if request_id_headers.is_empty() {
+        let request_id_headers = if s.request_id_headers.is_empty() {
             [
                 "x-request-id",
                 "x-correlation-id",
@@ -206,7 +204,7 @@ impl Config {
             .map(String::from)
             .to_vec()
         } else {
-            request_id_headers
+            s.request_id_headers
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect()
@@ -246,11 +244,11 @@ impl Config {
                 ));
             }
         };
-        let ca_certs = s.ca_cert_paths.clone();
         let client_tls = crate::tls::ClientTls {
-            ca_certs: ca_certs
-                .into_iter()
-                .map(|p| readable("--ca-cert-paths", p))
+            ca_certs: s
+                .ca_cert_paths
+                .iter()
+                .map(|p| readable("--ca-cert-paths", p.clone()))
                 .collect::<Result<_, _>>()?,
             identity,
         };

@@ -53,6 +53,17 @@ pub enum Role {
     Decode,
 }
 
+impl Role {
+    /// Its name in `GET /workers` and in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Regular => "regular",
+            Role::Prefill => "prefill",
+            Role::Decode => "decode",
+        }
+    }
+}
+
 /// A worker as policies see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInfo {

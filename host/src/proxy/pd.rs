@@ -132,12 +132,7 @@ pub async fn forward(
                 worker
                     .breaker
                     .record(!response.status().is_server_error(), Instant::now());
-                let role = if worker.role == Role::Prefill {
-                    "prefill"
-                } else {
-                    "decode"
-                };
-                return failed_answer(response, role).await;
+                return failed_answer(response, worker.role).await;
             }
         };
         if let Some(end) = retries.failed(worker, failure).await {

@@ -33,9 +33,9 @@ pub(crate) const FAILED_ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// worker that stalls in its error body does not hold the request.
 pub(crate) async fn failed_answer(
     response: upstream::Response,
-    role: &str,
+    role: Role,
 ) -> Result<Response, ApiError> {
-    let status = response.status();
+    let (status, role) = (response.status(), role.label());
     match tokio::time::timeout(FAILED_ANSWER_WITHIN, response.relay()).await {
         Ok(Some(answer)) => Ok(answer),
         _ => Err(ApiError::UpstreamConnect(format!(
@@ -135,11 +135,7 @@ impl<'a> Retries<'a> {
     ) -> Option<Result<Response, ApiError>> {
         let attempt = self.started;
         let request_id = self.request_id;
-        let role = match worker.role {
-            Role::Regular => "regular",
-            Role::Prefill => "prefill",
-            Role::Decode => "decode",
-        };
+        let role = worker.role.label();
         let name = worker.name();
         self.excluded.push(worker.id);
         match failure {
@@ -168,7 +164,7 @@ impl<'a> Retries<'a> {
                     .breaker
                     .record(!status.is_server_error(), Instant::now());
                 tracing::warn!(worker = %name, request_id, role, attempt, %status, "retrying on another worker");
-                self.last = failed_answer(response, role).await;
+                self.last = failed_answer(response, worker.role).await;
             }
         }
         None
@@ -226,8 +222,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 503);
-        let bounded =
-            tokio::time::timeout(Duration::from_secs(600), failed_answer(response, "regular"));
+        let bounded = tokio::time::timeout(
+            Duration::from_secs(600),
+            failed_answer(response, Role::Regular),
+        );
         let answer = bounded.await.expect("the error body's wait is bounded");
         let Err(ApiError::UpstreamConnect(message)) = answer else {
             panic!("a 502 naming the stalled body, got {answer:?}");

@@ -114,6 +114,15 @@ impl MakeRequestId for ClientOrNewId {
     }
 }
 
+/// The id [`ClientOrNewId`] gave the request.
+fn request_id(parts: &axum::http::request::Parts) -> &str {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("")
+}
+
 async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(key) = &s.config.api_key else {
         return next.run(req).await;
@@ -207,11 +216,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()
         .find_map(|h| parts.headers.get(*h)?.to_str().ok());
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .and_then(|r| r.header_value().to_str().ok())
-        .unwrap_or("");
+    let request_id = request_id(&parts);
     let forward = Forward {
         route,
         path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -257,11 +262,7 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
     };
     let _in_flight = worker.start_request();
     let url = format!("{}{path}", worker.url);
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .and_then(|r| r.header_value().to_str().ok())
-        .unwrap_or("");
+    let request_id = request_id(&parts);
     // The client's own headers (its `Authorization` among them).
     let headers = proxy::upstream_headers(&parts.headers, request_id);
     let call = async {

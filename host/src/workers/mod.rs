@@ -216,11 +216,7 @@ impl Worker {
             id: self.id,
             url: self.url.clone(),
             model: self.model().to_string(),
-            role: match self.role {
-                Role::Regular => "regular",
-                Role::Prefill => "prefill",
-                Role::Decode => "decode",
-            },
+            role: self.role.label(),
             bootstrap_port: self.bootstrap_port,
             dp_rank: self.dp_rank,
             healthy: self.is_healthy(),
