@@ -53,9 +53,17 @@ pub enum ApiError {
     /// A forced policy reload failed; the old policy keeps serving.
     #[error("policy reload failed, the old policy keeps serving: {0}")]
     PolicyReload(String),
-    /// The worker did not answer in time.
+    /// The worker did not answer, or finish its answer, in time.
     #[error("the worker did not respond within --request-timeout-secs")]
     UpstreamTimeout,
+    /// The worker's response paused longer than `--stream-idle-timeout-secs`.
+    #[error("the worker sent nothing for --stream-idle-timeout-secs; the response was cut off")]
+    UpstreamIdle,
+    /// The client's body did not arrive in time.
+    #[error(
+        "the request body did not arrive within --request-timeout-secs, or paused longer than --stream-idle-timeout-secs"
+    )]
+    BodyTimeout,
 }
 
 impl ApiError {
@@ -66,7 +74,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::QueueTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::QueueTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::WorkerExists(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -75,7 +83,7 @@ impl ApiError {
             }
             ApiError::PolicyReload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
-            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamTimeout | ApiError::UpstreamIdle => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -97,14 +105,21 @@ impl ApiError {
             ApiError::PolicyReload(_) => ("invalid_request_error", "policy_reload_failed"),
             ApiError::UpstreamConnect(_) => ("upstream_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout => ("timeout_error", "upstream_timeout"),
+            ApiError::UpstreamIdle => ("timeout_error", "upstream_idle_timeout"),
+            ApiError::BodyTimeout => ("timeout_error", "request_body_timeout"),
         }
+    }
+
+    /// The error in OpenAI's shape, as the body of a response or of an SSE
+    /// event.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (kind, code) = self.kind();
+        json!({"error": {"message": self.to_string(), "type": kind, "code": code}})
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (kind, code) = self.kind();
-        let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
-        (self.status(), Json(body)).into_response()
+        (self.status(), Json(self.to_json())).into_response()
     }
 }

@@ -30,6 +30,8 @@ pub const POLICY_DECISION: &str = "wasm_router_policy_decision_seconds";
 pub const POLICY_RELOADS: &str = "wasm_router_policy_reloads_total";
 /// Policy faults answered by the fallback, by policy and kind.
 pub const POLICY_FAULTS: &str = "wasm_router_policy_faults_total";
+/// Responses cut off mid-body by a timeout, by reason (deadline, idle).
+pub const RESPONSES_CUT_OFF: &str = "wasm_router_responses_cut_off_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

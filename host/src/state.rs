@@ -48,7 +48,7 @@ impl AppState {
         Ok(AppState {
             admission: config.queue.map(Admission::new),
             client: client_with_tls(&config.client_tls)?,
-            upstream: Upstream::new(&config.client_tls)?,
+            upstream: Upstream::new(&config.client_tls, config.connect_timeout)?,
             config,
             registry,
             policy: policies.active(),

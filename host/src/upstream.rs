@@ -42,8 +42,22 @@ pub enum UpstreamError {
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The largest worker answer the router reads whole to pass on (errors,
-/// informational routes); a longer one is a 502.
+/// informational routes, a PD prefill's answer); a longer one is a 502.
 pub const MAX_RELAYED_BODY: usize = 16 << 20;
+
+/// Why a worker's body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Longer than the reader's limit.
+    #[error("the worker's answer passed {0} bytes")]
+    TooLarge(usize),
+    /// The connection broke.
+    #[error("the worker's answer broke off: {0}")]
+    Broken(String),
+    /// Not whole by the reader's deadline.
+    #[error("the worker's answer did not end in time")]
+    Timeout,
+}
 
 /// Idle connections kept per worker (per serving thread, here).
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 1024;
@@ -70,11 +84,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client trusting the webpki roots plus `tls`'s, presenting `tls`'s
-    /// client certificate if set.
-    pub fn new(tls: &ClientTls) -> Result<Self, TlsError> {
+    /// client certificate if set, that gives up connecting after
+    /// `connect_timeout`.
+    pub fn new(tls: &ClientTls, connect_timeout: Duration) -> Result<Self, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls.rustls_config()?)
             .https_or_http()
@@ -151,9 +167,22 @@ impl Response {
         self.0.headers()
     }
 
-    /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
-        Ok(self.0.into_body().collect().await?.to_bytes())
+    /// The whole body, if it is at most `limit` bytes and ends by
+    /// `deadline`.
+    pub async fn read_whole(
+        self,
+        limit: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, BodyError> {
+        let read = http_body_util::Limited::new(self.0.into_body(), limit).collect();
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(BodyError::TooLarge(limit))
+            }
+            Ok(Err(e)) => Err(BodyError::Broken(root_cause(&*e))),
+            Err(_elapsed) => Err(BodyError::Timeout),
+        }
     }
 
     /// The body, piece by piece as it arrives.
@@ -167,22 +196,21 @@ impl Response {
     }
 
     /// A small answer (an error, an informational route's), relayed whole
-    /// with its status and content type; `None` when its body breaks off or
-    /// passes [`MAX_RELAYED_BODY`].
-    pub async fn relay(self) -> Option<axum::response::Response> {
+    /// with its status and content type, if it is at most
+    /// [`MAX_RELAYED_BODY`] and ends by `deadline`.
+    pub async fn relay(
+        self,
+        deadline: tokio::time::Instant,
+    ) -> Result<axum::response::Response, BodyError> {
         use axum::response::IntoResponse;
         let status = self.status();
         let content_type = self.headers().get("content-type").cloned();
-        let body = http_body_util::Limited::new(self.0.into_body(), MAX_RELAYED_BODY)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
+        let body = self.read_whole(MAX_RELAYED_BODY, deadline).await?;
         let mut out = (status, body).into_response();
         if let Some(ct) = content_type {
             out.headers_mut().insert("content-type", ct);
         }
-        Some(out)
+        Ok(out)
     }
 }
 
@@ -228,7 +256,9 @@ mod tests {
                 .send(Method::GET, url, HeaderMap::new(), Bytes::new())
                 .await
                 .unwrap();
-            assert_eq!(response.bytes().await.unwrap(), "ok");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let body = response.read_whole(16, deadline).await.unwrap();
+            assert_eq!(body, "ok");
         }
     }
 
@@ -246,11 +276,44 @@ mod tests {
         })
     }
 
+    /// Issue 15: there was no connect timeout, so a worker whose address
+    /// drops connection attempts cost the OS's (minutes) on every attempt.
+    /// A listener whose accept queue is full drops them as a blackholed
+    /// host does.
+    #[tokio::test]
+    async fn a_connection_that_is_never_accepted_gives_up_at_the_connect_timeout() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Fill the accept queue; nothing is ever accepted.
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await
+            {
+                fillers.push(stream);
+            }
+        }
+        let upstream = Upstream::new(&ClientTls::default(), Duration::from_millis(300)).unwrap();
+        let url = format!("http://{addr}/health");
+        let send = upstream.send(Method::GET, &url, HeaderMap::new(), Bytes::new());
+        let answer = tokio::time::timeout(Duration::from_secs(30), send)
+            .await
+            .expect("the connect timeout ends the attempt, not the OS's");
+        assert!(
+            matches!(answer, Err(UpstreamError::Unreachable(_))),
+            "{answer:?}"
+        );
+        drop((listener, fillers));
+    }
+
     #[test]
     fn each_thread_keeps_its_own_pool() {
         let workers = tokio::runtime::Runtime::new().unwrap();
         let (url, accepted) = workers.block_on(counting_worker());
-        let upstream = Arc::new(Upstream::new(&ClientTls::default()).unwrap());
+        let upstream =
+            Arc::new(Upstream::new(&ClientTls::default(), Duration::from_secs(10)).unwrap());
         let (first_sent, second_may_start) = std::sync::mpsc::channel();
         let (second_sent, first_may_end) = tokio::sync::oneshot::channel::<()>();
         // The first thread's runtime keeps running (and its connection

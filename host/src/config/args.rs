@@ -105,7 +105,9 @@ pub struct RouterArgs {
     /// Largest request body in bytes; larger is a 413 [default: 536870912].
     #[arg(long)]
     pub max_payload_size: Option<usize>,
-    /// Seconds to wait for a worker's response headers; then 504 [default: 1800].
+    /// Seconds a whole request may take, from its first byte to its
+    /// response's last, streaming included: 504 before the response
+    /// headers, an SSE error event after them [default: 1800].
     #[arg(long)]
     pub request_timeout_secs: Option<u64>,
     /// Seconds to wait for one worker's response headers before counting the
@@ -113,6 +115,15 @@ pub struct RouterArgs {
     /// --request-timeout-secs [default: off, one attempt may use it all].
     #[arg(long)]
     pub attempt_timeout_secs: Option<u64>,
+    /// Seconds to wait for a TCP connection to a worker; then the attempt
+    /// fails and is retried on another worker [default: 10].
+    #[arg(long)]
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds a worker's response body, or a client's request body, may
+    /// pause between two chunks; then it ends (a stream with an SSE error
+    /// event) [default: 300].
+    #[arg(long)]
+    pub stream_idle_timeout_secs: Option<u64>,
     /// Retries after the first attempt [default: 5].
     #[arg(long)]
     pub retry_max_retries: Option<u32>,

@@ -119,11 +119,16 @@ pub struct Config {
     pub policy_cache_dir: Option<PathBuf>,
     /// Largest request body.
     pub max_payload_size: usize,
-    /// Time allowed for a worker's response headers.
+    /// Time allowed for a whole request, body upload and response stream
+    /// included.
     pub request_timeout: Duration,
     /// Time allowed for one attempt's response headers before retrying
-    /// elsewhere; `None`: the whole `request_timeout`, without retry.
+    /// elsewhere; `None`: the rest of `request_timeout`, without retry.
     pub attempt_timeout: Option<Duration>,
+    /// Time allowed for a TCP connection to a worker.
+    pub connect_timeout: Duration,
+    /// Longest pause between two chunks of a body, either way.
+    pub stream_idle_timeout: Duration,
     /// Retries.
     pub retry: RetryConfig,
     /// Circuit breakers.

@@ -169,6 +169,14 @@ impl Config {
                 "must be above 0 and at most --request-timeout-secs",
             ));
         }
+        let connect_timeout = s.connect_timeout_secs.unwrap_or(10);
+        if connect_timeout == 0 {
+            return Err(invalid("--connect-timeout-secs", "must be above 0"));
+        }
+        let stream_idle_timeout = s.stream_idle_timeout_secs.unwrap_or(300);
+        if stream_idle_timeout == 0 {
+            return Err(invalid("--stream-idle-timeout-secs", "must be above 0"));
+        }
         let api_key = s.api_key.clone();
         if api_key.as_deref() == Some("") {
             return Err(invalid("--api-key", "must not be empty"));
@@ -275,6 +283,8 @@ impl Config {
             max_payload_size,
             request_timeout: Duration::from_secs(request_timeout),
             attempt_timeout: attempt_timeout.map(Duration::from_secs),
+            connect_timeout: Duration::from_secs(connect_timeout),
+            stream_idle_timeout: Duration::from_secs(stream_idle_timeout),
             retry,
             breaker,
             health,

@@ -112,7 +112,9 @@ pub struct Outcome {
     pub request_id: u64,
     /// The worker that served it.
     pub worker: WorkerId,
-    /// HTTP status from the worker; 0 if it could not be reached.
+    /// HTTP status from the worker; 0 if it could not be reached or gave no
+    /// answer; 499 if the client went away before the response's end, 504
+    /// if a timeout cut the response off, 502 if its body broke off.
     pub status: u16,
     /// Send to last byte, in microseconds.
     pub latency_us: u64,

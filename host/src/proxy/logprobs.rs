@@ -16,8 +16,23 @@ pub(super) fn streamed_input_logprobs(body: &[u8]) -> Option<Value> {
         .next_back()
 }
 
+/// The longest first event held back to merge the logprobs into; past it,
+/// the held bytes go on unmerged.
+const MAX_FIRST_EVENT: usize = 1 << 20;
+
+/// Where the first event in `held` ends (`\n\n` or `\r\n\r\n` follows it).
+fn first_event_end(held: &[u8]) -> Option<usize> {
+    let lf = held.windows(2).position(|w| w == b"\n\n");
+    let crlf = held.windows(4).position(|w| w == b"\r\n\r\n");
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The decode's stream with the prompt's logprobs (`front`) merged into its
-/// first `data:` event; the rest passes through untouched.
+/// first `data:` event; the rest passes through untouched. A first event
+/// longer than [`MAX_FIRST_EVENT`] passes unmerged.
 // Our own framing rather than an SSE parser crate (eventsource-stream):
 // only the first event is rewritten, and a parser would re-encode them all.
 pub(super) fn merge_first_event(
@@ -47,7 +62,14 @@ pub(super) fn merge_first_event(
                 match next {
                     Some(Ok(chunk)) => {
                         held.extend_from_slice(&chunk);
-                        let Some(end) = held.windows(2).position(|w| w == b"\n\n") else {
+                        let Some(end) = first_event_end(&held) else {
+                            if held.len() > MAX_FIRST_EVENT {
+                                tracing::warn!(
+                                    "the decode stream's first event passed {MAX_FIRST_EVENT} bytes; the prompt logprobs are not merged"
+                                );
+                                let out = std::mem::take(&mut held);
+                                return Some((Ok(out.into()), (body, None, held, None)));
+                            }
                             front = Some(logprobs);
                             continue;
                         };
@@ -153,6 +175,27 @@ mod tests {
             collect(&["data: {\"a\"", ": 1}"], front).await,
             "data: {\"a\": 1}"
         );
+    }
+
+    /// Issue 15: the first event was only found at `\n\n`, so a CRLF
+    /// stream was held whole, without bound.
+    #[tokio::test]
+    async fn a_crlf_first_event_is_merged_and_a_huge_one_passes_unmerged() {
+        let front = Some(json!([[-1.0, 1, null]]));
+        let merged = collect(
+            &["data: {\"meta_info\": {}}\r\n\r\n", "data: [DONE]\r\n\r\n"],
+            front.clone(),
+        )
+        .await;
+        assert!(
+            merged.starts_with(
+                "data: {\"meta_info\":{\"input_token_logprobs\":[[-1.0,1,null]]}}\r\n\r\n"
+            ),
+            "{merged}"
+        );
+        let huge: &'static str = Box::leak("x".repeat(MAX_FIRST_EVENT + 1).into_boxed_str());
+        let passed = collect(&["data: ", huge, "\n\n"], front).await;
+        assert_eq!(passed, format!("data: {huge}\n\n"), "passed unmerged");
     }
 
     #[test]

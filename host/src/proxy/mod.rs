@@ -25,7 +25,7 @@ pub mod pd;
 mod respond;
 mod retry;
 
-use respond::{Feedback, stream_back};
+use respond::{Feedback, Held, Timeouts, stream_back};
 use retry::{Failure, Retries};
 
 /// Headers that belong to one connection and are not forwarded (with those
@@ -64,6 +64,26 @@ pub struct Forward<'a> {
     pub text: &'a str,
     /// Routing key header.
     pub routing_key: Option<&'a str>,
+    /// When the request's time (`--request-timeout-secs`) is up.
+    pub deadline: tokio::time::Instant,
+}
+
+impl Forward<'_> {
+    /// When an attempt started now must have its response headers: at
+    /// `--attempt-timeout-secs`, or the request's deadline.
+    fn attempt_deadline(&self, config: &Config) -> tokio::time::Instant {
+        config.attempt_timeout.map_or(self.deadline, |t| {
+            (tokio::time::Instant::now() + t).min(self.deadline)
+        })
+    }
+
+    /// The time limits of the response body.
+    fn body_timeouts(&self, config: &Config) -> Timeouts {
+        Timeouts {
+            deadline: self.deadline,
+            idle: config.stream_idle_timeout,
+        }
+    }
 }
 
 /// Forward `req`, retrying as configured; the response streams back.
@@ -76,14 +96,14 @@ pub async fn forward(
     slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
-    let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
-    let mut retries = Retries::new(config, req.route, req.request_id);
+    let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
     while retries.next().await {
         let Some(worker) = pick(registry, &**policy, Role::Regular, &req, retries.excluded())?
         else {
             break;
         };
         let in_flight = worker.start_request();
+        let mut feedback = Feedback::wanted(&policy, req.seq, &worker);
         let sent = Instant::now();
         let url = format!("{}{}", worker.url, req.path_and_query);
         let send = upstream.send(
@@ -92,10 +112,11 @@ pub async fn forward(
             headers.clone(),
             body_for(&worker, &req.body),
         );
-        let failure = match tokio::time::timeout(timeout, send).await {
+        let failure = match tokio::time::timeout_at(req.attempt_deadline(config), send).await {
             Err(_elapsed) => Failure::Timeout,
             Ok(Err(cause)) => Failure::Unreachable(cause),
             Ok(Ok(response)) if retries.retries(response.status().as_u16()) => {
+                Feedback::answered(&mut feedback, response.status().as_u16());
                 Failure::Status(response)
             }
             Ok(Ok(response)) => {
@@ -104,17 +125,17 @@ pub async fn forward(
                     .breaker
                     .record(!status.is_server_error(), Instant::now());
                 m::for_route(req.route).ttfb.record(sent.elapsed());
-                let feedback = Feedback::wanted(&policy, req.seq, &worker, status.as_u16(), sent);
-                return Ok(stream_back(
-                    response,
-                    req.request_id,
+                Feedback::answered(&mut feedback, status.as_u16());
+                let held = Held {
                     in_flight,
                     slot,
                     feedback,
-                ));
+                };
+                let timeouts = req.body_timeouts(config);
+                return Ok(stream_back(response, req.request_id, held, timeouts));
             }
         };
-        drop(in_flight);
+        drop((in_flight, feedback));
         if let Some(end) = retries.failed(worker, failure).await {
             return end;
         }
@@ -234,6 +255,7 @@ mod tests {
             model: "",
             text: "",
             routing_key: None,
+            deadline: tokio::time::Instant::now(),
         };
         let stray = Stray(PolicyInfo {
             name: "stray".into(),
@@ -243,6 +265,117 @@ mod tests {
         });
         let picked = pick(&registry, &stray, Role::Regular, &req, &[]).unwrap();
         assert_eq!(picked.map(|w| w.id), Some(worker.id));
+    }
+
+    /// A policy that wants feedback and keeps every outcome, picking the
+    /// smallest worker id.
+    struct Recorder(Arc<std::sync::Mutex<Vec<Outcome>>>, PolicyInfo);
+
+    impl Policy for Recorder {
+        fn info(&self) -> &PolicyInfo {
+            &self.1
+        }
+        fn workers_changed(&self, _: &[WorkerInfo]) {}
+        fn select(&self, _: &RouteRequest<'_>, c: &[Candidate]) -> Result<Decision, SelectError> {
+            let worker = c
+                .iter()
+                .map(|c| c.id)
+                .min()
+                .ok_or(SelectError::NoCandidates)?;
+            Ok(Decision {
+                worker,
+                fallback: None,
+            })
+        }
+        fn on_complete(&self, outcome: &Outcome) {
+            self.0.lock().unwrap().push(outcome.clone());
+        }
+        fn tick(&self, _: u64) {}
+    }
+
+    /// A worker on loopback whose `/generate` answers 200 with a body that
+    /// never ends: one chunk, then nothing.
+    async fn endless_worker() -> String {
+        use axum::body::Body;
+        use futures_util::StreamExt;
+        let app = axum::Router::new().route(
+            "/generate",
+            axum::routing::post(|| async {
+                let chunks = futures_util::stream::once(async {
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"data: 1\n\n"))
+                })
+                .chain(futures_util::stream::pending());
+                Body::from_stream(chunks)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// Issue 15: `on-complete` was reported for the final attempt only (a
+    /// worker that could not be reached was never reported), and a stream
+    /// the client abandoned was reported as a 200.
+    #[tokio::test]
+    async fn every_attempt_is_reported_and_an_abandoned_stream_is_not_a_200() {
+        use futures_util::StreamExt;
+        let served_by = endless_worker().await;
+        let args = crate::config::RouterArgs {
+            retry_initial_backoff_ms: Some(1),
+            ..Default::default()
+        };
+        let config = Config::load(&args).unwrap();
+        let registry = Registry::new(None, true);
+        // The smallest id, so picked first: nothing listens there.
+        let unreachable = registry.add("http://127.0.0.1:1").unwrap();
+        let serving = registry.add(&served_by).unwrap();
+        let upstream =
+            crate::upstream::Upstream::new(&Default::default(), config.connect_timeout).unwrap();
+        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let info = PolicyInfo {
+            name: "recorder".into(),
+            needs_text: false,
+            wants_feedback: true,
+            tick_interval: None,
+        };
+        let policy: Arc<Box<dyn Policy>> = Arc::new(Box::new(Recorder(outcomes.clone(), info)));
+        let headers = HeaderMap::new();
+        let req = Forward {
+            route: Route::Generate,
+            path_and_query: "/generate",
+            headers: &headers,
+            body: Bytes::from_static(b"{}"),
+            request_id: "r",
+            seq: 7,
+            model: "",
+            text: "",
+            routing_key: None,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        };
+        let response = forward(&config, &upstream, &registry, policy, req, None)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let statuses = || -> Vec<(u32, u16)> {
+            let outcomes = outcomes.lock().unwrap();
+            outcomes.iter().map(|o| (o.worker, o.status)).collect()
+        };
+        assert_eq!(
+            statuses(),
+            [(unreachable.id, 0)],
+            "the failed attempt is reported at once, as not reached"
+        );
+        let mut body = response.into_body().into_data_stream();
+        assert_eq!(body.next().await.unwrap().unwrap(), "data: 1\n\n");
+        assert_eq!(serving.load(), 1);
+        drop(body);
+        assert_eq!(serving.load(), 0);
+        assert_eq!(
+            statuses(),
+            [(unreachable.id, 0), (serving.id, respond::CLIENT_GONE)],
+            "the stream whose client went away is not reported as served"
+        );
     }
 
     #[test]

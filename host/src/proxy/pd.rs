@@ -10,7 +10,7 @@
 //! front of the decode's: in the response, or in a stream's first event.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::logprobs::{merge_first_event, merge_logprobs, streamed_input_logprobs};
-use super::respond::{Feedback, respond_with, response_head, stream_back};
+use super::respond::{Feedback, Held, respond_with, response_head, stream_back};
 use super::retry::{Failure, Retries, failed_answer};
 use super::{Forward, body_for, pick, upstream_headers};
 use crate::admission::Slot;
@@ -27,7 +27,7 @@ use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
 use crate::policy::{Policy, Role};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, MAX_RELAYED_BODY, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
 /// The two policies of PD mode, as loaded for this request.
@@ -41,6 +41,11 @@ pub struct PdPolicies {
 /// One half's answer: response headers, or why there are none.
 type Answer = Result<upstream::Response, Failure>;
 
+/// The largest answer read whole to merge the prompt logprobs into a
+/// non-streamed response (with `return_logprob`, each of its tokens has
+/// its logprobs); a longer one is a 502.
+const MAX_MERGED_BODY: usize = 64 << 20;
+
 /// Forward `req` to a prefill/decode pair, retrying with a new pair as
 /// configured. `peek` is the body as [`crate::extract::peek`] read it.
 pub async fn forward(
@@ -53,8 +58,7 @@ pub async fn forward(
     slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
-    let timeout = config.attempt_timeout.unwrap_or(config.request_timeout);
-    let mut retries = Retries::new(config, req.route, req.request_id);
+    let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
     while retries.next().await {
         let excluded = retries.excluded();
         let prefill = pick(registry, &**policies.prefill, Role::Prefill, &req, excluded)?;
@@ -63,12 +67,13 @@ pub async fn forward(
             break;
         };
         let body = with_fields(&req.body, &bootstrap_fields(&prefill, peek.batch_size()));
+        let attempt_deadline = req.attempt_deadline(config);
         let send = |worker: &Worker| {
             let url = format!("{}{}", worker.url, req.path_and_query);
             let (headers, body) = (headers.clone(), body_for(worker, &body));
             async move {
                 let call = upstream.send(Method::POST, &url, headers, body);
-                match tokio::time::timeout(timeout, call).await {
+                match tokio::time::timeout_at(attempt_deadline, call).await {
                     Err(_elapsed) => Err(Failure::Timeout),
                     Ok(Err(e)) => Err(Failure::Unreachable(e)),
                     Ok(Ok(response)) => Ok(response),
@@ -77,6 +82,8 @@ pub async fn forward(
         };
         let prefill_in_flight = prefill.start_request();
         let decode_in_flight = decode.start_request();
+        let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, &prefill);
+        let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, &decode);
         let sent = Instant::now();
         // Both at once: the decode worker waits for the prefill's KV cache,
         // and a prefill worker may hold its answer until the transfer ends.
@@ -103,6 +110,14 @@ pub async fn forward(
                 break;
             }
         }
+        for (feedback, answer) in [
+            (&mut prefill_feedback, &prefill_answer),
+            (&mut decode_feedback, &decode_answer),
+        ] {
+            if let Some(Ok(response)) = answer {
+                Feedback::answered(feedback, response.status().as_u16());
+            }
+        }
         let succeeded =
             |answer: &Option<Answer>| matches!(answer, Some(Ok(r)) if r.status().is_success());
         let (prefill_ok, decode_ok) = (succeeded(&prefill_answer), succeeded(&decode_answer));
@@ -113,15 +128,26 @@ pub async fn forward(
                 decode.breaker.record(true, Instant::now());
                 m::for_route(req.route).ttfb.record(sent.elapsed());
                 let pair = Pair {
-                    prefill: (&prefill, prefill_in_flight, p),
-                    decode: (&decode, decode_in_flight, d),
+                    prefill: Half {
+                        in_flight: prefill_in_flight,
+                        feedback: prefill_feedback,
+                        response: p,
+                    },
+                    decode: Half {
+                        in_flight: decode_in_flight,
+                        feedback: decode_feedback,
+                        response: d,
+                    },
                 };
-                return Ok(respond(config, &policies, &req, peek, pair, sent, slot).await);
+                return Ok(respond(config, &req, peek, pair, slot).await);
             }
             (Some(p), _) if !prefill_ok => (prefill, p),
             (_, Some(d)) => (decode, d),
             (_, None) => unreachable!("the loop above ends on a failure or both answers"),
         };
+        // Both halves' outcomes are reported as they stand: the other one
+        // was cut short (status 0) or answered.
+        drop((prefill_feedback, decode_feedback));
         let failure = match answer {
             Err(failure) => failure,
             Ok(response) if retries.retries(response.status().as_u16()) => {
@@ -142,86 +168,97 @@ pub async fn forward(
     retries.exhausted()
 }
 
+/// One half of a pair that answered with success.
+struct Half {
+    in_flight: InFlight,
+    feedback: Option<Feedback>,
+    response: upstream::Response,
+}
+
 /// Both halves answered with success.
-struct Pair<'w> {
-    prefill: (&'w Arc<Worker>, InFlight, upstream::Response),
-    decode: (&'w Arc<Worker>, InFlight, upstream::Response),
+struct Pair {
+    prefill: Half,
+    decode: Half,
 }
 
 /// The client's response: the decode's, streamed; with `return_logprob`,
 /// the prefill's body is read first and its prompt logprobs merged in.
+/// Bodies read whole are capped ([`MAX_RELAYED_BODY`] for the prefill's,
+/// [`MAX_MERGED_BODY`] for a non-streamed decode's) and bounded by the
+/// request's deadline.
 async fn respond(
     config: &Config,
-    policies: &PdPolicies,
     req: &Forward<'_>,
     peek: &Peek<'_>,
-    pair: Pair<'_>,
-    sent: Instant,
+    pair: Pair,
     slot: Option<Slot>,
 ) -> Response {
-    let (prefill, prefill_in_flight, prefill_response) = pair.prefill;
-    let (decode, decode_in_flight, decode_response) = pair.decode;
-    let feedback =
-        |policy: &Arc<Box<dyn Policy>>, worker: &Worker, response: &upstream::Response| {
-            Feedback::wanted(policy, req.seq, worker, response.status().as_u16(), sent)
+    let Pair { prefill, decode } = pair;
+    let timeouts = req.body_timeouts(config);
+    if !peek.wants_logprobs() {
+        tokio::spawn(drain(prefill, req.deadline));
+        let held = Held {
+            in_flight: decode.in_flight,
+            slot,
+            feedback: decode.feedback,
         };
-    let prefill_feedback = feedback(&policies.prefill, prefill, &prefill_response);
-    let decode_feedback = feedback(&policies.decode, decode, &decode_response);
-    if peek.wants_logprobs() && peek.streams() {
-        let prefill_body = prefill_response.bytes().await;
-        let mut prefill_feedback = prefill_feedback;
-        if let (Some(f), Ok(body)) = (prefill_feedback.as_mut(), &prefill_body) {
-            f.scan(body);
+        return stream_back(decode.response, req.request_id, held, timeouts);
+    }
+    if peek.streams() {
+        let Half {
+            in_flight,
+            mut feedback,
+            response,
+        } = prefill;
+        let prefill_body = response.read_whole(MAX_RELAYED_BODY, req.deadline).await;
+        match (&prefill_body, feedback.as_mut()) {
+            (Ok(body), Some(f)) => f.scan(body),
+            (Err(e), _) => {
+                tracing::warn!(worker = %in_flight.worker().name(), "prefill answer not merged: {e}");
+            }
+            _ => {}
         }
-        drop((prefill_feedback, prefill_in_flight));
+        drop((feedback, in_flight));
         let front = prefill_body
             .ok()
             .and_then(|body| streamed_input_logprobs(&body));
-        let (status, mut headers) = response_head(&decode_response, req.request_id);
+        let (status, mut headers) = response_head(&decode.response, req.request_id);
         // The first event changes length.
         headers.remove(header::CONTENT_LENGTH);
-        let events = merge_first_event(decode_response.bytes_stream(), front);
+        let events = merge_first_event(decode.response.bytes_stream(), front);
         let body = http_body_util::StreamBody::new(Box::pin(
             events.map(|chunk| chunk.map(http_body::Frame::data)),
         ));
-        return respond_with(
-            (status, headers),
-            body,
-            decode_in_flight,
+        let held = Held {
+            in_flight: decode.in_flight,
             slot,
-            decode_feedback,
-        );
+            feedback: decode.feedback,
+        };
+        return respond_with((status, headers), body, held, timeouts);
     }
-    if !peek.wants_logprobs() {
-        tokio::spawn(drain(
-            prefill_response,
-            prefill_in_flight,
-            prefill_feedback,
-            config.request_timeout,
-        ));
-        return stream_back(
-            decode_response,
-            req.request_id,
-            decode_in_flight,
-            slot,
-            decode_feedback,
-        );
-    }
-    let status = decode_response.status().as_u16();
-    let (prefill_body, decode_body) =
-        tokio::join!(prefill_response.bytes(), decode_response.bytes());
-    let (Ok(prefill_body), Ok(decode_body)) = (prefill_body, decode_body) else {
-        return ApiError::UpstreamConnect("a worker's response broke off".into()).into_response();
+    let status = decode.response.status().as_u16();
+    let (prefill_body, decode_body) = tokio::join!(
+        prefill.response.read_whole(MAX_RELAYED_BODY, req.deadline),
+        decode.response.read_whole(MAX_MERGED_BODY, req.deadline)
+    );
+    let (prefill_body, decode_body) = match (prefill_body, decode_body) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(upstream::BodyError::Timeout), _) | (_, Err(upstream::BodyError::Timeout)) => {
+            return ApiError::UpstreamTimeout.into_response();
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            return ApiError::UpstreamConnect(e.to_string()).into_response();
+        }
     };
     for (mut feedback, body) in [
-        (prefill_feedback, &prefill_body),
-        (decode_feedback, &decode_body),
+        (prefill.feedback, &prefill_body),
+        (decode.feedback, &decode_body),
     ] {
         if let Some(f) = feedback.as_mut() {
             f.scan(body);
         }
     }
-    drop((prefill_in_flight, decode_in_flight, slot));
+    drop((prefill.in_flight, decode.in_flight, slot));
     let merged = match (
         serde_json::from_slice::<Value>(&prefill_body),
         serde_json::from_slice::<Value>(&decode_body),
@@ -241,13 +278,13 @@ async fn respond(
 }
 
 /// Read the prefill's body to its end (so its connection is reused and its
-/// feedback complete), in the background, for at most `limit`.
-async fn drain(
-    response: upstream::Response,
-    in_flight: InFlight,
-    mut feedback: Option<Feedback>,
-    limit: Duration,
-) {
+/// feedback complete), in the background, until the request's `deadline`.
+async fn drain(prefill: Half, deadline: tokio::time::Instant) {
+    let Half {
+        in_flight,
+        mut feedback,
+        response,
+    } = prefill;
     let read = async {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -264,8 +301,8 @@ async fn drain(
             }
         }
     };
-    if tokio::time::timeout(limit, read).await.is_err() {
-        tracing::warn!(worker = %in_flight.worker().name(), "prefill body still open after {limit:?}; dropped");
+    if tokio::time::timeout_at(deadline, read).await.is_err() {
+        tracing::warn!(worker = %in_flight.worker().name(), "prefill body still open at the request's deadline; dropped");
     }
 }
 

@@ -1,37 +1,63 @@
 //! The client's response from a worker's: status and headers, and the body
 //! passed through chunk by chunk, carrying what lives as long as it does
 //! (the worker's in-flight count, the admission slot, the policy's
-//! feedback).
+//! feedback) and bounded in time: by the request's deadline
+//! (`--request-timeout-secs`) and by the longest pause between two chunks
+//! (`--stream-idle-timeout-secs`). A stream cut off by either ends with an
+//! SSE error event in OpenAI's shape; any other body breaks off (the client
+//! sees an incomplete response).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use axum::BoxError;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tokio::time::Sleep;
 
 use super::HOP_BY_HOP;
 use crate::admission::Slot;
+use crate::errors::ApiError;
+use crate::metrics as m;
 use crate::policy::{Outcome, Policy};
 use crate::upstream;
 use crate::workers::{InFlight, Worker};
 
+/// The [`Outcome`] status of a response whose client went away before its
+/// end (nginx's "client closed request").
+pub(crate) const CLIENT_GONE: u16 = 499;
+
+/// How long a response body may take: until the request's `deadline`, and
+/// at most `idle` between two chunks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub deadline: tokio::time::Instant,
+    pub idle: Duration,
+}
+
+/// What a response body holds until it ends: the worker's in-flight count,
+/// the admission slot, the policy's feedback.
+pub(crate) struct Held {
+    pub in_flight: InFlight,
+    pub slot: Option<Slot>,
+    pub feedback: Option<Feedback>,
+}
+
 /// The client's response: the worker's status and headers, and its body
-/// passed through as it arrives. The in-flight count, the admission slot and
-/// the policy feedback live until the body ends or the client goes away.
+/// passed through as it arrives, holding `held` until it ends.
 pub(crate) fn stream_back(
     response: upstream::Response,
     request_id: &str,
-    in_flight: InFlight,
-    slot: Option<Slot>,
-    feedback: Option<Feedback>,
+    held: Held,
+    timeouts: Timeouts,
 ) -> Response {
     let head = response_head(&response, request_id);
-    respond_with(head, response.into_body(), in_flight, slot, feedback)
+    respond_with(head, response.into_body(), held, timeouts)
 }
 
 /// The status and headers the client gets for a worker's `response`.
@@ -58,18 +84,27 @@ pub(crate) fn response_head(
 pub(crate) fn respond_with<B>(
     (status, headers): (StatusCode, HeaderMap),
     body: B,
-    in_flight: InFlight,
-    slot: Option<Slot>,
-    feedback: Option<Feedback>,
+    held: Held,
+    timeouts: Timeouts,
 ) -> Response
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
+    let sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = Tracked {
         body,
-        _in_flight: in_flight,
-        _slot: slot,
-        feedback,
+        held: Some(held),
+        sse,
+        timeouts,
+        last_chunk: tokio::time::Instant::now(),
+        alarm: Box::pin(tokio::time::sleep_until(
+            (tokio::time::Instant::now() + timeouts.idle).min(timeouts.deadline),
+        )),
+        overdue: false,
     };
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = status;
@@ -77,40 +112,137 @@ where
     out
 }
 
-/// A worker's response body on its way to the client, with what lives as
-/// long as it does: the in-flight count, the admission slot, and the
-/// policy feedback, which reads token counts on the way and reports when
-/// dropped (the body ended or the client went away).
+/// A worker's response body on its way to the client, with what it holds
+/// ([`Held`]: given back when the body ends, is cut off, or the client goes
+/// away) and its time limits. The policy's feedback reads token counts on
+/// the way.
 struct Tracked<B> {
     body: B,
-    _in_flight: InFlight,
-    _slot: Option<Slot>,
-    feedback: Option<Feedback>,
+    /// `None` once the body ended.
+    held: Option<Held>,
+    /// Whether the body is an SSE stream, which is ended with an error event.
+    sse: bool,
+    timeouts: Timeouts,
+    last_chunk: tokio::time::Instant,
+    /// Fires at the earliest moment the body can be out of time; re-armed
+    /// lazily when it fires early (chunks arrived meanwhile), so a chunk
+    /// costs no timer update.
+    alarm: Pin<Box<Sleep>>,
+    /// A chunk arrived after the deadline: it was passed on, the body ends.
+    overdue: bool,
+}
+
+impl<B> Tracked<B> {
+    /// The body ended, with `status` for the policy's outcome if not the
+    /// worker's; give back what it held.
+    fn finish(&mut self, status: Option<u16>) {
+        let Some(Held {
+            in_flight,
+            slot,
+            mut feedback,
+        }) = self.held.take()
+        else {
+            return;
+        };
+        if let Some(status) = status {
+            Feedback::answered(&mut feedback, status);
+        }
+        // The policy hears of the end after the worker's count went down.
+        drop((in_flight, slot, feedback));
+    }
+
+    /// The body is out of time: cut it off with `error`.
+    fn cut_off(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let reason = match error {
+            ApiError::UpstreamIdle => "idle",
+            _ => "deadline",
+        };
+        if let Some(held) = &self.held {
+            tracing::warn!(worker = %held.in_flight.worker().name(), reason, "response cut off: {error}");
+        }
+        metrics::counter!(m::RESPONSES_CUT_OFF, "reason" => reason).increment(1);
+        self.finish(Some(error.status().as_u16()));
+        if self.sse {
+            let event = format!("data: {}\n\n", error.to_json());
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+        } else {
+            Poll::Ready(Some(Err(error.into())))
+        }
+    }
+
+    /// Whether the body is out of time, checked when it has nothing to give:
+    /// `Some` with the reason, or `None` with `cx` woken at the next moment
+    /// it could be.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<ApiError> {
+        loop {
+            if self.alarm.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= self.timeouts.deadline {
+                return Some(ApiError::UpstreamTimeout);
+            }
+            let idle_until = self.last_chunk + self.timeouts.idle;
+            if now >= idle_until {
+                return Some(ApiError::UpstreamIdle);
+            }
+            self.alarm
+                .as_mut()
+                .reset(idle_until.min(self.timeouts.deadline));
+        }
+    }
 }
 
 impl<B> http_body::Body for Tracked<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if let (Some(feedback), Some(Ok(frame))) = (this.feedback.as_mut(), &frame)
-            && let Some(data) = frame.data_ref()
-        {
-            feedback.scan(data);
+        if this.held.is_none() {
+            return Poll::Ready(None);
         }
-        Poll::Ready(frame)
+        if this.overdue {
+            return this.cut_off(ApiError::UpstreamTimeout);
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(feedback) = this.held.as_mut().and_then(|h| h.feedback.as_mut()) {
+                        feedback.scan(data);
+                    }
+                    this.last_chunk = tokio::time::Instant::now();
+                    this.overdue = this.last_chunk >= this.timeouts.deadline;
+                }
+                if this.body.is_end_stream() {
+                    this.finish(None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(Some(StatusCode::BAD_GATEWAY.as_u16()));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.expired(cx) {
+                Some(error) => this.cut_off(error),
+                None => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.held.is_none() || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -118,8 +250,16 @@ where
     }
 }
 
-/// Reports a response's [`Outcome`] to the policy when dropped (the body
-/// ended or the client went away), with token counts found in the body.
+impl<B> Drop for Tracked<B> {
+    /// Dropped before its end: the client went away.
+    fn drop(&mut self) {
+        self.finish(Some(CLIENT_GONE));
+    }
+}
+
+/// Reports an attempt's [`Outcome`] to the policy when dropped: the attempt
+/// failed, or its body ended, was cut off, or lost its client; with the
+/// token counts found in the body.
 pub(crate) struct Feedback {
     policy: Arc<Box<dyn Policy>>,
     outcome: Outcome,
@@ -131,25 +271,30 @@ pub(crate) struct Feedback {
 impl Feedback {
     const TAIL: usize = 64;
 
-    /// Feedback on request `seq` served by `worker`, if the policy wants it.
+    /// Feedback on request `seq` sent to `worker` now, if the policy wants
+    /// it; its status is 0 (not reached) until [`Feedback::answered`].
     pub(crate) fn wanted(
         policy: &Arc<Box<dyn Policy>>,
         seq: u64,
         worker: &Worker,
-        status: u16,
-        sent: Instant,
     ) -> Option<Feedback> {
         policy.info().wants_feedback.then(|| Feedback {
             policy: policy.clone(),
             outcome: Outcome {
                 request_id: seq,
                 worker: worker.id,
-                status,
                 ..Outcome::default()
             },
-            sent,
+            sent: Instant::now(),
             tail: Vec::new(),
         })
+    }
+
+    /// The worker answered with `status`.
+    pub(crate) fn answered(feedback: &mut Option<Feedback>, status: u16) {
+        if let Some(f) = feedback {
+            f.outcome.status = status;
+        }
     }
 
     /// Look for token counts in the next piece of the body.
@@ -194,6 +339,73 @@ fn last_number_after(haystack: &[u8], field: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workers::Registry;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    /// A body that sends one chunk and then nothing, with the content type
+    /// `content_type`, passed back under `timeouts`; and the worker whose
+    /// in-flight count it holds.
+    fn stalled_response(content_type: &'static str, timeouts: Timeouts) -> (Response, Arc<Worker>) {
+        let registry = Registry::new(None, true);
+        let worker = registry.add("http://127.0.0.1:1").unwrap();
+        let chunks = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(
+                b"data: 1\n\n",
+            )))]),
+            futures_util::stream::pending(),
+        );
+        let body = http_body_util::StreamBody::new(chunks);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let held = Held {
+            in_flight: worker.start_request(),
+            slot: None,
+            feedback: None,
+        };
+        let response = respond_with((StatusCode::OK, headers), body, held, timeouts);
+        (response, worker)
+    }
+
+    /// Issue 15: nothing timed out after the response headers; a stalled
+    /// stream held its worker's count until the client left.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_ends_with_an_error_event_and_frees_its_worker() {
+        let timeouts = Timeouts {
+            deadline: tokio::time::Instant::now() + Duration::from_secs(3600),
+            idle: Duration::from_secs(5),
+        };
+        let (response, worker) = stalled_response("text/event-stream", timeouts);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "data: 1\n\n");
+        assert_eq!(worker.load(), 1);
+        // Paused time moves to the idle timeout, the only timer.
+        let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(event.strip_prefix(b"data: ").unwrap()).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_idle_timeout", "{json}");
+        assert!(event.ends_with(b"\n\n"));
+        assert_eq!(worker.load(), 0, "the count is given back at the cut");
+        assert!(
+            body.frame().await.is_none(),
+            "the stream ends after the event"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_past_the_deadline_breaks_off() {
+        let timeouts = Timeouts {
+            deadline: tokio::time::Instant::now() + Duration::from_secs(2),
+            idle: Duration::from_secs(3600),
+        };
+        let (response, worker) = stalled_response("application/json", timeouts);
+        let mut body = response.into_body();
+        assert!(body.frame().await.unwrap().is_ok());
+        let cut = body.frame().await.unwrap();
+        assert!(cut.is_err(), "not an SSE stream: the body breaks off");
+        assert_eq!(worker.load(), 0);
+    }
 
     #[test]
     fn token_counts_are_found_across_chunks() {

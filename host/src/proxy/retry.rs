@@ -36,12 +36,10 @@ pub(crate) async fn failed_answer(
     role: Role,
 ) -> Result<Response, ApiError> {
     let (status, role) = (response.status(), role.label());
-    match tokio::time::timeout(FAILED_ANSWER_WITHIN, response.relay()).await {
-        Ok(Some(answer)) => Ok(answer),
-        _ => Err(ApiError::UpstreamConnect(format!(
-            "the {role} worker answered {status}, and its body did not follow"
-        ))),
-    }
+    let deadline = tokio::time::Instant::now() + FAILED_ANSWER_WITHIN;
+    response.relay(deadline).await.map_err(|e| {
+        ApiError::UpstreamConnect(format!("the {role} worker answered {status}, but {e}"))
+    })
 }
 
 /// Back-off before retry number `attempt` (1-based), with jitter.
@@ -65,7 +63,7 @@ pub(crate) enum Failure {
 /// The retry loop's state, driven by a forwarder:
 ///
 /// ```text
-/// let mut retries = Retries::new(config, route, request_id);
+/// let mut retries = Retries::new(config, route, request_id, deadline);
 /// while retries.next().await {
 ///     // pick without retries.excluded(), send; answer and return, or:
 ///     if let Some(end) = retries.failed(worker, failure).await { return end; }
@@ -80,6 +78,8 @@ pub(crate) struct Retries<'a> {
     config: &'a Config,
     route: Route,
     request_id: &'a str,
+    /// When the request's time is up: no attempt starts after it.
+    deadline: tokio::time::Instant,
     /// Attempts started.
     started: u32,
     excluded: Vec<WorkerId>,
@@ -89,11 +89,17 @@ pub(crate) struct Retries<'a> {
 
 impl<'a> Retries<'a> {
     /// Before the first attempt of a request.
-    pub fn new(config: &'a Config, route: Route, request_id: &'a str) -> Self {
+    pub fn new(
+        config: &'a Config,
+        route: Route,
+        request_id: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> Self {
         Retries {
             config,
             route,
             request_id,
+            deadline,
             started: 0,
             excluded: Vec::new(),
             last: Err(ApiError::NoHealthyWorker),
@@ -101,14 +107,19 @@ impl<'a> Retries<'a> {
     }
 
     /// Start the next attempt, after its back-off; `false` when none is
-    /// left.
+    /// left, or the request's time is up before the back-off ends.
     pub async fn next(&mut self) -> bool {
         if self.started > self.config.retry.max_retries {
             return false;
         }
         if self.started > 0 {
             metrics::counter!(m::RETRIES, "route" => self.route.label()).increment(1);
-            tokio::time::sleep(backoff(&self.config.retry, self.started)).await;
+            let wait = backoff(&self.config.retry, self.started);
+            if tokio::time::Instant::now() + wait >= self.deadline {
+                self.last = Err(ApiError::UpstreamTimeout);
+                return false;
+            }
+            tokio::time::sleep(wait).await;
         }
         self.started += 1;
         true
@@ -142,9 +153,10 @@ impl<'a> Retries<'a> {
             Failure::Timeout => {
                 worker.breaker.record(false, Instant::now());
                 tracing::warn!(worker = %name, request_id, role, attempt, "no response headers in time");
-                // Without --attempt-timeout-secs the worker may still be
-                // working on it and the request's time is up: no retry.
-                if self.config.attempt_timeout.is_none() || attempt > self.config.retry.max_retries
+                // Without --attempt-timeout-secs the attempt had the
+                // request's whole time: it is up, no retry.
+                if tokio::time::Instant::now() >= self.deadline
+                    || attempt > self.config.retry.max_retries
                 {
                     return Some(Err(ApiError::UpstreamTimeout));
                 }
@@ -211,7 +223,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_error_answer_whose_body_stalls_does_not_hold_the_request() {
         let (url, _hold) = stalling_worker().await;
-        let upstream = Upstream::new(&ClientTls::default()).unwrap();
+        let upstream = Upstream::new(&ClientTls::default(), Duration::from_secs(10)).unwrap();
         let response = upstream
             .send(
                 axum::http::Method::GET,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -165,16 +165,33 @@ async fn readiness(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Read the body once, bounded by `--max-payload-size`. `Limited` itself
-/// rather than tower-http's `RequestBodyLimitLayer`, whose early 413 is not
-/// in OpenAI's error shape.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Read the client's body once, bounded in size (`--max-payload-size`) and
+/// time: whole by the request's `deadline`, with no pause between two
+/// chunks longer than `--stream-idle-timeout-secs`. `Limited` itself rather
+/// than tower-http's `RequestBodyLimitLayer`, whose early 413 is not in
+/// OpenAI's error shape.
+async fn read_body(s: &AppState, body: Body, deadline: Instant) -> Result<Bytes, ApiError> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Err(e) => Err(ApiError::BadRequest(format!("unreadable body: {e}"))),
+    let limit = s.config.max_payload_size;
+    let mut body = Limited::new(body, limit);
+    let mut chunks = Vec::new();
+    loop {
+        let pause_ends = (Instant::now() + s.config.stream_idle_timeout).min(deadline);
+        match tokio::time::timeout_at(pause_ends, body.frame()).await {
+            Err(_elapsed) => return Err(ApiError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => chunks.extend(frame.into_data().ok()),
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("unreadable body: {e}"))),
+        }
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {
@@ -196,8 +213,14 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
 }
 
 async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, ApiError> {
+    let deadline = Instant::now() + s.config.request_timeout;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, s.config.max_payload_size).await?;
+    // Admitted first: only admitted requests hold a body in memory.
+    let slot = match &s.admission {
+        Some(a) => Some(a.admit().await?),
+        None => None,
+    };
+    let body = read_body(s, body, deadline).await?;
     let policy = s.policy.load_full();
     let prefill_policy = s.prefill_policies.as_ref().map(|m| m.active().load_full());
     let peek = extract::peek(&body)?;
@@ -209,10 +232,6 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         String::new()
     };
     let model = peek.model.as_deref().unwrap_or("");
-    let slot = match &s.admission {
-        Some(a) => Some(a.admit().await?),
-        None => None,
-    };
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()
         .find_map(|h| parts.headers.get(*h)?.to_str().ok());
@@ -227,6 +246,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         model,
         text: &text,
         routing_key,
+        deadline,
     };
     match prefill_policy {
         None => proxy::forward(&s.config, &s.upstream, &s.registry, policy, forward, slot).await,
@@ -252,8 +272,9 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
 /// Informational routes: the least-loaded healthy worker answers.
 async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let worker = s.registry.least_loaded().ok_or(ApiError::NoHealthyWorker)?;
+    let deadline = Instant::now() + s.config.request_timeout;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, s.config.max_payload_size).await?;
+    let body = read_body(&s, body, deadline).await?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = if parts.method == Method::POST {
         Method::POST
@@ -265,16 +286,13 @@ async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<R
     let request_id = request_id(&parts);
     // The client's own headers (its `Authorization` among them).
     let headers = proxy::upstream_headers(&parts.headers, request_id);
-    let call = async {
-        let resp = s.upstream.send(method, &url, headers, body).await?;
-        Ok::<_, upstream::UpstreamError>(resp.relay().await)
-    };
-    match tokio::time::timeout(s.config.request_timeout, call).await {
-        Ok(Ok(Some(resp))) => Ok(resp),
-        Ok(Ok(None)) => Err(ApiError::UpstreamConnect(format!(
-            "the worker's answer broke off or passed {} bytes",
-            upstream::MAX_RELAYED_BODY
-        ))),
+    let send = s.upstream.send(method, &url, headers, body);
+    match tokio::time::timeout_at(deadline, send).await {
+        Ok(Ok(resp)) => match resp.relay(deadline).await {
+            Ok(answer) => Ok(answer),
+            Err(upstream::BodyError::Timeout) => Err(ApiError::UpstreamTimeout),
+            Err(e) => Err(ApiError::UpstreamConnect(e.to_string())),
+        },
         Ok(Err(e)) => {
             tracing::warn!(worker = %worker.url, "worker unreachable: {e}");
             Err(ApiError::UpstreamConnect(

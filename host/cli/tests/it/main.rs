@@ -16,4 +16,5 @@ mod reload;
 mod round_robin;
 mod sim;
 mod soak;
+mod timeouts;
 mod tls;
