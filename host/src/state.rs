@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use arc_swap::ArcSwap;
-
 use crate::admission::Admission;
 use crate::client::client_with_tls;
 use crate::config::Config;
-use crate::policy::Policy;
+use crate::policy::Seam;
 use crate::policy::reload::PolicyManager;
 use crate::upstream::Upstream;
 use crate::workers::Registry;
@@ -22,7 +20,7 @@ pub struct AppState {
     /// The workers.
     pub registry: Arc<Registry>,
     /// The active policy, swapped whole on reload.
-    pub policy: Arc<ArcSwap<Box<dyn Policy>>>,
+    pub policy: Seam,
     /// Client for the router's own calls to workers (health, models,
     /// flushes).
     pub client: reqwest::Client,

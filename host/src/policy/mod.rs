@@ -175,6 +175,35 @@ pub trait Policy: Send + Sync {
     fn tick(&self, now_ms: u64);
 }
 
+/// Where the data plane finds the active policy: swapped whole on reload.
+pub type Seam = std::sync::Arc<arc_swap::ArcSwap<Box<dyn Policy>>>;
+
+/// The policy one request is routed by, as loaded from its [`Seam`] when
+/// the request began, and that seam: the request's outcomes are reported
+/// to the instance serving when they come ([`Loaded::report`]), so a
+/// reload in between hands them to the new one.
+#[derive(Clone)]
+pub struct Loaded {
+    /// Decides this request.
+    pub policy: std::sync::Arc<Box<dyn Policy>>,
+    seam: Seam,
+}
+
+impl Loaded {
+    /// The policy serving now.
+    pub fn from(seam: &Seam) -> Self {
+        Loaded {
+            policy: seam.load_full(),
+            seam: seam.clone(),
+        }
+    }
+
+    /// Report `outcome` to the instance serving now.
+    pub fn report(&self, outcome: &Outcome) {
+        self.seam.load().on_complete(outcome);
+    }
+}
+
 /// A shared policy is a policy: the reload manager keeps its own handle on
 /// the instance it put behind the seam.
 impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{Limits, Policy, PolicyEngine, PolicySource, WasmPolicy, WorkerInfo};
+use super::{Limits, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
 
 /// How long file events must stop before a reload starts: editors and `cp`
 /// write in several steps, and a half-written file must not be loaded.
@@ -29,6 +29,10 @@ pub struct Wanted {
 /// Where the wanted policy comes from: fixed at start, or re-read from the
 /// router's config file on each reload.
 pub type WantedSource = Box<dyn Fn() -> Result<Wanted, String> + Send + Sync>;
+
+/// The worker list: calls its argument with it, holding the registry's
+/// change notifications back meanwhile (`Registry::with_infos`).
+pub type WorkersSource = Box<dyn Fn(&mut dyn FnMut(&[WorkerInfo])) + Send + Sync>;
 
 /// `GET /policies`: what is loaded and how reloads went.
 #[derive(Debug, Clone, Serialize)]
@@ -68,9 +72,12 @@ pub struct PolicyManager {
     engine: PolicyEngine,
     limits: Limits,
     wanted: WantedSource,
-    workers: Box<dyn Fn() -> Vec<WorkerInfo> + Send + Sync>,
+    workers: WorkersSource,
     /// The seam the data plane reads.
-    active: Arc<ArcSwap<Box<dyn Policy>>>,
+    active: Seam,
+    /// Held for a whole reload: the file watcher's and `POST
+    /// /policies/reload`'s run one after the other, never interleaved.
+    reloading: Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -108,18 +115,21 @@ impl PolicyManager {
         engine: PolicyEngine,
         limits: Limits,
         wanted: WantedSource,
-        workers: Box<dyn Fn() -> Vec<WorkerInfo> + Send + Sync>,
+        workers: WorkersSource,
     ) -> anyhow::Result<Self> {
         let first = wanted().map_err(anyhow::Error::msg)?;
         let current = Arc::new(load(&engine, &first, limits).map_err(anyhow::Error::msg)?);
-        current.workers_changed(&workers());
         let boxed: Box<dyn Policy> = Box::new(current.clone());
+        let active = Arc::new(ArcSwap::from_pointee(boxed));
+        // Later changes reach the seam through the registry's listener.
+        workers(&mut |list| current.workers_changed(list));
         Ok(PolicyManager {
             engine,
             limits,
             wanted,
             workers,
-            active: Arc::new(ArcSwap::from_pointee(boxed)),
+            active,
+            reloading: Mutex::new(()),
             state: Mutex::new(State {
                 current,
                 wanted: first,
@@ -131,7 +141,7 @@ impl PolicyManager {
     }
 
     /// The seam the data plane reads.
-    pub fn active(&self) -> Arc<ArcSwap<Box<dyn Policy>>> {
+    pub fn active(&self) -> Seam {
         self.active.clone()
     }
 
@@ -139,9 +149,11 @@ impl PolicyManager {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reload. Blocking (compiles): call it off the async workers. `force`
-    /// reloads even an unchanged component and config.
+    /// Reload. Blocking (compiles, and waits for a reload under way):
+    /// call it off the async workers. `force` reloads even an unchanged
+    /// component and config.
     pub fn reload(&self, force: bool) -> Result<Reloaded, String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.try_reload(force);
         let mut state = self.lock();
         match &result {
@@ -176,6 +188,9 @@ impl PolicyManager {
             WasmPolicy::from_bytes(&self.engine, source, &bytes, &wanted.config, self.limits);
         let next = Arc::new(next.map_err(|e| e.to_string())?);
         let old = self.lock().current.clone();
+        // From the snapshot to the swap as little as can be: the state the
+        // old instance learns meanwhile (from requests it routes) is lost.
+        // Outcomes reported after the swap go to the new one (`Loaded`).
         match old.snapshot() {
             Ok(state) => {
                 if let Err(e) = next.restore(&state) {
@@ -186,9 +201,14 @@ impl PolicyManager {
                 tracing::warn!("no state carried over: the old policy faulted in snapshot: {fault}")
             }
         }
-        next.workers_changed(&(self.workers)());
-        let boxed: Box<dyn Policy> = Box::new(next.clone());
-        self.active.store(Arc::new(boxed));
+        // The workers and the swap together, notifications held back: a
+        // change after this reaches the new instance through the seam, and
+        // none before it can overtake.
+        (self.workers)(&mut |list| {
+            next.workers_changed(list);
+            let boxed: Box<dyn Policy> = Box::new(next.clone());
+            self.active.store(Arc::new(boxed));
+        });
         let mut state = self.lock();
         state.current = next;
         state.wanted = wanted;
@@ -215,5 +235,69 @@ impl PolicyManager {
             last_fault: state.current.last_fault(),
             ticks: state.current.ticks(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Issue 15: the file watcher's reload and `POST /policies/reload` could
+    /// run at once, each snapshotting the old instance and swapping in its
+    /// own. The first reload here waits inside (reading what to load) for up
+    /// to a second for another to join it; serialised, none can.
+    #[test]
+    fn two_reloads_never_run_at_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let overlapped = Arc::new(AtomicBool::new(false));
+        let wanted: WantedSource = Box::new({
+            let overlapped = overlapped.clone();
+            move || {
+                // Call 0 is the start's; 1 and 2 are the reloads'.
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                if call > 0 {
+                    if inside.fetch_add(1, Ordering::SeqCst) > 0 {
+                        overlapped.store(true, Ordering::SeqCst);
+                    }
+                    let until = std::time::Instant::now() + Duration::from_secs(1);
+                    while call == 1
+                        && !overlapped.load(Ordering::SeqCst)
+                        && std::time::Instant::now() < until
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                }
+                Ok(Wanted {
+                    policy: "round_robin".into(),
+                    config: "{}".into(),
+                })
+            }
+        });
+        let manager = Arc::new(
+            PolicyManager::start(
+                PolicyEngine::new(None).unwrap(),
+                Limits::default(),
+                wanted,
+                Box::new(|f: &mut dyn FnMut(&[WorkerInfo])| f(&[])),
+            )
+            .unwrap(),
+        );
+        let reloads: Vec<_> = (0..2)
+            .map(|_| {
+                let manager = manager.clone();
+                std::thread::spawn(move || manager.reload(true))
+            })
+            .collect();
+        for reload in reloads {
+            assert_eq!(reload.join().unwrap(), Ok(Reloaded::Swapped));
+        }
+        assert!(
+            !overlapped.load(Ordering::SeqCst),
+            "two reloads ran at once"
+        );
+        assert_eq!(manager.status().reload_count, 2);
     }
 }

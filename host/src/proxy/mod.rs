@@ -16,7 +16,7 @@ use crate::admission::Slot;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{LeastLoad, Policy, Role, Route, RouteRequest, SelectError};
+use crate::policy::{LeastLoad, Loaded, Policy, Role, Route, RouteRequest, SelectError};
 use crate::upstream::Upstream;
 use crate::workers::{Registry, Worker};
 
@@ -91,14 +91,20 @@ pub async fn forward(
     config: &Config,
     upstream: &Upstream,
     registry: &Registry,
-    policy: Arc<Box<dyn Policy>>,
+    policy: Loaded,
     req: Forward<'_>,
     slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
     while retries.next().await {
-        let Some(worker) = pick(registry, &**policy, Role::Regular, &req, retries.excluded())?
+        let Some(worker) = pick(
+            registry,
+            &**policy.policy,
+            Role::Regular,
+            &req,
+            retries.excluded(),
+        )?
         else {
             break;
         };
@@ -293,6 +299,28 @@ mod tests {
         fn tick(&self, _: u64) {}
     }
 
+    /// Issue 15: a request routed by the old instance reported its outcome
+    /// to it after a reload had swapped in the new one.
+    #[test]
+    fn outcomes_after_a_reload_go_to_the_instance_serving_then() {
+        let info = PolicyInfo {
+            name: "recorder".into(),
+            needs_text: false,
+            wants_feedback: true,
+            tick_interval: None,
+        };
+        let (old, new) = (Arc::default(), Arc::default());
+        let recorder = |outcomes: &Arc<std::sync::Mutex<Vec<Outcome>>>| -> Box<dyn Policy> {
+            Box::new(Recorder(outcomes.clone(), info.clone()))
+        };
+        let seam: crate::policy::Seam = Arc::new(arc_swap::ArcSwap::from_pointee(recorder(&old)));
+        let routed = Loaded::from(&seam);
+        seam.store(Arc::new(recorder(&new)));
+        routed.report(&Outcome::default());
+        assert!(old.lock().unwrap().is_empty());
+        assert_eq!(new.lock().unwrap().len(), 1);
+    }
+
     /// A worker on loopback whose `/generate` answers 200 with a body that
     /// never ends: one chunk, then nothing.
     async fn endless_worker() -> String {
@@ -339,7 +367,8 @@ mod tests {
             wants_feedback: true,
             tick_interval: None,
         };
-        let policy: Arc<Box<dyn Policy>> = Arc::new(Box::new(Recorder(outcomes.clone(), info)));
+        let recorder: Box<dyn Policy> = Box::new(Recorder(outcomes.clone(), info));
+        let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(recorder)));
         let headers = HeaderMap::new();
         let req = Forward {
             route: Route::Generate,

@@ -9,7 +9,6 @@
 //! new room). With `return_logprob`, the prefill's input logprobs are put in
 //! front of the decode's: in the response, or in a stream's first event.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::{Method, StatusCode, header};
@@ -26,16 +25,16 @@ use crate::config::Config;
 use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
-use crate::policy::{Policy, Role};
+use crate::policy::{Loaded, Role};
 use crate::upstream::{self, MAX_RELAYED_BODY, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
 /// The two policies of PD mode, as loaded for this request.
 pub struct PdPolicies {
     /// Picks the prefill worker.
-    pub prefill: Arc<Box<dyn Policy>>,
+    pub prefill: Loaded,
     /// Picks the decode worker.
-    pub decode: Arc<Box<dyn Policy>>,
+    pub decode: Loaded,
 }
 
 /// One half's answer: response headers, or why there are none.
@@ -61,8 +60,20 @@ pub async fn forward(
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
     while retries.next().await {
         let excluded = retries.excluded();
-        let prefill = pick(registry, &**policies.prefill, Role::Prefill, &req, excluded)?;
-        let decode = pick(registry, &**policies.decode, Role::Decode, &req, excluded)?;
+        let prefill = pick(
+            registry,
+            &**policies.prefill.policy,
+            Role::Prefill,
+            &req,
+            excluded,
+        )?;
+        let decode = pick(
+            registry,
+            &**policies.decode.policy,
+            Role::Decode,
+            &req,
+            excluded,
+        )?;
         let (Some(prefill), Some(decode)) = (prefill, decode) else {
             break;
         };

@@ -8,7 +8,6 @@
 //! sees an incomplete response).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use super::HOP_BY_HOP;
 use crate::admission::Slot;
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{Outcome, Policy};
+use crate::policy::{Loaded, Outcome};
 use crate::upstream;
 use crate::workers::{InFlight, Worker};
 
@@ -261,7 +260,7 @@ impl<B> Drop for Tracked<B> {
 /// failed, or its body ended, was cut off, or lost its client; with the
 /// token counts found in the body.
 pub(crate) struct Feedback {
-    policy: Arc<Box<dyn Policy>>,
+    policy: Loaded,
     outcome: Outcome,
     sent: Instant,
     /// The end of the previous chunk, so a field split across chunks is found.
@@ -272,13 +271,10 @@ impl Feedback {
     const TAIL: usize = 64;
 
     /// Feedback on request `seq` sent to `worker` now, if the policy wants
-    /// it; its status is 0 (not reached) until [`Feedback::answered`].
-    pub(crate) fn wanted(
-        policy: &Arc<Box<dyn Policy>>,
-        seq: u64,
-        worker: &Worker,
-    ) -> Option<Feedback> {
-        policy.info().wants_feedback.then(|| Feedback {
+    /// it; its status is 0 (not reached) until [`Feedback::answered`]. It is
+    /// reported to the instance serving when it is dropped.
+    pub(crate) fn wanted(policy: &Loaded, seq: u64, worker: &Worker) -> Option<Feedback> {
+        policy.policy.info().wants_feedback.then(|| Feedback {
             policy: policy.clone(),
             outcome: Outcome {
                 request_id: seq,
@@ -319,7 +315,7 @@ impl Feedback {
 impl Drop for Feedback {
     fn drop(&mut self) {
         self.outcome.latency_us = self.sent.elapsed().as_micros() as u64;
-        self.policy.on_complete(&self.outcome);
+        self.policy.report(&self.outcome);
     }
 }
 
@@ -341,6 +337,7 @@ mod tests {
     use super::*;
     use crate::workers::Registry;
     use http_body_util::BodyExt;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// A body that sends one chunk and then nothing, with the content type
@@ -409,7 +406,9 @@ mod tests {
 
     #[test]
     fn token_counts_are_found_across_chunks() {
-        let policy: Arc<Box<dyn Policy>> = Arc::new(Box::new(crate::policy::LeastLoad::default()));
+        let least_load: Box<dyn crate::policy::Policy> =
+            Box::new(crate::policy::LeastLoad::default());
+        let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(least_load)));
         let mut f = Feedback {
             policy,
             outcome: Outcome::default(),

@@ -21,7 +21,7 @@ use tower_http::request_id::{
 };
 
 use crate::errors::ApiError;
-use crate::policy::{Role, Route};
+use crate::policy::{Loaded, Role, Route};
 use crate::proxy::pd;
 use crate::proxy::{self, Forward};
 use crate::state::AppState;
@@ -221,11 +221,16 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         None => None,
     };
     let body = read_body(s, body, deadline).await?;
-    let policy = s.policy.load_full();
-    let prefill_policy = s.prefill_policies.as_ref().map(|m| m.active().load_full());
+    let policy = Loaded::from(&s.policy);
+    let prefill_policy = s
+        .prefill_policies
+        .as_ref()
+        .map(|m| Loaded::from(&m.active()));
     let peek = extract::peek(&body)?;
-    let needs_text =
-        policy.info().needs_text || prefill_policy.as_ref().is_some_and(|p| p.info().needs_text);
+    let needs_text = policy.policy.info().needs_text
+        || prefill_policy
+            .as_ref()
+            .is_some_and(|p| p.policy.info().needs_text);
     let text = if needs_text {
         peek.routing_text()?
     } else {

@@ -13,7 +13,7 @@ use super::app;
 use crate::config::{Config, PolicySlot};
 use crate::metrics as m;
 use crate::policy::reload::PolicyManager;
-use crate::policy::{Policy, PolicyEngine, watch};
+use crate::policy::{Policy, PolicyEngine, WorkerInfo, watch};
 use crate::state::AppState;
 use crate::workers::{Registry, WorkerSpec, health};
 
@@ -254,7 +254,7 @@ async fn start_policy(
     let engine = PolicyEngine::new(config.policy_cache_dir.clone())?;
     let wanted = config.wanted_policy(slot);
     let limits = config.policy_limits;
-    let workers = Box::new(move || registry.infos());
+    let workers = Box::new(move |f: &mut dyn FnMut(&[WorkerInfo])| registry.with_infos(f));
     // Compiling takes tens of milliseconds: keep it off the async workers.
     tokio::task::spawn_blocking(move || PolicyManager::start(engine, limits, wanted, workers))
         .await?

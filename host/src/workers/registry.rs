@@ -87,6 +87,15 @@ impl Registry {
         self.workers.load().iter().map(|w| w.info()).collect()
     }
 
+    /// Call `f` with the worker list, holding change notifications back
+    /// until it returns: no notification of an older list can reach a
+    /// policy after what `f` handed on (the reload manager gives a new
+    /// instance its workers, and swaps it in, this way).
+    pub fn with_infos(&self, f: &mut dyn FnMut(&[WorkerInfo])) {
+        let _notifications = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        f(&self.infos());
+    }
+
     fn changed(&self) {
         if let Some(f) = &*self.listener.lock().unwrap_or_else(|e| e.into_inner()) {
             f(&self.infos());
