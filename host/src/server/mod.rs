@@ -28,6 +28,7 @@ use crate::state::AppState;
 use crate::upstream;
 use crate::{admin, extract, metrics as m};
 
+mod models;
 mod start;
 
 pub use start::{Running, start};
@@ -48,7 +49,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/v1/embeddings",
             post(|s, r| inference(s, Route::Embeddings, r)),
         )
-        .route("/v1/models", get(to_one_worker))
+        .route("/v1/models", get(models::models))
         .route("/get_server_info", get(to_one_worker))
         .route("/get_model_info", get(to_one_worker))
         .route("/health_generate", any(to_one_worker))

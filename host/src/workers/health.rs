@@ -28,6 +28,10 @@ pub struct HealthConfig {
 /// How long model discovery waits for each endpoint.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long model discovery waits before asking a worker that did not say
+/// again: at first, and at most (doubling in between).
+const DISCOVERY_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
 /// How long `--dp-aware` keeps asking a new worker for its `dp_size`:
 /// workers are often registered while they still load their model.
 const DP_SIZE_WAIT: Duration = Duration::from_secs(60);
@@ -139,19 +143,17 @@ pub async fn discover_model(client: &reqwest::Client, url: &str) -> Option<Strin
 }
 
 /// Discover a new worker's model, check its health once, and tell the
-/// registry's listeners. Runs in the background after registration.
+/// registry's listeners; if it did not say its model, keep asking
+/// ([`learn_model`]). Runs in the background after registration.
 async fn onboard(
     registry: Arc<Registry>,
     client: reqwest::Client,
     worker: Arc<Worker>,
     health: Option<HealthConfig>,
 ) {
-    match discover_model(&client, &worker.url).await {
-        Some(model) => {
-            tracing::info!(worker = %worker.name(), %model, "worker model discovered");
-            worker.set_model(model);
-        }
-        None => tracing::warn!(worker = %worker.name(), "worker did not say which model it serves"),
+    if let Some(model) = discover_model(&client, &worker.url).await {
+        tracing::info!(worker = %worker.name(), %model, "worker model discovered");
+        worker.set_model(model);
     }
     if let Some(h) = &health {
         let ok = check(&client, &worker, h).await;
@@ -159,6 +161,41 @@ async fn onboard(
         worker.record_health(ok, 1, 1);
     }
     registry.touched();
+    if worker.model().is_empty() {
+        tracing::warn!(worker = %worker.name(), "worker did not say which model it serves; asking again until it does");
+        learn_model(registry, client, worker).await;
+    }
+}
+
+/// Ask `worker` for its model again, after 1 s and then doubling waits up
+/// to a minute, until it says, for as long as it is registered; the
+/// registry's listeners hear of a new model. Used when a worker did not
+/// say at registration (it was still loading) and when it comes back
+/// after failed health checks (a restart may serve another model). One
+/// such task per worker at a time; it ends with the registry too.
+pub async fn learn_model(registry: Arc<Registry>, client: reqwest::Client, worker: Arc<Worker>) {
+    use std::sync::atomic::Ordering;
+    if worker.discovering.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let registry = Arc::downgrade(&registry);
+    let (mut wait, longest) = DISCOVERY_RETRY;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(registry) = registry.upgrade().filter(|r| r.get(worker.id).is_some()) else {
+            break;
+        };
+        if let Some(model) = discover_model(&client, &worker.url).await {
+            if *worker.model() != model {
+                tracing::info!(worker = %worker.name(), %model, "worker model discovered");
+                worker.set_model(model);
+                registry.touched();
+            }
+            break;
+        }
+        wait = (wait * 2).min(longest);
+    }
+    worker.discovering.store(false, Ordering::SeqCst);
 }
 
 async fn check(client: &reqwest::Client, worker: &Worker, h: &HealthConfig) -> bool {
@@ -194,6 +231,11 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, h: HealthConf
                     // process; waiting out --cb-timeout-duration-secs would
                     // keep a healthy worker idle.
                     worker.breaker.reset();
+                    tokio::spawn(learn_model(
+                        registry.clone(),
+                        client.clone(),
+                        worker.clone(),
+                    ));
                 } else {
                     tracing::warn!(worker = %worker.name(), "worker is unhealthy: {} failed health checks", h.failure_threshold);
                 }

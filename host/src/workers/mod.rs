@@ -84,6 +84,8 @@ pub struct Worker {
     pub dp_rank: Option<u32>,
     /// Model it serves ("" until discovered, or if it will not say).
     model: ArcSwap<String>,
+    /// A task is asking it for its model ([`health::learn_model`]).
+    discovering: AtomicBool,
     /// Requests in flight from this router.
     in_flight: AtomicU32,
     /// The worker's own load from `/get_load` ([`load`]); [`NO_REPORT`]

@@ -133,6 +133,7 @@ impl Registry {
             bootstrap_port: spec.bootstrap_port,
             dp_rank: spec.dp_rank,
             model: ArcSwap::from_pointee(String::new()),
+            discovering: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             reported_load: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),

@@ -34,6 +34,9 @@ pub struct Behaviour {
     pub hits: AtomicUsize,
     /// What `/get_load` reports.
     pub load: AtomicU32,
+    /// Answer this many model questions (`/get_model_info`, `/v1/models`)
+    /// with 503 first: a worker still loading its model.
+    pub model_fails: AtomicUsize,
     /// The last inference request's headers and body.
     pub last: std::sync::Mutex<Option<(HeaderMap, Bytes)>>,
 }
@@ -55,6 +58,7 @@ impl MockWorker {
             gate: Semaphore::new(0),
             hits: AtomicUsize::new(0),
             load: AtomicU32::new(0),
+            model_fails: AtomicUsize::new(0),
             last: std::sync::Mutex::new(None),
         });
         let app = Router::new()
@@ -65,13 +69,16 @@ impl MockWorker {
             .route(
                 "/get_model_info",
                 get(|State(b): State<Arc<Behaviour>>| async move {
-                    Json(json!({"model_path": b.model}))
+                    model_answer(&b, json!({"model_path": b.model}))
                 }),
             )
             .route(
                 "/v1/models",
                 get(|State(b): State<Arc<Behaviour>>| async move {
-                    Json(json!({"data": [{"id": b.model}]}))
+                    model_answer(
+                        &b,
+                        json!({"object": "list", "data": [{"id": b.model, "owned_by": b.name}]}),
+                    )
                 }),
             )
             .route(
@@ -107,6 +114,17 @@ impl MockWorker {
     /// Let `n` held requests (or stream second halves) proceed.
     pub fn release(&self, n: usize) {
         self.b.gate.add_permits(n);
+    }
+}
+
+/// `answer`, unless the worker still fails model questions.
+fn model_answer(b: &Behaviour, answer: Value) -> Response {
+    let failing = b
+        .model_fails
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    match failing {
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
+        Err(_) => Json(answer).into_response(),
     }
 }
 

@@ -490,6 +490,50 @@ async fn the_model_picks_the_worker_pool() {
     r.shutdown().await.unwrap();
 }
 
+/// Issue 15: `/v1/models` answered from one worker, so a multi-model
+/// fleet listed one model.
+#[tokio::test]
+async fn v1_models_lists_every_model_of_the_fleet_once() {
+    let l1 = MockWorker::start("llama-1", "llama").await;
+    let l2 = MockWorker::start("llama-2", "llama").await;
+    let q = MockWorker::start("qwen-1", "qwen").await;
+    let r = router(args(&[&l1, &l2, &q])).await;
+    let models = get_json(&format!("http://{}/v1/models", r.addr)).await;
+    assert_eq!(models["object"], "list");
+    let mut ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["llama", "qwen"], "{models}");
+    r.shutdown().await.unwrap();
+}
+
+/// Issue 15: model discovery ran once, so a worker still loading its model
+/// when registered kept model "" and, in a multi-model fleet, was never a
+/// candidate. `router` waits until every worker's model is known.
+#[tokio::test]
+async fn a_worker_that_cannot_say_its_model_yet_is_asked_again() {
+    let l = MockWorker::start("llama-1", "llama").await;
+    let q = MockWorker::start("qwen-1", "qwen").await;
+    // Both questions of the first discovery fail.
+    q.b.model_fails.store(2, Ordering::SeqCst);
+    let mut a = args(&[&l, &q]);
+    // Without health checks, whose recovery also asks again.
+    a.disable_health_check = true;
+    let r = router(a).await;
+    let (status, body) = post_json(
+        &r,
+        "/v1/completions",
+        json!({"model": "qwen", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!((status, body["worker"].as_str()), (200, Some("qwen-1")));
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn malformed_bodies_are_400_and_the_router_keeps_serving() {
     let w = MockWorker::start("a", "m").await;
