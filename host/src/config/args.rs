@@ -142,10 +142,11 @@ pub struct RouterArgs {
     /// Never retry.
     #[arg(long)]
     pub disable_retries: bool,
-    /// Failures in a row that open a worker's breaker [default: 10].
+    /// Consecutive failures that open a worker's breaker [default: 10].
     #[arg(long)]
     pub cb_failure_threshold: Option<u32>,
-    /// Successes in half-open that close it again [default: 3].
+    /// Successes in half-open that close it again; also the trial requests
+    /// a half-open breaker lets through per second [default: 3].
     #[arg(long)]
     pub cb_success_threshold: Option<u32>,
     /// Seconds an open breaker waits before letting a trial through [default: 60].

@@ -1,11 +1,20 @@
-//! A per-worker circuit breaker: closed until `failure_threshold` failures
-//! in a row (a success starts the count again, and so does a failure more
-//! than `window` after the first of the row), then open (no traffic) for
-//! `open_for`, then half-open (traffic as trials) until `success_threshold`
-//! successes close it or one failure opens it again.
+//! A per-worker circuit breaker, as the SGLang router's: closed until
+//! `failure_threshold` consecutive failures (a success starts the count
+//! again, and so does a failure more than `window` after the first of the
+//! row: the window bounds a row, it does not count failures among
+//! successes), then open (no traffic) for `open_for`, then half-open until
+//! `success_threshold` successes close it or one failure opens it again.
+//! Half-open, it lets at most `success_threshold` requests through per
+//! [`TRIAL_PERIOD`]: a worker that just failed is not handed the whole
+//! traffic again before it proved itself.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// How often a half-open breaker gets its trial requests anew. A request
+/// counts as a trial when the worker is offered to the policy as a
+/// candidate, picked or not, so an unpicked offer costs at most this long.
+pub const TRIAL_PERIOD: Duration = Duration::from_secs(1);
 
 /// Circuit breaker settings; `None` when disabled (`--disable-circuit-breaker`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +42,19 @@ pub enum BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32, since: Instant },
-    Open { until: Instant },
-    HalfOpen { successes: u32 },
+    Closed {
+        failures: u32,
+        since: Instant,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        successes: u32,
+        /// Trials let through since `period`.
+        trials: u32,
+        period: Instant,
+    },
 }
 
 /// See the module docs. `None` config: always closed.
@@ -83,20 +102,33 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a request may go to the worker now.
+    /// Whether a request may go to the worker now; half-open, a yes takes
+    /// one of the period's trials.
     pub fn admits(&self, now: Instant) -> bool {
-        if self.config.is_none() {
+        let Some(config) = self.config else {
             return true;
-        }
+        };
         let mut inner = self.lock();
-        match *inner {
-            Inner::Open { until } if now < until => false,
+        match &mut *inner {
+            Inner::Closed { .. } => true,
+            Inner::Open { until } if now < *until => false,
             Inner::Open { .. } => {
-                *inner = Inner::HalfOpen { successes: 0 };
+                *inner = Inner::HalfOpen {
+                    successes: 0,
+                    trials: 1,
+                    period: now,
+                };
                 self.report(&inner);
                 true
             }
-            _ => true,
+            Inner::HalfOpen { trials, period, .. } => {
+                if now.duration_since(*period) >= TRIAL_PERIOD {
+                    (*trials, *period) = (0, now);
+                }
+                let admitted = *trials < config.success_threshold;
+                *trials += u32::from(admitted);
+                admitted
+            }
         }
     }
 
@@ -124,19 +156,33 @@ impl Breaker {
                     Inner::Closed { failures, since }
                 }
             }
-            (Inner::HalfOpen { successes }, true) if successes + 1 >= config.success_threshold => {
+            (Inner::HalfOpen { successes, .. }, true)
+                if successes + 1 >= config.success_threshold =>
+            {
                 tracing::info!(worker = %self.worker, "circuit breaker closed");
                 Inner::Closed {
                     failures: 0,
                     since: now,
                 }
             }
-            (Inner::HalfOpen { successes }, true) => Inner::HalfOpen {
+            (
+                Inner::HalfOpen {
+                    successes,
+                    trials,
+                    period,
+                },
+                true,
+            ) => Inner::HalfOpen {
                 successes: successes + 1,
+                trials: *trials,
+                period: *period,
             },
-            (Inner::HalfOpen { .. }, false) => Inner::Open {
-                until: now + config.open_for,
-            },
+            (Inner::HalfOpen { .. }, false) => {
+                tracing::warn!(worker = %self.worker, "circuit breaker opened again: a trial request failed");
+                Inner::Open {
+                    until: now + config.open_for,
+                }
+            }
             (Inner::Open { until }, _) => Inner::Open { until: *until },
         };
         self.report(&inner);
@@ -217,6 +263,24 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         b.record(true, t0 + Duration::from_secs(10));
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    /// Issue 15: half-open let all traffic through.
+    #[test]
+    fn half_open_lets_a_bounded_number_of_trials_through_per_period() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record(false, t0);
+        b.record(false, t0);
+        let t1 = t0 + Duration::from_secs(10);
+        let admitted = (0..10).filter(|_| b.admits(t1)).count();
+        assert_eq!(admitted, 2, "success_threshold trials");
+        assert!(!b.admits(t1 + TRIAL_PERIOD / 2));
+        assert!(b.admits(t1 + TRIAL_PERIOD), "a new period, new trials");
+        b.record(true, t1 + TRIAL_PERIOD);
+        b.record(true, t1 + TRIAL_PERIOD);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!((0..10).filter(|_| b.admits(t1)).count(), 10);
     }
 
     #[test]
