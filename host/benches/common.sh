@@ -1,10 +1,13 @@
 # Shared by the benchmark scripts (sourced, run from the repository root):
-# the release router, background processes cleaned up on exit, free ports,
-# and waiting for a port to open. `sglang_router_venv` installs
-# sglang-router 0.3.2 in a venv under target/ for the comparisons.
+# the release router (or the binary ROUTER names, built already), background
+# processes cleaned up on exit, free ports, and waiting for a port to open.
+# `sglang_router_venv` installs sglang-router 0.3.2 in a venv under target/
+# for the comparisons.
 
-cargo build --release --quiet -p wasm-router-cli --bin router
-router=target/release/router
+if [ -z "${ROUTER:-}" ]; then
+    cargo build --release --quiet -p wasm-router-cli --bin router
+fi
+router="${ROUTER:-target/release/router}"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }

@@ -262,6 +262,19 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_body_read_whole_is_capped() {
+        let (url, _) = counting_worker().await;
+        let upstream = Upstream::new(&ClientTls::default(), Duration::from_secs(10)).unwrap();
+        let response = upstream
+            .send(Method::GET, &url, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let read = response.read_whole(1, deadline).await;
+        assert!(matches!(read, Err(BodyError::TooLarge(1))), "{read:?}");
+    }
+
     /// `work` on a new thread with its own single-threaded runtime, as the
     /// router's serving threads have.
     fn on_a_serving_thread(

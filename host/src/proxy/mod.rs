@@ -118,7 +118,11 @@ pub async fn forward(
             headers.clone(),
             body_for(&worker, &req.body),
         );
-        let failure = match tokio::time::timeout_at(req.attempt_deadline(config), send).await {
+        let answer = tokio::time::timeout_at(req.attempt_deadline(config), send).await;
+        if !matches!(answer, Ok(Ok(_))) {
+            Feedback::answered(&mut feedback, 0);
+        }
+        let failure = match answer {
             Err(_elapsed) => Failure::Timeout,
             Ok(Err(cause)) => Failure::Unreachable(cause),
             Ok(Ok(response)) if retries.retries(response.status().as_u16()) => {
@@ -405,6 +409,60 @@ mod tests {
             [(unreachable.id, 0), (serving.id, respond::CLIENT_GONE)],
             "the stream whose client went away is not reported as served"
         );
+    }
+
+    /// A client that goes away while the router waits for the worker's
+    /// headers: the worker's count comes back and the outcome says so.
+    #[tokio::test]
+    async fn a_client_gone_before_the_headers_is_reported_as_gone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (accepted, connected) = tokio::sync::oneshot::channel();
+        // Accepts, then never answers.
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            accepted.send(socket).unwrap();
+        });
+        let config = Config::load(&Default::default()).unwrap();
+        let registry = Registry::new(None, true);
+        let worker = registry.add(&url).unwrap();
+        let upstream =
+            crate::upstream::Upstream::new(&Default::default(), config.connect_timeout).unwrap();
+        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let info = PolicyInfo {
+            name: "recorder".into(),
+            needs_text: false,
+            wants_feedback: true,
+            tick_interval: None,
+        };
+        let recorder: Box<dyn Policy> = Box::new(Recorder(outcomes.clone(), info));
+        let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(recorder)));
+        let request = tokio::spawn(async move {
+            let headers = HeaderMap::new();
+            let req = Forward {
+                route: Route::Generate,
+                path_and_query: "/generate",
+                headers: &headers,
+                body: Bytes::from_static(b"{}"),
+                request_id: "r",
+                seq: 1,
+                model: "",
+                text: "",
+                routing_key: None,
+                deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            };
+            forward(&config, &upstream, &registry, policy, req, None)
+                .await
+                .map(drop)
+        });
+        let _held_open = connected.await.unwrap();
+        assert_eq!(worker.load(), 1);
+        request.abort();
+        assert!(request.await.unwrap_err().is_cancelled());
+        assert_eq!(worker.load(), 0);
+        let outcomes = outcomes.lock().unwrap();
+        let statuses: Vec<_> = outcomes.iter().map(|o| (o.worker, o.status)).collect();
+        assert_eq!(statuses, [(worker.id, respond::CLIENT_GONE)]);
     }
 
     #[test]

@@ -125,9 +125,11 @@ pub async fn forward(
             (&mut prefill_feedback, &prefill_answer),
             (&mut decode_feedback, &decode_answer),
         ] {
-            if let Some(Ok(response)) = answer {
-                Feedback::answered(feedback, response.status().as_u16());
-            }
+            let status = match answer {
+                Some(Ok(response)) => response.status().as_u16(),
+                _ => 0,
+            };
+            Feedback::answered(feedback, status);
         }
         let succeeded =
             |answer: &Option<Answer>| matches!(answer, Some(Ok(r)) if r.status().is_success());

@@ -271,14 +271,16 @@ impl Feedback {
     const TAIL: usize = 64;
 
     /// Feedback on request `seq` sent to `worker` now, if the policy wants
-    /// it; its status is 0 (not reached) until [`Feedback::answered`]. It is
-    /// reported to the instance serving when it is dropped.
+    /// it; its status is [`CLIENT_GONE`] (dropped with the request) until
+    /// [`Feedback::answered`] says otherwise. It is reported to the
+    /// instance serving when it is dropped.
     pub(crate) fn wanted(policy: &Loaded, seq: u64, worker: &Worker) -> Option<Feedback> {
         policy.policy.info().wants_feedback.then(|| Feedback {
             policy: policy.clone(),
             outcome: Outcome {
                 request_id: seq,
                 worker: worker.id,
+                status: CLIENT_GONE,
                 ..Outcome::default()
             },
             sent: Instant::now(),
@@ -286,7 +288,8 @@ impl Feedback {
         })
     }
 
-    /// The worker answered with `status`.
+    /// The worker answered with `status` (0: it was not reached, or gave
+    /// no answer).
     pub(crate) fn answered(feedback: &mut Option<Feedback>, status: u16) {
         if let Some(f) = feedback {
             f.outcome.status = status;

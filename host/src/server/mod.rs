@@ -172,27 +172,41 @@ async fn readiness(State(s): State<Arc<AppState>>) -> Response {
 /// than tower-http's `RequestBodyLimitLayer`, whose early 413 is not in
 /// OpenAI's error shape.
 async fn read_body(s: &AppState, body: Body, deadline: Instant) -> Result<Bytes, ApiError> {
+    use http_body::Body as _;
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     let limit = s.config.max_payload_size;
     let mut body = Limited::new(body, limit);
-    let mut chunks = Vec::new();
+    // One chunk is kept as it came; more are copied into one buffer of the
+    // announced size, so a body is held once, not twice.
+    let mut first = None::<Bytes>;
+    let mut whole = bytes::BytesMut::new();
     loop {
         let pause_ends = (Instant::now() + s.config.stream_idle_timeout).min(deadline);
-        match tokio::time::timeout_at(pause_ends, body.frame()).await {
+        let data = match tokio::time::timeout_at(pause_ends, body.frame()).await {
             Err(_elapsed) => return Err(ApiError::BodyTimeout),
             Ok(None) => break,
-            Ok(Some(Ok(frame))) => chunks.extend(frame.into_data().ok()),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
             Ok(Some(Err(e))) if e.is::<LengthLimitError>() => {
                 return Err(ApiError::PayloadTooLarge(limit));
             }
             Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("unreadable body: {e}"))),
+        };
+        match first.take() {
+            None if whole.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    let announced = body.size_hint().lower() as usize;
+                    whole.reserve((held.len() + data.len() + announced).min(limit));
+                    whole.extend_from_slice(&held);
+                }
+                whole.extend_from_slice(&data);
+            }
         }
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.swap_remove(0),
-        _ => Bytes::from(chunks.concat()),
-    })
+    Ok(first.unwrap_or_else(|| whole.freeze()))
 }
 
 async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {

@@ -27,11 +27,24 @@ pub struct Running {
     pub state: Arc<AppState>,
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    /// The serving threads' runtimes.
+    serving: Vec<tokio::runtime::Handle>,
     background: Vec<JoinHandle<()>>,
     _watches: Vec<watch::FileWatch>,
 }
 
 impl Running {
+    /// Tasks alive on the serving threads: one per open client connection
+    /// and per open worker connection, and those of requests in flight. A
+    /// count that does not come back down when clients and workers are gone
+    /// is a leak.
+    pub fn serving_tasks(&self) -> usize {
+        self.serving
+            .iter()
+            .map(|h| h.metrics().num_alive_tasks())
+            .sum()
+    }
+
     /// Stop accepting connections, let in-flight requests finish (up to the
     /// grace period), then stop background tasks.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -147,7 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })?;
     let addr = listener.local_addr()?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);
-    let server = serve(
+    let (server, serving) = serve(
         listener,
         app(state.clone()),
         state.config.tls.as_ref(),
@@ -160,6 +173,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state,
         shutdown,
         server,
+        serving,
         background,
         _watches: watches,
     })
@@ -180,15 +194,17 @@ fn serve(
     app: Router,
     tls: Option<&crate::tls::ServerTls>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+) -> anyhow::Result<(JoinHandle<std::io::Result<()>>, Vec<tokio::runtime::Handle>)> {
     let listener = listener.into_std()?;
     let tls = tls.map(|t| t.rustls_config()).transpose()?.map(Arc::new);
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut finished = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
     for n in 0..threads {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        handles.push(runtime.handle().clone());
         let shard = serve_one(
             listener.try_clone()?,
             app.clone(),
@@ -203,14 +219,15 @@ fn serve(
             })?;
         finished.push(finish);
     }
-    Ok(tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         for finish in finished {
             finish
                 .await
                 .map_err(|_| std::io::Error::other("a serving thread panicked"))??;
         }
         Ok(())
-    }))
+    });
+    Ok((server, handles))
 }
 
 /// One serving thread's accept loop; see [`serve`].

@@ -210,6 +210,8 @@ pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle
         .route("/flush_cache", post(|State(s): State<Arc<Sim>>| async move { s.flush(); "Cache flushed." }))
         .route("/bootstrap/{room}", get(respond::bootstrap))
         .route("/metrics", get(metrics))
+        // SGLang takes large prompts; axum's default 2 MB limit would not.
+        .layer(axum::extract::DefaultBodyLimit::max(512 << 20))
         .with_state(sim.clone());
     let stopper = sim.clone();
     let task = tokio::spawn(async move {

@@ -27,7 +27,9 @@ enum Shape {
 }
 
 /// `--fixed-response`: the same small body for every request.
-pub async fn fixed() -> Response {
+/// (The body is read, as a real worker reads its request: answering
+/// before it arrived would break the router's upload with a reset.)
+pub async fn fixed(_body: Bytes) -> Response {
     (
         [("content-type", "application/json")],
         r#"{"text":"ok","meta_info":{"prompt_tokens":1,"completion_tokens":1,"cached_tokens":0}}"#,

@@ -3,6 +3,7 @@
 mod assemblyscript;
 mod builtins;
 mod cache_aware;
+mod chaos;
 mod cli;
 mod engine;
 mod examples;
