@@ -91,7 +91,10 @@ wheel() {
     rm -rf target/wheels target/py-build target/py-venv
     python3 -m venv target/py-build
     target/py-build/bin/pip install --quiet "maturin>=1.5,<2"
-    target/py-build/bin/maturin build --locked --release --quiet -m python/Cargo.toml -o target/wheels
+    # The dev profile, as the tests step built it: the wheel reuses that
+    # build (20 s) instead of compiling wasmtime again for release (14
+    # minutes on two cores). Release wheels: README.md, "From Python".
+    target/py-build/bin/maturin build --locked --quiet -m python/Cargo.toml -o target/wheels
     python3 -m venv target/py-venv
     target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai
     target/py-venv/bin/python -m pytest python/tests -q
