@@ -162,12 +162,33 @@ async fn add(
     let ids: Vec<_> = added.iter().map(|w| w.id).collect();
     let location = format!("/workers/{}", ids[0]);
     // One id per data-parallel rank with --dp-aware; `id` is the first.
-    let reply = json!({"id": ids[0], "ids": ids, "url": added[0].url, "status": "pending", "location": location});
+    // `worker_id` (a string) and `message` are sglang-router 0.3.2's
+    // names, which its clients read.
+    let reply = json!({
+        "id": ids[0],
+        "ids": ids,
+        "worker_id": ids[0].to_string(),
+        "url": added[0].url,
+        "status": "accepted",
+        "location": location,
+        "message": "worker registered; its model and health are checked in the background",
+    });
     Ok((StatusCode::ACCEPTED, [("location", location)], Json(reply)).into_response())
 }
 
+/// The workers, with sglang-router 0.3.2's `total` and `stats` beside.
 async fn list(State(s): S) -> Json<Value> {
-    Json(json!({"workers": s.registry.views()}))
+    let workers = s.registry.all();
+    let count = |role: Role| workers.iter().filter(|w| w.role == role).count();
+    Json(json!({
+        "workers": s.registry.views(),
+        "total": workers.len(),
+        "stats": {
+            "prefill_count": count(Role::Prefill),
+            "decode_count": count(Role::Decode),
+            "regular_count": count(Role::Regular),
+        },
+    }))
 }
 
 fn parse_id(id: &str) -> Result<u32, ApiError> {

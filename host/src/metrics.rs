@@ -85,16 +85,26 @@ pub fn policy_decision() -> &'static Histogram {
     HANDLE.get_or_init(|| metrics::histogram!(POLICY_DECISION))
 }
 
-/// Install the process-wide recorder (once; later calls reuse it).
-pub fn install() -> PrometheusHandle {
+/// Install the process-wide recorder (once; later calls reuse it, and
+/// their `duration_buckets` are not used): [`REQUEST_DURATION`] and
+/// [`TTFB`] get `duration_buckets` (`--prometheus-duration-buckets`) if
+/// given.
+pub fn install(duration_buckets: Option<&[f64]>) -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(POLICY_DECISION.into()), DECISION_BUCKETS)
                 .and_then(|b| b.set_buckets(LATENCY_BUCKETS))
-                .expect("bucket lists are not empty")
-                .build_recorder();
+                .expect("bucket lists are not empty");
+            if let Some(buckets) = duration_buckets {
+                for name in [REQUEST_DURATION, TTFB] {
+                    builder = builder
+                        .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                        .expect("validation keeps the list non-empty");
+                }
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(

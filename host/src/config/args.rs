@@ -36,7 +36,7 @@ pub struct RouterArgs {
     #[arg(long, value_parser = port_number)]
     pub port: Option<u16>,
     /// Worker base URLs.
-    #[arg(long, num_args = 1.., value_name = "URL")]
+    #[arg(long, num_args = 0.., value_name = "URL")]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
     /// consistent_hash, manual, bucket) or a .wasm file [default: cache_aware].
@@ -60,7 +60,7 @@ pub struct RouterArgs {
     /// cache_aware: relative load ratio that overrides affinity [default: 1.5].
     #[arg(long)]
     pub balance_rel_threshold: Option<f64>,
-    /// cache_aware: seconds between tree evictions [default: 120].
+    /// cache_aware: seconds between tree evictions [default: 60].
     #[arg(long)]
     pub eviction_interval_secs: Option<u64>,
     /// cache_aware: characters per worker kept after eviction [default: 67108864].
@@ -70,7 +70,7 @@ pub struct RouterArgs {
     /// min_group [default: random].
     #[arg(long)]
     pub assignment_mode: Option<String>,
-    /// manual: seconds after which an unused routing key is forgotten [default: 3600].
+    /// manual: seconds after which an unused routing key is forgotten [default: 14400].
     #[arg(long)]
     pub max_idle_secs: Option<u64>,
     /// Prefill/decode disaggregation: each request goes to a prefill and a
@@ -177,9 +177,9 @@ pub struct RouterArgs {
     /// No health checks: every registered worker counts as healthy.
     #[arg(long)]
     pub disable_health_check: bool,
-    /// Requests forwarded at once; 0 for no limit [default: 256].
-    #[arg(long)]
-    pub max_concurrent_requests: Option<usize>,
+    /// Requests forwarded at once; 0 or -1 for no limit [default: 256].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_concurrent_requests: Option<i64>,
     /// Requests that may wait for a slot; more get 429 [default: 100].
     #[arg(long)]
     pub queue_size: Option<usize>,
@@ -205,7 +205,7 @@ pub struct RouterArgs {
     pub prometheus_port: Option<u16>,
     /// Headers that carry a client's request id, first found wins
     /// [default: x-request-id x-correlation-id x-trace-id request-id].
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 0..)]
     pub request_id_headers: Vec<String>,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 180].
     #[arg(long)]
@@ -229,7 +229,7 @@ pub struct RouterArgs {
     #[arg(long)]
     pub tls_key_path: Option<PathBuf>,
     /// Extra PEM root certificates to trust for HTTPS workers.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 0..)]
     pub ca_cert_paths: Vec<PathBuf>,
     /// PEM client certificate for mutual TLS with workers (with --client-key-path).
     #[arg(long)]
@@ -237,6 +237,164 @@ pub struct RouterArgs {
     /// PEM private key for --client-cert-path.
     #[arg(long)]
     pub client_key_path: Option<PathBuf>,
+
+    // The rest of sglang-router 0.3.2's launcher flags, with its spelling
+    // and number of values: some work as there; those of gateway features
+    // this router does not offer, and those not built yet, are accepted at
+    // their default and refused otherwise (`validate.rs`, README.md's
+    // flag table).
+    /// bucket: seconds between bucket boundary adjustments [default: 5].
+    #[arg(long)]
+    pub bucket_adjust_interval_secs: Option<u64>,
+    /// Multi-model routing (sglang-router's IGW mode): always on here, the
+    /// request's `model` picks the worker pool.
+    #[arg(long)]
+    pub enable_igw: bool,
+    /// sglang-router's MiniLB: not supported.
+    #[arg(long)]
+    pub mini_lb: bool,
+    /// Seconds to wait for a worker to come up at registration: not
+    /// supported yet [default: 1800].
+    #[arg(long)]
+    pub worker_startup_timeout_secs: Option<u64>,
+    /// Seconds between checks of a worker coming up: not supported yet
+    /// [default: 30].
+    #[arg(long)]
+    pub worker_startup_check_interval: Option<u64>,
+    /// Directory for log files: not supported yet (logs go to stderr).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Kubernetes service discovery: not supported yet.
+    #[arg(long)]
+    pub service_discovery: bool,
+    /// Service discovery's label selector (key=value ...): not supported yet.
+    #[arg(long, num_args = 1..)]
+    pub selector: Vec<String>,
+    /// Port of discovered worker pods: not supported yet [default: 80].
+    #[arg(long, value_parser = port_number)]
+    pub service_discovery_port: Option<u16>,
+    /// Namespace watched by service discovery: not supported yet.
+    #[arg(long)]
+    pub service_discovery_namespace: Option<String>,
+    /// PD mode's prefill pod selector: not supported yet.
+    #[arg(long, num_args = 1..)]
+    pub prefill_selector: Vec<String>,
+    /// PD mode's decode pod selector: not supported yet.
+    #[arg(long, num_args = 1..)]
+    pub decode_selector: Vec<String>,
+    /// Bucket bounds, in seconds, of the request-duration and
+    /// time-to-first-byte histograms [default: 0.0005 0.001 ... 60].
+    #[arg(long, num_args = 1..)]
+    pub prometheus_duration_buckets: Vec<f64>,
+    /// Origins allowed to call the router from a browser (CORS): not
+    /// supported yet.
+    #[arg(long, num_args = 0..)]
+    pub cors_allowed_origins: Vec<String>,
+    /// Token bucket refill rate, requests per second: not supported yet.
+    #[arg(long)]
+    pub rate_limit_tokens_per_second: Option<u64>,
+    /// Model whose tokenizer to load (a local path): not supported yet.
+    #[arg(long)]
+    pub model_path: Option<String>,
+    /// Local tokenizer.json to load: not supported yet.
+    #[arg(long)]
+    pub tokenizer_path: Option<String>,
+    /// Chat template: not supported (the workers apply their own).
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Tokenizer cache, level 0: not supported yet.
+    #[arg(long)]
+    pub tokenizer_cache_enable_l0: bool,
+    /// Tokenizer cache, level 0 entries: not supported yet [default: 10000].
+    #[arg(long)]
+    pub tokenizer_cache_l0_max_entries: Option<u64>,
+    /// Tokenizer cache, level 1: not supported yet.
+    #[arg(long)]
+    pub tokenizer_cache_enable_l1: bool,
+    /// Tokenizer cache, level 1 bytes: not supported yet [default: 52428800].
+    #[arg(long)]
+    pub tokenizer_cache_l1_max_memory: Option<u64>,
+    /// Reasoning parser: not supported (a gateway feature).
+    #[arg(long)]
+    pub reasoning_parser: Option<String>,
+    /// Tool-call parser: not supported (a gateway feature).
+    #[arg(long)]
+    pub tool_call_parser: Option<String>,
+    /// MCP configuration: not supported (a gateway feature).
+    #[arg(long)]
+    pub mcp_config_path: Option<String>,
+    /// What the workers are: sglang or openai (any OpenAI-compatible
+    /// server); both are proxied alike [default: sglang].
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Conversation history storage: `memory` or `none` only, as this
+    /// router keeps no history [default: memory].
+    #[arg(long)]
+    pub history_backend: Option<String>,
+    /// History in Oracle: not supported.
+    #[arg(long)]
+    pub oracle_wallet_path: Option<String>,
+    /// History in Oracle: not supported.
+    #[arg(long)]
+    pub oracle_tns_alias: Option<String>,
+    /// History in Oracle: not supported.
+    #[arg(long)]
+    pub oracle_connect_descriptor: Option<String>,
+    /// History in Oracle: not supported.
+    #[arg(long)]
+    pub oracle_username: Option<String>,
+    /// History in Oracle: not supported.
+    #[arg(long)]
+    pub oracle_password: Option<String>,
+    /// History in Oracle: not supported [default: 1].
+    #[arg(long)]
+    pub oracle_pool_min: Option<u64>,
+    /// History in Oracle: not supported [default: 16].
+    #[arg(long)]
+    pub oracle_pool_max: Option<u64>,
+    /// History in Oracle: not supported [default: 30].
+    #[arg(long)]
+    pub oracle_pool_timeout_secs: Option<u64>,
+    /// History in PostgreSQL: not supported.
+    #[arg(long)]
+    pub postgres_db_url: Option<String>,
+    /// History in PostgreSQL: not supported [default: 16].
+    #[arg(long)]
+    pub postgres_pool_max: Option<u64>,
+    /// History in Redis: not supported.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// History in Redis: not supported [default: 16].
+    #[arg(long)]
+    pub redis_pool_max: Option<u64>,
+    /// History in Redis: not supported [default: 30].
+    #[arg(long)]
+    pub redis_retention_days: Option<u64>,
+    /// OpenTelemetry tracing: not supported yet.
+    #[arg(long)]
+    pub enable_trace: bool,
+    /// OpenTelemetry collector: not supported yet [default: localhost:4317].
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
+    /// Control-plane keys as id:name:role:key: not supported yet (use
+    /// --admin-api-key).
+    #[arg(long, num_args = 0..)]
+    pub control_plane_api_keys: Vec<String>,
+    /// One log line per control-plane action: not supported yet.
+    #[arg(long)]
+    pub control_plane_audit_enabled: bool,
+    /// OIDC issuer of control-plane tokens: not supported yet.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// OIDC audience of control-plane tokens: not supported yet.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    /// JWKS URL of control-plane tokens: not supported yet.
+    #[arg(long)]
+    pub jwt_jwks_uri: Option<String>,
+    /// Token role to router role mapping: not supported yet.
+    #[arg(long, num_args = 0..)]
+    pub jwt_role_mapping: Vec<String>,
 }
 
 /// A port flag's value, with the message the Python launcher always gave.

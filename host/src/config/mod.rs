@@ -18,6 +18,7 @@ pub use crate::workers::breaker::BreakerConfig;
 pub use crate::workers::health::HealthConfig;
 
 mod args;
+mod sglang;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -44,6 +45,17 @@ pub enum ConfigError {
         /// What is wrong, with its position.
         message: String,
     },
+    /// A setting of sglang-router's that this router does not offer, given
+    /// a value other than its default.
+    #[error("{setting} is not supported{}: {why}", yet_word(.yet))]
+    Unsupported {
+        /// The flag.
+        setting: &'static str,
+        /// `true`: a later release will build it.
+        yet: bool,
+        /// Why, or what to use instead.
+        why: &'static str,
+    },
     /// A setting with an unusable value.
     #[error("invalid {setting}: {reason}")]
     Invalid {
@@ -52,6 +64,10 @@ pub enum ConfigError {
         /// Why, and what is accepted.
         reason: String,
     },
+}
+
+fn yet_word(yet: &bool) -> &'static str {
+    if *yet { " yet" } else { "" }
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -119,6 +135,9 @@ pub struct Config {
     pub policy_cache_dir: Option<PathBuf>,
     /// Largest request body.
     pub max_payload_size: usize,
+    /// Bucket bounds of the request-duration and time-to-first-byte
+    /// histograms; `None`: the built-in ones.
+    pub duration_buckets: Option<Vec<f64>>,
     /// Time allowed for a whole request, body upload and response stream
     /// included.
     pub request_timeout: Duration,

@@ -265,3 +265,93 @@ fn a_flag_wins_over_the_file_only_when_given() {
     let layered = layer(toml::from_str("retry_max_retries = 2").unwrap(), &flags);
     assert_eq!(layered.retry_max_retries, Some(7));
 }
+
+/// Issue 16: the launcher exited 2 on 48 of sglang-router 0.3.2's flags.
+/// At their defaults (and where they work here, at other values) they are
+/// accepted.
+#[test]
+fn sglang_router_flags_are_accepted_at_their_defaults() {
+    let c = parse_flags(&[
+        "--max-concurrent-requests",
+        "-1",
+        "--enable-igw",
+        "--backend",
+        "openai",
+        "--history-backend",
+        "memory",
+        "--worker-startup-timeout-secs",
+        "1800",
+        "--worker-startup-check-interval",
+        "30",
+        "--service-discovery-port",
+        "80",
+        "--otlp-traces-endpoint",
+        "localhost:4317",
+        "--oracle-pool-min",
+        "1",
+        "--redis-retention-days",
+        "30",
+        "--tokenizer-cache-l1-max-memory",
+        "52428800",
+        "--cors-allowed-origins",
+        "--control-plane-api-keys",
+        "--jwt-role-mapping",
+        "--bucket-adjust-interval-secs",
+        "7",
+        "--prometheus-duration-buckets",
+        "0.1",
+        "1",
+        "10",
+    ])
+    .unwrap();
+    assert_eq!(c.queue, None, "-1 is no limit, as in sglang-router");
+    let policy: Value = serde_json::from_str(&c.policy_config).unwrap();
+    assert_eq!(policy["bucket_adjust_interval_secs"], 7);
+    assert_eq!(c.duration_buckets, Some(vec![0.1, 1.0, 10.0]));
+}
+
+/// What this router does not offer is refused by name, not ignored.
+#[test]
+fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
+    for (argv, yet) in [
+        (&["--mini-lb"][..], false),
+        (&["--chat-template", "t.jinja"], false),
+        (&["--tool-call-parser", "json"], false),
+        (&["--reasoning-parser", "deepseek-r1"], false),
+        (&["--mcp-config-path", "mcp.yaml"], false),
+        (&["--history-backend", "postgres"], false),
+        (&["--postgres-db-url", "postgres://db"], false),
+        (&["--oracle-pool-max", "4"], false),
+        (&["--redis-url", "redis://r"], false),
+        (&["--worker-startup-timeout-secs", "600"], true),
+        (&["--log-dir", "/tmp/logs"], true),
+        (&["--service-discovery"], true),
+        (&["--selector", "app=sglang"], true),
+        (&["--cors-allowed-origins", "https://example.com"], true),
+        (&["--rate-limit-tokens-per-second", "100"], true),
+        (&["--model-path", "/models/llama"], true),
+        (&["--tokenizer-path", "tokenizer.json"], true),
+        (&["--tokenizer-cache-enable-l0"], true),
+        (&["--enable-trace"], true),
+        (&["--otlp-traces-endpoint", "collector:4317"], true),
+        (&["--control-plane-api-keys", "id:name:admin:key"], true),
+        (&["--jwt-issuer", "https://issuer"], true),
+    ] {
+        let err = parse_flags(argv).unwrap_err().to_string();
+        let wanted = if yet {
+            "is not supported yet"
+        } else {
+            "is not supported:"
+        };
+        assert!(
+            err.starts_with(argv[0]) && err.contains(wanted),
+            "{argv:?}: {err}"
+        );
+    }
+    let err = parse_flags(&["--backend", "vllm"]).unwrap_err().to_string();
+    assert!(err.contains("--backend"), "{err}");
+    let err = parse_flags(&["--max-concurrent-requests", "-2"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--max-concurrent-requests"), "{err}");
+}

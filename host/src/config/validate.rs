@@ -17,6 +17,7 @@ use crate::workers::WorkerSpec;
 impl Config {
     /// Apply the defaults to layered settings and check them.
     pub(super) fn validate(s: RouterArgs) -> Result<Config, ConfigError> {
+        super::sglang::check(&s)?;
         let worker_urls = s
             .worker_urls
             .iter()
@@ -64,7 +65,7 @@ impl Config {
         );
         policy_config.insert(
             "eviction_interval_secs".into(),
-            s.eviction_interval_secs.unwrap_or(120).into(),
+            s.eviction_interval_secs.unwrap_or(60).into(),
         );
         policy_config.insert(
             "max_tree_size".into(),
@@ -78,11 +79,15 @@ impl Config {
             ));
         }
         policy_config.insert("assignment_mode".into(), assignment_mode.into());
-        let max_idle_secs = s.max_idle_secs.unwrap_or(3600);
+        let max_idle_secs = s.max_idle_secs.unwrap_or(14400);
         if max_idle_secs == 0 {
             return Err(invalid("--max-idle-secs", "must be above 0"));
         }
         policy_config.insert("max_idle_secs".into(), max_idle_secs.into());
+        policy_config.insert(
+            "bucket_adjust_interval_secs".into(),
+            s.bucket_adjust_interval_secs.unwrap_or(5).into(),
+        );
         // The `[policy]` table is the policy's own: it wins over the flags.
         policy_config.extend(s.policy_table.clone());
 
@@ -147,13 +152,30 @@ impl Config {
             }
         }
 
+        // sglang-router's default is -1, no limit; ours bounds memory
+        // (README.md, flag table).
         let max_concurrent = s.max_concurrent_requests.unwrap_or(256);
+        if max_concurrent < -1 {
+            return Err(invalid(
+                "--max-concurrent-requests",
+                "must be a number of requests, or 0 or -1 for no limit",
+            ));
+        }
         let queue = (max_concurrent > 0).then(|| QueueConfig {
-            max_concurrent,
+            max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
             queue_size: s.queue_size.unwrap_or(100),
             timeout: Duration::from_secs(s.queue_timeout_secs.unwrap_or(60)),
         });
 
+        let duration_buckets = &s.prometheus_duration_buckets;
+        if duration_buckets.iter().any(|b| !b.is_finite())
+            || duration_buckets.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                "--prometheus-duration-buckets",
+                "must be finite seconds in increasing order",
+            ));
+        }
         let max_payload_size = s.max_payload_size.unwrap_or(512 << 20);
         if max_payload_size == 0 {
             return Err(invalid("--max-payload-size", "must be above 0"));
@@ -281,6 +303,7 @@ impl Config {
                 crate::policy::PolicyEngine::default_cache_dir()
             },
             max_payload_size,
+            duration_buckets: (!duration_buckets.is_empty()).then(|| duration_buckets.clone()),
             request_timeout: Duration::from_secs(request_timeout),
             attempt_timeout: attempt_timeout.map(Duration::from_secs),
             connect_timeout: Duration::from_secs(connect_timeout),

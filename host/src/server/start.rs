@@ -66,7 +66,7 @@ impl Running {
 /// Start the router: load the policy, register workers, start health
 /// checks, ticks and metrics, and listen.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let handle = m::install();
+    let handle = m::install(config.duration_buckets.as_deref());
     let metrics_listener = tokio::net::TcpListener::bind(config.prometheus)
         .await
         .map_err(|e| {

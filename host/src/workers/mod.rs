@@ -106,13 +106,18 @@ pub struct Worker {
 /// [`Worker::reported_load`] when the worker reported nothing.
 const NO_REPORT: u64 = u64::MAX;
 
-/// What `GET /workers` shows of a worker.
+/// What `GET /workers` shows of a worker: our fields, and beside them
+/// sglang-router 0.3.2's names for the same things (`model_id`,
+/// `worker_type`, `is_healthy`), which its clients read.
 #[derive(Debug, Serialize)]
 pub struct WorkerView {
     id: WorkerId,
     url: String,
     model: String,
+    model_id: String,
     role: &'static str,
+    worker_type: &'static str,
+    is_healthy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,11 +219,15 @@ impl Worker {
     }
 
     fn view(&self) -> WorkerView {
+        let model = self.model().to_string();
         WorkerView {
             id: self.id,
             url: self.url.clone(),
-            model: self.model().to_string(),
+            model_id: model.clone(),
+            model,
             role: self.role.label(),
+            worker_type: self.role.label(),
+            is_healthy: self.is_healthy(),
             bootstrap_port: self.bootstrap_port,
             dp_rank: self.dp_rank,
             healthy: self.is_healthy(),

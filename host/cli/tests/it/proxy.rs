@@ -394,11 +394,19 @@ async fn workers_are_added_and_removed_at_runtime() {
     assert_eq!(resp.status(), 202);
     let added: Value = resp.json().await.unwrap();
     let id = added["id"].as_u64().unwrap();
+    // sglang-router 0.3.2's names, beside ours (issue 16).
+    assert_eq!(added["worker_id"], id.to_string());
+    assert_eq!(added["status"], "accepted");
+    let worker_id = added["worker_id"].as_str().unwrap();
     eventually("b is healthy", async || {
-        let v: Value = get_json(&format!("{base}/workers/{id}")).await;
-        v["healthy"] == true && v["model"] == "m"
+        let v: Value = get_json(&format!("{base}/workers/{worker_id}")).await;
+        v["healthy"] == true && v["model"] == "m" && v["is_healthy"] == true && v["model_id"] == "m"
     })
     .await;
+    let listed = get_json(&format!("{base}/workers")).await;
+    assert_eq!(listed["total"], 2);
+    assert_eq!(listed["stats"]["regular_count"], 2);
+    assert_eq!(listed["workers"][0]["worker_type"], "regular");
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..4 {
         seen.insert(generate(&r, &format!("p{i}")).await.unwrap());

@@ -1,0 +1,181 @@
+//! sglang-router 0.3.2's launcher flags that this router accepts only at
+//! their defaults: those of gateway features it does not offer (conversation
+//! history and its databases, MCP, chat templates, parsers, MiniLB), and
+//! those not built yet. Given another value, each is refused with one line
+//! naming it (exit 2), rather than being silently ignored. README.md's flag
+//! table lists them with the reasons.
+
+use super::{ConfigError, RouterArgs};
+
+const GATEWAY: &str = "wasm-router is a load balancer, not a gateway: the workers apply their own chat templates and parsers, and it keeps no conversation history";
+
+/// Refuse every such flag given a value other than sglang-router's default.
+pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
+    let unsupported = |setting, yet, why| ConfigError::Unsupported { setting, yet, why };
+    let gateway = |setting| unsupported(setting, false, GATEWAY);
+    let not_yet = |setting, why| unsupported(setting, true, why);
+    let differs = |given: Option<u64>, default: u64| given.is_some_and(|v| v != default);
+
+    if s.mini_lb {
+        return Err(unsupported(
+            "--mini-lb",
+            false,
+            "the router itself is the load balancer (--pd-disaggregation for PD)",
+        ));
+    }
+    for (setting, given) in [
+        ("--chat-template", s.chat_template.is_some()),
+        ("--reasoning-parser", s.reasoning_parser.is_some()),
+        ("--tool-call-parser", s.tool_call_parser.is_some()),
+        ("--mcp-config-path", s.mcp_config_path.is_some()),
+        ("--oracle-wallet-path", s.oracle_wallet_path.is_some()),
+        ("--oracle-tns-alias", s.oracle_tns_alias.is_some()),
+        (
+            "--oracle-connect-descriptor",
+            s.oracle_connect_descriptor.is_some(),
+        ),
+        ("--oracle-username", s.oracle_username.is_some()),
+        ("--oracle-password", s.oracle_password.is_some()),
+        ("--oracle-pool-min", differs(s.oracle_pool_min, 1)),
+        ("--oracle-pool-max", differs(s.oracle_pool_max, 16)),
+        (
+            "--oracle-pool-timeout-secs",
+            differs(s.oracle_pool_timeout_secs, 30),
+        ),
+        ("--postgres-db-url", s.postgres_db_url.is_some()),
+        ("--postgres-pool-max", differs(s.postgres_pool_max, 16)),
+        ("--redis-url", s.redis_url.is_some()),
+        ("--redis-pool-max", differs(s.redis_pool_max, 16)),
+        (
+            "--redis-retention-days",
+            differs(s.redis_retention_days, 30),
+        ),
+    ] {
+        if given {
+            return Err(gateway(setting));
+        }
+    }
+    if let Some(history) = &s.history_backend
+        && !matches!(history.as_str(), "memory" | "none")
+    {
+        return Err(gateway("--history-backend"));
+    }
+    if let Some(backend) = &s.backend
+        && !matches!(backend.as_str(), "sglang" | "openai")
+    {
+        return Err(ConfigError::Invalid {
+            setting: "--backend",
+            reason: format!("{backend:?} is not sglang or openai"),
+        });
+    }
+
+    let discovery = "give the workers with --worker-urls (or --prefill/--decode), or add them at run time with POST /workers";
+    let tokenizer = "policies route on the request's text";
+    let control_plane = "use --admin-api-key for the admin routes";
+    for (setting, given, why) in [
+        (
+            "--worker-startup-timeout-secs",
+            differs(s.worker_startup_timeout_secs, 1800),
+            "workers are routed to once their health checks pass",
+        ),
+        (
+            "--worker-startup-check-interval",
+            differs(s.worker_startup_check_interval, 30),
+            "workers are routed to once their health checks pass",
+        ),
+        (
+            "--log-dir",
+            s.log_dir.is_some(),
+            "logs go to stderr (--log-json for structured lines)",
+        ),
+        ("--service-discovery", s.service_discovery, discovery),
+        ("--selector", !s.selector.is_empty(), discovery),
+        (
+            "--service-discovery-port",
+            differs(s.service_discovery_port.map(u64::from), 80),
+            discovery,
+        ),
+        (
+            "--service-discovery-namespace",
+            s.service_discovery_namespace.is_some(),
+            discovery,
+        ),
+        (
+            "--prefill-selector",
+            !s.prefill_selector.is_empty(),
+            discovery,
+        ),
+        (
+            "--decode-selector",
+            !s.decode_selector.is_empty(),
+            discovery,
+        ),
+        (
+            "--cors-allowed-origins",
+            !s.cors_allowed_origins.is_empty(),
+            "put the router behind a proxy that answers CORS",
+        ),
+        (
+            "--rate-limit-tokens-per-second",
+            s.rate_limit_tokens_per_second.is_some(),
+            "--max-concurrent-requests and --queue-size bound the load",
+        ),
+        ("--model-path", s.model_path.is_some(), tokenizer),
+        ("--tokenizer-path", s.tokenizer_path.is_some(), tokenizer),
+        (
+            "--tokenizer-cache-enable-l0",
+            s.tokenizer_cache_enable_l0,
+            tokenizer,
+        ),
+        (
+            "--tokenizer-cache-l0-max-entries",
+            differs(s.tokenizer_cache_l0_max_entries, 10000),
+            tokenizer,
+        ),
+        (
+            "--tokenizer-cache-enable-l1",
+            s.tokenizer_cache_enable_l1,
+            tokenizer,
+        ),
+        (
+            "--tokenizer-cache-l1-max-memory",
+            differs(s.tokenizer_cache_l1_max_memory, 52428800),
+            tokenizer,
+        ),
+        (
+            "--enable-trace",
+            s.enable_trace,
+            "request ids are forwarded and logged",
+        ),
+        (
+            "--otlp-traces-endpoint",
+            s.otlp_traces_endpoint
+                .as_deref()
+                .is_some_and(|e| e != "localhost:4317"),
+            "request ids are forwarded and logged",
+        ),
+        (
+            "--control-plane-api-keys",
+            !s.control_plane_api_keys.is_empty(),
+            control_plane,
+        ),
+        (
+            "--control-plane-audit-enabled",
+            s.control_plane_audit_enabled,
+            control_plane,
+        ),
+        ("--jwt-issuer", s.jwt_issuer.is_some(), control_plane),
+        ("--jwt-audience", s.jwt_audience.is_some(), control_plane),
+        ("--jwt-jwks-uri", s.jwt_jwks_uri.is_some(), control_plane),
+        (
+            "--jwt-role-mapping",
+            !s.jwt_role_mapping.is_empty(),
+            control_plane,
+        ),
+    ] {
+        if given {
+            return Err(not_yet(setting, why));
+        }
+    }
+    Ok(())
+}
