@@ -1,13 +1,20 @@
 """Side by side with sglang-router 0.3.2, installed from PyPI into a
 scratch venv: every flag of its launcher is one of ours with the same
-number of values, and ours beyond its are the listed extras (issue 16).
-Bounded: one pip install, one subprocess per flag table."""
+number of values, and ours beyond its are the listed extras; both routers
+in front of the same recording worker forward the same headers, and
+answer worker admin with its field names (issue 16). Loopback only;
+bounded: one pip install, every wait timed."""
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from wasm_router import _native
 
@@ -55,13 +62,19 @@ PARSE_ERRORS = ("unrecognized", "unexpected argument", "unexpected value", "a va
 
 
 @pytest.fixture(scope="module")
-def theirs(tmp_path_factory):
+def sglang_python(tmp_path_factory):
+    """The Python of a scratch venv with sglang-router 0.3.2."""
     venv = tmp_path_factory.mktemp("sglang-router-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "pip"), "install", "--quiet", f"sglang-router=={SGLANG_ROUTER}"]
     subprocess.run(pip, check=True, timeout=600)
+    return str(venv / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def theirs(sglang_python):
     out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", TABLE],
+        [sglang_python, "-c", TABLE],
         check=True,
         capture_output=True,
         text=True,
@@ -119,3 +132,124 @@ def test_flags_at_sglang_router_defaults_are_accepted(theirs):
         except ValueError as e:
             refused.append(f"{flag}: {e}")
     assert refused == []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """A worker that answers like SGLang and keeps each inference request's
+    headers."""
+
+    protocol_version = "HTTP/1.1"
+    seen = []
+
+    def answer(self, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/get_model_info"):
+            return self.answer({"model_path": "m"})
+        if self.path.startswith("/v1/models"):
+            return self.answer({"object": "list", "data": [{"id": "m"}]})
+        return self.answer({})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        Recorder.seen.append({k.lower(): v for k, v in self.headers.items()})
+        return self.answer({"text": "ok", "meta_info": {}})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def worker():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def start_router(python, module, worker):
+    port = free_port()
+    proc = subprocess.Popen(
+        [python, "-m", module, "--host", "127.0.0.1", "--port", str(port),
+         "--prometheus-port", str(free_port()), "--worker-urls", worker, "--policy", "round_robin"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url + "/generate", json={"text": "up?"}, timeout=2).ok:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"{module} did not serve within 60 s")
+
+
+@pytest.fixture(scope="module")
+def routers(sglang_python, worker):
+    theirs = start_router(sglang_python, "sglang_router.launch_router", worker)
+    ours = start_router(sys.executable, "wasm_router.launch_router", worker)
+    yield {"sglang-router": theirs[1], "wasm-router": ours[1]}
+    for proc, _ in (theirs, ours):
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# One header of each class a client may send: credentials, request ids,
+# trace context, routing keys, cookies, its own X- headers, hop-by-hop.
+CLIENT_HEADERS = {
+    "Authorization": "Bearer t",
+    "X-Request-Id": "rid-1",
+    "X-Correlation-Id": "cid-1",
+    "X-Trace-Id": "tid-1",
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": "v=1",
+    "baggage": "k=v",
+    "X-SMG-Routing-Key": "rk",
+    "Cookie": "session=1",
+    "X-Custom": "1",
+    "User-Agent": "side-by-side",
+    "Keep-Alive": "timeout=5",
+}
+# Set by each router's own HTTP client, not forwarded from the client.
+TRANSPORT = {"host", "content-length", "accept", "connection"}
+
+
+def test_workers_get_the_same_headers_from_both_routers(routers):
+    forwarded = {}
+    for name, url in routers.items():
+        Recorder.seen.clear()
+        r = requests.post(url + "/generate", json={"text": "hi"}, headers=CLIENT_HEADERS, timeout=30)
+        assert r.ok, (name, r.text)
+        got = Recorder.seen[-1]
+        forwarded[name] = {h: got[h] for h in got if h not in TRANSPORT}
+    assert forwarded["wasm-router"] == forwarded["sglang-router"]
+
+
+def test_worker_admin_answers_carry_sglang_routers_field_names(routers, worker):
+    keys = {}
+    for name, url in routers.items():
+        r = requests.post(url + "/workers", json={"url": worker.replace("127.0.0.1", "localhost")}, timeout=30)
+        assert r.status_code == 202, (name, r.text)
+        keys[name] = set(r.json())
+        listed = requests.get(url + "/workers", timeout=30).json()
+        keys[name + " list"] = set(listed)
+        keys[name + " worker"] = set(listed["workers"][0])
+    assert keys["sglang-router"] <= keys["wasm-router"]
+    assert keys["sglang-router list"] <= keys["wasm-router list"]
+    shared = {"id", "url", "model_id", "worker_type", "is_healthy", "load"}
+    assert shared <= keys["sglang-router worker"]
+    assert shared <= keys["wasm-router worker"]

@@ -28,21 +28,6 @@ mod retry;
 use respond::{Feedback, Held, Timeouts, stream_back};
 use retry::{Failure, Retries};
 
-/// Headers that belong to one connection and are not forwarded (with those
-/// a `Connection` header names).
-const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
 /// One request to forward.
 #[derive(Debug)]
 pub struct Forward<'a> {
@@ -203,19 +188,27 @@ pub(crate) fn body_for(worker: &Worker, body: &Bytes) -> Bytes {
     }
 }
 
-/// The client's headers for the worker: all but the hop-by-hop ones (also
-/// those the client's `Connection` header names), and the request id.
+/// The client headers a worker gets, as sglang-router 0.3.2 forwards them
+/// (found by running it against a worker that records what it receives):
+/// credentials, the correlation and W3C trace-context headers, its
+/// routing-key header, and the body's content type. Nothing else a client
+/// sent reaches a worker: not its cookies, its own `X-` headers, its user
+/// agent, nor any hop-by-hop header.
+const FORWARDED: [HeaderName; 6] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("x-correlation-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("x-smg-routing-key"),
+];
+
+/// The client's headers for the worker ([`FORWARDED`]), and the request id
+/// as `x-request-id`.
 pub fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
-    let named: Vec<HeaderName> = client
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let mut out = HeaderMap::with_capacity(client.len() + 1);
-    for (name, value) in client {
-        if !HOP_BY_HOP.contains(name) && !named.contains(name) {
+    let mut out = HeaderMap::with_capacity(FORWARDED.len() + 1);
+    for name in &FORWARDED {
+        for value in client.get_all(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -465,16 +458,27 @@ mod tests {
         assert_eq!(statuses, [(worker.id, respond::CLIENT_GONE)]);
     }
 
+    /// Issue 16: workers got every client header, cookies and arbitrary
+    /// `X-` headers included; sglang-router forwards a fixed set.
     #[test]
-    fn connection_scoped_headers_stay_behind() {
+    fn workers_get_the_headers_sglang_router_forwards_and_no_others() {
         let mut client = HeaderMap::new();
         for (name, value) in [
+            ("authorization", "Bearer t"),
+            ("content-type", "application/json"),
+            ("x-correlation-id", "c"),
+            ("traceparent", "00-abc-def-01"),
+            ("tracestate", "v=1"),
+            ("x-smg-routing-key", "k"),
+            ("x-request-id", "client's"),
+            ("cookie", "session=1"),
+            ("x-custom", "1"),
+            ("user-agent", "ua"),
+            ("baggage", "k=v"),
+            ("x-routing-key", "k2"),
             ("connection", "keep-alive, x-hop"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
-            ("x-hop", "1"),
-            ("authorization", "Bearer t"),
-            ("x-end-to-end", "2"),
         ] {
             client.insert(
                 HeaderName::from_static(name),
@@ -484,6 +488,18 @@ mod tests {
         let sent = upstream_headers(&client, "id-1");
         let mut names: Vec<_> = sent.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["authorization", "x-end-to-end", "x-request-id"]);
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "content-type",
+                "traceparent",
+                "tracestate",
+                "x-correlation-id",
+                "x-request-id",
+                "x-smg-routing-key"
+            ]
+        );
+        assert_eq!(sent["x-request-id"], "id-1", "the router's request id");
     }
 }

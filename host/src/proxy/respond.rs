@@ -19,13 +19,27 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::HOP_BY_HOP;
 use crate::admission::Slot;
 use crate::errors::ApiError;
 use crate::metrics as m;
 use crate::policy::{Loaded, Outcome};
 use crate::upstream;
 use crate::workers::{InFlight, Worker};
+
+/// Headers of a worker's response that belong to its connection and are
+/// not passed on to the client.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// The [`Outcome`] status of a response whose client went away before its
 /// end (nginx's "client closed request").
