@@ -8,7 +8,8 @@
 //! - `min_group`: the candidate holding the fewest keys.
 //!
 //! Keys unused for `max_idle_secs` are forgotten (checked every second on
-//! `tick`). Requests without a key go to the least-loaded candidate.
+//! `tick`). Requests without a key go to a candidate picked at random, as
+//! in the SGLang router.
 //! Assignments survive a hot reload (snapshot/restore).
 #![deny(missing_docs)]
 
@@ -118,12 +119,12 @@ impl Policy for Manual {
     }
 
     fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
-        let Some(key) = req.routing_key.as_deref() else {
-            return least_loaded(candidates).ok_or_else(|| "no candidates".to_string());
-        };
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
+        let Some(key) = req.routing_key.as_deref() else {
+            return Ok(candidates[self.rng.below(candidates.len())].id);
+        };
         let now = self.now_ms;
         if let Some(a) = self.keys.get_mut(key)
             && candidates.iter().any(|c| c.id == a.worker)
@@ -232,6 +233,19 @@ mod tests {
             groups[p.select(&keyed(&format!("k{i}")), &idle).unwrap() as usize] += 1;
         }
         assert_eq!(groups[1..], [10, 10, 10]);
+    }
+
+    /// Issue 16: without a key every request went to one worker (the least
+    /// loaded, the same one while all are idle); sglang-router picks at
+    /// random.
+    #[test]
+    fn requests_without_a_key_are_spread_at_random() {
+        let mut p = manual(r#"{"seed": 5}"#);
+        let idle = loads(&[(1, 0), (2, 0), (3, 0)]);
+        let keyless = Request::new("", None);
+        let used: HashSet<u32> = (0..60).map(|_| p.select(&keyless, &idle).unwrap()).collect();
+        assert_eq!(used.len(), 3);
+        assert!(p.keys.is_empty(), "no key, no assignment");
     }
 
     #[test]
