@@ -2,7 +2,9 @@
 //! Python package, so both behave the same.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use super::{Cli, Command, PolicyCommand, cache_dir};
 use wasm_router::config::{Config, RouterArgs};
@@ -28,25 +30,14 @@ where
             return e.exit_code() as u8;
         }
     };
-    let filter = match EnvFilter::try_new(&cli.log_level) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
+    // Kept until the end: it flushes the log file's last lines.
+    let _log_file = match init_logging(&cli) {
+        Ok(guard) => guard,
+        Err(message) => {
+            eprintln!("error: {message}");
             return 2;
         }
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // `try_init`: a Python process may run several routers.
-    let installed = if cli.log_json {
-        logs.json().try_init()
-    } else {
-        logs.try_init()
-    };
-    if installed.is_err() {
-        tracing::debug!("logging was already set up");
-    }
     let outcome = match cli.command {
         Some(Command::Policy(PolicyCommand::Check(args))) => policy_check(args),
         Some(Command::Policy(PolicyCommand::New(args))) => {
@@ -130,6 +121,53 @@ async fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
     let results = crate::demo::run(&args, std::io::stderr().is_terminal()).await?;
     print!("{}", crate::demo::table(&results));
     Ok(())
+}
+
+/// Logs to stderr and, with `--log-dir`, also to a file there that starts
+/// anew each day (`wasm-router.YYYY-MM-DD`, as sglang-router writes
+/// `smg.YYYY-MM-DD`), written off the logging thread; the guard flushes it.
+fn init_logging(cli: &Cli) -> Result<Option<WorkerGuard>, String> {
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .map_err(|e| format!("invalid --log-level {:?}: {e}", cli.log_level))?;
+    let mut layers = vec![fmt_layer(cli.log_json, std::io::stderr, true)];
+    let mut guard = None;
+    if let Some(dir) = &cli.run.log_dir {
+        let file = tracing_appender::rolling::RollingFileAppender::builder()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("wasm-router")
+            .build(dir)
+            .map_err(|e| format!("cannot write logs in --log-dir {}: {e}", dir.display()))?;
+        let (writer, flush) = tracing_appender::non_blocking(file);
+        layers.push(fmt_layer(cli.log_json, writer, false));
+        guard = Some(flush);
+    }
+    // `try_init`: a Python process may run several routers.
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+        .is_err()
+    {
+        tracing::debug!("logging was already set up");
+    }
+    Ok(guard)
+}
+
+/// A formatting layer writing to `writer`: JSON lines, or text (colored
+/// when `ansi`).
+fn fmt_layer<S, W>(json: bool, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    if json {
+        layer.json().boxed()
+    } else {
+        layer.boxed()
+    }
 }
 
 fn run_router(args: &RouterArgs) -> u8 {

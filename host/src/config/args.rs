@@ -253,15 +253,16 @@ pub struct RouterArgs {
     /// sglang-router's MiniLB: not supported.
     #[arg(long)]
     pub mini_lb: bool,
-    /// Seconds to wait for a worker to come up at registration: not
-    /// supported yet [default: 1800].
+    /// Seconds a new worker may take to pass its first health check; then
+    /// it is removed, named in an error [default: 1800].
     #[arg(long)]
     pub worker_startup_timeout_secs: Option<u64>,
-    /// Seconds between checks of a worker coming up: not supported yet
-    /// [default: 30].
+    /// Seconds between health checks of a new worker that has not passed
+    /// one yet [default: 30].
     #[arg(long)]
     pub worker_startup_check_interval: Option<u64>,
-    /// Directory for log files: not supported yet (logs go to stderr).
+    /// Also write the logs to a file in this directory, a new one each day
+    /// (wasm-router.YYYY-MM-DD).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
     /// Kubernetes service discovery: not supported yet.

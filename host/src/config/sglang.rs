@@ -73,21 +73,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
     let tokenizer = "policies route on the request's text";
     let control_plane = "use --admin-api-key for the admin routes";
     for (setting, given, why) in [
-        (
-            "--worker-startup-timeout-secs",
-            differs(s.worker_startup_timeout_secs, 1800),
-            "workers are routed to once their health checks pass",
-        ),
-        (
-            "--worker-startup-check-interval",
-            differs(s.worker_startup_check_interval, 30),
-            "workers are routed to once their health checks pass",
-        ),
-        (
-            "--log-dir",
-            s.log_dir.is_some(),
-            "logs go to stderr (--log-json for structured lines)",
-        ),
         ("--service-discovery", s.service_discovery, discovery),
         ("--selector", !s.selector.is_empty(), discovery),
         (

@@ -323,8 +323,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--postgres-db-url", "postgres://db"], false),
         (&["--oracle-pool-max", "4"], false),
         (&["--redis-url", "redis://r"], false),
-        (&["--worker-startup-timeout-secs", "600"], true),
-        (&["--log-dir", "/tmp/logs"], true),
         (&["--service-discovery"], true),
         (&["--selector", "app=sglang"], true),
         (&["--cors-allowed-origins", "https://example.com"], true),

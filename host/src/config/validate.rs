@@ -133,6 +133,10 @@ impl Config {
                 .health_check_endpoint
                 .clone()
                 .unwrap_or_else(|| "/health".into()),
+            startup_timeout: Duration::from_secs(s.worker_startup_timeout_secs.unwrap_or(1800)),
+            startup_check_interval: Duration::from_secs(
+                s.worker_startup_check_interval.unwrap_or(30).max(1),
+            ),
         });
         if let Some(h) = &health {
             if h.failure_threshold == 0 || h.success_threshold == 0 {

@@ -23,6 +23,12 @@ pub struct HealthConfig {
     pub interval: Duration,
     /// Path probed.
     pub endpoint: String,
+    /// How long a new worker may take to pass its first check before it is
+    /// removed (`--worker-startup-timeout-secs`).
+    pub startup_timeout: Duration,
+    /// How often a new worker that has not passed yet is checked
+    /// (`--worker-startup-check-interval`).
+    pub startup_check_interval: Duration,
 }
 
 /// How long model discovery waits for each endpoint.
@@ -155,15 +161,62 @@ async fn onboard(
         tracing::info!(worker = %worker.name(), %model, "worker model discovered");
         worker.set_model(model);
     }
+    let registered = tokio::time::Instant::now();
     if let Some(h) = &health {
         let ok = check(&client, &worker, h).await;
         // The first check decides, so a new worker takes traffic at once.
         worker.record_health(ok, 1, 1);
+        if !ok {
+            registry.touched();
+            if !come_up(&registry, &client, &worker, h, registered).await {
+                return;
+            }
+        }
     }
     registry.touched();
     if worker.model().is_empty() {
         tracing::warn!(worker = %worker.name(), "worker did not say which model it serves; asking again until it does");
         learn_model(registry, client, worker).await;
+    }
+}
+
+/// A new worker that failed its first check, as sglang-router treats it:
+/// checked again every `--worker-startup-check-interval` until it passes,
+/// or removed, and named in an error, once `--worker-startup-timeout-secs`
+/// have passed since it was registered. Whether it came up (and is still
+/// registered).
+async fn come_up(
+    registry: &Registry,
+    client: &reqwest::Client,
+    worker: &Arc<Worker>,
+    h: &HealthConfig,
+    registered: tokio::time::Instant,
+) -> bool {
+    let deadline = registered + h.startup_timeout;
+    loop {
+        if registry.get(worker.id).is_none() {
+            return false;
+        }
+        // The periodic checks may have seen it pass first.
+        if worker.is_healthy() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            tracing::error!(
+                worker = %worker.name(),
+                "worker did not pass a health check within {:?} of its registration (--worker-startup-timeout-secs); removed",
+                h.startup_timeout
+            );
+            registry.remove(worker.id);
+            return false;
+        }
+        tokio::time::sleep(h.startup_check_interval.min(deadline - now)).await;
+        if check(client, worker, h).await {
+            tracing::info!(worker = %worker.name(), "worker is up");
+            worker.record_health(true, 1, 1);
+            return registry.get(worker.id).is_some();
+        }
     }
 }
 

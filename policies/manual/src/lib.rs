@@ -243,7 +243,9 @@ mod tests {
         let mut p = manual(r#"{"seed": 5}"#);
         let idle = loads(&[(1, 0), (2, 0), (3, 0)]);
         let keyless = Request::new("", None);
-        let used: HashSet<u32> = (0..60).map(|_| p.select(&keyless, &idle).unwrap()).collect();
+        let used: HashSet<u32> = (0..60)
+            .map(|_| p.select(&keyless, &idle).unwrap())
+            .collect();
         assert_eq!(used.len(), 3);
         assert!(p.keys.is_empty(), "no key, no assignment");
     }

@@ -152,6 +152,9 @@ fn sigterm_stops_the_router_cleanly() {
             .to_string()
     };
     let (port, metrics_port) = (free_port(), free_port());
+    let logs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sigterm-logs");
+    // Left by an earlier run, if any: the test counts the files.
+    let _fresh = std::fs::remove_dir_all(&logs);
     let child = Command::new(env!("CARGO_BIN_EXE_router"))
         .args([
             "--port",
@@ -160,6 +163,8 @@ fn sigterm_stops_the_router_cleanly() {
             &metrics_port,
             "--policy",
             "round_robin",
+            "--log-dir",
+            logs.to_str().unwrap(),
         ])
         .env(
             "XDG_CACHE_HOME",
@@ -180,6 +185,20 @@ fn sigterm_stops_the_router_cleanly() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("shutting down"));
+    // --log-dir (issue 16): the same lines in the day's file, uncolored.
+    let files: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("wasm-router."), "{name}");
+    let logged = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        logged.contains("router listening") && logged.contains("shutting down"),
+        "{logged}"
+    );
+    assert!(!logged.contains('\x1b'), "no color codes in the file");
 }
 
 #[test]

@@ -542,6 +542,42 @@ async fn a_worker_that_cannot_say_its_model_yet_is_asked_again() {
     r.shutdown().await.unwrap();
 }
 
+/// Issue 16: sglang-router's worker start-up waiting. A worker that does
+/// not pass a health check within --worker-startup-timeout-secs of its
+/// registration is removed; one that passes in time stays.
+#[tokio::test]
+async fn a_worker_that_never_comes_up_is_removed_after_the_startup_timeout() {
+    let late = MockWorker::start("late", "m").await;
+    late.b.unhealthy.store(true, Ordering::SeqCst);
+    let mut a = args(&[&late]);
+    a.worker_urls.push("http://127.0.0.1:1".into());
+    a.worker_startup_timeout_secs = Some(3);
+    a.worker_startup_check_interval = Some(1);
+    // Periodic checks only after the start-up window: the start-up checks
+    // are what is tested.
+    a.health_check_interval_secs = Some(60);
+    let mut config = wasm_router::config::Config::load(&a).unwrap();
+    config.policy_cache_dir =
+        Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"));
+    let r = wasm_router::server::start(config).await.unwrap();
+    assert_eq!(r.state.registry.all().len(), 2);
+    late.b.unhealthy.store(false, Ordering::SeqCst);
+    eventually("the late worker comes up", async || {
+        r.state
+            .registry
+            .all()
+            .iter()
+            .any(|w| w.url == late.url && w.is_healthy())
+    })
+    .await;
+    eventually("the dead worker is removed", async || {
+        r.state.registry.all().len() == 1
+    })
+    .await;
+    assert_eq!(r.state.registry.all()[0].url, late.url);
+    r.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn malformed_bodies_are_400_and_the_router_keeps_serving() {
     let w = MockWorker::start("a", "m").await;
