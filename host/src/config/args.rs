@@ -287,8 +287,8 @@ pub struct RouterArgs {
     /// time-to-first-byte histograms [default: 0.0005 0.001 ... 60].
     #[arg(long, num_args = 1..)]
     pub prometheus_duration_buckets: Vec<f64>,
-    /// Origins allowed to call the router from a browser (CORS): not
-    /// supported yet.
+    /// Origins allowed to call the router from a browser (CORS)
+    /// [default: any origin].
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
     /// Token bucket refill rate, requests per second: not supported yet.

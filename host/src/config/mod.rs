@@ -135,6 +135,8 @@ pub struct Config {
     pub policy_cache_dir: Option<PathBuf>,
     /// Largest request body.
     pub max_payload_size: usize,
+    /// Origins allowed by CORS; empty: any (`--cors-allowed-origins`).
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
     /// Bucket bounds of the request-duration and time-to-first-byte
     /// histograms; `None`: the built-in ones.
     pub duration_buckets: Option<Vec<f64>>,

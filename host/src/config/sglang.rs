@@ -96,11 +96,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
             discovery,
         ),
         (
-            "--cors-allowed-origins",
-            !s.cors_allowed_origins.is_empty(),
-            "put the router behind a proxy that answers CORS",
-        ),
-        (
             "--rate-limit-tokens-per-second",
             s.rate_limit_tokens_per_second.is_some(),
             "--max-concurrent-requests and --queue-size bound the load",

@@ -180,6 +180,18 @@ impl Config {
                 "must be finite seconds in increasing order",
             ));
         }
+        let cors_allowed_origins = s
+            .cors_allowed_origins
+            .iter()
+            .map(|o| {
+                axum::http::HeaderValue::from_str(o).map_err(|_| {
+                    invalid(
+                        "--cors-allowed-origins",
+                        format!("{o:?} is not an origin (scheme://host[:port])"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let max_payload_size = s.max_payload_size.unwrap_or(512 << 20);
         if max_payload_size == 0 {
             return Err(invalid("--max-payload-size", "must be above 0"));
@@ -307,6 +319,7 @@ impl Config {
                 crate::policy::PolicyEngine::default_cache_dir()
             },
             max_payload_size,
+            cors_allowed_origins,
             duration_buckets: (!duration_buckets.is_empty()).then(|| duration_buckets.clone()),
             request_timeout: Duration::from_secs(request_timeout),
             attempt_timeout: attempt_timeout.map(Duration::from_secs),

@@ -57,10 +57,18 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
-        ));
+        ))
+        .layer(cors(&state.config.cors_allowed_origins));
+    // Admin routes allow only listed origins: open to any, a web page in
+    // the browser of someone on the router's host would pass the loopback
+    // rule that guards them without a key.
+    let mut admin = admin::routes(state.clone());
+    if !state.config.cors_allowed_origins.is_empty() {
+        admin = admin.layer(cors(&state.config.cors_allowed_origins));
+    }
     Router::new()
         .merge(guarded)
-        .merge(admin::routes(state.clone()))
+        .merge(admin)
         .route("/health", get(|| async { "ok" }))
         .route("/liveness", get(|| async { "ok" }))
         .route("/readiness", get(readiness))
@@ -80,6 +88,32 @@ pub fn app(state: Arc<AppState>) -> Router {
             ClientOrNewId::new(&state.config.request_id_headers),
         ))
         .with_state(state)
+}
+
+/// Browser access (CORS), as sglang-router 0.3.2 answers it: without
+/// `--cors-allowed-origins`, any origin, method and header (on the
+/// inference routes; see [`app`] for the admin routes); with them,
+/// those origins only, GET, POST and OPTIONS, the content type and
+/// authorization headers, and `x-request-id` readable by the page.
+/// Preflights are cached for an hour.
+fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    let layer = CorsLayer::new().max_age(std::time::Duration::from_secs(3600));
+    if origins.is_empty() {
+        return layer
+            .allow_origin(Any)
+            .allow_methods(Any)
+            .allow_headers(Any)
+            .expose_headers(Any);
+    }
+    layer
+        .allow_origin(origins.to_vec())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+        ])
+        .expose_headers([X_REQUEST_ID])
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

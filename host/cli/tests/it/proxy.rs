@@ -331,6 +331,61 @@ async fn the_api_key_is_required_when_set() {
     r.shutdown().await.unwrap();
 }
 
+/// Issue 16: `--cors-allowed-origins`, answered as sglang-router 0.3.2
+/// answers (seen by running it): any origin without the flag, the listed
+/// ones with it.
+#[tokio::test]
+async fn cors_answers_as_sglang_router_does() {
+    let w = MockWorker::start("a", "m").await;
+    let preflight = async |r: &wasm_router::server::Running, origin: &str| {
+        http()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("http://{}/v1/chat/completions", r.addr),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap()
+    };
+    let open = router(args(&[&w])).await;
+    let answer = preflight(&open, "http://a.example").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["access-control-allow-origin"], "*");
+    // Not the admin routes, which a page in a local browser would reach
+    // as a loopback client.
+    let admin = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/workers", open.addr),
+        )
+        .header("origin", "http://a.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(admin.headers().get("access-control-allow-origin").is_none());
+    open.shutdown().await.unwrap();
+    let mut a = args(&[&w]);
+    a.cors_allowed_origins = vec!["http://a.example".into()];
+    let listed = router(a).await;
+    let answer = preflight(&listed, "http://a.example").await;
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "http://a.example"
+    );
+    assert_eq!(answer.headers()["access-control-max-age"], "3600");
+    let other = preflight(&listed, "http://b.example").await;
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    listed.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn request_ids_are_echoed_and_forwarded() {
     let w = MockWorker::start("a", "m").await;
