@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::validate_worker_url;
+use crate::config::{AdminKey, validate_worker_url};
 use crate::errors::ApiError;
 use crate::policy::Role;
 use crate::state::AppState;
@@ -36,34 +36,73 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
-/// The admin boundary: with admin keys, a request must present one
-/// (`Authorization: Bearer KEY`); without, only loopback clients pass, unless
-/// `--allow-remote-admin` opens the routes to all.
+/// Who is asking, as the admin boundary saw it (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id, `loopback`, `remote` (with --allow-remote-admin), or
+    /// `unauthenticated`.
+    pub id: String,
+    /// `api_key` or `none`.
+    pub auth_method: &'static str,
+    /// `admin` or `user`.
+    pub role: &'static str,
+}
+
+/// The admin boundary: with admin keys (`--admin-api-key`,
+/// `--control-plane-api-keys`), a request must present one
+/// (`Authorization: Bearer KEY`) whose role is admin (a user key is a 403,
+/// none or another a 401, as in sglang-router); without, only loopback
+/// clients pass, unless `--allow-remote-admin` opens the routes to all.
 pub fn admin_check(
-    keys: &[String],
+    keys: &[AdminKey],
     allow_remote: bool,
     presented: Option<&str>,
     peer: Option<std::net::IpAddr>,
-) -> Result<(), ApiError> {
+) -> (Principal, Result<(), ApiError>) {
+    let nobody = |id: &str| Principal {
+        id: id.into(),
+        auth_method: "none",
+        role: "user",
+    };
     if !keys.is_empty() {
         let presented = presented.unwrap_or_default().as_bytes();
         // Compare with every key, so timing does not tell which one matched.
-        let matched = keys.iter().fold(false, |any, key| {
-            any | constant_time_eq(presented, key.as_bytes())
+        let matched = keys.iter().fold(None, |found, key| {
+            let equal = constant_time_eq(presented, key.key.as_bytes());
+            found.or(equal.then_some(key))
         });
-        return if matched {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+        return match matched {
+            None => (nobody("unauthenticated"), Err(ApiError::Unauthorized)),
+            Some(key) => {
+                let principal = Principal {
+                    id: key.id.clone(),
+                    auth_method: "api_key",
+                    role: if key.admin { "admin" } else { "user" },
+                };
+                let result = if key.admin {
+                    Ok(())
+                } else {
+                    Err(ApiError::Forbidden(
+                        "this key's role is user: the admin routes need an admin key".into(),
+                    ))
+                };
+                (principal, result)
+            }
         };
     }
-    if allow_remote || peer.is_some_and(|ip| ip.is_loopback()) {
-        return Ok(());
+    if peer.is_some_and(|ip| ip.is_loopback()) {
+        return (nobody("loopback"), Ok(()));
     }
-    Err(ApiError::Forbidden(
-        "admin routes answer loopback clients only: set --admin-api-key to use them remotely (or --allow-remote-admin)"
-            .into(),
-    ))
+    if allow_remote {
+        return (nobody("remote"), Ok(()));
+    }
+    (
+        nobody("unauthenticated"),
+        Err(ApiError::Forbidden(
+            "admin routes answer loopback clients only: set --admin-api-key to use them remotely (or --allow-remote-admin)"
+                .into(),
+        )),
+    )
 }
 
 /// Compare in constant time (for equal lengths), so timing does not reveal
@@ -90,15 +129,39 @@ async fn require_admin(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    match admin_check(
-        &s.config.admin_api_keys,
+    let (principal, allowed) = admin_check(
+        &s.config.admin_keys,
         s.config.allow_remote_admin,
         bearer(&req),
         peer,
-    ) {
+    );
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let response = match allowed {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
+    };
+    if s.config.audit_admin {
+        let status = response.status();
+        let outcome = if status.is_success() {
+            "success"
+        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            "denied"
+        } else {
+            "failed"
+        };
+        tracing::info!(
+            target: "wasm_router::audit",
+            principal = %principal.id,
+            auth_method = principal.auth_method,
+            role = principal.role,
+            %method,
+            path,
+            status = status.as_u16(),
+            outcome,
+            "control_plane_audit"
+        );
     }
+    response
 }
 
 /// A worker to add: its URL, and in PD mode its role (`prefill` or
@@ -326,33 +389,63 @@ mod tests {
     const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     const REMOTE: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)));
 
-    #[test]
-    fn without_keys_only_loopback_passes_unless_opened() {
-        assert!(admin_check(&[], false, None, LOOPBACK).is_ok());
-        assert!(admin_check(&[], false, None, Some("::1".parse().unwrap())).is_ok());
-        assert!(matches!(
-            admin_check(&[], false, None, REMOTE),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(matches!(
-            admin_check(&[], false, None, None),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(admin_check(&[], true, None, REMOTE).is_ok());
+    fn allowed(check: (Principal, Result<(), ApiError>)) -> Result<(), ApiError> {
+        check.1
     }
 
     #[test]
-    fn with_keys_any_of_them_is_needed_from_anywhere() {
-        let keys = ["first".to_string(), "second".to_string()];
-        assert!(admin_check(&keys, false, Some("second"), REMOTE).is_ok());
-        assert!(admin_check(&keys, false, Some("first"), LOOPBACK).is_ok());
+    fn without_keys_only_loopback_passes_unless_opened() {
+        assert!(allowed(admin_check(&[], false, None, LOOPBACK)).is_ok());
+        let v6 = Some("::1".parse().unwrap());
+        assert!(allowed(admin_check(&[], false, None, v6)).is_ok());
+        assert!(matches!(
+            allowed(admin_check(&[], false, None, REMOTE)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            allowed(admin_check(&[], false, None, None)),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(allowed(admin_check(&[], true, None, REMOTE)).is_ok());
+    }
+
+    fn key(id: &str, admin: bool, secret: &str) -> AdminKey {
+        AdminKey {
+            id: id.into(),
+            admin,
+            key: secret.into(),
+        }
+    }
+
+    #[test]
+    fn with_keys_any_admin_one_is_needed_from_anywhere() {
+        let keys = [key("a", true, "first"), key("b", true, "second")];
+        assert!(allowed(admin_check(&keys, false, Some("second"), REMOTE)).is_ok());
+        assert!(allowed(admin_check(&keys, false, Some("first"), LOOPBACK)).is_ok());
         assert_eq!(
-            admin_check(&keys, false, None, LOOPBACK),
+            allowed(admin_check(&keys, false, None, LOOPBACK)),
             Err(ApiError::Unauthorized)
         );
         assert_eq!(
-            admin_check(&keys, true, Some("firs"), REMOTE),
+            allowed(admin_check(&keys, true, Some("firs"), REMOTE)),
             Err(ApiError::Unauthorized)
+        );
+    }
+
+    /// Issue 16: `--control-plane-api-keys` roles, as sglang-router 0.3.2
+    /// answers them (seen by running it): a user key is a 403, and the
+    /// audit names the key.
+    #[test]
+    fn a_user_key_is_refused_and_named() {
+        let keys = [key("k1", true, "s1"), key("k2", false, "s2")];
+        let (who, result) = admin_check(&keys, false, Some("s2"), LOOPBACK);
+        assert!(matches!(result, Err(ApiError::Forbidden(_))), "{result:?}");
+        assert_eq!((who.id.as_str(), who.role), ("k2", "user"));
+        let (who, result) = admin_check(&keys, false, Some("s1"), REMOTE);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            (who.id.as_str(), who.auth_method, who.role),
+            ("k1", "api_key", "admin")
         );
     }
 }

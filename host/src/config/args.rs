@@ -377,11 +377,12 @@ pub struct RouterArgs {
     /// OpenTelemetry collector: not supported yet [default: localhost:4317].
     #[arg(long)]
     pub otlp_traces_endpoint: Option<String>,
-    /// Control-plane keys as id:name:role:key: not supported yet (use
-    /// --admin-api-key).
+    /// Keys of the admin routes as id:name:role:key, role admin (may
+    /// administer) or user (is refused with 403), beside --admin-api-key.
     #[arg(long, num_args = 0..)]
     pub control_plane_api_keys: Vec<String>,
-    /// One log line per control-plane action: not supported yet.
+    /// Log one line per admin request: who (key id), what (method, path),
+    /// outcome.
     #[arg(long)]
     pub control_plane_audit_enabled: bool,
     /// OIDC issuer of control-plane tokens: not supported yet.

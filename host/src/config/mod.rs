@@ -77,6 +77,18 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A key of the admin boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    /// Who presents it, for the audit log (`admin-api-key` for
+    /// `--admin-api-key`).
+    pub id: String,
+    /// May it administer (`admin`), or only be told it may not (`user`).
+    pub admin: bool,
+    /// The secret.
+    pub key: String,
+}
+
 /// Retry settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
@@ -160,9 +172,13 @@ pub struct Config {
     pub queue: Option<QueueConfig>,
     /// Key clients must present on inference routes.
     pub api_key: Option<String>,
-    /// Keys accepted on admin routes; empty: loopback clients only, unless
-    /// `allow_remote_admin`.
-    pub admin_api_keys: Vec<String>,
+    /// Keys of the admin routes (`--admin-api-key`, and
+    /// `--control-plane-api-keys` with their roles); empty: loopback
+    /// clients only, unless `allow_remote_admin`.
+    pub admin_keys: Vec<AdminKey>,
+    /// One log line per admin request: who, what, outcome
+    /// (`--control-plane-audit-enabled`).
+    pub audit_admin: bool,
     /// Admin routes open to any client when no admin key is set.
     pub allow_remote_admin: bool,
     /// Prometheus endpoint.

@@ -71,7 +71,7 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
 
     let discovery = "give the workers with --worker-urls (or --prefill/--decode), or add them at run time with POST /workers";
     let tokenizer = "policies route on the request's text";
-    let control_plane = "use --admin-api-key for the admin routes";
+    let control_plane = "use --admin-api-key or --control-plane-api-keys for the admin routes";
     for (setting, given, why) in [
         ("--service-discovery", s.service_discovery, discovery),
         ("--selector", !s.selector.is_empty(), discovery),
@@ -133,16 +133,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
                 .as_deref()
                 .is_some_and(|e| e != "localhost:4317"),
             "request ids are forwarded and logged",
-        ),
-        (
-            "--control-plane-api-keys",
-            !s.control_plane_api_keys.is_empty(),
-            control_plane,
-        ),
-        (
-            "--control-plane-audit-enabled",
-            s.control_plane_audit_enabled,
-            control_plane,
         ),
         ("--jwt-issuer", s.jwt_issuer.is_some(), control_plane),
         ("--jwt-audience", s.jwt_audience.is_some(), control_plane),

@@ -331,7 +331,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--tokenizer-cache-enable-l0"], true),
         (&["--enable-trace"], true),
         (&["--otlp-traces-endpoint", "collector:4317"], true),
-        (&["--control-plane-api-keys", "id:name:admin:key"], true),
         (&["--jwt-issuer", "https://issuer"], true),
     ] {
         let err = parse_flags(argv).unwrap_err().to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    BreakerConfig, Config, ConfigError, HealthConfig, PdConfig, QueueConfig, RetryConfig,
+    AdminKey, BreakerConfig, Config, ConfigError, HealthConfig, PdConfig, QueueConfig, RetryConfig,
     RouterArgs, invalid,
 };
 use crate::policy::{Limits, Role, engine};
@@ -219,9 +219,20 @@ impl Config {
         if api_key.as_deref() == Some("") {
             return Err(invalid("--api-key", "must not be empty"));
         }
-        let admin_api_keys = s.admin_api_keys.clone();
-        if admin_api_keys.iter().any(String::is_empty) {
+        if s.admin_api_keys.iter().any(String::is_empty) {
             return Err(invalid("--admin-api-key", "must not be empty"));
+        }
+        let mut admin_keys: Vec<AdminKey> = s
+            .admin_api_keys
+            .iter()
+            .map(|key| AdminKey {
+                id: "admin-api-key".into(),
+                admin: true,
+                key: key.clone(),
+            })
+            .collect();
+        for entry in &s.control_plane_api_keys {
+            admin_keys.push(control_plane_key(entry)?);
         }
         let call_deadline = s.policy_call_deadline_ms;
         if call_deadline == Some(0) {
@@ -330,7 +341,8 @@ impl Config {
             health,
             queue,
             api_key,
-            admin_api_keys,
+            admin_keys,
+            audit_admin: s.control_plane_audit_enabled,
             allow_remote_admin: s.allow_remote_admin,
             prometheus: SocketAddr::new(
                 s.prometheus_host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
@@ -345,6 +357,36 @@ impl Config {
             client_tls,
         })
     }
+}
+
+/// A `--control-plane-api-keys` entry, `id:name:role:key` as sglang-router
+/// takes them (the key may hold `:`; the role is `admin` or `user`).
+fn control_plane_key(entry: &str) -> Result<AdminKey, ConfigError> {
+    let bad = |why: &str| {
+        invalid(
+            "--control-plane-api-keys",
+            format!("{why} in an entry: write id:name:role:key, role admin or user"),
+        )
+    };
+    let mut parts = entry.splitn(4, ':');
+    let (Some(id), Some(_name), Some(role), Some(key)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("four fields are needed"));
+    };
+    if id.is_empty() || key.is_empty() {
+        return Err(bad("an empty id or key"));
+    }
+    let admin = match role {
+        "admin" => true,
+        "user" => false,
+        _ => return Err(bad(&format!("role {role:?}"))),
+    };
+    Ok(AdminKey {
+        id: id.into(),
+        admin,
+        key: key.into(),
+    })
 }
 
 /// PD mode's workers and prefill policy, from flags (winning) or the file.

@@ -165,6 +165,10 @@ fn sigterm_stops_the_router_cleanly() {
             "round_robin",
             "--log-dir",
             logs.to_str().unwrap(),
+            "--control-plane-api-keys",
+            "k1:alice:admin:s1",
+            "k2:bob:user:s2",
+            "--control-plane-audit-enabled",
         ])
         .env(
             "XDG_CACHE_HOME",
@@ -177,6 +181,21 @@ fn sigterm_stops_the_router_cleanly() {
     crate::fixtures::wait_until("the router listens", || {
         std::net::TcpStream::connect(&addr).is_ok()
     });
+    // Control-plane keys (issue 16): an admin key passes, a user key is
+    // refused; the audit names both.
+    let get_workers = |key: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let request = format!(
+            "GET /workers HTTP/1.1\r\nhost: router\r\nauthorization: Bearer {key}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(get_workers("s1").starts_with("HTTP/1.1 200"));
+    assert!(get_workers("s2").starts_with("HTTP/1.1 403"));
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -199,6 +218,21 @@ fn sigterm_stops_the_router_cleanly() {
         "{logged}"
     );
     assert!(!logged.contains('\x1b'), "no color codes in the file");
+    let audit: Vec<_> = logged
+        .lines()
+        .filter(|l| l.contains("control_plane_audit"))
+        .collect();
+    assert_eq!(audit.len(), 2, "{logged}");
+    assert!(
+        audit[0].contains("principal=k1") && audit[0].contains("outcome=\"success\""),
+        "{}",
+        audit[0]
+    );
+    assert!(
+        audit[1].contains("principal=k2") && audit[1].contains("outcome=\"denied\""),
+        "{}",
+        audit[1]
+    );
 }
 
 #[test]
