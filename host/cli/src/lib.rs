@@ -37,10 +37,10 @@ pub struct Cli {
     #[command(flatten)]
     pub run: wasm_router::config::RouterArgs,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info", help_heading = "Logging")]
     pub log_level: String,
     /// Log as JSON lines.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Logging")]
     pub log_json: bool,
 }
 

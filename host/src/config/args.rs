@@ -26,22 +26,22 @@ use serde_json::{Map, Value};
 pub struct RouterArgs {
     /// TOML file with the same settings (flags override it) and a `[policy]` table.
     // A file cannot name a file: this one is a flag only.
-    #[arg(long)]
+    #[arg(long, help_heading = "Worker Configuration")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Worker Configuration")]
     pub host: Option<IpAddr>,
     /// Port to listen on [default: 30000].
-    #[arg(long, value_parser = port_number)]
+    #[arg(long, value_parser = port_number, help_heading = "Worker Configuration")]
     pub port: Option<u16>,
     /// Worker base URLs.
-    #[arg(long, num_args = 0.., value_name = "URL")]
+    #[arg(long, num_args = 0.., value_name = "URL", help_heading = "Worker Configuration")]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
     /// consistent_hash, manual, bucket) or a .wasm file [default: cache_aware].
     // `policy` in the file is the policy's own table (below).
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     #[serde(rename = "policy_name")]
     pub policy: Option<String>,
     /// The file's `[policy]` table, passed to the policy's `init` as JSON
@@ -52,190 +52,190 @@ pub struct RouterArgs {
     #[serde(rename = "policy")]
     pub policy_table: Map<String, Value>,
     /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub cache_threshold: Option<f64>,
     /// cache_aware: absolute load gap that overrides affinity [default: 64].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub balance_abs_threshold: Option<u32>,
     /// cache_aware: relative load ratio that overrides affinity [default: 1.5].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub balance_rel_threshold: Option<f64>,
     /// cache_aware: seconds between tree evictions [default: 60].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub eviction_interval_secs: Option<u64>,
     /// cache_aware: characters per worker kept after eviction [default: 67108864].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub max_tree_size: Option<u64>,
     /// manual: how a new routing key picks its worker: random, min_load or
     /// min_group [default: random].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub assignment_mode: Option<String>,
     /// manual: seconds after which an unused routing key is forgotten [default: 14400].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub max_idle_secs: Option<u64>,
     /// Prefill/decode disaggregation: each request goes to a prefill and a
     /// decode worker at once (give them with --prefill and --decode).
-    #[arg(long)]
+    #[arg(long, help_heading = "PD Disaggregation")]
     pub pd_disaggregation: bool,
     /// PD mode: a prefill worker's URL and, optionally, the port of its KV
     /// bootstrap server (or `none`); repeat the flag per worker.
     /// In the file: `prefill = [{ url = "...", bootstrap_port = 8998 }]`.
-    #[arg(long, num_args = 1..=2, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    #[arg(long, num_args = 1..=2, value_names = ["URL", "BOOTSTRAP_PORT"], help_heading = "PD Disaggregation")]
     #[serde(deserialize_with = "prefill_entries")]
     pub prefill: Vec<String>,
     /// PD mode: decode worker URLs (several per flag, or the flag repeated).
-    #[arg(long, num_args = 1.., value_name = "URL")]
+    #[arg(long, num_args = 1.., value_name = "URL", help_heading = "PD Disaggregation")]
     pub decode: Vec<String>,
     /// PD mode: the prefill workers' policy [default: --policy].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub prefill_policy: Option<String>,
     /// PD mode: the decode workers' policy [default: --policy].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub decode_policy: Option<String>,
     /// Ask each worker for its `dp_size` (/get_server_info) and route to
     /// each data-parallel rank as its own candidate, adding
     /// `data_parallel_rank` to the request.
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub dp_aware: bool,
     /// Seconds between reads of each worker's own load (/get_load), which
     /// policies see when it is above the router's in-flight count; 0 to
     /// never read it [default: 10].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub worker_load_check_interval: Option<u64>,
     /// Largest request body in bytes; larger is a 413 [default: 536870912].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub max_payload_size: Option<usize>,
     /// Seconds a whole request may take, from its first byte to its
     /// response's last, streaming included: 504 before the response
     /// headers, an SSE error event after them [default: 1800].
-    #[arg(long)]
+    #[arg(long, help_heading = "Request Handling")]
     pub request_timeout_secs: Option<u64>,
     /// Seconds to wait for one worker's response headers before counting the
     /// attempt as failed and retrying on another worker; at most
     /// --request-timeout-secs [default: off, one attempt may use it all].
-    #[arg(long)]
+    #[arg(long, help_heading = "Request Handling")]
     pub attempt_timeout_secs: Option<u64>,
     /// Seconds to wait for a TCP connection to a worker; then the attempt
     /// fails and is retried on another worker [default: 10].
-    #[arg(long)]
+    #[arg(long, help_heading = "Request Handling")]
     pub connect_timeout_secs: Option<u64>,
     /// Seconds a worker's response body, or a client's request body, may
     /// pause between two chunks; then it ends (a stream with an SSE error
     /// event) [default: 300].
-    #[arg(long)]
+    #[arg(long, help_heading = "Request Handling")]
     pub stream_idle_timeout_secs: Option<u64>,
     /// Retries after the first attempt [default: 5].
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub retry_max_retries: Option<u32>,
     /// First retry back-off in ms [default: 50].
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub retry_initial_backoff_ms: Option<u64>,
     /// Longest retry back-off in ms [default: 30000].
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub retry_max_backoff_ms: Option<u64>,
     /// Back-off growth per retry [default: 1.5].
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub retry_backoff_multiplier: Option<f64>,
     /// Random share of each back-off, 0 to 1 [default: 0.2].
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub retry_jitter_factor: Option<f64>,
     /// Never retry.
-    #[arg(long)]
+    #[arg(long, help_heading = "Retry Configuration")]
     pub disable_retries: bool,
     /// Consecutive failures that open a worker's breaker [default: 10].
-    #[arg(long)]
+    #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_failure_threshold: Option<u32>,
     /// Successes in half-open that close it again; also the trial requests
     /// a half-open breaker lets through per second [default: 3].
-    #[arg(long)]
+    #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_success_threshold: Option<u32>,
     /// Seconds an open breaker waits before letting a trial through [default: 60].
-    #[arg(long)]
+    #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_timeout_duration_secs: Option<u64>,
     /// Seconds after the first of a row of failures that the row starts
     /// again [default: 120].
-    #[arg(long)]
+    #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_window_duration_secs: Option<u64>,
     /// No circuit breakers.
-    #[arg(long)]
+    #[arg(long, help_heading = "Circuit Breaker")]
     pub disable_circuit_breaker: bool,
     /// Failed checks in a row that mark a worker unhealthy [default: 3].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub health_failure_threshold: Option<u32>,
     /// Passed checks in a row that mark it healthy again [default: 2].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub health_success_threshold: Option<u32>,
     /// Seconds before a health check counts as failed [default: 5].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub health_check_timeout_secs: Option<u64>,
     /// Seconds between health checks [default: 60].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub health_check_interval_secs: Option<u64>,
     /// Path probed by health checks [default: /health].
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub health_check_endpoint: Option<String>,
     /// No health checks: every registered worker counts as healthy.
-    #[arg(long)]
+    #[arg(long, help_heading = "Health Checks")]
     pub disable_health_check: bool,
     /// Requests forwarded at once; 0 or -1 for no limit [default: 256].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Rate Limiting")]
     pub max_concurrent_requests: Option<i64>,
     /// Requests that may wait for a slot; more get 429 [default: 100].
-    #[arg(long)]
+    #[arg(long, help_heading = "Rate Limiting")]
     pub queue_size: Option<usize>,
     /// Seconds a request may wait for a slot; then 408 [default: 60].
-    #[arg(long)]
+    #[arg(long, help_heading = "Rate Limiting")]
     pub queue_timeout_secs: Option<u64>,
     /// Require `Authorization: Bearer KEY` on the inference routes.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub api_key: Option<String>,
     /// Key(s) for the admin routes (/workers, /policies, /flush_cache and the
     /// legacy worker routes); repeat for several. Without one, admin routes
     /// answer loopback clients only.
-    #[arg(long = "admin-api-key")]
+    #[arg(long = "admin-api-key", help_heading = "Control Plane Authentication")]
     pub admin_api_keys: Vec<String>,
     /// Serve admin routes without a key to non-loopback clients too.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub allow_remote_admin: bool,
     /// Address of the Prometheus endpoint [default: 127.0.0.1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Prometheus Metrics")]
     pub prometheus_host: Option<IpAddr>,
     /// Port of the Prometheus endpoint [default: 29000].
-    #[arg(long, value_parser = port_number)]
+    #[arg(long, value_parser = port_number, help_heading = "Prometheus Metrics")]
     pub prometheus_port: Option<u16>,
     /// Headers that carry a client's request id, first found wins
     /// [default: x-request-id x-correlation-id x-trace-id request-id].
-    #[arg(long, num_args = 0..)]
+    #[arg(long, num_args = 0.., help_heading = "Request Handling")]
     pub request_id_headers: Vec<String>,
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 180].
-    #[arg(long)]
+    #[arg(long, help_heading = "Request Handling")]
     pub shutdown_grace_period_secs: Option<u64>,
     /// Deadline of one policy call on the request path, in ms [default: 10].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub policy_call_deadline_ms: Option<u64>,
     /// Linear memory a policy may use, in MiB [default: 512].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub policy_memory_limit_mb: Option<usize>,
     /// Do not cache compiled policies on disk.
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub no_policy_cache: bool,
     /// Do not watch the policy file (and config file) for changes.
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub no_watch: bool,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key-path).
-    #[arg(long)]
+    #[arg(long, help_heading = "TLS/mTLS Security")]
     pub tls_cert_path: Option<PathBuf>,
     /// PEM private key for --tls-cert-path.
-    #[arg(long)]
+    #[arg(long, help_heading = "TLS/mTLS Security")]
     pub tls_key_path: Option<PathBuf>,
     /// Extra PEM root certificates to trust for HTTPS workers.
-    #[arg(long, num_args = 0..)]
+    #[arg(long, num_args = 0.., help_heading = "TLS/mTLS Security")]
     pub ca_cert_paths: Vec<PathBuf>,
     /// PEM client certificate for mutual TLS with workers (with --client-key-path).
-    #[arg(long)]
+    #[arg(long, help_heading = "TLS/mTLS Security")]
     pub client_cert_path: Option<PathBuf>,
     /// PEM private key for --client-cert-path.
-    #[arg(long)]
+    #[arg(long, help_heading = "TLS/mTLS Security")]
     pub client_key_path: Option<PathBuf>,
 
     // The rest of sglang-router 0.3.2's launcher flags, with its spelling
@@ -244,158 +244,158 @@ pub struct RouterArgs {
     // their default and refused otherwise (`validate.rs`, README.md's
     // flag table).
     /// bucket: seconds between bucket boundary adjustments [default: 5].
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub bucket_adjust_interval_secs: Option<u64>,
     /// Multi-model routing (sglang-router's IGW mode): always on here, the
     /// request's `model` picks the worker pool.
-    #[arg(long)]
+    #[arg(long, help_heading = "Routing Policy")]
     pub enable_igw: bool,
     /// sglang-router's MiniLB: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "PD Disaggregation")]
     pub mini_lb: bool,
     /// Seconds a new worker may take to pass its first health check; then
     /// it is removed, named in an error [default: 1800].
-    #[arg(long)]
+    #[arg(long, help_heading = "PD Disaggregation")]
     pub worker_startup_timeout_secs: Option<u64>,
     /// Seconds between health checks of a new worker that has not passed
     /// one yet [default: 30].
-    #[arg(long)]
+    #[arg(long, help_heading = "PD Disaggregation")]
     pub worker_startup_check_interval: Option<u64>,
     /// Also write the logs to a file in this directory, a new one each day
     /// (wasm-router.YYYY-MM-DD).
-    #[arg(long)]
+    #[arg(long, help_heading = "Logging")]
     pub log_dir: Option<PathBuf>,
     /// Kubernetes service discovery: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery: bool,
     /// Service discovery's label selector (key=value ...): not supported yet.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub selector: Vec<String>,
     /// Port of discovered worker pods: not supported yet [default: 80].
-    #[arg(long, value_parser = port_number)]
+    #[arg(long, value_parser = port_number, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery_port: Option<u16>,
     /// Namespace watched by service discovery: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery_namespace: Option<String>,
     /// PD mode's prefill pod selector: not supported yet.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub prefill_selector: Vec<String>,
     /// PD mode's decode pod selector: not supported yet.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub decode_selector: Vec<String>,
     /// Bucket bounds, in seconds, of the request-duration and
     /// time-to-first-byte histograms [default: 0.0005 0.001 ... 60].
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., help_heading = "Prometheus Metrics")]
     pub prometheus_duration_buckets: Vec<f64>,
     /// Origins allowed to call the router from a browser (CORS)
     /// [default: any origin].
-    #[arg(long, num_args = 0..)]
+    #[arg(long, num_args = 0.., help_heading = "Request Handling")]
     pub cors_allowed_origins: Vec<String>,
     /// Token bucket refill rate, requests per second: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Rate Limiting")]
     pub rate_limit_tokens_per_second: Option<u64>,
     /// Model whose tokenizer to load (a local path): not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub model_path: Option<String>,
     /// Local tokenizer.json to load: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_path: Option<String>,
     /// Chat template: not supported (the workers apply their own).
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub chat_template: Option<String>,
     /// Tokenizer cache, level 0: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l0: bool,
     /// Tokenizer cache, level 0 entries: not supported yet [default: 10000].
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l0_max_entries: Option<u64>,
     /// Tokenizer cache, level 1: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l1: bool,
     /// Tokenizer cache, level 1 bytes: not supported yet [default: 52428800].
-    #[arg(long)]
+    #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l1_max_memory: Option<u64>,
     /// Reasoning parser: not supported (a gateway feature).
-    #[arg(long)]
+    #[arg(long, help_heading = "Parsers")]
     pub reasoning_parser: Option<String>,
     /// Tool-call parser: not supported (a gateway feature).
-    #[arg(long)]
+    #[arg(long, help_heading = "Parsers")]
     pub tool_call_parser: Option<String>,
     /// MCP configuration: not supported (a gateway feature).
-    #[arg(long)]
+    #[arg(long, help_heading = "Parsers")]
     pub mcp_config_path: Option<String>,
     /// What the workers are: sglang or openai (any OpenAI-compatible
     /// server); both are proxied alike [default: sglang].
-    #[arg(long)]
+    #[arg(long, help_heading = "Backend")]
     pub backend: Option<String>,
     /// Conversation history storage: `memory` or `none` only, as this
     /// router keeps no history [default: memory].
-    #[arg(long)]
+    #[arg(long, help_heading = "Backend")]
     pub history_backend: Option<String>,
     /// History in Oracle: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_wallet_path: Option<String>,
     /// History in Oracle: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_tns_alias: Option<String>,
     /// History in Oracle: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_connect_descriptor: Option<String>,
     /// History in Oracle: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_username: Option<String>,
     /// History in Oracle: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_password: Option<String>,
     /// History in Oracle: not supported [default: 1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_min: Option<u64>,
     /// History in Oracle: not supported [default: 16].
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_max: Option<u64>,
     /// History in Oracle: not supported [default: 30].
-    #[arg(long)]
+    #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_timeout_secs: Option<u64>,
     /// History in PostgreSQL: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "PostgreSQL Database")]
     pub postgres_db_url: Option<String>,
     /// History in PostgreSQL: not supported [default: 16].
-    #[arg(long)]
+    #[arg(long, help_heading = "PostgreSQL Database")]
     pub postgres_pool_max: Option<u64>,
     /// History in Redis: not supported.
-    #[arg(long)]
+    #[arg(long, help_heading = "Redis Database")]
     pub redis_url: Option<String>,
     /// History in Redis: not supported [default: 16].
-    #[arg(long)]
+    #[arg(long, help_heading = "Redis Database")]
     pub redis_pool_max: Option<u64>,
     /// History in Redis: not supported [default: 30].
-    #[arg(long)]
+    #[arg(long, help_heading = "Redis Database")]
     pub redis_retention_days: Option<u64>,
     /// OpenTelemetry tracing: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub enable_trace: bool,
     /// OpenTelemetry collector: not supported yet [default: localhost:4317].
-    #[arg(long)]
+    #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub otlp_traces_endpoint: Option<String>,
     /// Keys of the admin routes as id:name:role:key, role admin (may
     /// administer) or user (is refused with 403), beside --admin-api-key.
-    #[arg(long, num_args = 0..)]
+    #[arg(long, num_args = 0.., help_heading = "Control Plane Authentication")]
     pub control_plane_api_keys: Vec<String>,
     /// Log one line per admin request: who (key id), what (method, path),
     /// outcome.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub control_plane_audit_enabled: bool,
     /// OIDC issuer of control-plane tokens: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_issuer: Option<String>,
     /// OIDC audience of control-plane tokens: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_audience: Option<String>,
     /// JWKS URL of control-plane tokens: not supported yet.
-    #[arg(long)]
+    #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_jwks_uri: Option<String>,
     /// Token role to router role mapping: not supported yet.
-    #[arg(long, num_args = 0..)]
+    #[arg(long, num_args = 0.., help_heading = "Control Plane Authentication")]
     pub jwt_role_mapping: Vec<String>,
 }
 
