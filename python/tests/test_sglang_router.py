@@ -142,10 +142,11 @@ def free_port():
 
 class Recorder(BaseHTTPRequestHandler):
     """A worker that answers like SGLang and keeps each inference request's
-    headers."""
+    headers and body."""
 
     protocol_version = "HTTP/1.1"
     seen = []
+    bodies = []
 
     def answer(self, obj):
         body = json.dumps(obj).encode()
@@ -163,8 +164,9 @@ class Recorder(BaseHTTPRequestHandler):
         return self.answer({})
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
         Recorder.seen.append({k.lower(): v for k, v in self.headers.items()})
+        Recorder.bodies.append(body)
         return self.answer({"text": "ok", "meta_info": {}})
 
     def log_message(self, *args):
@@ -253,3 +255,23 @@ def test_worker_admin_answers_carry_sglang_routers_field_names(routers, worker):
     shared = {"id", "url", "model_id", "worker_type", "is_healthy", "load"}
     assert shared <= keys["sglang-router worker"]
     assert shared <= keys["wasm-router worker"]
+
+
+def test_bodies_reach_workers_as_sent_where_sglang_router_rewrites_them(routers):
+    """sglang-router 0.3.2 parses the body into its request type and sends
+    that: its defaults added, fields it does not know dropped. This router
+    forwards the client's bytes (README.md, "sglang-router 0.3.2's flags")."""
+    sent = {"text": "hi", "sampling_params": {"max_new_tokens": 4}, "custom_field": 7}
+    got = {}
+    for name, url in routers.items():
+        Recorder.bodies.clear()
+        r = requests.post(url + "/generate", data=json.dumps(sent),
+                          headers={"content-type": "application/json"}, timeout=30)
+        assert r.ok, (name, r.text)
+        got[name] = Recorder.bodies[-1]
+    assert json.loads(got["wasm-router"]) == sent
+    assert got["wasm-router"] == json.dumps(sent).encode(), "the very bytes"
+    theirs = json.loads(got["sglang-router"])
+    assert theirs["text"] == sent["text"]
+    assert theirs["sampling_params"] == sent["sampling_params"]
+    assert "custom_field" not in theirs, "sglang-router drops what it does not know"
