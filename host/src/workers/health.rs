@@ -157,11 +157,11 @@ async fn onboard(
     worker: Arc<Worker>,
     health: Option<HealthConfig>,
 ) {
+    let registered = tokio::time::Instant::now();
     if let Some(model) = discover_model(&client, &worker.url).await {
         tracing::info!(worker = %worker.name(), %model, "worker model discovered");
         worker.set_model(model);
     }
-    let registered = tokio::time::Instant::now();
     if let Some(h) = &health {
         let ok = check(&client, &worker, h).await;
         // The first check decides, so a new worker takes traffic at once.
