@@ -84,7 +84,7 @@ lints() {
 # The soak and chaos tests read RSS, so they run one at a time.
 soak() {
     WASM_ROUTER_SOAK_SECS=$WASM_ROUTER_SOAK_SECS \
-        cargo test --locked -p wasm-router-cli --test it soak chaos -- --ignored --nocapture --test-threads=1
+        cargo test --locked -p wasm-router-cli --test it -- --ignored --nocapture --test-threads=1 soak chaos
 }
 
 wheel() {
@@ -114,7 +114,7 @@ step "Node.js and npm, for the AssemblyScript policies" nodejs
 step "reference policies are rebuilt from source and match the committed files" reference_policies
 step "format and lints" lints
 step "tests" cargo test --locked --workspace
-step "soak: load and injected faults for ${WASM_ROUTER_SOAK_SECS:=60} s (report: target/soak-report.json), then chaos" soak
+step "soak (${WASM_ROUTER_SOAK_SECS:=60} s, report: target/soak-report.json), then chaos" soak
 step "Python wheel: build it, install it into a fresh venv, run pytest there" wheel
 # Last: the sanitizer build needs the disk the steps above freed.
 step "fuzzing: ${WASM_ROUTER_FUZZ_SECS:=30} s per target (logs: target/fuzz-logs)" fuzz
