@@ -1,6 +1,12 @@
 //! Admission control: at most `max_concurrent` requests are forwarded at
 //! once; up to `queue_size` more wait in FIFO order (tokio's semaphore is
 //! fair) for at most `timeout`. Past the queue: 429; past the wait: 408.
+//!
+//! With `--rate-limit-tokens-per-second R`, the slots are sglang-router's
+//! token bucket instead: `max_concurrent` tokens, one taken per request and
+//! given back when it ends, and R more added each second up to
+//! `max_concurrent` ([`Admission::refill`]), so more than `max_concurrent`
+//! requests may be in flight, as there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +25,9 @@ pub struct QueueConfig {
     pub queue_size: usize,
     /// How long one may wait.
     pub timeout: Duration,
+    /// Tokens added per second (`--rate-limit-tokens-per-second`); `None`:
+    /// `max_concurrent` is a strict limit.
+    pub refill_per_sec: Option<u32>,
 }
 
 /// See the module docs.
@@ -29,8 +38,25 @@ pub struct Admission {
     config: QueueConfig,
 }
 
-/// A forwarding slot, held until the response body ends.
-pub type Slot = OwnedSemaphorePermit;
+/// A forwarding slot (a token), held until the response body ends; given
+/// back then, except to a full bucket.
+#[derive(Debug)]
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The bucket's size when it is refilled; `None`: a strict limit, the
+    /// slot always goes back.
+    bucket: Option<usize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let (Some(permit), Some(size)) = (self.permit.take(), self.bucket)
+            && permit.semaphore().available_permits() >= size
+        {
+            permit.forget();
+        }
+    }
+}
 
 impl Admission {
     /// Slots and a queue as configured.
@@ -47,11 +73,16 @@ impl Admission {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// Wait for a slot. Cancellation-safe: a caller dropped while waiting
     /// (its client went away) gives its queue place back.
     pub async fn admit(&self) -> Result<Slot, ApiError> {
-        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return Ok(slot);
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(self.slot(permit));
         }
         let place = QueuePlace::take(&self.waiting);
         if place.ahead >= self.config.queue_size {
@@ -61,9 +92,45 @@ impl Admission {
             tokio::time::timeout(self.config.timeout, self.slots.clone().acquire_owned()).await;
         drop(place);
         match waited {
-            Ok(Ok(slot)) => Ok(slot),
+            Ok(Ok(permit)) => Ok(self.slot(permit)),
             Ok(Err(_closed)) => Err(ApiError::ShuttingDown),
             Err(_elapsed) => Err(ApiError::QueueTimeout),
+        }
+    }
+}
+
+impl Admission {
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            permit: Some(permit),
+            bucket: self
+                .config
+                .refill_per_sec
+                .map(|_| self.config.max_concurrent),
+        }
+    }
+
+    /// With a refill rate, add its tokens, up to the bucket's size, every
+    /// tenth of a second, until the task is aborted; without, return.
+    pub async fn refill(&self) {
+        let Some(per_sec) = self.config.refill_per_sec else {
+            return;
+        };
+        const EVERY: Duration = Duration::from_millis(100);
+        let mut every = tokio::time::interval(EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = 0.0;
+        loop {
+            every.tick().await;
+            due += f64::from(per_sec) * EVERY.as_secs_f64();
+            let room = self
+                .config
+                .max_concurrent
+                .saturating_sub(self.slots.available_permits());
+            let add = (due.floor() as usize).min(room);
+            self.slots.add_permits(add);
+            // Tokens for a full bucket are not saved up.
+            due = if room > add { due - add as f64 } else { 0.0 };
         }
     }
 }
@@ -99,7 +166,39 @@ mod tests {
             max_concurrent: max,
             queue_size: queue,
             timeout: Duration::from_secs(5),
+            refill_per_sec: None,
         })
+    }
+
+    /// Issue 16: `--rate-limit-tokens-per-second`, as sglang-router 0.3.2's
+    /// bucket behaves (seen by running it): tokens come back when requests
+    /// end and are refilled on top, never past the bucket's size.
+    #[tokio::test(start_paused = true)]
+    async fn a_refilled_bucket_admits_past_its_size_but_never_holds_more() {
+        let a = Arc::new(Admission::new(QueueConfig {
+            max_concurrent: 2,
+            queue_size: 0,
+            timeout: Duration::from_secs(5),
+            refill_per_sec: Some(1),
+        }));
+        let refill = tokio::spawn({
+            let a = a.clone();
+            async move { a.refill().await }
+        });
+        // A full bucket: requests that end give their token back, and the
+        // bucket holds no more than its size.
+        for _ in 0..5 {
+            drop(a.admit().await.unwrap());
+        }
+        assert_eq!(a.slots.available_permits(), 2);
+        let held = [a.admit().await.unwrap(), a.admit().await.unwrap()];
+        assert_eq!(a.admit().await.unwrap_err(), ApiError::QueueFull);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let third = a.admit().await.expect("a token refilled after a second");
+        assert_eq!(a.admit().await.unwrap_err(), ApiError::QueueFull);
+        drop((held, third));
+        assert_eq!(a.slots.available_permits(), 2, "capped at the size");
+        refill.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,12 @@ impl AppState {
         self.admission.as_ref().map_or(0, Admission::waiting)
     }
 
+    /// Admission slots free now (tokens in the bucket); `None` without a
+    /// limit.
+    pub fn free_slots(&self) -> Option<usize> {
+        self.admission.as_ref().map(Admission::free)
+    }
+
     /// Every policy manager with what it routes: one, or prefill and decode
     /// in PD mode.
     pub fn managers(&self) -> Vec<(&'static str, &Arc<PolicyManager>)> {

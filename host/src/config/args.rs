@@ -291,7 +291,10 @@ pub struct RouterArgs {
     /// [default: any origin].
     #[arg(long, num_args = 0.., help_heading = "Request Handling")]
     pub cors_allowed_origins: Vec<String>,
-    /// Token bucket refill rate, requests per second: not supported yet.
+    /// Make --max-concurrent-requests sglang-router's token bucket: a
+    /// request takes a token and gives it back when it ends, and this many
+    /// tokens are added per second on top, up to the bucket's size
+    /// [default: off, the limit is strict].
     #[arg(long, help_heading = "Rate Limiting")]
     pub rate_limit_tokens_per_second: Option<u64>,
     /// Model whose tokenizer to load (a local path): not supported yet.

@@ -95,11 +95,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
             !s.decode_selector.is_empty(),
             discovery,
         ),
-        (
-            "--rate-limit-tokens-per-second",
-            s.rate_limit_tokens_per_second.is_some(),
-            "--max-concurrent-requests and --queue-size bound the load",
-        ),
         ("--model-path", s.model_path.is_some(), tokenizer),
         ("--tokenizer-path", s.tokenizer_path.is_some(), tokenizer),
         (

@@ -325,7 +325,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--redis-url", "redis://r"], false),
         (&["--service-discovery"], true),
         (&["--selector", "app=sglang"], true),
-        (&["--rate-limit-tokens-per-second", "100"], true),
         (&["--model-path", "/models/llama"], true),
         (&["--tokenizer-path", "tokenizer.json"], true),
         (&["--tokenizer-cache-enable-l0"], true),

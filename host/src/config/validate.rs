@@ -169,7 +169,16 @@ impl Config {
             max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
             queue_size: s.queue_size.unwrap_or(100),
             timeout: Duration::from_secs(s.queue_timeout_secs.unwrap_or(60)),
+            refill_per_sec: s
+                .rate_limit_tokens_per_second
+                .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
         });
+        if s.rate_limit_tokens_per_second == Some(0) {
+            return Err(invalid(
+                "--rate-limit-tokens-per-second",
+                "must be above 0 (leave it out for a strict --max-concurrent-requests)",
+            ));
+        }
 
         let duration_buckets = &s.prometheus_duration_buckets;
         if duration_buckets.iter().any(|b| !b.is_finite())

@@ -133,6 +133,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .await?;
     }
+    if state
+        .config
+        .queue
+        .is_some_and(|q| q.refill_per_sec.is_some())
+    {
+        let state = state.clone();
+        background.push(tokio::spawn(async move {
+            if let Some(admission) = &state.admission {
+                admission.refill().await;
+            }
+        }));
+    }
     if let Some(every) = state.config.worker_load_check_interval {
         background.push(tokio::spawn(crate::workers::load::run(
             registry.clone(),

@@ -241,6 +241,35 @@ async fn a_full_queue_is_429_and_a_long_wait_is_408() {
     assert_eq!(holder.await.unwrap().unwrap(), "a");
 }
 
+/// Issue 16: with `--rate-limit-tokens-per-second`, the limit is
+/// sglang-router's refilled bucket: a second request gets in while the
+/// first still runs, once a token was added.
+#[tokio::test]
+async fn a_refilled_token_admits_a_request_past_max_concurrent() {
+    let w = MockWorker::start("a", "m").await;
+    w.b.hold.store(true, Ordering::SeqCst);
+    let mut a = args(&[&w]);
+    a.max_concurrent_requests = Some(1);
+    a.queue_size = Some(0);
+    a.rate_limit_tokens_per_second = Some(1);
+    let r = std::sync::Arc::new(router(a).await);
+    let held = |text: &'static str| {
+        let r = r.clone();
+        tokio::spawn(async move { generate(&r, text).await })
+    };
+    let first = held("first");
+    eventually("the first request runs", async || w.hits() == 1).await;
+    let (status, _) = post_json(&r, "/generate", json!({"text": "refused"})).await;
+    assert_eq!(status, 429, "the bucket is empty");
+    // One token a second: the 429 above came well before it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = held("second");
+    eventually("the second runs beside the first", async || w.hits() == 2).await;
+    w.release(2);
+    assert_eq!(first.await.unwrap().unwrap(), "a");
+    assert_eq!(second.await.unwrap().unwrap(), "a");
+}
+
 #[tokio::test]
 async fn an_oversized_body_is_413() {
     let w = MockWorker::start("a", "m").await;

@@ -67,9 +67,11 @@ async fn a_slow_upload_is_read_only_once_admitted_and_not_for_ever() {
     // router reads bodies after admission, so at most
     // --max-concurrent-requests of them are held.
     crate::mock::eventually("the slow upload holds the only slot", async || {
-        post_json(&r, "/generate", json!({"text": "other"})).await.0 == 429
+        r.state.free_slots() == Some(0)
     })
     .await;
+    let (status, _) = post_json(&r, "/generate", json!({"text": "other"})).await;
+    assert_eq!(status, 429, "no slot, no queue");
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), upload.read_to_end(&mut answer))
         .await
