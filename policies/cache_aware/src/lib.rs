@@ -50,7 +50,7 @@ impl Default for Config {
             cache_threshold: 0.3,
             balance_abs_threshold: 64,
             balance_rel_threshold: 1.5,
-            eviction_interval_secs: 120,
+            eviction_interval_secs: 60,
             max_tree_size: 1 << 26,
         }
     }

@@ -42,7 +42,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             assignment_mode: AssignmentMode::Random,
-            max_idle_secs: 3600,
+            max_idle_secs: 14400,
             seed: None,
         }
     }

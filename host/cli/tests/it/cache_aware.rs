@@ -155,7 +155,7 @@ fn the_component_declares_what_it_needs() {
     assert!(p.info().needs_text);
     assert_eq!(
         p.info().tick_interval,
-        Some(std::time::Duration::from_secs(120))
+        Some(std::time::Duration::from_secs(60))
     );
 }
 
