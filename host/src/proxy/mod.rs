@@ -248,18 +248,7 @@ mod tests {
         let registry = Registry::new(None, true);
         let worker = registry.add("http://127.0.0.1:1").unwrap();
         let headers = HeaderMap::new();
-        let req = Forward {
-            route: Route::Generate,
-            path_and_query: "/generate",
-            headers: &headers,
-            body: Bytes::new(),
-            request_id: "",
-            seq: 0,
-            model: "",
-            text: "",
-            routing_key: None,
-            deadline: tokio::time::Instant::now(),
-        };
+        let req = generate(&headers, 0);
         let stray = Stray(PolicyInfo {
             name: "stray".into(),
             needs_text: false,
@@ -270,9 +259,57 @@ mod tests {
         assert_eq!(picked.map(|w| w.id), Some(worker.id));
     }
 
+    /// A `/generate` request, number `seq`, with a minute to go.
+    fn generate(headers: &HeaderMap, seq: u64) -> Forward<'_> {
+        Forward {
+            route: Route::Generate,
+            path_and_query: "/generate",
+            headers,
+            body: Bytes::from_static(b"{}"),
+            request_id: "r",
+            seq,
+            model: "",
+            text: "",
+            routing_key: None,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// What a [`Recorder`] was told.
+    type Outcomes = Arc<std::sync::Mutex<Vec<Outcome>>>;
+
     /// A policy that wants feedback and keeps every outcome, picking the
     /// smallest worker id.
-    struct Recorder(Arc<std::sync::Mutex<Vec<Outcome>>>, PolicyInfo);
+    struct Recorder(Outcomes, PolicyInfo);
+
+    impl Recorder {
+        /// A recorder behind its own seam, as loaded for a request, and
+        /// what it will be told.
+        fn loaded() -> (Loaded, Outcomes) {
+            let outcomes = Outcomes::default();
+            let seam: crate::policy::Seam =
+                Arc::new(arc_swap::ArcSwap::from_pointee(Recorder::boxed(&outcomes)));
+            (Loaded::from(&seam), outcomes)
+        }
+
+        fn boxed(outcomes: &Outcomes) -> Box<dyn Policy> {
+            Box::new(Recorder(
+                outcomes.clone(),
+                PolicyInfo {
+                    name: "recorder".into(),
+                    needs_text: false,
+                    wants_feedback: true,
+                    tick_interval: None,
+                },
+            ))
+        }
+    }
+
+    /// Each outcome's worker and status, in order.
+    fn statuses(outcomes: &Outcomes) -> Vec<(u32, u16)> {
+        let outcomes = outcomes.lock().unwrap();
+        outcomes.iter().map(|o| (o.worker, o.status)).collect()
+    }
 
     impl Policy for Recorder {
         fn info(&self) -> &PolicyInfo {
@@ -300,19 +337,11 @@ mod tests {
     /// to it after a reload had swapped in the new one.
     #[test]
     fn outcomes_after_a_reload_go_to_the_instance_serving_then() {
-        let info = PolicyInfo {
-            name: "recorder".into(),
-            needs_text: false,
-            wants_feedback: true,
-            tick_interval: None,
-        };
-        let (old, new) = (Arc::default(), Arc::default());
-        let recorder = |outcomes: &Arc<std::sync::Mutex<Vec<Outcome>>>| -> Box<dyn Policy> {
-            Box::new(Recorder(outcomes.clone(), info.clone()))
-        };
-        let seam: crate::policy::Seam = Arc::new(arc_swap::ArcSwap::from_pointee(recorder(&old)));
+        let (old, new) = (Outcomes::default(), Outcomes::default());
+        let seam: crate::policy::Seam =
+            Arc::new(arc_swap::ArcSwap::from_pointee(Recorder::boxed(&old)));
         let routed = Loaded::from(&seam);
-        seam.store(Arc::new(recorder(&new)));
+        seam.store(Arc::new(Recorder::boxed(&new)));
         routed.report(&Outcome::default());
         assert!(old.lock().unwrap().is_empty());
         assert_eq!(new.lock().unwrap().len(), 1);
@@ -357,38 +386,15 @@ mod tests {
         let serving = registry.add(&served_by).unwrap();
         let upstream =
             crate::upstream::Upstream::new(&Default::default(), config.connect_timeout).unwrap();
-        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let info = PolicyInfo {
-            name: "recorder".into(),
-            needs_text: false,
-            wants_feedback: true,
-            tick_interval: None,
-        };
-        let recorder: Box<dyn Policy> = Box::new(Recorder(outcomes.clone(), info));
-        let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(recorder)));
+        let (policy, outcomes) = Recorder::loaded();
         let headers = HeaderMap::new();
-        let req = Forward {
-            route: Route::Generate,
-            path_and_query: "/generate",
-            headers: &headers,
-            body: Bytes::from_static(b"{}"),
-            request_id: "r",
-            seq: 7,
-            model: "",
-            text: "",
-            routing_key: None,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
-        };
+        let req = generate(&headers, 7);
         let response = forward(&config, &upstream, &registry, policy, req, None)
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        let statuses = || -> Vec<(u32, u16)> {
-            let outcomes = outcomes.lock().unwrap();
-            outcomes.iter().map(|o| (o.worker, o.status)).collect()
-        };
         assert_eq!(
-            statuses(),
+            statuses(&outcomes),
             [(unreachable.id, 0)],
             "the failed attempt is reported at once, as not reached"
         );
@@ -398,7 +404,7 @@ mod tests {
         drop(body);
         assert_eq!(serving.load(), 0);
         assert_eq!(
-            statuses(),
+            statuses(&outcomes),
             [(unreachable.id, 0), (serving.id, respond::CLIENT_GONE)],
             "the stream whose client went away is not reported as served"
         );
@@ -421,29 +427,10 @@ mod tests {
         let worker = registry.add(&url).unwrap();
         let upstream =
             crate::upstream::Upstream::new(&Default::default(), config.connect_timeout).unwrap();
-        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let info = PolicyInfo {
-            name: "recorder".into(),
-            needs_text: false,
-            wants_feedback: true,
-            tick_interval: None,
-        };
-        let recorder: Box<dyn Policy> = Box::new(Recorder(outcomes.clone(), info));
-        let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(recorder)));
+        let (policy, outcomes) = Recorder::loaded();
         let request = tokio::spawn(async move {
             let headers = HeaderMap::new();
-            let req = Forward {
-                route: Route::Generate,
-                path_and_query: "/generate",
-                headers: &headers,
-                body: Bytes::from_static(b"{}"),
-                request_id: "r",
-                seq: 1,
-                model: "",
-                text: "",
-                routing_key: None,
-                deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
-            };
+            let req = generate(&headers, 1);
             forward(&config, &upstream, &registry, policy, req, None)
                 .await
                 .map(drop)
@@ -453,9 +440,7 @@ mod tests {
         request.abort();
         assert!(request.await.unwrap_err().is_cancelled());
         assert_eq!(worker.load(), 0);
-        let outcomes = outcomes.lock().unwrap();
-        let statuses: Vec<_> = outcomes.iter().map(|o| (o.worker, o.status)).collect();
-        assert_eq!(statuses, [(worker.id, respond::CLIENT_GONE)]);
+        assert_eq!(statuses(&outcomes), [(worker.id, respond::CLIENT_GONE)]);
     }
 
     /// Issue 16: workers got every client header, cookies and arbitrary
