@@ -140,12 +140,15 @@ async fn require_admin(
         bearer(&req),
         peer,
     );
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let asked = s
+        .config
+        .audit_admin
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let response = match allowed {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     };
-    if s.config.audit_admin {
+    if let Some((method, path)) = asked {
         let status = response.status();
         let outcome = if status.is_success() {
             "success"
