@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AdminKey, validate_worker_url};
 use crate::errors::ApiError;
+use crate::jwt;
 use crate::policy::Role;
 use crate::state::AppState;
 use crate::workers::{Worker, WorkerSpec, health};
@@ -42,19 +43,22 @@ pub struct Principal {
     /// The key's id, `loopback`, `remote` (with --allow-remote-admin), or
     /// `unauthenticated`.
     pub id: String,
-    /// `api_key` or `none`.
+    /// `api_key`, `jwt` or `none`.
     pub auth_method: &'static str,
     /// `admin` or `user`.
     pub role: &'static str,
 }
 
-/// The admin boundary: with admin keys (`--admin-api-key`,
-/// `--control-plane-api-keys`), a request must present one
+/// The admin boundary's API keys: with admin keys (`--admin-api-key`,
+/// `--control-plane-api-keys`) or JWTs (`--jwt-issuer`, verified by
+/// [`crate::jwt`] before this is asked), a request must present a key
 /// (`Authorization: Bearer KEY`) whose role is admin (a user key is a 403,
-/// none or another a 401, as in sglang-router); without, only loopback
-/// clients pass, unless `--allow-remote-admin` opens the routes to all.
+/// none or another a 401, as in sglang-router); without either, only
+/// loopback clients pass, unless `--allow-remote-admin` opens the routes to
+/// all.
 pub fn admin_check(
     keys: &[AdminKey],
+    tokens: bool,
     allow_remote: bool,
     presented: Option<&str>,
     peer: Option<std::net::IpAddr>,
@@ -64,7 +68,7 @@ pub fn admin_check(
         auth_method: "none",
         role: "user",
     };
-    if !keys.is_empty() {
+    if !keys.is_empty() || tokens {
         let presented = presented.unwrap_or_default().as_bytes();
         // Compare with every key, so timing does not tell which one matched.
         let matched = keys.iter().fold(None, |found, key| {
@@ -79,13 +83,7 @@ pub fn admin_check(
                     auth_method: "api_key",
                     role: if key.admin { "admin" } else { "user" },
                 };
-                let result = if key.admin {
-                    Ok(())
-                } else {
-                    Err(ApiError::Forbidden(
-                        "this key's role is user: the admin routes need an admin key".into(),
-                    ))
-                };
+                let result = admits(&principal);
                 (principal, result)
             }
         };
@@ -108,6 +106,18 @@ pub fn admin_check(
                 .into(),
         )),
     )
+}
+
+/// Whether a principal who proved who it is may administer.
+fn admits(principal: &Principal) -> Result<(), ApiError> {
+    if principal.role == "admin" {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{}'s role is user: the admin routes need the admin role",
+            principal.id
+        )))
+    }
 }
 
 /// Compare in constant time (for equal lengths), so timing does not reveal
@@ -134,12 +144,32 @@ async fn require_admin(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let (principal, allowed) = admin_check(
-        &s.config.admin_keys,
-        s.config.allow_remote_admin,
-        bearer(&req),
-        peer,
-    );
+    let presented = bearer(&req);
+    let (principal, allowed) = match (&s.jwt, presented) {
+        (Some(verifier), Some(token)) if jwt::looks_like_jwt(token) => {
+            match verifier.verify(token).await {
+                Ok(principal) => {
+                    let allowed = admits(&principal);
+                    (principal, allowed)
+                }
+                Err(e) => (
+                    Principal {
+                        id: "unauthenticated".into(),
+                        auth_method: "jwt",
+                        role: "user",
+                    },
+                    Err(ApiError::InvalidToken(e.to_string())),
+                ),
+            }
+        }
+        _ => admin_check(
+            &s.config.admin_keys,
+            s.jwt.is_some(),
+            s.config.allow_remote_admin,
+            presented,
+            peer,
+        ),
+    };
     let asked = s
         .config
         .audit_admin
@@ -403,18 +433,31 @@ mod tests {
 
     #[test]
     fn without_keys_only_loopback_passes_unless_opened() {
-        assert!(allowed(admin_check(&[], false, None, LOOPBACK)).is_ok());
+        assert!(allowed(admin_check(&[], false, false, None, LOOPBACK)).is_ok());
         let v6 = Some("::1".parse().unwrap());
-        assert!(allowed(admin_check(&[], false, None, v6)).is_ok());
+        assert!(allowed(admin_check(&[], false, false, None, v6)).is_ok());
         assert!(matches!(
-            allowed(admin_check(&[], false, None, REMOTE)),
+            allowed(admin_check(&[], false, false, None, REMOTE)),
             Err(ApiError::Forbidden(_))
         ));
         assert!(matches!(
-            allowed(admin_check(&[], false, None, None)),
+            allowed(admin_check(&[], false, false, None, None)),
             Err(ApiError::Forbidden(_))
         ));
-        assert!(allowed(admin_check(&[], true, None, REMOTE)).is_ok());
+        assert!(allowed(admin_check(&[], false, true, None, REMOTE)).is_ok());
+    }
+
+    /// With JWTs accepted, a loopback client no longer passes keyless.
+    #[test]
+    fn with_tokens_accepted_loopback_must_prove_who_it_is() {
+        assert_eq!(
+            allowed(admin_check(&[], true, false, None, LOOPBACK)),
+            Err(ApiError::Unauthorized)
+        );
+        assert_eq!(
+            allowed(admin_check(&[], true, true, Some("guess"), REMOTE)),
+            Err(ApiError::Unauthorized)
+        );
     }
 
     fn key(id: &str, admin: bool, secret: &str) -> AdminKey {
@@ -428,14 +471,14 @@ mod tests {
     #[test]
     fn with_keys_any_admin_one_is_needed_from_anywhere() {
         let keys = [key("a", true, "first"), key("b", true, "second")];
-        assert!(allowed(admin_check(&keys, false, Some("second"), REMOTE)).is_ok());
-        assert!(allowed(admin_check(&keys, false, Some("first"), LOOPBACK)).is_ok());
+        assert!(allowed(admin_check(&keys, false, false, Some("second"), REMOTE)).is_ok());
+        assert!(allowed(admin_check(&keys, false, false, Some("first"), LOOPBACK)).is_ok());
         assert_eq!(
-            allowed(admin_check(&keys, false, None, LOOPBACK)),
+            allowed(admin_check(&keys, false, false, None, LOOPBACK)),
             Err(ApiError::Unauthorized)
         );
         assert_eq!(
-            allowed(admin_check(&keys, true, Some("firs"), REMOTE)),
+            allowed(admin_check(&keys, false, true, Some("firs"), REMOTE)),
             Err(ApiError::Unauthorized)
         );
     }
@@ -446,10 +489,10 @@ mod tests {
     #[test]
     fn a_user_key_is_refused_and_named() {
         let keys = [key("k1", true, "s1"), key("k2", false, "s2")];
-        let (who, result) = admin_check(&keys, false, Some("s2"), LOOPBACK);
+        let (who, result) = admin_check(&keys, false, false, Some("s2"), LOOPBACK);
         assert!(matches!(result, Err(ApiError::Forbidden(_))), "{result:?}");
         assert_eq!((who.id.as_str(), who.role), ("k2", "user"));
-        let (who, result) = admin_check(&keys, false, Some("s1"), REMOTE);
+        let (who, result) = admin_check(&keys, false, false, Some("s1"), REMOTE);
         assert_eq!(result, Ok(()));
         assert_eq!(
             (who.id.as_str(), who.auth_method, who.role),

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing or wrong API key.
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// A bearer token taken as a JWT did not verify.
+    #[error("bearer token refused: {0}")]
+    InvalidToken(String),
     /// An admin route refused to this client.
     #[error("{0}")]
     Forbidden(String),
@@ -71,7 +74,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::QueueTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -92,6 +95,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
+            ApiError::InvalidToken(_) => ("authentication_error", "invalid_token"),
             ApiError::Forbidden(_) => ("permission_error", "admin_forbidden"),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
             ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),

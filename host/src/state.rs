@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use crate::admission::Admission;
 use crate::client::client_with_tls;
 use crate::config::Config;
+use crate::jwt::Verifier;
 use crate::policy::Seam;
 use crate::policy::reload::PolicyManager;
 use crate::upstream::Upstream;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// PD mode: loads and reloads the prefill workers' policy (`policy` is
     /// the decode workers').
     pub prefill_policies: Option<Arc<PolicyManager>>,
+    /// Verifies OIDC bearer tokens at the admin boundary (`--jwt-*`).
+    pub jwt: Option<Arc<Verifier>>,
     pub(crate) admission: Option<Admission>,
     pub(crate) seq: AtomicU64,
 }
@@ -43,9 +46,14 @@ impl AppState {
         policies: Arc<PolicyManager>,
         prefill_policies: Option<Arc<PolicyManager>>,
     ) -> anyhow::Result<Self> {
+        let client = client_with_tls(&config.client_tls)?;
         Ok(AppState {
             admission: config.queue.map(Admission::new),
-            client: client_with_tls(&config.client_tls)?,
+            jwt: config
+                .jwt
+                .clone()
+                .map(|jwt| Arc::new(Verifier::new(jwt, client.clone()))),
+            client,
             upstream: Upstream::new(&config.client_tls, config.connect_timeout)?,
             config,
             registry,

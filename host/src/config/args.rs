@@ -388,16 +388,20 @@ pub struct RouterArgs {
     /// outcome.
     #[arg(long, help_heading = "Control Plane Authentication")]
     pub control_plane_audit_enabled: bool,
-    /// OIDC issuer of control-plane tokens: not supported yet.
+    /// OIDC issuer of control-plane bearer tokens (their `iss`); its
+    /// discovery document names the keys unless --jwt-jwks-uri does.
     #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_issuer: Option<String>,
-    /// OIDC audience of control-plane tokens: not supported yet.
+    /// Audience control-plane tokens must be for (their `aud`).
     #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_audience: Option<String>,
-    /// JWKS URL of control-plane tokens: not supported yet.
+    /// Where the issuer's signing keys are (a JWKS URL), fetched at start,
+    /// every 10 minutes, and when a token names a key not yet known.
     #[arg(long, help_heading = "Control Plane Authentication")]
     pub jwt_jwks_uri: Option<String>,
-    /// Token role to router role mapping: not supported yet.
+    /// Token role to router role, as TOKEN_ROLE=admin or TOKEN_ROLE=user;
+    /// roles are read from the roles, role, groups and group claims, and
+    /// one not mapped stands for itself.
     #[arg(long, num_args = 0.., help_heading = "Control Plane Authentication")]
     pub jwt_role_mapping: Vec<String>,
 }

@@ -89,6 +89,19 @@ pub struct AdminKey {
     pub key: String,
 }
 
+/// OIDC bearer tokens of the admin boundary (`--jwt-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// Where the issuer's keys are; `None`: as its discovery document says.
+    pub jwks_uri: Option<String>,
+    /// Token role to router role: does it administer.
+    pub role_mapping: Vec<(String, bool)>,
+}
+
 /// Retry settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
@@ -176,6 +189,8 @@ pub struct Config {
     /// `--control-plane-api-keys` with their roles); empty: loopback
     /// clients only, unless `allow_remote_admin`.
     pub admin_keys: Vec<AdminKey>,
+    /// OIDC bearer tokens accepted at the admin boundary.
+    pub jwt: Option<JwtConfig>,
     /// One log line per admin request: who, what, outcome
     /// (`--control-plane-audit-enabled`).
     pub audit_admin: bool,

@@ -71,7 +71,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
 
     let discovery = "give the workers with --worker-urls (or --prefill/--decode), or add them at run time with POST /workers";
     let tokenizer = "policies route on the request's text";
-    let control_plane = "use --admin-api-key or --control-plane-api-keys for the admin routes";
     for (setting, given, why) in [
         ("--service-discovery", s.service_discovery, discovery),
         ("--selector", !s.selector.is_empty(), discovery),
@@ -128,14 +127,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
                 .as_deref()
                 .is_some_and(|e| e != "localhost:4317"),
             "request ids are forwarded and logged",
-        ),
-        ("--jwt-issuer", s.jwt_issuer.is_some(), control_plane),
-        ("--jwt-audience", s.jwt_audience.is_some(), control_plane),
-        ("--jwt-jwks-uri", s.jwt_jwks_uri.is_some(), control_plane),
-        (
-            "--jwt-role-mapping",
-            !s.jwt_role_mapping.is_empty(),
-            control_plane,
         ),
     ] {
         if given {

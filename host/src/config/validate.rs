@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{
-    AdminKey, BreakerConfig, Config, ConfigError, HealthConfig, PdConfig, QueueConfig, RetryConfig,
-    RouterArgs, invalid,
+    AdminKey, BreakerConfig, Config, ConfigError, HealthConfig, JwtConfig, PdConfig, QueueConfig,
+    RetryConfig, RouterArgs, invalid,
 };
 use crate::policy::{Limits, Role, engine};
 use crate::workers::WorkerSpec;
@@ -243,6 +243,7 @@ impl Config {
         for entry in &s.control_plane_api_keys {
             admin_keys.push(control_plane_key(entry)?);
         }
+        let jwt = jwt_config(&s)?;
         let call_deadline = s.policy_call_deadline_ms;
         if call_deadline == Some(0) {
             return Err(invalid("--policy-call-deadline-ms", "must be above 0"));
@@ -351,6 +352,7 @@ impl Config {
             queue,
             api_key,
             admin_keys,
+            jwt,
             audit_admin: s.control_plane_audit_enabled,
             allow_remote_admin: s.allow_remote_admin,
             prometheus: SocketAddr::new(
@@ -396,6 +398,59 @@ fn control_plane_key(entry: &str) -> Result<AdminKey, ConfigError> {
         admin,
         key: key.into(),
     })
+}
+
+/// `--jwt-issuer` and `--jwt-audience` (both or neither), with the JWKS URL
+/// and role mapping that only make sense beside them.
+fn jwt_config(s: &RouterArgs) -> Result<Option<JwtConfig>, ConfigError> {
+    let (issuer, audience) = match (&s.jwt_issuer, &s.jwt_audience) {
+        (Some(issuer), Some(audience)) if !issuer.is_empty() && !audience.is_empty() => {
+            (issuer.clone(), audience.clone())
+        }
+        (None, None) => {
+            if s.jwt_jwks_uri.is_some() || !s.jwt_role_mapping.is_empty() {
+                return Err(invalid(
+                    "--jwt-jwks-uri/--jwt-role-mapping",
+                    "they need --jwt-issuer and --jwt-audience",
+                ));
+            }
+            return Ok(None);
+        }
+        _ => {
+            return Err(invalid(
+                "--jwt-issuer/--jwt-audience",
+                "give both, not empty: tokens are checked for their issuer and their audience",
+            ));
+        }
+    };
+    for (setting, url) in [
+        ("--jwt-issuer", Some(&issuer)),
+        ("--jwt-jwks-uri", s.jwt_jwks_uri.as_ref()),
+    ] {
+        if let Some(url) = url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(setting, format!("{url:?} is not an http(s) URL")));
+        }
+    }
+    let role_mapping = s
+        .jwt_role_mapping
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((from, "admin")) if !from.is_empty() => Ok((from.to_owned(), true)),
+            Some((from, "user")) if !from.is_empty() => Ok((from.to_owned(), false)),
+            _ => Err(invalid(
+                "--jwt-role-mapping",
+                format!("{entry:?}: write TOKEN_ROLE=admin or TOKEN_ROLE=user"),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(JwtConfig {
+        issuer,
+        audience,
+        jwks_uri: s.jwt_jwks_uri.clone(),
+        role_mapping,
+    }))
 }
 
 /// PD mode's workers and prefill policy, from flags (winning) or the file.

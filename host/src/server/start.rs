@@ -162,6 +162,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (_, manager) in state.managers() {
         background.push(tokio::spawn(tick(manager.active())));
     }
+    if let Some(verifier) = state.jwt.clone() {
+        background.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::jwt::REFRESH_EVERY);
+            loop {
+                every.tick().await;
+                // A failure is logged, and the keys held keep serving.
+                verifier.refresh().await.ok();
+            }
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(state.config.listen)
         .await
         .map_err(|e| {

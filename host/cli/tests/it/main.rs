@@ -9,6 +9,7 @@ mod engine;
 mod examples;
 mod fixtures;
 mod hostile;
+mod jwt;
 mod layout;
 mod mock;
 mod pd;
