@@ -22,5 +22,6 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod tokenizer;
 pub mod upstream;
 pub mod workers;

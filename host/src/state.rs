@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::jwt::Verifier;
 use crate::policy::Seam;
 use crate::policy::reload::PolicyManager;
+use crate::tokenizer::Tokenizer;
 use crate::upstream::Upstream;
 use crate::workers::Registry;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub prefill_policies: Option<Arc<PolicyManager>>,
     /// Verifies OIDC bearer tokens at the admin boundary (`--jwt-*`).
     pub jwt: Option<Arc<Verifier>>,
+    /// The router's tokenizer (`--tokenizer-path`, `--model-path`).
+    pub tokenizer: Option<Arc<Tokenizer>>,
     pub(crate) admission: Option<Admission>,
     pub(crate) seq: AtomicU64,
 }
@@ -53,6 +56,10 @@ impl AppState {
                 .jwt
                 .clone()
                 .map(|jwt| Arc::new(Verifier::new(jwt, client.clone()))),
+            tokenizer: match &config.tokenizer {
+                Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
+                None => None,
+            },
             client,
             upstream: Upstream::new(&config.client_tls, config.connect_timeout)?,
             config,

@@ -297,10 +297,12 @@ pub struct RouterArgs {
     /// [default: off, the limit is strict].
     #[arg(long, help_heading = "Rate Limiting")]
     pub rate_limit_tokens_per_second: Option<u64>,
-    /// Model whose tokenizer to load (a local path): not supported yet.
+    /// Model whose tokenizer to load: a local directory holding
+    /// tokenizer.json (the router downloads nothing).
     #[arg(long, help_heading = "Tokenizer")]
     pub model_path: Option<String>,
-    /// Local tokenizer.json to load: not supported yet.
+    /// Local tokenizer.json to load (wins over --model-path); serves
+    /// /v1/tokenize and /v1/detokenize.
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_path: Option<String>,
     /// Chat template: not supported (the workers apply their own).

@@ -158,6 +158,8 @@ pub struct Config {
     pub policy_limits: Limits,
     /// Where compiled policies are cached.
     pub policy_cache_dir: Option<PathBuf>,
+    /// The router's tokenizer.json (`--tokenizer-path`, `--model-path`).
+    pub tokenizer: Option<PathBuf>,
     /// Largest request body.
     pub max_payload_size: usize,
     /// Origins allowed by CORS; empty: any (`--cors-allowed-origins`).

@@ -1,6 +1,7 @@
 //! Unit tests of layering and validation.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -369,6 +370,32 @@ fn jwt_flags_make_a_verifier_config() {
     }
 }
 
+/// A local tokenizer.json, named or in a model directory; a model id is
+/// refused: the router downloads nothing.
+#[test]
+fn tokenizer_flags_name_a_local_file() {
+    let assets = concat!(env!("CARGO_MANIFEST_DIR"), "/cli/assets/tokenizer");
+    let file = format!("{assets}/tokenizer.json");
+    let named = parse_flags(&["--tokenizer-path", &file]).unwrap();
+    assert_eq!(named.tokenizer, Some(PathBuf::from(&file)));
+    let found = parse_flags(&["--model-path", assets]).unwrap();
+    assert_eq!(
+        found.tokenizer,
+        Some(Path::new(assets).join("tokenizer.json"))
+    );
+    let err = parse_flags(&["--model-path", "meta-llama/Llama-3.1-8B-Instruct"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid --model-path:") && err.contains("downloads nothing"),
+        "{err}"
+    );
+    let err = parse_flags(&["--tokenizer-path", "/no/such/tokenizer.json"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("invalid --tokenizer-path:"), "{err}");
+}
+
 /// What this router does not offer is refused by name, not ignored.
 #[test]
 fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
@@ -384,8 +411,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--redis-url", "redis://r"], false),
         (&["--service-discovery"], true),
         (&["--selector", "app=sglang"], true),
-        (&["--model-path", "/models/llama"], true),
-        (&["--tokenizer-path", "tokenizer.json"], true),
         (&["--tokenizer-cache-enable-l0"], true),
         (&["--enable-trace"], true),
         (&["--otlp-traces-endpoint", "collector:4317"], true),

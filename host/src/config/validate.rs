@@ -2,7 +2,7 @@
 //! help shows and errors that name the flag.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -244,6 +244,7 @@ impl Config {
             admin_keys.push(control_plane_key(entry)?);
         }
         let jwt = jwt_config(&s)?;
+        let tokenizer = tokenizer_file(&s)?;
         let call_deadline = s.policy_call_deadline_ms;
         if call_deadline == Some(0) {
             return Err(invalid("--policy-call-deadline-ms", "must be above 0"));
@@ -353,6 +354,7 @@ impl Config {
             api_key,
             admin_keys,
             jwt,
+            tokenizer,
             audit_admin: s.control_plane_audit_enabled,
             allow_remote_admin: s.allow_remote_admin,
             prometheus: SocketAddr::new(
@@ -398,6 +400,28 @@ fn control_plane_key(entry: &str) -> Result<AdminKey, ConfigError> {
         admin,
         key: key.into(),
     })
+}
+
+/// The tokenizer.json named by `--tokenizer-path`, or found in the
+/// `--model-path` directory; a model id is refused, as nothing is
+/// downloaded.
+fn tokenizer_file(s: &RouterArgs) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(path) = &s.tokenizer_path {
+        return readable("--tokenizer-path", PathBuf::from(path)).map(Some);
+    }
+    let Some(model) = &s.model_path else {
+        return Ok(None);
+    };
+    let dir = Path::new(model);
+    if !dir.is_dir() {
+        return Err(invalid(
+            "--model-path",
+            format!(
+                "{model:?} is not a local directory: the router downloads nothing; give a directory holding tokenizer.json, or --tokenizer-path FILE"
+            ),
+        ));
+    }
+    readable("--model-path", dir.join("tokenizer.json")).map(Some)
 }
 
 /// `--jwt-issuer` and `--jwt-audience` (both or neither), with the JWKS URL

@@ -30,6 +30,7 @@ use crate::{admin, extract, metrics as m};
 
 mod models;
 mod start;
+mod tokenize;
 
 pub use start::{Running, start};
 
@@ -50,6 +51,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(|s, r| inference(s, Route::Embeddings, r)),
         )
         .route("/v1/models", get(models::models))
+        .route("/v1/tokenize", post(tokenize::tokenize))
+        .route("/v1/detokenize", post(tokenize::detokenize))
         .route("/get_server_info", get(to_one_worker))
         .route("/get_model_info", get(to_one_worker))
         .route("/health_generate", any(to_one_worker))

@@ -20,3 +20,4 @@ mod sim;
 mod soak;
 mod timeouts;
 mod tls;
+mod tokenize;
