@@ -285,13 +285,17 @@ fn refusal(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-/// Who a token speaks for, for the audit log: its subject, else its email.
+/// Who a token speaks for, for the audit log: its subject, else its email,
+/// without control characters (one log line stays one line).
 fn subject(claims: &Map<String, Value>) -> String {
     let id = ["sub", "email"]
         .iter()
         .find_map(|name| claims.get(*name).and_then(Value::as_str))
         .unwrap_or("jwt");
-    id.chars().take(MAX_PRINCIPAL).collect()
+    id.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_PRINCIPAL)
+        .collect()
 }
 
 #[cfg(test)]

@@ -140,6 +140,13 @@ async fn a_valid_token_names_its_subject_and_role() {
     let idp = issuer(vec![ec.jwk.clone(), rsa.jwk.clone()]).await;
     let v = verifier(&idp, &[]);
     v.refresh().await.unwrap();
+    let mut c = claims();
+    c["sub"] = json!("mallory\n2026-12-02 INFO control_plane_audit principal=root");
+    let principal = v.verify(&sign(&ec, &c)).await.unwrap();
+    assert_eq!(
+        principal.id, "mallory2026-12-02 INFO control_plane_audit principal=root",
+        "one audit line stays one line"
+    );
     for signer in [&ec, &rsa] {
         let principal = v.verify(&sign(signer, &claims())).await.unwrap();
         assert_eq!(
