@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -201,6 +201,11 @@ impl Verifier {
                 }
             }
         };
+        if key.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            return Err(TokenError::Invalid(
+                "the key it names is the issuer's encryption key, not a signing key".into(),
+            ));
+        }
         if let Some(declared) = key.common.key_algorithm
             && Algorithm::try_from(declared).ok() != Some(alg)
         {

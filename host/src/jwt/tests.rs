@@ -211,6 +211,18 @@ async fn tokens_are_refused_for_each_reason() {
         assert_eq!(v.verify(&token).await.map(|p| p.role), expected, "{case}");
     }
 
+    // A key the issuer publishes for encryption signs nothing.
+    let (enc, _) = ec_signer("enc-1");
+    let mut enc_jwk = enc.jwk.clone();
+    enc_jwk["use"] = json!("enc");
+    idp.keys.lock().unwrap().push(enc_jwk);
+    v.refresh().await.unwrap();
+    assert_eq!(
+        v.verify(&sign(&enc, &claims())).await.map(|p| p.role),
+        invalid("the key it names is the issuer's encryption key, not a signing key"),
+        "an encryption key"
+    );
+
     // `alg: none`, with a valid token's claims and no signature.
     let valid = sign(&ec, &claims());
     let payload = valid.split('.').nth(1).unwrap();

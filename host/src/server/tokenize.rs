@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::errors::ApiError;
 use crate::state::AppState;
@@ -49,16 +50,20 @@ fn loaded(s: &AppState) -> Result<&Tokenizer, ApiError> {
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+/// The request's JSON, read as the inference routes read theirs: within
+/// `--max-payload-size` and the request's time.
+async fn parse<T: serde::de::DeserializeOwned>(s: &AppState, req: Request) -> Result<T, ApiError> {
+    let deadline = Instant::now() + s.config.request_timeout;
+    let body = super::read_body(s, req.into_body(), deadline).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 pub(super) async fn tokenize(
     State(s): State<Arc<AppState>>,
-    body: axum::body::Bytes,
+    req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let tokenizer = loaded(&s)?;
-    let request: TokenizeRequest = parse(&body)?;
+    let request: TokenizeRequest = parse(&s, req).await?;
     let one = |text: &str| {
         tokenizer
             .encode(text, request.add_special_tokens)
@@ -86,10 +91,10 @@ pub(super) async fn tokenize(
 
 pub(super) async fn detokenize(
     State(s): State<Arc<AppState>>,
-    body: axum::body::Bytes,
+    req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let tokenizer = loaded(&s)?;
-    let request: DetokenizeRequest = parse(&body)?;
+    let request: DetokenizeRequest = parse(&s, req).await?;
     let one = |ids: &[u32]| {
         tokenizer
             .decode(ids, request.skip_special_tokens)

@@ -23,6 +23,7 @@ async fn tokenize_and_detokenize_with_the_loaded_tokenizer() {
     let worker = MockWorker::start("w1", "m").await;
     let r = router(wasm_router::config::RouterArgs {
         tokenizer_path: Some(TOKENIZER.into()),
+        max_payload_size: Some(2 << 20),
         ..args(&[&worker])
     })
     .await;
@@ -49,6 +50,10 @@ async fn tokenize_and_detokenize_with_the_loaded_tokenizer() {
     let (status, body) = post_json(&r, "/v1/tokenize", json!({"text": TEXT})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    let huge = "x".repeat(3 << 20);
+    let (status, body) = post_json(&r, "/v1/tokenize", json!({"prompt": huge})).await;
+    assert_eq!(status, 413, "over --max-payload-size: {body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
     assert_eq!(worker.hits(), 0, "the router answers these itself");
 }
 
