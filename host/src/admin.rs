@@ -148,7 +148,12 @@ async fn require_admin(
     let (principal, allowed) = match (&s.jwt, presented) {
         (Some(verifier), Some(token)) if jwt::looks_like_jwt(token) => {
             match verifier.verify(token).await {
-                Ok(principal) => {
+                Ok(verified) => {
+                    let principal = Principal {
+                        id: verified.subject,
+                        auth_method: "jwt",
+                        role: if verified.admin { "admin" } else { "user" },
+                    };
                     let allowed = admits(&principal);
                     (principal, allowed)
                 }

@@ -19,7 +19,6 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::admin::Principal;
 use crate::config::JwtConfig;
 
 /// How often the keys are fetched again without being asked.
@@ -67,6 +66,15 @@ pub enum TokenError {
     /// The signature, or a claim, does not hold.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Its subject (else its email), for the audit log.
+    pub subject: String,
+    /// Whether a role in it maps to admin.
+    pub admin: bool,
 }
 
 /// Verifies bearer tokens against the issuer's keys.
@@ -178,7 +186,7 @@ impl Verifier {
 
     /// Verify `token` and say who it is: its subject, with the role its
     /// claims map to.
-    pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let alg = header.alg;
@@ -223,14 +231,9 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &decoding, &validation)
             .map_err(|e| TokenError::Invalid(refusal(&e)))?
             .claims;
-        Ok(Principal {
-            id: subject(&claims),
-            auth_method: "jwt",
-            role: if self.is_admin(&claims) {
-                "admin"
-            } else {
-                "user"
-            },
+        Ok(Verified {
+            subject: subject(&claims),
+            admin: self.is_admin(&claims),
         })
     }
 

@@ -144,17 +144,16 @@ async fn a_valid_token_names_its_subject_and_role() {
     c["sub"] = json!("mallory\n2026-12-02 INFO control_plane_audit principal=root");
     let principal = v.verify(&sign(&ec, &c)).await.unwrap();
     assert_eq!(
-        principal.id, "mallory2026-12-02 INFO control_plane_audit principal=root",
+        principal.subject, "mallory2026-12-02 INFO control_plane_audit principal=root",
         "one audit line stays one line"
     );
     for signer in [&ec, &rsa] {
         let principal = v.verify(&sign(signer, &claims())).await.unwrap();
         assert_eq!(
             principal,
-            Principal {
-                id: "ops@example.com".into(),
-                auth_method: "jwt",
-                role: "admin"
+            Verified {
+                subject: "ops@example.com".into(),
+                admin: true
             }
         );
     }
@@ -208,7 +207,7 @@ async fn tokens_are_refused_for_each_reason() {
         ),
     ];
     for (case, token, expected) in cases {
-        assert_eq!(v.verify(&token).await.map(|p| p.role), expected, "{case}");
+        assert_eq!(v.verify(&token).await.map(|p| p.admin), expected, "{case}");
     }
 
     // A key the issuer publishes for encryption signs nothing.
@@ -218,7 +217,7 @@ async fn tokens_are_refused_for_each_reason() {
     idp.keys.lock().unwrap().push(enc_jwk);
     v.refresh().await.unwrap();
     assert_eq!(
-        v.verify(&sign(&enc, &claims())).await.map(|p| p.role),
+        v.verify(&sign(&enc, &claims())).await.map(|p| p.admin),
         invalid("the key it names is the issuer's encryption key, not a signing key"),
         "an encryption key"
     );
@@ -278,13 +277,13 @@ async fn a_rotated_in_key_is_fetched_when_first_seen() {
     let (new, _) = ec_signer("new");
     idp.keys.lock().unwrap().push(new.jwk.clone());
     assert_eq!(
-        v.verify(&sign(&new, &claims())).await.map(|p| p.role),
-        Ok("admin")
+        v.verify(&sign(&new, &claims())).await.map(|p| p.admin),
+        Ok(true)
     );
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
     assert_eq!(
-        v.verify(&sign(&old, &claims())).await.map(|p| p.role),
-        Ok("admin")
+        v.verify(&sign(&old, &claims())).await.map(|p| p.admin),
+        Ok(true)
     );
 }
 
@@ -295,12 +294,12 @@ async fn roles_map_and_default_to_user() {
     let v = verifier(&idp, &[("Gateway.Admin", true), ("admin", false)]);
     v.refresh().await.unwrap();
     let cases = [
-        (json!({"roles": ["Gateway.Admin"]}), "admin"),
-        (json!({"groups": "Gateway.Admin"}), "admin"),
+        (json!({"roles": ["Gateway.Admin"]}), true),
+        (json!({"groups": "Gateway.Admin"}), true),
         // Mapped to user, so not the admin it spells.
-        (json!({"roles": ["admin"]}), "user"),
-        (json!({"role": "reader"}), "user"),
-        (json!({}), "user"),
+        (json!({"roles": ["admin"]}), false),
+        (json!({"role": "reader"}), false),
+        (json!({}), false),
     ];
     for (roles, expected) in cases {
         let mut c = claims();
@@ -309,7 +308,7 @@ async fn roles_map_and_default_to_user() {
             .unwrap()
             .extend(roles.as_object().unwrap().clone());
         assert_eq!(
-            v.verify(&sign(&ec, &c)).await.map(|p| p.role),
+            v.verify(&sign(&ec, &c)).await.map(|p| p.admin),
             Ok(expected),
             "{roles}"
         );
@@ -334,7 +333,7 @@ async fn keys_are_discovered_from_the_issuer() {
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
     let mut c = claims();
     c["iss"] = json!(format!("{}/", idp.base));
-    assert_eq!(v.verify(&sign(&ec, &c)).await.map(|p| p.role), Ok("admin"));
+    assert_eq!(v.verify(&sign(&ec, &c)).await.map(|p| p.admin), Ok(true));
 }
 
 /// An issuer that cannot be reached: the client is told the keys are not
