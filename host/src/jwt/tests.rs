@@ -73,15 +73,10 @@ fn sign(signer: &Signer, claims: &Value) -> String {
 }
 
 /// An identity provider on loopback: its discovery document and its keys,
-/// which a test may change, and how often the keys were fetched.
-struct Issuer {
-    base: String,
-    keys: Arc<Mutex<Vec<Value>>>,
-    fetches: Arc<AtomicUsize>,
-}
-
+/// which a test may change, and how often the keys were fetched (also the
+/// state its routes serve from).
 #[derive(Clone)]
-struct Served {
+struct Issuer {
     base: String,
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
@@ -90,44 +85,51 @@ struct Served {
 async fn issuer(keys: Vec<Value>) -> Issuer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let served = Served {
-        base: base.clone(),
+    let served = Issuer {
+        base,
         keys: Arc::new(Mutex::new(keys)),
         fetches: Arc::new(AtomicUsize::new(0)),
     };
     let app = axum::Router::new()
         .route(
             "/.well-known/openid-configuration",
-            get(|State(s): State<Served>| async move {
+            get(|State(s): State<Issuer>| async move {
                 Json(json!({"issuer": ISSUER, "jwks_uri": format!("{}/keys", s.base)}))
             }),
         )
         .route(
             "/keys",
-            get(|State(s): State<Served>| async move {
+            get(|State(s): State<Issuer>| async move {
                 s.fetches.fetch_add(1, Ordering::SeqCst);
                 Json(json!({"keys": *s.keys.lock().unwrap()}))
             }),
         )
         .with_state(served.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Issuer {
-        base,
-        keys: served.keys,
-        fetches: served.fetches,
+    served
+}
+
+/// Settings for tokens from [`ISSUER`] for [`AUDIENCE`], keys at `jwks_uri`.
+fn config(jwks_uri: Option<String>) -> JwtConfig {
+    JwtConfig {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_uri,
+        role_mapping: Vec::new(),
     }
 }
 
+/// A verifier of the loopback issuer's keys, with this role mapping.
 fn verifier(issuer: &Issuer, role_mapping: &[(&str, bool)]) -> Verifier {
+    let role_mapping = role_mapping
+        .iter()
+        .map(|(from, admin)| ((*from).to_owned(), *admin))
+        .collect();
+    let jwks_uri = Some(format!("{}/keys", issuer.base));
     Verifier::new(
         JwtConfig {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            jwks_uri: Some(format!("{}/keys", issuer.base)),
-            role_mapping: role_mapping
-                .iter()
-                .map(|(from, admin)| ((*from).to_owned(), *admin))
-                .collect(),
+            role_mapping,
+            ..config(jwks_uri)
         },
         crate::client::client(),
     )
@@ -320,12 +322,11 @@ async fn roles_map_and_default_to_user() {
 async fn keys_are_discovered_from_the_issuer() {
     let (ec, _) = ec_signer("ec-1");
     let idp = issuer(vec![ec.jwk.clone()]).await;
+    let issuer = format!("{}/", idp.base);
     let v = Verifier::new(
         JwtConfig {
-            issuer: format!("{}/", idp.base),
-            audience: AUDIENCE.into(),
-            jwks_uri: None,
-            role_mapping: Vec::new(),
+            issuer,
+            ..config(None)
         },
         crate::client::client(),
     );
@@ -342,15 +343,8 @@ async fn keys_are_discovered_from_the_issuer() {
 async fn an_unreachable_issuer_says_so() {
     let (ec, _) = ec_signer("ec-1");
     let idp = issuer(Vec::new()).await;
-    let v = Verifier::new(
-        JwtConfig {
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            jwks_uri: Some(format!("{}/nowhere", idp.base)),
-            role_mapping: Vec::new(),
-        },
-        crate::client::client(),
-    );
+    let nowhere = Some(format!("{}/nowhere", idp.base));
+    let v = Verifier::new(config(nowhere), crate::client::client());
     assert!(v.refresh().await.is_err());
     assert!(matches!(
         v.verify(&sign(&ec, &claims())).await,
