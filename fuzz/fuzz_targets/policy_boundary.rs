@@ -38,9 +38,11 @@ fuzz_target!(|data: &[u8]| {
     let (table, text) = rest.split_at(count * 8);
     let candidates: Vec<Candidate> = table
         .chunks_exact(8)
-        .map(|c| Candidate {
-            id: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-            load: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        .map(|c| {
+            Candidate::idle(
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            )
         })
         .collect();
     let text = String::from_utf8_lossy(text);
@@ -50,6 +52,8 @@ fuzz_target!(|data: &[u8]| {
         model: "",
         text: &text,
         routing_key: Some("echo"),
+        stream: false,
+        max_new_tokens: None,
     };
     match policy().select(&req, &candidates) {
         Ok(decision) => assert!(

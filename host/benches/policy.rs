@@ -62,14 +62,8 @@ fn wasm(engine: &PolicyEngine, name: &'static str) -> WasmPolicy {
         .expect("built-in loads")
 }
 
-fn sdk_request(text: &str) -> wasm_router_policy::Request {
-    wasm_router_policy::Request {
-        id: 0,
-        route: wasm_router_policy::Route::Generate,
-        model: String::new(),
-        text: text.to_string(),
-        routing_key: None,
-    }
+fn sdk_request(text: &str) -> wasm_router_policy::Request<'static> {
+    wasm_router_policy::Request::new(text, None)
 }
 
 fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
@@ -78,14 +72,11 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
         let native_requests: Vec<_> = texts.iter().map(|t| sdk_request(t)).collect();
         for n in CANDIDATES {
             let host_cands: Vec<policy::Candidate> = (0..n as u32)
-                .map(|id| policy::Candidate { id, load: id % 3 })
+                .map(|id| policy::Candidate::idle(id, id % 3))
                 .collect();
             let sdk_cands: Vec<wasm_router_policy::Candidate> = host_cands
                 .iter()
-                .map(|c| wasm_router_policy::Candidate {
-                    id: c.id,
-                    load: c.load,
-                })
+                .map(|c| wasm_router_policy::Candidate::idle(c.id, c.load))
                 .collect();
             let case = format!("{n}cands/{label}");
             for name in ["round_robin", "cache_aware"] {
@@ -122,6 +113,8 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
                             model: "",
                             text: text_of(i),
                             routing_key: None,
+                            stream: false,
+                            max_new_tokens: None,
                         };
                         black_box(p.select(&req, &host_cands).unwrap().worker)
                     })
@@ -149,7 +142,7 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
     }
     let keys: Vec<String> = (0..1000).map(|i| format!("session-{i}")).collect();
     let candidates: Vec<policy::Candidate> = (0..8)
-        .map(|id| policy::Candidate { id, load: id % 3 })
+        .map(|id| policy::Candidate::idle(id, id % 3))
         .collect();
     let mut group = c.benchmark_group("select/session_affinity");
     group
@@ -173,6 +166,8 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
                     model: "",
                     text: "",
                     routing_key: Some(&keys[i]),
+                    stream: false,
+                    max_new_tokens: None,
                 };
                 black_box(p.select(&req, &candidates).unwrap().worker)
             })
@@ -185,7 +180,7 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
 /// unique text (the worst case, nothing shared) and the shared-prefix mix.
 fn memory_per_million_chars(engine: &PolicyEngine) {
     let candidates: Vec<policy::Candidate> =
-        (0..8).map(|id| policy::Candidate { id, load: 0 }).collect();
+        (0..8).map(|id| policy::Candidate::idle(id, 0)).collect();
     let mut words = Words(42);
     let unique: Vec<String> = (0..4000).map(|_| words.text(1000)).collect();
     let shared = prompts(1000);
@@ -208,6 +203,8 @@ fn memory_per_million_chars(engine: &PolicyEngine) {
                 model: "",
                 text: &text,
                 routing_key: None,
+                stream: false,
+                max_new_tokens: None,
             };
             p.select(&req, &candidates).unwrap();
             i += 1;

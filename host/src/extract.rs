@@ -30,6 +30,24 @@ pub struct Peek<'a> {
     stream: Option<&'a RawValue>,
     #[serde(default, borrow)]
     return_logprob: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    sampling_params: Option<&'a RawValue>,
+}
+
+/// `sampling_params` of `/generate`, as far as the router reads it.
+#[derive(Deserialize)]
+struct SamplingParams<'a> {
+    #[serde(default, borrow)]
+    max_new_tokens: Option<&'a RawValue>,
+}
+
+/// A raw JSON value as a token count, if it is one.
+fn count(raw: Option<&RawValue>) -> Option<u32> {
+    raw.and_then(|r| r.get().parse().ok())
 }
 
 /// Parse the body: it must be one JSON object.
@@ -48,6 +66,19 @@ impl Peek<'_> {
     /// Whether the client asked for a stream (`"stream": true`).
     pub fn streams(&self) -> bool {
         self.stream.is_some_and(|raw| raw.get() == "true")
+    }
+
+    /// The most tokens the client asked to be generated: `max_tokens`,
+    /// `max_completion_tokens` or `sampling_params.max_new_tokens`, the first
+    /// given as a whole number. Anything else is the worker's to judge.
+    pub fn max_new_tokens(&self) -> Option<u32> {
+        count(self.max_tokens)
+            .or_else(|| count(self.max_completion_tokens))
+            .or_else(|| {
+                let params: SamplingParams<'_> =
+                    serde_json::from_str(self.sampling_params?.get()).ok()?;
+                count(params.max_new_tokens)
+            })
     }
 
     /// Whether the client asked for logprobs (`"return_logprob": true`).

@@ -30,6 +30,8 @@ pub const POLICY_DECISION: &str = "wasm_router_policy_decision_seconds";
 pub const POLICY_RELOADS: &str = "wasm_router_policy_reloads_total";
 /// Policy faults answered by the fallback, by policy and kind.
 pub const POLICY_FAULTS: &str = "wasm_router_policy_faults_total";
+/// Policy log lines held back by the rate limit, by policy.
+pub const POLICY_LOG_SUPPRESSED: &str = "wasm_router_policy_log_lines_suppressed_total";
 /// Responses cut off mid-body by a timeout, by reason (deadline, idle).
 pub const RESPONSES_CUT_OFF: &str = "wasm_router_responses_cut_off_total";
 

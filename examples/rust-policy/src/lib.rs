@@ -98,9 +98,9 @@ impl Policy for SessionAffinity {
         Ok((policy, PolicyInfo::new("session_affinity")))
     }
 
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         let fallback = least_loaded(candidates).ok_or("no candidates")?;
-        let Some(key) = req.routing_key.as_deref() else {
+        let Some(key) = req.routing_key() else {
             return Ok(fallback);
         };
         let bound = self.load_bound(candidates);
@@ -153,12 +153,14 @@ mod tests {
     use super::*;
     use wasm_router_policy::Role;
 
-    fn req(key: Option<&str>) -> Request {
+    fn req(key: Option<&str>) -> Request<'static> {
         Request::new("", key)
     }
 
     fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {
-        l.iter().map(|&(id, load)| Candidate { id, load }).collect()
+        l.iter()
+            .map(|&(id, load)| Candidate::idle(id, load))
+            .collect()
     }
 
     fn policy() -> SessionAffinity {

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    CONTRACT_VERSION, Candidate, Limits, LoadError, Policy, PolicyEngine, PolicySource, Route,
-    RouteRequest, SelectError, WasmPolicy,
+    Candidate, Limits, LoadError, Policy, PolicyEngine, PolicySource, Route, RouteRequest,
+    SelectError, WasmPolicy,
 };
 
 /// Why a policy failed its check.
@@ -45,8 +45,10 @@ pub fn check(
         model: "",
         text: "router policy check: a test prompt",
         routing_key: None,
+        stream: false,
+        max_new_tokens: None,
     };
-    let candidates = [Candidate { id: 0, load: 0 }, Candidate { id: 1, load: 0 }];
+    let candidates = [Candidate::idle(0, 0), Candidate::idle(1, 0)];
     let select_failed = |reason: String| CheckError::Select {
         name: label.clone(),
         reason,
@@ -64,10 +66,11 @@ pub fn check(
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     let mut out = String::new();
     let _ok = writeln!(out, "ok: {label}")
-        .and_then(|_| writeln!(out, "  contract:       {CONTRACT_VERSION}"))
+        .and_then(|_| writeln!(out, "  contract:       {}", policy.contract()))
         .and_then(|_| writeln!(out, "  name:           {}", info.name))
         .and_then(|_| writeln!(out, "  needs text:     {}", yes_no(info.needs_text)))
         .and_then(|_| writeln!(out, "  wants feedback: {}", yes_no(info.wants_feedback)))
+        .and_then(|_| writeln!(out, "  instances:      {}", info.instances.label()))
         .and_then(|_| match info.tick_interval {
             Some(every) => writeln!(out, "  tick every:     {every:?}"),
             None => writeln!(out, "  tick every:     never"),

@@ -1,12 +1,12 @@
 //! `router policy componentize`: wrap a core module that follows the
-//! canonical ABI of `wit/policy.wit` (as the AssemblyScript glue in
+//! canonical ABI of `wit/0.1.0/policy.wit` (as the AssemblyScript glue in
 //! `policies/sdk-assemblyscript` does) into a component the router loads.
 //!
 //! Three steps, all in-process with the wasm-tools crates:
 //! 1. Rename exports spelled with `_` where the contract uses `-`
 //!    (`contract_version` -> `contract-version`, `cabi_post_on_complete` ->
 //!    `cabi_post_on-complete`): AssemblyScript cannot export a `-`.
-//! 2. Embed the contract (`wit/policy.wit`, compiled into the router) with
+//! 2. Embed the contract (`wit/0.1.0/policy.wit`, compiled into the router) with
 //!    UTF-16 strings, the native string encoding of AssemblyScript.
 //! 3. Encode the component (`wasm-tools component new`, as a library).
 
@@ -17,8 +17,8 @@ use wasmparser::{Encoding, ExternalKind, Parser, Payload};
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::Resolve;
 
-/// The contract, as the router was built with it.
-const CONTRACT_WIT: &str = include_str!("../../../wit/policy.wit");
+/// Contract 0.1.0, the version the AssemblyScript glue follows.
+const CONTRACT_WIT: &str = include_str!("../../../wit/0.1.0/policy.wit");
 
 /// Why a core module could not be made a component.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum ComponentizeError {
     Invalid(String),
     /// The module does not match the contract.
     #[error(
-        "the module does not implement wit/policy.wit: {0:#}; export the functions of the contract (AssemblyScript: re-export \"wasm-router-policy/assembly/exports\")"
+        "the module does not implement policy contract 0.1.0 (wit/0.1.0/policy.wit): {0:#}; export the functions of the contract (AssemblyScript: re-export \"wasm-router-policy/assembly/exports\")"
     )]
     Contract(anyhow::Error),
 }

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, OptLevel};
 
+use super::imports::{HostShelf, PolicyHost};
+
 /// How often the epoch advances. Deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -72,6 +74,9 @@ impl Limits {
 pub struct PolicyEngine {
     engine: Engine,
     cache_dir: Option<Arc<Path>>,
+    /// What the host keeps for each policy (`state`, metrics, log limits):
+    /// as long-lived as the engine, so reloads and rebuilt instances find it.
+    shelf: Arc<HostShelf>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -97,6 +102,7 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             engine,
             cache_dir: cache_dir.map(Arc::from),
+            shelf: Arc::default(),
         })
     }
 
@@ -112,6 +118,12 @@ impl PolicyEngine {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// What the host keeps for the policy with key `key`
+    /// ([`super::imports::policy_key`]).
+    pub fn host(&self, key: &str) -> Arc<PolicyHost> {
+        self.shelf.get(key)
     }
 
     /// Compile a component, or load its compiled form from the cache. The

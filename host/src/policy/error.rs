@@ -35,7 +35,7 @@ pub enum LoadError {
     },
     /// It lacks the exports every policy has.
     #[error(
-        "{name} is not a wasm-router policy: it does not export `contract-version` (exports: {exports}); build it with the policy SDK against wit/policy.wit"
+        "{name} is not a wasm-router policy: it exports neither the interface `wasm-router:policy/policy` nor `contract-version` (exports: {exports}); build it with the policy SDK against wit/policy.wit"
     )]
     NotAPolicy {
         /// The policy.
@@ -45,7 +45,7 @@ pub enum LoadError {
     },
     /// It imports something the sandbox does not give.
     #[error(
-        "{name} imports what the sandbox does not provide: {reason}; policies may import only WASI"
+        "{name} imports what the sandbox does not provide: {reason}; policies may import only WASI and the contract's own interfaces (wit/policy.wit)"
     )]
     Imports {
         /// The policy.
@@ -55,15 +55,13 @@ pub enum LoadError {
     },
     /// Built against another version of the contract.
     #[error(
-        "{name} was built for policy contract {found}, this router speaks {expected}: rebuild it against wit/policy.wit"
+        "{name} was built for policy contract {found}, this router speaks {}: rebuild it against wit/policy.wit", super::CONTRACT_VERSIONS.join(" and ")
     )]
     ContractVersion {
         /// The policy.
         name: String,
         /// What it declared.
         found: String,
-        /// What we speak.
-        expected: &'static str,
     },
     /// Declares our version but its exports do not match it.
     #[error("{name} says it speaks contract {version} but its exports do not match: {reason}")]
@@ -71,7 +69,7 @@ pub enum LoadError {
         /// The policy.
         name: String,
         /// The version it claims.
-        version: &'static str,
+        version: String,
         /// wasmtime's message.
         reason: String,
     },

@@ -1,55 +1,138 @@
-//! One instance of a policy component: its store in the sandbox, how it
-//! starts (instantiate, `init`), and how its failures are named.
+//! One instance of a policy component: which contract it speaks, its store
+//! in the sandbox, how it starts (instantiate, `init`), its calls through
+//! either contract's bindings, and how its failures are named.
 
 use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::{Bindings, BindingsPre};
+use super::bindings::{v1, v2};
 use super::engine::{Limits, PolicyEngine};
+use super::imports::PolicyHost;
 use super::sandbox::{MemoryLimitHit, StoreState};
 use super::wasm::MAX_POLICY_MESSAGE;
-use super::{CONTRACT_VERSION, LoadError, PolicyFault, PolicyInfo};
+use super::{Candidate, LoadError, Outcome, PolicyFault, PolicyInfo, RouteRequest, WorkerInfo};
+
+/// The export that names a 0.2 policy (`0.2.0` is its contract version).
+const V2_EXPORT: &str = "wasm-router:policy/policy@";
+
+/// A component, pre-linked against the contract it speaks.
+#[derive(Clone)]
+pub(super) enum Pre {
+    /// `wit/0.1.0/policy.wit`.
+    V1(v1::PolicyPre<StoreState>),
+    /// `wit/policy.wit`.
+    V2(v2::RoutingPolicyPre<StoreState>),
+}
+
+impl Pre {
+    /// Tell which contract `component` speaks from its exports, check the
+    /// version it declares, and pre-link it.
+    pub(super) fn new(
+        engine: &PolicyEngine,
+        component: &Component,
+        pre: InstancePre<StoreState>,
+        host: &std::sync::Arc<PolicyHost>,
+        name: &str,
+        limits: Limits,
+    ) -> Result<Pre, LoadError> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine.engine())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports_mismatch = |version: &str, e: wasmtime::Error| LoadError::Exports {
+            name: name.to_string(),
+            version: version.to_string(),
+            reason: format!("{e:#}"),
+        };
+        if let Some(version) = exports.iter().find_map(|n| n.strip_prefix(V2_EXPORT)) {
+            if version != "0.2.0" {
+                return Err(LoadError::ContractVersion {
+                    name: name.to_string(),
+                    found: version.to_string(),
+                });
+            }
+            let pre = v2::RoutingPolicyPre::new(pre).map_err(|e| exports_mismatch(version, e))?;
+            let mut store = new_store(engine, name, limits, host);
+            store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+            let instance = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
+            let found = guarded(|| {
+                instance
+                    .wasm_router_policy_policy()
+                    .call_contract_version(&mut store)
+            })
+            .map_err(start_fault(name))?;
+            return match found.as_str() {
+                "0.2.0" => Ok(Pre::V2(pre)),
+                _ => Err(LoadError::ContractVersion {
+                    name: name.to_string(),
+                    found,
+                }),
+            };
+        }
+        if !exports.iter().any(|n| n == "contract-version") {
+            return Err(LoadError::NotAPolicy {
+                name: name.to_string(),
+                exports: exports.join(", "),
+            });
+        }
+        // Call `contract-version` before the typed bindings, which would
+        // fail with a less helpful type error for another version.
+        let mut store = new_store(engine, name, limits, host);
+        store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+        let instance = pre.instantiate(&mut store).map_err(start_fault(name))?;
+        let func = instance
+            .get_typed_func::<(), (String,)>(&mut store, "contract-version")
+            .map_err(|e| exports_mismatch("0.1.0", e))?;
+        let (found,) = func.call(&mut store, ()).map_err(start_fault(name))?;
+        if found != "0.1.0" {
+            return Err(LoadError::ContractVersion {
+                name: name.to_string(),
+                found,
+            });
+        }
+        let pre = v1::PolicyPre::new(pre).map_err(|e| exports_mismatch("0.1.0", e))?;
+        Ok(Pre::V1(pre))
+    }
+
+    /// The contract version it speaks.
+    pub(super) fn version(&self) -> &'static str {
+        match self {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        }
+    }
+}
+
+fn start_fault(name: &str) -> impl Fn(wasmtime::Error) -> LoadError + '_ {
+    move |e| LoadError::StartFault {
+        name: name.to_string(),
+        fault: classify(&e),
+    }
+}
+
+/// An instance's exports, through its contract's bindings.
+enum Exports {
+    V1(v1::Policy),
+    V2(v2::RoutingPolicy),
+}
 
 /// A running instance.
 pub(super) struct Live {
     pub(super) store: Store<StoreState>,
-    pub(super) policy: Bindings,
+    exports: Exports,
 }
 
-/// Call `contract-version` on a throwaway instance, before the typed
-/// bindings (which would fail with a less helpful type error) are built.
-pub(super) fn check_contract_version(
+pub(super) fn new_store(
     engine: &PolicyEngine,
-    pre: &wasmtime::component::InstancePre<StoreState>,
     name: &str,
     limits: Limits,
-) -> Result<(), LoadError> {
-    let mut store = new_store(engine, name, limits);
-    store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
-    let start_fault = |e: wasmtime::Error| LoadError::StartFault {
-        name: name.to_string(),
-        fault: classify(&e),
-    };
-    let instance = pre.instantiate(&mut store).map_err(start_fault)?;
-    let func = instance
-        .get_typed_func::<(), (String,)>(&mut store, "contract-version")
-        .map_err(|e| LoadError::Exports {
-            name: name.to_string(),
-            version: CONTRACT_VERSION,
-            reason: format!("contract-version: {e:#}"),
-        })?;
-    let (found,) = func.call(&mut store, ()).map_err(start_fault)?;
-    if found != CONTRACT_VERSION {
-        return Err(LoadError::ContractVersion {
-            name: name.to_string(),
-            found,
-            expected: CONTRACT_VERSION,
-        });
-    }
-    Ok(())
-}
-
-pub(super) fn new_store(engine: &PolicyEngine, name: &str, limits: Limits) -> Store<StoreState> {
-    let mut store = Store::new(engine.engine(), StoreState::new(name, limits.memory));
+    host: &std::sync::Arc<PolicyHost>,
+) -> Store<StoreState> {
+    let mut store = Store::new(
+        engine.engine(),
+        StoreState::new(name, limits.memory, host.clone()),
+    );
     store.limiter(|state| &mut state.limits);
     store
 }
@@ -68,26 +151,116 @@ pub(super) fn classify(error: &wasmtime::Error) -> PolicyFault {
 impl Live {
     /// Instantiate and `init`: the start of every instance, first or rebuilt.
     pub(super) fn start(
-        pre: &BindingsPre<StoreState>,
+        pre: &Pre,
         engine: &PolicyEngine,
+        host: &std::sync::Arc<PolicyHost>,
         name: &str,
         config: &str,
         limits: Limits,
     ) -> Result<(Live, PolicyInfo), LoadError> {
-        let mut store = new_store(engine, name, limits);
+        let mut store = new_store(engine, name, limits, host);
         store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
-        let start_fault = |e: wasmtime::Error| LoadError::StartFault {
+        let refused = |message| LoadError::InitRefused {
             name: name.to_string(),
-            fault: classify(&e),
+            message: cap_message(message),
         };
-        let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault)?;
-        let info = guarded(|| policy.call_init(&mut store, config))
-            .map_err(start_fault)?
-            .map_err(|message| LoadError::InitRefused {
-                name: name.to_string(),
-                message: cap_message(message),
-            })?;
-        Ok((Live { store, policy }, info.into()))
+        let (exports, info) = match pre {
+            Pre::V1(pre) => {
+                let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
+                let info = guarded(|| policy.call_init(&mut store, config))
+                    .map_err(start_fault(name))?
+                    .map_err(refused)?;
+                (Exports::V1(policy), info.into())
+            }
+            Pre::V2(pre) => {
+                let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
+                let info = guarded(|| {
+                    policy
+                        .wasm_router_policy_policy()
+                        .call_init(&mut store, config)
+                })
+                .map_err(start_fault(name))?
+                .map_err(refused)?;
+                (Exports::V2(policy), info.into())
+            }
+        };
+        Ok((Live { store, exports }, info))
+    }
+
+    /// Call `workers-changed`.
+    pub(super) fn workers_changed(&mut self, workers: &[WorkerInfo]) -> wasmtime::Result<()> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => {
+                let list: Vec<v1::WorkerInfo> = workers.iter().map(Into::into).collect();
+                p.call_workers_changed(store, &list)
+            }
+            Exports::V2(p) => {
+                let list: Vec<_> = workers.iter().map(Into::into).collect();
+                p.wasm_router_policy_policy()
+                    .call_workers_changed(store, &list)
+            }
+        })
+    }
+
+    /// Call `select`.
+    pub(super) fn select(
+        &mut self,
+        req: &RouteRequest<'_>,
+        candidates: &[Candidate],
+    ) -> wasmtime::Result<Result<u32, String>> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => {
+                let request = v1::Request::from(req);
+                let offered: Vec<v1::Candidate> = candidates.iter().map(Into::into).collect();
+                p.call_select(store, &request, &offered)
+            }
+            Exports::V2(p) => {
+                let request = store.data_mut().host.lend(req);
+                let offered: Vec<_> = candidates.iter().map(Into::into).collect();
+                p.wasm_router_policy_policy()
+                    .call_select(store, request, &offered)
+            }
+        })
+    }
+
+    /// Call `on-complete`.
+    pub(super) fn on_complete(&mut self, outcome: &Outcome) -> wasmtime::Result<()> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => p.call_on_complete(store, outcome.into()),
+            Exports::V2(p) => p
+                .wasm_router_policy_policy()
+                .call_on_complete(store, outcome.into()),
+        })
+    }
+
+    /// Call `tick`.
+    pub(super) fn tick(&mut self, now_ms: u64) -> wasmtime::Result<()> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => p.call_tick(store, now_ms),
+            Exports::V2(p) => p.wasm_router_policy_policy().call_tick(store, now_ms),
+        })
+    }
+
+    /// Call `snapshot`.
+    pub(super) fn snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => p.call_snapshot(store),
+            Exports::V2(p) => p.wasm_router_policy_policy().call_snapshot(store),
+        })
+    }
+
+    /// Call `restore`.
+    pub(super) fn restore(&mut self, state: &[u8]) -> wasmtime::Result<Result<(), String>> {
+        let store = &mut self.store;
+        guarded(|| match &self.exports {
+            Exports::V1(p) => p.call_restore(store, state),
+            Exports::V2(p) => p.wasm_router_policy_policy().call_restore(store, state),
+        })
     }
 }
 

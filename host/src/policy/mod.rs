@@ -4,7 +4,9 @@
 //! a list of [`Candidate`]s and asks a [`Policy`] for a [`Decision`].
 //!
 //! - [`WasmPolicy`] runs a component written against `wit/policy.wit`
-//!   (wasmtime settings live in [`engine`], the sandbox in `sandbox`).
+//!   (contract 0.2.0) or `wit/0.1.0/policy.wit` (wasmtime settings live in
+//!   [`engine`], the sandbox in `sandbox`, what the host gives 0.2 policies
+//!   in `imports`).
 //! - [`componentize`] wraps a core module (AssemblyScript) into a component.
 //! - [`LeastLoad`] is native: the fallback when a component faults, and the
 //!   policy of choice in data-plane tests.
@@ -15,7 +17,9 @@ pub mod check;
 pub mod componentize;
 pub mod engine;
 mod error;
+pub mod imports;
 mod instance;
+mod lent;
 mod native;
 pub mod reload;
 mod sandbox;
@@ -34,9 +38,12 @@ pub use crate::route::Route;
 
 use std::time::Duration;
 
-/// The contract version this router speaks: the package version of
-/// `wit/policy.wit`.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this router's SDK and new policies speak: the
+/// package version of `wit/policy.wit`.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// Every contract version the router loads, newest first.
+pub const CONTRACT_VERSIONS: [&str; 2] = [CONTRACT_VERSION, "0.1.0"];
 
 /// A worker's id as the router assigns it: stable while the worker is
 /// registered, never reused.
@@ -93,16 +100,59 @@ pub struct RouteRequest<'a> {
     pub text: &'a str,
     /// `x-routing-key` (or `x-smg-routing-key`) header.
     pub routing_key: Option<&'a str>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The most tokens the client asked to be generated.
+    pub max_new_tokens: Option<u32>,
 }
 
 /// A worker that may take the request, with its current load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Candidate {
     /// Worker id.
     pub id: WorkerId,
-    /// Requests in flight from this router to it, or the worker's own
-    /// count (`/get_load`, see [`crate::workers::load`]) when that is higher.
+    /// `in_flight`, or the worker's own count (`reported_load`) when that is
+    /// higher.
     pub load: u32,
+    /// Requests in flight from this router to it.
+    pub in_flight: u32,
+    /// The worker's own count of requests at its last `/get_load` (see
+    /// [`crate::workers::load`]).
+    pub reported_load: Option<u32>,
+    /// Of those, the ones waiting in its queue, when it says.
+    pub queued: Option<u32>,
+    /// Its circuit breaker is half-open: it takes trial requests only.
+    pub half_open: bool,
+}
+
+impl Candidate {
+    /// A candidate with `load` requests in flight and nothing else known:
+    /// what tests and the check's test call need.
+    pub fn idle(id: WorkerId, load: u32) -> Self {
+        Candidate {
+            id,
+            load,
+            in_flight: load,
+            ..Candidate::default()
+        }
+    }
+}
+
+/// Why an attempt failed, as policies are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// The worker could not be reached.
+    Connect,
+    /// A router timeout ran out.
+    Timeout,
+    /// The worker answered with an error status.
+    Status,
+    /// The client went away first.
+    ClientAbort,
+    /// The response body broke off.
+    BrokenBody,
+    /// The router called it off (the other half of a PD pair failed).
+    Cancelled,
 }
 
 /// How a request ended, reported to policies that want feedback.
@@ -112,6 +162,12 @@ pub struct Outcome {
     pub request_id: u64,
     /// The worker that served it.
     pub worker: WorkerId,
+    /// 1 for a request's first attempt, 2 for its first retry...
+    pub attempt: u32,
+    /// Why the attempt failed; `None` if it did not.
+    pub error: Option<AttemptError>,
+    /// Send to first body byte, in microseconds; `None` if none came.
+    pub ttft_us: Option<u64>,
     /// HTTP status from the worker; 0 if it could not be reached or gave no
     /// answer; 499 if the client went away before the response's end, 504
     /// if a timeout cut the response off, 502 if its body broke off.
@@ -137,6 +193,29 @@ pub struct PolicyInfo {
     pub wants_feedback: bool,
     /// How often to call [`Policy::tick`]; `None` for never.
     pub tick_interval: Option<Duration>,
+    /// One instance per thread, or one shared.
+    pub instances: Instances,
+}
+
+/// How many instances of a policy run (contract 0.2 lets the policy say;
+/// 0.1 policies are always shared).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Instances {
+    /// One per router thread: the policy keeps no private state.
+    PerThread,
+    /// One for the whole router, called one call at a time.
+    #[default]
+    Shared,
+}
+
+impl Instances {
+    /// Its name in `router policy check` and `GET /policies`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Instances::PerThread => "per-thread",
+            Instances::Shared => "shared",
+        }
+    }
 }
 
 /// A routing decision.

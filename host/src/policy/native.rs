@@ -23,6 +23,7 @@ impl Default for LeastLoad {
                 needs_text: false,
                 wants_feedback: false,
                 tick_interval: None,
+                instances: super::Instances::PerThread,
             },
             turn: AtomicUsize::new(0),
         }
@@ -72,7 +73,7 @@ mod tests {
     use super::*;
 
     fn c(id: u32, load: u32) -> Candidate {
-        Candidate { id, load }
+        Candidate::idle(id, load)
     }
 
     #[test]

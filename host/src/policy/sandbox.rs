@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use wasmtime::component::{Linker, Resource, ResourceTable, ResourceType};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable, ResourceType};
 use wasmtime::{ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::sync::io::streams::StreamError as WitStreamError;
@@ -24,13 +24,20 @@ use wasmtime_wasi::p2::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::imports::{self, PolicyHost};
+
 /// The WASI io package version wasmtime-wasi 48 defines (guests built for
 /// any 0.2.x match it).
 const WASI_IO: &str = "0.2.12";
 
-/// Link WASI for policies: wasmtime-wasi's synchronous WASI, with the
+/// Link what policies may import: contract 0.2's own imports
+/// ([`super::imports`]), and wasmtime-wasi's synchronous WASI with the
 /// blocking stream and poll calls replaced (see the module docs).
 pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    super::bindings::v2::RoutingPolicy::add_to_linker::<StoreState, HasSelf<imports::Host>>(
+        linker,
+        |state| &mut state.host,
+    )?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
 
@@ -105,11 +112,14 @@ pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limits: MemoryLimit,
+    /// Contract 0.2's imports.
+    pub(super) host: imports::Host,
 }
 
 impl StoreState {
-    /// A sandbox for the policy `name` with `memory` bytes of linear memory.
-    pub fn new(name: &str, memory: usize) -> Self {
+    /// A sandbox for the policy `name` with `memory` bytes of linear memory,
+    /// whose imports reach `host`.
+    pub fn new(name: &str, memory: usize, host: Arc<PolicyHost>) -> Self {
         let name: Arc<str> = Arc::from(name);
         // `WasiCtxBuilder` grants nothing unless asked: no preopened
         // directories, no environment or arguments, empty stdin, and every
@@ -125,6 +135,7 @@ impl StoreState {
                 bytes: memory,
                 current: 0,
             },
+            host: imports::Host::new(host),
         }
     }
 }

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use wasmtime::component::Linker;
 
-use super::bindings::{self, BindingsPre};
 use super::engine::{Limits, PolicyEngine, sha256_hex};
-use super::instance::{Live, cap_message, check_contract_version, classify, guarded};
+use super::imports::{PolicyHost, policy_key};
+use super::instance::{Live, Pre, cap_message, classify};
 use super::sandbox::{self, StoreState};
 use super::source::{PolicySource, check_header};
 use super::{
-    CONTRACT_VERSION, Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault,
-    PolicyInfo, RouteRequest, SelectError, WorkerInfo,
+    Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault, PolicyInfo,
+    RouteRequest, SelectError, WorkerInfo,
 };
 
 /// Wait before rebuilding after the second consecutive fault; doubles with
@@ -50,7 +50,8 @@ impl std::fmt::Debug for WasmPolicy {
 
 struct Shared {
     engine: PolicyEngine,
-    pre: BindingsPre<StoreState>,
+    pre: Pre,
+    host: Arc<PolicyHost>,
     source: PolicySource,
     sha256: String,
     config: String,
@@ -100,37 +101,23 @@ impl WasmPolicy {
             name: name.clone(),
             reason: format!("{e:#}"),
         })?;
-        let exports: Vec<String> = component
-            .component_type()
-            .exports(engine.engine())
-            .map(|(n, _)| n.to_string())
-            .collect();
-        if !exports.iter().any(|n| n == "contract-version") {
-            return Err(LoadError::NotAPolicy {
-                name,
-                exports: exports.join(", "),
-            });
-        }
         let mut linker = Linker::<StoreState>::new(engine.engine());
-        sandbox::add_to_linker(&mut linker).expect("WASI interfaces link once");
+        sandbox::add_to_linker(&mut linker).expect("the sandbox's interfaces link once");
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports {
                 name: name.clone(),
                 reason: format!("{e:#}"),
             })?;
-        check_contract_version(engine, &pre, &name, limits)?;
-        let pre = BindingsPre::new(pre).map_err(|e| LoadError::Exports {
-            name: name.clone(),
-            version: CONTRACT_VERSION,
-            reason: format!("{e:#}"),
-        })?;
-        let (live, info) = Live::start(&pre, engine, &name, config, limits)?;
-        tracing::info!(policy = %info.name, source = %name, "policy loaded");
+        let host = engine.host(&policy_key(&source));
+        let pre = Pre::new(engine, &component, pre, &host, &name, limits)?;
+        let (live, info) = Live::start(&pre, engine, &host, &name, config, limits)?;
+        tracing::info!(policy = %info.name, source = %name, contract = pre.version(), "policy loaded");
         Ok(WasmPolicy {
             shared: Arc::new(Shared {
                 engine: engine.clone(),
                 pre,
+                host,
                 sha256: sha256_hex(bytes),
                 source,
                 config: config.to_string(),
@@ -152,6 +139,16 @@ impl WasmPolicy {
     /// Where it was loaded from.
     pub fn source(&self) -> &PolicySource {
         &self.shared.source
+    }
+
+    /// The contract version the component speaks.
+    pub fn contract(&self) -> &'static str {
+        self.shared.pre.version()
+    }
+
+    /// The key-value store the host keeps for it (contract 0.2's `state`).
+    pub fn state(&self) -> &super::imports::Store {
+        self.shared.host.state()
     }
 
     /// Hex sha256 of the component's bytes.
@@ -197,9 +194,7 @@ impl WasmPolicy {
         let mut slot = self.shared.lock();
         let limits = self.shared.limits;
         self.shared
-            .call(&mut slot, limits.maintenance_deadline, |live| {
-                live.policy.call_snapshot(&mut live.store)
-            })
+            .call(&mut slot, limits.maintenance_deadline, Live::snapshot)
     }
 
     /// Take over state from [`WasmPolicy::snapshot`]. `Err` carries the
@@ -209,7 +204,7 @@ impl WasmPolicy {
         let limits = self.shared.limits;
         self.shared
             .call(&mut slot, limits.maintenance_deadline, |live| {
-                live.policy.call_restore(&mut live.store, state)
+                live.restore(state)
             })
             .unwrap_or_else(|fault| Err(fault.to_string()))
             .map_err(cap_message)
@@ -233,7 +228,7 @@ impl Shared {
     ) -> Result<R, PolicyFault> {
         let live = slot.live.as_mut().ok_or(PolicyFault::PolicyRestarting)?;
         live.store.set_epoch_deadline(Limits::ticks(deadline));
-        guarded(|| f(live)).map_err(|error| {
+        f(live).map_err(|error| {
             let fault = classify(&error);
             slot.live = None;
             slot.consecutive_faults += 1;
@@ -288,13 +283,18 @@ impl Shared {
     /// Start a fresh instance and install it, told the current workers.
     fn restart(self: &Arc<Self>) -> Result<(), LoadError> {
         let name = self.source.label();
-        let (mut live, _) = Live::start(&self.pre, &self.engine, &name, &self.config, self.limits)?;
+        let (mut live, _) = Live::start(
+            &self.pre,
+            &self.engine,
+            &self.host,
+            &name,
+            &self.config,
+            self.limits,
+        )?;
         let mut slot = self.lock();
-        let workers: Vec<bindings::WorkerInfo> = slot.workers.iter().map(Into::into).collect();
         live.store
             .set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
-        live.policy
-            .call_workers_changed(&mut live.store, &workers)
+        live.workers_changed(&slot.workers)
             .map_err(|e| LoadError::StartFault {
                 name,
                 fault: classify(&e),
@@ -337,14 +337,12 @@ impl Policy for WasmPolicy {
     }
 
     fn workers_changed(&self, workers: &[WorkerInfo]) {
-        let converted: Vec<bindings::WorkerInfo> = workers.iter().map(Into::into).collect();
         let mut slot = self.shared.lock();
         slot.workers = workers.to_vec();
         let deadline = self.shared.limits.maintenance_deadline;
-        let result = self.shared.call(&mut slot, deadline, |live| {
-            live.policy
-                .call_workers_changed(&mut live.store, &converted)
-        });
+        let result = self
+            .shared
+            .call(&mut slot, deadline, |live| live.workers_changed(workers));
         // A restarting instance is told the stored list when it starts.
         self.shared.skipped("workers-changed", result);
     }
@@ -357,12 +355,10 @@ impl Policy for WasmPolicy {
         if candidates.is_empty() {
             return Err(SelectError::NoCandidates);
         }
-        let request = bindings::Request::from(req);
-        let offered: Vec<bindings::Candidate> = candidates.iter().map(Into::into).collect();
         let shared = &self.shared;
         let mut slot = shared.lock();
         let answer = shared.call(&mut slot, shared.limits.call_deadline, |live| {
-            live.policy.call_select(&mut live.store, &request, &offered)
+            live.select(req, candidates)
         });
         match answer {
             Ok(Ok(id)) if candidates.iter().any(|c| c.id == id) => {
@@ -384,21 +380,20 @@ impl Policy for WasmPolicy {
     }
 
     fn on_complete(&self, outcome: &Outcome) {
-        let outcome = bindings::Outcome::from(outcome);
         let mut slot = self.shared.lock();
         let deadline = self.shared.limits.call_deadline;
-        let result = self.shared.call(&mut slot, deadline, |live| {
-            live.policy.call_on_complete(&mut live.store, outcome)
-        });
+        let result = self
+            .shared
+            .call(&mut slot, deadline, |live| live.on_complete(outcome));
         self.shared.skipped("on-complete", result);
     }
 
     fn tick(&self, now_ms: u64) {
         let mut slot = self.shared.lock();
         let deadline = self.shared.limits.tick_deadline;
-        let result = self.shared.call(&mut slot, deadline, |live| {
-            live.policy.call_tick(&mut live.store, now_ms)
-        });
+        let result = self
+            .shared
+            .call(&mut slot, deadline, |live| live.tick(now_ms));
         if result.is_ok() {
             self.shared.ticks.fetch_add(1, Ordering::Relaxed);
         }

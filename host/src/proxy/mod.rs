@@ -16,7 +16,9 @@ use crate::admission::Slot;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{LeastLoad, Loaded, Policy, Role, Route, RouteRequest, SelectError};
+use crate::policy::{
+    AttemptError, LeastLoad, Loaded, Policy, Role, Route, RouteRequest, SelectError,
+};
 use crate::upstream::Upstream;
 use crate::workers::{Registry, Worker};
 
@@ -49,6 +51,10 @@ pub struct Forward<'a> {
     pub text: &'a str,
     /// Routing key header.
     pub routing_key: Option<&'a str>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The most tokens the client asked to be generated.
+    pub max_new_tokens: Option<u32>,
     /// When the request's time (`--request-timeout-secs`) is up.
     pub deadline: tokio::time::Instant,
 }
@@ -94,7 +100,7 @@ pub async fn forward(
             break;
         };
         let in_flight = worker.start_request();
-        let mut feedback = Feedback::wanted(&policy, req.seq, &worker);
+        let mut feedback = Feedback::wanted(&policy, req.seq, retries.attempt(), &worker);
         let sent = Instant::now();
         let url = format!("{}{}", worker.url, req.path_and_query);
         let send = upstream.send(
@@ -104,12 +110,15 @@ pub async fn forward(
             body_for(&worker, &req.body),
         );
         let answer = tokio::time::timeout_at(req.attempt_deadline(config), send).await;
-        if !matches!(answer, Ok(Ok(_))) {
-            Feedback::answered(&mut feedback, 0);
-        }
         let failure = match answer {
-            Err(_elapsed) => Failure::Timeout,
-            Ok(Err(cause)) => Failure::Unreachable(cause),
+            Err(_elapsed) => {
+                Feedback::failed(&mut feedback, 0, AttemptError::Timeout);
+                Failure::Timeout
+            }
+            Ok(Err(cause)) => {
+                Feedback::failed(&mut feedback, 0, AttemptError::Connect);
+                Failure::Unreachable(cause)
+            }
             Ok(Ok(response)) if retries.retries(response.status().as_u16()) => {
                 Feedback::answered(&mut feedback, response.status().as_u16());
                 Failure::Status(response)
@@ -159,6 +168,8 @@ pub(crate) fn pick(
         model: req.model,
         text: req.text,
         routing_key: req.routing_key,
+        stream: req.stream,
+        max_new_tokens: req.max_new_tokens,
     };
     let decision = policy.select(&request, &candidates).map_err(|e| match e {
         SelectError::NoCandidates => ApiError::NoHealthyWorker,
@@ -254,6 +265,7 @@ mod tests {
             needs_text: false,
             wants_feedback: false,
             tick_interval: None,
+            instances: crate::policy::Instances::Shared,
         });
         let picked = pick(&registry, &stray, Role::Regular, &req, &[]).unwrap();
         assert_eq!(picked.map(|w| w.id), Some(worker.id));
@@ -271,6 +283,8 @@ mod tests {
             model: "",
             text: "",
             routing_key: None,
+            stream: false,
+            max_new_tokens: None,
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
         }
     }
@@ -300,6 +314,7 @@ mod tests {
                     needs_text: false,
                     wants_feedback: true,
                     tick_interval: None,
+                    instances: crate::policy::Instances::Shared,
                 },
             ))
         }
@@ -408,6 +423,21 @@ mod tests {
             [(unreachable.id, 0), (serving.id, respond::CLIENT_GONE)],
             "the stream whose client went away is not reported as served"
         );
+        // Contract 0.2's fields: the attempt, why it failed, and the time
+        // to the first body byte (only the served attempt had one).
+        let outcomes = outcomes.lock().unwrap();
+        let seen: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.attempt, o.error, o.ttft_us.is_some()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, Some(AttemptError::Connect), false),
+                (2, Some(AttemptError::ClientAbort), true)
+            ]
+        );
+        assert!(outcomes[1].ttft_us <= Some(outcomes[1].latency_us));
     }
 
     /// A client that goes away while the router waits for the worker's
@@ -441,6 +471,9 @@ mod tests {
         assert!(request.await.unwrap_err().is_cancelled());
         assert_eq!(worker.load(), 0);
         assert_eq!(statuses(&outcomes), [(worker.id, respond::CLIENT_GONE)]);
+        let outcome = outcomes.lock().unwrap()[0].clone();
+        assert_eq!(outcome.error, Some(AttemptError::ClientAbort));
+        assert_eq!(outcome.ttft_us, None);
     }
 
     /// Issue 16: workers got every client header, cookies and arbitrary

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
-use crate::policy::{Loaded, Role};
+use crate::policy::{AttemptError, Loaded, Role};
 use crate::upstream::{self, MAX_RELAYED_BODY, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
@@ -83,8 +83,9 @@ pub async fn forward(
         };
         let prefill_in_flight = prefill.start_request();
         let decode_in_flight = decode.start_request();
-        let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, &prefill);
-        let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, &decode);
+        let attempt = retries.attempt();
+        let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, attempt, &prefill);
+        let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, attempt, &decode);
         let sent = Instant::now();
         // Both at once: the decode worker waits for the prefill's KV cache,
         // and a prefill worker may hold its answer until the transfer ends.
@@ -115,11 +116,12 @@ pub async fn forward(
             (&mut prefill_feedback, &prefill_answer),
             (&mut decode_feedback, &decode_answer),
         ] {
-            let status = match answer {
-                Some(Ok(response)) => response.status().as_u16(),
-                _ => 0,
-            };
-            Feedback::answered(feedback, status);
+            match answer {
+                Some(Ok(response)) => Feedback::answered(feedback, response.status().as_u16()),
+                Some(Err(Failure::Timeout)) => Feedback::failed(feedback, 0, AttemptError::Timeout),
+                Some(Err(_)) => Feedback::failed(feedback, 0, AttemptError::Connect),
+                None => Feedback::failed(feedback, 0, AttemptError::Cancelled),
+            }
         }
         let succeeded =
             |answer: &Option<Answer>| matches!(answer, Some(Ok(r)) if r.status().is_success());

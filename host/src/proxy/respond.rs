@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use crate::admission::Slot;
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{Loaded, Outcome};
+use crate::policy::{AttemptError, Loaded, Outcome};
 use crate::upstream;
 use crate::workers::{InFlight, Worker};
 
@@ -146,9 +146,9 @@ struct Tracked<B> {
 }
 
 impl<B> Tracked<B> {
-    /// The body ended, with `status` for the policy's outcome if not the
-    /// worker's; give back what it held.
-    fn finish(&mut self, status: Option<u16>) {
+    /// The body ended, failed with `failure` (the status for the policy's
+    /// outcome and why) if it did; give back what it held.
+    fn finish(&mut self, failure: Option<(u16, AttemptError)>) {
         let Some(Held {
             in_flight,
             slot,
@@ -157,8 +157,8 @@ impl<B> Tracked<B> {
         else {
             return;
         };
-        if let Some(status) = status {
-            Feedback::answered(&mut feedback, status);
+        if let Some((status, error)) = failure {
+            Feedback::failed(&mut feedback, status, error);
         }
         // The policy hears of the end after the worker's count went down.
         drop((in_flight, slot, feedback));
@@ -174,7 +174,7 @@ impl<B> Tracked<B> {
             tracing::warn!(worker = %held.in_flight.worker().name(), reason, "response cut off: {error}");
         }
         metrics::counter!(m::RESPONSES_CUT_OFF, "reason" => reason).increment(1);
-        self.finish(Some(error.status().as_u16()));
+        self.finish(Some((error.status().as_u16(), AttemptError::Timeout)));
         if self.sse {
             let event = format!("data: {}\n\n", error.to_json());
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
@@ -240,7 +240,10 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.finish(Some(StatusCode::BAD_GATEWAY.as_u16()));
+                this.finish(Some((
+                    StatusCode::BAD_GATEWAY.as_u16(),
+                    AttemptError::BrokenBody,
+                )));
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
@@ -266,7 +269,7 @@ where
 impl<B> Drop for Tracked<B> {
     /// Dropped before its end: the client went away.
     fn drop(&mut self) {
-        self.finish(Some(CLIENT_GONE));
+        self.finish(Some((CLIENT_GONE, AttemptError::ClientAbort)));
     }
 }
 
@@ -284,17 +287,25 @@ pub(crate) struct Feedback {
 impl Feedback {
     const TAIL: usize = 64;
 
-    /// Feedback on request `seq` sent to `worker` now, if the policy wants
-    /// it; its status is [`CLIENT_GONE`] (dropped with the request) until
-    /// [`Feedback::answered`] says otherwise. It is reported to the
-    /// instance serving when it is dropped.
-    pub(crate) fn wanted(policy: &Loaded, seq: u64, worker: &Worker) -> Option<Feedback> {
+    /// Feedback on attempt `attempt` (1-based) of request `seq`, sent to
+    /// `worker` now, if the policy wants it; its status is [`CLIENT_GONE`]
+    /// (dropped with the request) until [`Feedback::answered`] or
+    /// [`Feedback::failed`] says otherwise. It is reported to the instance
+    /// serving when it is dropped.
+    pub(crate) fn wanted(
+        policy: &Loaded,
+        seq: u64,
+        attempt: u32,
+        worker: &Worker,
+    ) -> Option<Feedback> {
         policy.policy.info().wants_feedback.then(|| Feedback {
             policy: policy.clone(),
             outcome: Outcome {
                 request_id: seq,
                 worker: worker.id,
+                attempt,
                 status: CLIENT_GONE,
+                error: Some(AttemptError::ClientAbort),
                 ..Outcome::default()
             },
             sent: Instant::now(),
@@ -302,16 +313,29 @@ impl Feedback {
         })
     }
 
-    /// The worker answered with `status` (0: it was not reached, or gave
-    /// no answer).
+    /// The worker answered with `status`: an error if it is one.
     pub(crate) fn answered(feedback: &mut Option<Feedback>, status: u16) {
         if let Some(f) = feedback {
             f.outcome.status = status;
+            f.outcome.error = (status >= 400).then_some(AttemptError::Status);
         }
     }
 
-    /// Look for token counts in the next piece of the body.
+    /// The attempt failed with `error`, and `status` for the policy (0 when
+    /// the worker gave none).
+    pub(crate) fn failed(feedback: &mut Option<Feedback>, status: u16, error: AttemptError) {
+        if let Some(f) = feedback {
+            f.outcome.status = status;
+            f.outcome.error = Some(error);
+        }
+    }
+
+    /// Look for token counts in the next piece of the body; the first
+    /// piece's arrival is the time to first byte.
     pub(crate) fn scan(&mut self, chunk: &Bytes) {
+        if self.outcome.ttft_us.is_none() {
+            self.outcome.ttft_us = Some(self.sent.elapsed().as_micros() as u64);
+        }
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(chunk);
         let o = &mut self.outcome;

@@ -125,6 +125,11 @@ impl<'a> Retries<'a> {
         true
     }
 
+    /// The attempt under way, 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.started
+    }
+
     /// Workers that failed this request: not candidates any more.
     pub fn excluded(&self) -> &[WorkerId] {
         &self.excluded

@@ -303,6 +303,8 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         model,
         text: &text,
         routing_key,
+        stream: peek.streams(),
+        max_new_tokens: peek.max_new_tokens(),
         deadline,
     };
     match prefill_policy {

@@ -44,6 +44,18 @@ pub fn reported(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
     Some(u32::try_from(total).unwrap_or(u32::MAX))
 }
 
+/// The requests waiting in the queue of the entry at `dp_rank`, when the
+/// answer is SGLang's list (a `{"load": N}` answer does not say).
+pub fn reported_queued(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
+    let ranks: Vec<RankLoad> = serde_json::from_value(answer.clone()).ok()?;
+    let waiting: u64 = ranks
+        .iter()
+        .filter(|r| dp_rank.is_none() || r.dp_rank == dp_rank)
+        .map(|r| r.num_waiting_reqs)
+        .sum();
+    Some(u32::try_from(waiting).unwrap_or(u32::MAX))
+}
+
 /// Read every worker's `/get_load` every `interval`, forever (the task is
 /// aborted at shutdown).
 pub async fn run(registry: Arc<Registry>, client: reqwest::Client, interval: Duration) {
@@ -68,7 +80,10 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, interval: Dur
         for (url, answer) in urls.iter().zip(answers) {
             for worker in registry.all_at(url) {
                 let load = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
-                worker.set_reported_load(load);
+                let queued = answer
+                    .as_ref()
+                    .and_then(|a| reported_queued(a, worker.dp_rank));
+                worker.set_reported_load(load, queued);
             }
         }
     }

@@ -91,6 +91,9 @@ pub struct Worker {
     /// The worker's own load from `/get_load` ([`load`]); [`NO_REPORT`]
     /// when it gave none.
     reported_load: AtomicU64,
+    /// Of that load, the requests waiting in its queue; [`NO_REPORT`] when
+    /// it does not say.
+    reported_queued: AtomicU64,
     /// Requests it has been sent.
     processed: AtomicU64,
     healthy: AtomicBool,
@@ -151,10 +154,22 @@ impl Worker {
         }
     }
 
-    /// Record what the last `/get_load` check said.
-    pub fn set_reported_load(&self, load: Option<u32>) {
+    /// Of [`Worker::reported_load`], the requests waiting in its queue,
+    /// when it said.
+    pub fn reported_queued(&self) -> Option<u32> {
+        match self.reported_queued.load(Ordering::Relaxed) {
+            NO_REPORT => None,
+            n => Some(n as u32),
+        }
+    }
+
+    /// Record what the last `/get_load` check said: the load, and of it
+    /// the requests queued.
+    pub fn set_reported_load(&self, load: Option<u32>, queued: Option<u32>) {
         self.reported_load
             .store(load.map_or(NO_REPORT, u64::from), Ordering::Relaxed);
+        self.reported_queued
+            .store(queued.map_or(NO_REPORT, u64::from), Ordering::Relaxed);
     }
 
     /// The load policies see: requests in flight from this router, or the

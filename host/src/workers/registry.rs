@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::breaker::BreakerConfig;
+use super::breaker::{BreakerConfig, BreakerState};
 use super::{Breaker, NO_REPORT, Worker, WorkerSpec, WorkerView};
 use crate::errors::ApiError;
 use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
@@ -136,6 +136,7 @@ impl Registry {
             discovering: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             reported_load: AtomicU64::new(NO_REPORT),
+            reported_queued: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
             healthy: AtomicBool::new(self.trust_new_workers),
             breaker: Breaker::new(
@@ -241,6 +242,10 @@ impl Registry {
             .map(|w| Candidate {
                 id: w.id,
                 load: w.routing_load(),
+                in_flight: w.load(),
+                reported_load: w.reported_load(),
+                queued: w.reported_queued(),
+                half_open: w.breaker.state() == BreakerState::HalfOpen,
             })
             .collect()
     }

@@ -93,12 +93,12 @@ impl Policy for Bucket {
         Ok((Bucket { config, state }, info))
     }
 
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         let least = candidates
             .iter()
             .min_by_key(|c| (c.load, c.id))
             .ok_or("no candidates")?;
-        let len = u32::try_from(req.text.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(req.text().len()).unwrap_or(u32::MAX);
         if self.state.recent.len() == HISTORY {
             self.state.recent.pop_front();
         }
@@ -137,12 +137,12 @@ export_policy!(Bucket);
 mod tests {
     use super::*;
 
-    fn request(len: usize) -> Request {
+    fn request(len: usize) -> Request<'static> {
         Request::new(&"x".repeat(len), None)
     }
 
     fn idle(ids: &[u32]) -> Vec<Candidate> {
-        ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+        ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
     /// A policy that has seen lengths 1..=400 once each, split.
@@ -209,19 +209,16 @@ mod tests {
     fn least_loaded_before_the_first_split_and_when_the_bucket_is_overloaded() {
         let (mut p, info) = Bucket::init(r#"{"bucket_adjust_interval_secs": 2}"#).unwrap();
         assert_eq!((info.needs_text, info.tick_interval_ms), (true, 2000));
-        let loaded = [Candidate { id: 0, load: 3 }, Candidate { id: 1, load: 1 }];
+        let loaded = [Candidate::idle(0, 3), Candidate::idle(1, 1)];
         assert_eq!(p.select(&request(1), &loaded), Ok(1), "no split yet");
         let mut p = warmed();
-        let short_is_busy = [
-            Candidate { id: 0, load: 100 },
-            Candidate { id: 1, load: 10 },
-        ];
+        let short_is_busy = [Candidate::idle(0, 100), Candidate::idle(1, 10)];
         assert_eq!(
             p.select(&request(1), &short_is_busy),
             Ok(1),
             "gap 90 > 64 and 10x > 1.5x"
         );
-        let short_is_busier = [Candidate { id: 0, load: 60 }, Candidate { id: 1, load: 10 }];
+        let short_is_busier = [Candidate::idle(0, 60), Candidate::idle(1, 10)];
         assert_eq!(
             p.select(&request(1), &short_is_busier),
             Ok(0),

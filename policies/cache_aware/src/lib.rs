@@ -149,13 +149,13 @@ impl Policy for CacheAware {
         Ok((CacheAware::new(config), info))
     }
 
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".into());
         }
-        let worker = self.choose(&req.text, candidates);
-        if !req.text.is_empty() {
-            self.tree.insert(&req.text, worker);
+        let worker = self.choose(req.text(), candidates);
+        if !req.text().is_empty() {
+            self.tree.insert(req.text(), worker);
         }
         Ok(worker)
     }

@@ -5,12 +5,12 @@ fn policy() -> CacheAware {
     CacheAware::init("{}").unwrap().0
 }
 
-fn req(text: &str) -> Request {
+fn req(text: &str) -> Request<'static> {
     Request::new(text, None)
 }
 
 fn idle(ids: &[u32]) -> Vec<Candidate> {
-    ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+    ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
 }
 
 fn worker(id: u32) -> WorkerInfo {
@@ -79,25 +79,10 @@ fn imbalance_overrides_affinity() {
     let home = p.select(&req(&text), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
     // Within the thresholds (gap 60 <= 64) affinity wins.
-    let mild = vec![
-        Candidate { id: home, load: 70 },
-        Candidate {
-            id: other,
-            load: 10,
-        },
-    ];
+    let mild = vec![Candidate::idle(home, 70), Candidate::idle(other, 10)];
     assert_eq!(p.select(&req(&text), &mild).unwrap(), home);
     // Past both (gap 90 > 64, 100 > 10 * 1.5) the least loaded wins.
-    let loaded = vec![
-        Candidate {
-            id: home,
-            load: 100,
-        },
-        Candidate {
-            id: other,
-            load: 10,
-        },
-    ];
+    let loaded = vec![Candidate::idle(home, 100), Candidate::idle(other, 10)];
     assert_eq!(p.select(&req(&text), &loaded).unwrap(), other);
 }
 
@@ -106,10 +91,7 @@ fn a_short_match_below_the_threshold_goes_to_the_least_loaded() {
     let mut p = policy();
     let home = p.select(&req("abcdefghij"), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
-    let loads = vec![
-        Candidate { id: home, load: 3 },
-        Candidate { id: other, load: 2 },
-    ];
+    let loads = vec![Candidate::idle(home, 3), Candidate::idle(other, 2)];
     // 2 of 20 chars match: 10% is under the 30% threshold.
     assert_eq!(
         p.select(&req("abXXXXXXXXXXXXXXXXXX"), &loads).unwrap(),

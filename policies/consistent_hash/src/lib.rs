@@ -86,7 +86,7 @@ impl Policy for ConsistentHash {
         self.ring.sort_unstable();
     }
 
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         let least_loaded = || {
             candidates
                 .iter()
@@ -94,7 +94,7 @@ impl Policy for ConsistentHash {
                 .map(|c| c.id)
                 .ok_or_else(|| "no candidates".to_string())
         };
-        match req.routing_key.as_deref() {
+        match req.routing_key() {
             Some(key) => self.owner(key, candidates).map_or_else(least_loaded, Ok),
             None => least_loaded(),
         }
@@ -125,10 +125,10 @@ mod tests {
     }
 
     fn idle(ids: &[u32]) -> Vec<Candidate> {
-        ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+        ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
-    fn keyed(key: &str) -> Request {
+    fn keyed(key: &str) -> Request<'static> {
         Request::new("", Some(key))
     }
 
@@ -175,7 +175,7 @@ mod tests {
     fn no_key_means_least_loaded() {
         let mut p = policy(&[1, 2]);
         let req = Request::new("", None);
-        let loads = [Candidate { id: 1, load: 4 }, Candidate { id: 2, load: 1 }];
+        let loads = [Candidate::idle(1, 4), Candidate::idle(2, 1)];
         assert_eq!(p.select(&req, &loads).unwrap(), 2);
         assert!(ConsistentHash::init(r#"{"virtual_nodes": 0}"#).is_err());
     }

@@ -118,11 +118,11 @@ impl Policy for Manual {
         Ok((policy, info))
     }
 
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
-        let Some(key) = req.routing_key.as_deref() else {
+        let Some(key) = req.routing_key() else {
             return Ok(candidates[self.rng.below(candidates.len())].id);
         };
         let now = self.now_ms;
@@ -199,12 +199,14 @@ mod tests {
     use super::*;
     use wasm_router_policy::Role;
 
-    fn keyed(key: &str) -> Request {
+    fn keyed(key: &str) -> Request<'static> {
         Request::new("", Some(key))
     }
 
     fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {
-        l.iter().map(|&(id, load)| Candidate { id, load }).collect()
+        l.iter()
+            .map(|&(id, load)| Candidate::idle(id, load))
+            .collect()
     }
 
     fn manual(config: &str) -> Manual {

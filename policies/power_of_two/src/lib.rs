@@ -31,7 +31,7 @@ impl Policy for PowerOfTwo {
         Ok((PowerOfTwo { rng }, PolicyInfo::new("power_of_two")))
     }
 
-    fn select(&mut self, _req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         let n = candidates.len();
         if n == 0 {
             return Err("no candidates".to_string());
@@ -53,7 +53,7 @@ export_policy!(PowerOfTwo);
 mod tests {
     use super::*;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         Request::new("", None)
     }
 
@@ -63,7 +63,7 @@ mod tests {
         // less loaded of a pair wins: worker 0 wins 3/6, 1 wins 2/6, 2 wins
         // 1/6, 3 never. Uniform or least-loaded picking fails this.
         let (mut p, _) = PowerOfTwo::init(r#"{"seed": 11}"#).unwrap();
-        let candidates: Vec<Candidate> = (0..4).map(|id| Candidate { id, load: id }).collect();
+        let candidates: Vec<Candidate> = (0..4).map(|id| Candidate::idle(id, id)).collect();
         let draws = 12_000;
         let mut counts = [0usize; 4];
         for _ in 0..draws {
@@ -82,7 +82,7 @@ mod tests {
     #[test]
     fn one_candidate_is_picked_and_bad_config_is_refused() {
         let (mut p, _) = PowerOfTwo::init("{}").unwrap();
-        assert_eq!(p.select(&request(), &[Candidate { id: 9, load: 5 }]), Ok(9));
+        assert_eq!(p.select(&request(), &[Candidate::idle(9, 5)]), Ok(9));
         assert!(PowerOfTwo::init(r#"{"seed": -1}"#).is_err());
     }
 }

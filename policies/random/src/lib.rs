@@ -32,7 +32,7 @@ impl Policy for Random {
         Ok((Random { rng }, PolicyInfo::new("random")))
     }
 
-    fn select(&mut self, _req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
@@ -46,16 +46,14 @@ export_policy!(Random);
 mod tests {
     use super::*;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         Request::new("", None)
     }
 
     #[test]
     fn picks_are_uniform_over_the_candidates() {
         let (mut p, _) = Random::init(r#"{"seed": 7}"#).unwrap();
-        let candidates: Vec<Candidate> = [10, 20, 30, 40]
-            .map(|id| Candidate { id, load: 0 })
-            .to_vec();
+        let candidates: Vec<Candidate> = [10, 20, 30, 40].map(|id| Candidate::idle(id, 0)).to_vec();
         let mut counts = [0usize; 4];
         for _ in 0..8000 {
             let id = p.select(&request(), &candidates).unwrap();
@@ -72,7 +70,7 @@ mod tests {
     fn a_seed_repeats_and_entropy_differs() {
         let draw = |config: &str| {
             let (mut p, _) = Random::init(config).unwrap();
-            let c: Vec<Candidate> = (0..100).map(|id| Candidate { id, load: 0 }).collect();
+            let c: Vec<Candidate> = (0..100).map(|id| Candidate::idle(id, 0)).collect();
             (0..16)
                 .map(|_| p.select(&request(), &c).unwrap())
                 .collect::<Vec<_>>()

@@ -18,7 +18,7 @@ impl Policy for RoundRobin {
         Ok((RoundRobin::default(), PolicyInfo::new("round_robin")))
     }
 
-    fn select(&mut self, _req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
@@ -34,12 +34,12 @@ export_policy!(RoundRobin);
 mod tests {
     use super::*;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         Request::new("", None)
     }
 
     fn candidates(ids: &[u32]) -> Vec<Candidate> {
-        ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+        ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
     #[test]

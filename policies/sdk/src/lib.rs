@@ -2,7 +2,8 @@
 //!
 //! A policy is a WebAssembly component that the router loads at run time and
 //! asks, for every request, which worker should serve it. This crate hides the
-//! component plumbing (generated from `wit/policy.wit` by wit-bindgen) behind
+//! component plumbing (generated from `wit/policy.wit`, contract 0.2.0, by
+//! wit-bindgen) behind
 //! one trait, [`Policy`], whose optional parts have sensible defaults, and one
 //! macro, [`export_policy!`], that turns your type into the component's exports.
 //!
@@ -17,7 +18,7 @@
 //!         Ok((LeastLoad, PolicyInfo::new("least_load")))
 //!     }
 //!
-//!     fn select(&mut self, _req: &Request, candidates: &[Candidate]) -> Result<u32, String> {
+//!     fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
 //!         candidates
 //!             .iter()
 //!             .min_by_key(|c| c.load)
@@ -45,30 +46,56 @@ pub mod rng;
 #[allow(missing_docs, clippy::too_many_arguments)] // generated ABI glue
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "policy",
+        world: "routing-policy",
         path: "../../wit",
         pub_export_macro: true,
-        export_macro_name: "__export_policy_world",
+        export_macro_name: "__export_routing_policy",
         default_bindings_module: "wasm_router_policy::bindings",
     });
 }
 
-pub use bindings::{Candidate, Outcome, PolicyInfo, Request, Role, Route, WorkerInfo};
+mod request;
+
+pub use bindings::wasm_router::policy::types::{
+    BreakerState, Candidate, ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
+};
+/// The host's imports: structured logs, metrics and the host-held key-value
+/// store (see `wit/policy.wit`).
+pub use bindings::wasm_router::policy::{log, metrics, state};
+pub use request::Request;
 pub use rng::Rng;
 
 /// The contract version this SDK implements: the package version of
-/// `wit/policy.wit`. The router refuses policies built for another one.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// `wit/policy.wit`. The router refuses policies built for one it does not
+/// speak.
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 impl PolicyInfo {
     /// Info for a policy that needs neither the request text, nor feedback,
-    /// nor ticks. Set the fields you need on the returned value.
+    /// nor ticks, and runs as one shared instance. Set the fields you need
+    /// on the returned value.
     pub fn new(name: &str) -> Self {
         PolicyInfo {
             name: name.to_string(),
             needs_text: false,
             wants_feedback: false,
             tick_interval_ms: 0,
+            instances: Instances::Shared,
+        }
+    }
+}
+
+impl Candidate {
+    /// A closed-breaker candidate with `load` requests in flight from this
+    /// router and no report of its own: what unit tests usually need.
+    pub fn idle(id: u32, load: u32) -> Self {
+        Candidate {
+            id,
+            in_flight: load,
+            load,
+            reported_load: None,
+            queued: None,
+            breaker: BreakerState::Closed,
         }
     }
 }
@@ -77,7 +104,9 @@ impl PolicyInfo {
 /// the router calls the others only if `init` asked for them (feedback, ticks)
 /// or around hot reloads (snapshot, restore).
 ///
-/// One instance of the type lives in the component; calls never overlap.
+/// One value of the type lives in each instance of the component, and calls
+/// on an instance never overlap. With [`Instances::PerThread`] the router
+/// runs several instances: keep anything they must share in [`state`].
 pub trait Policy: Sized + 'static {
     /// Build the policy from its JSON configuration (router flags plus the
     /// `[policy]` table of the router's TOML config; `{}` when there is none).
@@ -86,13 +115,13 @@ pub trait Policy: Sized + 'static {
 
     /// Pick one of `candidates` (never empty) by its `id`. An `Err` is
     /// answered to the client as a 503 carrying the message.
-    fn select(&mut self, req: &Request, candidates: &[Candidate]) -> Result<u32, String>;
+    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String>;
 
     /// The full list of workers, at start and after each change. Forget state
     /// kept for workers that are gone.
     fn workers_changed(&mut self, _workers: Vec<WorkerInfo>) {}
 
-    /// How a request ended; called only if `PolicyInfo::wants_feedback`.
+    /// How an attempt ended; called only if `PolicyInfo::wants_feedback`.
     fn on_complete(&mut self, _outcome: Outcome) {}
 
     /// Periodic housekeeping; called every `PolicyInfo::tick_interval_ms`.
@@ -119,9 +148,12 @@ macro_rules! export_policy {
     ($policy:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
+            use $crate::bindings::exports::wasm_router::policy::policy::Guest;
+            use $crate::bindings::wasm_router::policy::types::Request as HostRequest;
+
             struct Export;
 
-            impl $crate::bindings::Guest for Export {
+            impl Guest for Export {
                 fn contract_version() -> String {
                     $crate::CONTRACT_VERSION.to_string()
                 }
@@ -132,9 +164,10 @@ macro_rules! export_policy {
                     $crate::glue::with::<$policy, _>((), |p| p.workers_changed(workers))
                 }
                 fn select(
-                    req: $crate::Request,
+                    req: &HostRequest,
                     candidates: Vec<$crate::Candidate>,
                 ) -> Result<u32, String> {
+                    let req = $crate::Request::lent(req);
                     $crate::glue::with::<$policy, _>(
                         Err($crate::glue::NOT_INITIALISED.into()),
                         |p| p.select(&req, &candidates),
@@ -157,27 +190,7 @@ macro_rules! export_policy {
                 }
             }
 
-    $crate::bindings::__export_policy_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_routing_policy!(Export with_types_in $crate::bindings);
         };
     };
-}
-
-impl Request {
-    /// A `/generate` request with this routing text and routing key, id 0
-    /// and no model: what a policy's unit tests usually need. Set other
-    /// fields with struct update syntax.
-    ///
-    /// ```
-    /// let req = wasm_router_policy::Request::new("hello", Some("user-7"));
-    /// assert_eq!(req.routing_key.as_deref(), Some("user-7"));
-    /// ```
-    pub fn new(text: &str, routing_key: Option<&str>) -> Self {
-        Request {
-            id: 0,
-            route: Route::Generate,
-            model: String::new(),
-            text: text.to_string(),
-            routing_key: routing_key.map(str::to_string),
-        }
-    }
 }

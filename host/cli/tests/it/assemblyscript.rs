@@ -35,6 +35,8 @@ fn keyed<'a>(key: &'a str, model: &'a str, text: &'a str) -> RouteRequest<'a> {
         model,
         text,
         routing_key: Some(key),
+        stream: false,
+        max_new_tokens: None,
     }
 }
 
@@ -107,10 +109,7 @@ fn many_candidates_cross_intact_and_memory_stays_bounded() {
     // Loads are a permutation of 0..1000: the busiest id is predictable and
     // found only if every candidate crossed intact.
     let candidates: Vec<Candidate> = (0..1000u32)
-        .map(|i| Candidate {
-            id: 10_000 + i,
-            load: (i * 7919) % 1000,
-        })
+        .map(|i| Candidate::idle(10_000 + i, (i * 7919) % 1000))
         .collect();
     let busiest = candidates.iter().max_by_key(|c| c.load).unwrap().id;
     let text = "x".repeat(4096);
@@ -120,6 +119,8 @@ fn many_candidates_cross_intact_and_memory_stays_bounded() {
         model: "m",
         text: &text,
         routing_key: None,
+        stream: false,
+        max_new_tokens: None,
     };
     let decision = p.select(&req, &candidates).unwrap();
     assert_eq!((decision.worker, decision.fallback), (busiest, None));
@@ -155,6 +156,7 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
         prompt_tokens: Some(100),
         cached_tokens: Some(0),
         completion_tokens: None,
+        ..Outcome::default()
     });
     let record = format!("{},9,200,1234,100,0,-1;", u64::MAX);
     assert_eq!(

@@ -31,16 +31,10 @@ impl Native {
     fn run(&mut self, step: &Step<'_>) -> Option<u32> {
         match step {
             Step::Select(text, cands) => {
-                let req = wasm_router_policy::Request {
-                    id: 0,
-                    route: wasm_router_policy::Route::Generate,
-                    model: String::new(),
-                    text: text.to_string(),
-                    routing_key: None,
-                };
+                let req = wasm_router_policy::Request::new(text, None);
                 let cands: Vec<_> = cands
                     .iter()
-                    .map(|&(id, load)| wasm_router_policy::Candidate { id, load })
+                    .map(|&(id, load)| wasm_router_policy::Candidate::idle(id, load))
                     .collect();
                 Some(self.0.select(&req, &cands).unwrap())
             }
@@ -86,7 +80,7 @@ impl Wasm {
             Step::Select(text, cands) => {
                 let cands: Vec<_> = cands
                     .iter()
-                    .map(|&(id, load)| policy::Candidate { id, load })
+                    .map(|&(id, load)| policy::Candidate::idle(id, load))
                     .collect();
                 let decision = self
                     .0

@@ -26,14 +26,33 @@ fn policy_check_describes_a_valid_component() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     for line in [
-        "contract:       0.1.0",
+        "contract:       0.2.0",
         "name:           cache_aware",
         "needs text:     yes",
+        "instances:      shared",
         "tick every:     60s",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
     assert!(stdout.contains("test select:    worker"), "{stdout}");
+}
+
+/// Issue 17: a component built against contract 0.1.0 (cache_aware as it
+/// was committed before 0.2) still loads, and the check says which
+/// contract it speaks.
+#[test]
+fn policy_check_names_the_contract_of_a_0_1_component() {
+    let file = crate::fixtures::contract_0_1("cache_aware");
+    let out = router(&["policy", "check", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        "contract:       0.1.0",
+        "name:           cache_aware",
+        "instances:      shared",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
 }
 
 #[test]
@@ -67,7 +86,7 @@ fn policy_check_rejects_another_contract_version() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("built for policy contract 9.9.9, this router speaks 0.1.0"),
+        stderr.contains("built for policy contract 9.9.9, this router speaks 0.2.0 and 0.1.0"),
         "{stderr}"
     );
 }

@@ -52,7 +52,7 @@ fn assert_recovers(p: &WasmPolicy) {
 #[test]
 fn an_ordinary_call_is_answered_by_the_policy() {
     let p = hostile_policy();
-    let busy_and_idle = [Candidate { id: 7, load: 3 }, Candidate { id: 9, load: 1 }];
+    let busy_and_idle = [Candidate::idle(7, 3), Candidate::idle(9, 1)];
     let decision = p.select(&request("", None), &busy_and_idle).unwrap();
     assert_eq!(decision.worker, 9);
     assert_eq!(decision.fallback, None);

@@ -42,6 +42,12 @@ pub fn hostile(version: Option<&str>) -> PathBuf {
     }
 }
 
+/// A reference policy as committed when the contract was 0.1.0
+/// (host/cli/tests/fixtures/contract-0.1, see its README).
+pub fn contract_0_1(name: &str) -> PathBuf {
+    workspace().join(format!("host/cli/tests/fixtures/contract-0.1/{name}.wasm"))
+}
+
 /// The hostile fixture built to always pick the candidate with the
 /// smallest (`"first"`) or largest (`"last"`) id.
 pub fn picker(which: &str) -> PathBuf {
@@ -163,12 +169,14 @@ pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<
         model: "",
         text,
         routing_key,
+        stream: false,
+        max_new_tokens: None,
     }
 }
 
 /// Idle candidates with these ids.
 pub fn idle(ids: &[u32]) -> Vec<Candidate> {
-    ids.iter().map(|&id| Candidate { id, load: 0 }).collect()
+    ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
 }
 
 /// Poll `done` every few milliseconds for up to ten seconds.

@@ -5,6 +5,7 @@ mod builtins;
 mod cache_aware;
 mod chaos;
 mod cli;
+mod contract;
 mod engine;
 mod examples;
 mod fixtures;

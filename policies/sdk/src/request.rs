@@ -1,0 +1,130 @@
+//! [`Request`]: what a policy reads of the request it routes.
+
+use std::cell::OnceCell;
+
+use crate::Route;
+use crate::bindings::wasm_router::policy::types::Request as HostRequest;
+
+/// The request being routed. Lent by the router for one `select`: each
+/// getter asks the host once (the value is copied into the policy's memory
+/// then) and keeps the answer for later calls.
+///
+/// In native unit tests, build one with [`Request::new`].
+pub struct Request<'a> {
+    from: From<'a>,
+    text: OnceCell<String>,
+    routing_key: OnceCell<Option<String>>,
+}
+
+enum From<'a> {
+    Host(&'a HostRequest),
+    Test(Test),
+}
+
+/// A request made by a test, without a host.
+struct Test {
+    text: String,
+    routing_key: Option<String>,
+}
+
+impl<'a> Request<'a> {
+    /// The request the router lent to this `select`. Used by the code that
+    /// [`export_policy!`](crate::export_policy) expands to.
+    #[doc(hidden)]
+    pub fn lent(host: &'a HostRequest) -> Self {
+        Request {
+            from: From::Host(host),
+            text: OnceCell::new(),
+            routing_key: OnceCell::new(),
+        }
+    }
+
+    /// Router-assigned sequence number; [`crate::Outcome::request_id`]
+    /// matches it. 0 in tests.
+    pub fn id(&self) -> u64 {
+        match &self.from {
+            From::Host(h) => h.id(),
+            From::Test(_) => 0,
+        }
+    }
+
+    /// The route it came in on (`Generate` in tests).
+    pub fn route(&self) -> Route {
+        match &self.from {
+            From::Host(h) => h.route(),
+            From::Test(_) => Route::Generate,
+        }
+    }
+
+    /// The body's `model`; empty when absent (always, in tests).
+    pub fn model(&self) -> String {
+        match &self.from {
+            From::Host(h) => h.model(),
+            From::Test(_) => String::new(),
+        }
+    }
+
+    /// The routing text: empty unless the policy declared `needs_text`.
+    pub fn text(&self) -> &str {
+        self.text.get_or_init(|| match &self.from {
+            From::Host(h) => h.text(),
+            From::Test(t) => t.text.clone(),
+        })
+    }
+
+    /// The routing text's length in bytes, without copying it.
+    pub fn text_len(&self) -> usize {
+        match (&self.from, self.text.get()) {
+            (_, Some(text)) => text.len(),
+            (From::Host(h), None) => h.text_length() as usize,
+            (From::Test(t), None) => t.text.len(),
+        }
+    }
+
+    /// Header `x-routing-key` (or `x-smg-routing-key`).
+    pub fn routing_key(&self) -> Option<&str> {
+        self.routing_key
+            .get_or_init(|| match &self.from {
+                From::Host(h) => h.routing_key(),
+                From::Test(t) => t.routing_key.clone(),
+            })
+            .as_deref()
+    }
+
+    /// Whether the client asked for a streamed answer (no, in tests).
+    pub fn stream(&self) -> bool {
+        match &self.from {
+            From::Host(h) => h.stream(),
+            From::Test(_) => false,
+        }
+    }
+
+    /// The most tokens the client asked to be generated (none, in tests).
+    pub fn max_new_tokens(&self) -> Option<u32> {
+        match &self.from {
+            From::Host(h) => h.max_new_tokens(),
+            From::Test(_) => None,
+        }
+    }
+}
+
+impl Request<'static> {
+    /// A `/generate` request with this routing text and routing key, id 0
+    /// and no model: what a policy's unit tests need.
+    ///
+    /// ```
+    /// let req = wasm_router_policy::Request::new("hello", Some("user-7"));
+    /// assert_eq!(req.routing_key(), Some("user-7"));
+    /// assert_eq!(req.text(), "hello");
+    /// ```
+    pub fn new(text: &str, routing_key: Option<&str>) -> Self {
+        Request {
+            from: From::Test(Test {
+                text: text.to_string(),
+                routing_key: routing_key.map(str::to_string),
+            }),
+            text: OnceCell::new(),
+            routing_key: OnceCell::new(),
+        }
+    }
+}
