@@ -32,6 +32,9 @@ pub const POLICY_RELOADS: &str = "wasm_router_policy_reloads_total";
 pub const POLICY_FAULTS: &str = "wasm_router_policy_faults_total";
 /// Policy log lines held back by the rate limit, by policy.
 pub const POLICY_LOG_SUPPRESSED: &str = "wasm_router_policy_log_lines_suppressed_total";
+/// Outcomes dropped because a policy busy with maintenance had too many
+/// waiting, by policy.
+pub const POLICY_OUTCOMES_DROPPED: &str = "wasm_router_policy_outcomes_dropped_total";
 /// Responses cut off mid-body by a timeout, by reason (deadline, idle).
 pub const RESPONSES_CUT_OFF: &str = "wasm_router_responses_cut_off_total";
 

@@ -26,9 +26,10 @@ pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(10);
 /// `snapshot`, `restore`), which may walk the whole state.
 pub const DEFAULT_MAINTENANCE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Deadline for `tick`. It runs under the instance's lock, so every `select`
-/// waits for it: long enough for cache_aware's eviction of a full tree, short
-/// enough that a guest spinning in `tick` stalls requests only briefly.
+/// Deadline for `tick`. Requests that come during a tick wait for the
+/// instance (without holding a serving thread): long enough for
+/// cache_aware's eviction of a full tree, short enough that a guest spinning
+/// in `tick` delays those requests only briefly.
 pub const DEFAULT_TICK_DEADLINE: Duration = Duration::from_millis(100);
 
 /// Linear memory a policy instance may grow to. cache_aware's default

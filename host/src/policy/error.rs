@@ -134,4 +134,10 @@ pub enum SelectError {
     /// The policy answered `err` with this message.
     #[error("routing policy declined the request: {0}")]
     Declined(String),
+    /// The policy's only instance is busy with maintenance (`tick`,
+    /// `workers-changed`, a reload's `snapshot`): wait for
+    /// [`Policy::until_ready`](super::Policy::until_ready), then ask again.
+    /// A serving thread never blocks on maintenance.
+    #[error("routing policy is busy with maintenance")]
+    Busy,
 }

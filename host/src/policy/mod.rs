@@ -252,7 +252,17 @@ pub trait Policy: Send + Sync {
 
     /// Periodic housekeeping; `now_ms` is milliseconds since the Unix epoch.
     fn tick(&self, now_ms: u64);
+
+    /// Resolves when a `select` that answered [`SelectError::Busy`] may be
+    /// asked again. Only a policy that can be busy needs to say more than
+    /// "now".
+    fn until_ready(&self) -> ReadyWait<'_> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// What [`Policy::until_ready`] returns.
+pub type ReadyWait<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// Where the data plane finds the active policy: swapped whole on reload.
 pub type Seam = std::sync::Arc<arc_swap::ArcSwap<Box<dyn Policy>>>;
@@ -308,5 +318,9 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 
     fn tick(&self, now_ms: u64) {
         (**self).tick(now_ms)
+    }
+
+    fn until_ready(&self) -> ReadyWait<'_> {
+        (**self).until_ready()
     }
 }

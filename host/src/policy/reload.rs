@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{Limits, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
+use super::{Instances, Limits, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
 
 /// How long file events must stop before a reload starts: editors and `cp`
 /// write in several steps, and a half-written file must not be loaded.
@@ -140,6 +140,11 @@ impl PolicyManager {
         })
     }
 
+    /// The policy loaded now.
+    pub fn current(&self) -> Arc<WasmPolicy> {
+        self.lock().current.clone()
+    }
+
     /// The seam the data plane reads.
     pub fn active(&self) -> Seam {
         self.active.clone()
@@ -191,14 +196,21 @@ impl PolicyManager {
         // From the snapshot to the swap as little as can be: the state the
         // old instance learns meanwhile (from requests it routes) is lost.
         // Outcomes reported after the swap go to the new one (`Loaded`).
-        match old.snapshot() {
-            Ok(state) => {
-                if let Err(e) = next.restore(&state) {
-                    tracing::warn!(policy = %next.info().name, "the new policy did not take the old state, starting fresh: {e}");
+        // Private state goes from shared instance to shared instance;
+        // per-thread policies keep theirs in the host, which stays.
+        if next.info().instances == Instances::Shared {
+            match old.snapshot() {
+                Ok(Some(state)) => {
+                    if let Err(e) = next.restore(&state) {
+                        tracing::warn!(policy = %next.info().name, "the new policy did not take the old state, starting fresh: {e}");
+                    }
                 }
-            }
-            Err(fault) => {
-                tracing::warn!("no state carried over: the old policy faulted in snapshot: {fault}")
+                Ok(None) => {}
+                Err(fault) => {
+                    tracing::warn!(
+                        "no state carried over: the old policy faulted in snapshot: {fault}"
+                    )
+                }
             }
         }
         // The workers and the swap together, notifications held back: a

@@ -1,14 +1,29 @@
 //! [`WasmPolicy`]: a policy component behind the [`Policy`] seam.
 //!
-//! One instance serves all requests, behind a mutex (calls take well under a
-//! microsecond to a few; state such as cache_aware's tree is shared anyway).
-//! Every call gets a deadline. A trap poisons the instance's store: it is
+//! Instances live in slots, each behind its own mutex. A policy that keeps
+//! private state ([`Instances::Shared`], and every 0.1 policy) has one slot:
+//! its calls run one at a time. One that keeps none ([`Instances::PerThread`])
+//! has one slot per core: a serving thread starts at its own slot and takes
+//! the first free one, so no call waits while a slot is free, whatever the
+//! core count.
+//!
+//! Maintenance (`tick`, `workers-changed`, a reload's `snapshot` and
+//! `restore`, a rebuilt instance's start) never holds a serving thread: while
+//! it has the slot, `select` answers [`SelectError::Busy`] and the proxy
+//! awaits [`Policy::until_ready`] (the thread serves its other connections
+//! meanwhile), and `on-complete` leaves its outcome in a bounded queue that
+//! the maintenance call hands over before it lets go. A serving thread waits
+//! on the lock only behind another request's call, which takes microseconds.
+//!
+//! Every call gets a deadline. A trap poisons its instance's store: it is
 //! dropped, the request is answered by [`LeastLoad`], and a fresh instance is
 //! built on a background thread from the pre-linked component, after a
-//! back-off that doubles with each consecutive fault.
+//! back-off that doubles with each consecutive fault of that slot. What the
+//! policy keeps in the host (`state`) is untouched by all of this.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
@@ -19,7 +34,7 @@ use super::instance::{Live, Pre, cap_message, classify};
 use super::sandbox::{self, StoreState};
 use super::source::{PolicySource, check_header};
 use super::{
-    Candidate, Decision, LeastLoad, LoadError, Outcome, Policy, PolicyFault, PolicyInfo,
+    Candidate, Decision, Instances, LeastLoad, LoadError, Outcome, Policy, PolicyFault, PolicyInfo,
     RouteRequest, SelectError, WorkerInfo,
 };
 
@@ -57,19 +72,75 @@ struct Shared {
     config: String,
     limits: Limits,
     info: PolicyInfo,
-    slot: Mutex<Slot>,
+    /// One for a shared policy, one per core for a per-thread one.
+    slots: Box<[Cell]>,
+    /// Woken when a maintenance call lets go of its slot.
+    freed: tokio::sync::Notify,
+    /// Outcomes that came while every slot was busy with maintenance.
+    deferred: Mutex<VecDeque<Outcome>>,
+    /// `deferred.len()`, read without its lock.
+    deferred_len: AtomicUsize,
+    /// The worker list a rebuilt instance is told. Locked before a slot
+    /// when both are.
+    workers: Mutex<Vec<WorkerInfo>>,
     fallback: LeastLoad,
     faults: AtomicU64,
     last_fault: Mutex<Option<String>>,
     ticks: AtomicU64,
 }
 
-/// The running instance and what a rebuilt one must be told.
+/// A slot, and whether a maintenance call has it (or waits for it).
+struct Cell {
+    slot: Mutex<Slot>,
+    maintaining: AtomicBool,
+}
+
+impl Cell {
+    fn new(live: Live) -> Cell {
+        Cell {
+            slot: Mutex::new(Slot {
+                live: Some(live),
+                consecutive_faults: 0,
+            }),
+            maintaining: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Outcomes held for a policy busy with maintenance, at most: past this,
+/// outcomes are dropped (and counted) rather than held without bound.
+pub const MAX_DEFERRED_OUTCOMES: usize = 4096;
+
+/// One instance, and how its calls have been going.
 struct Slot {
     /// `None` after a fault, until the rebuild installs a fresh instance.
     live: Option<Live>,
-    workers: Vec<WorkerInfo>,
     consecutive_faults: u32,
+}
+
+/// How many slots a per-thread policy gets: one per core the router runs
+/// serving threads on (one per core), and at least two, so that a call
+/// never waits behind another while the router also serves from elsewhere
+/// (tests, background tasks).
+fn per_thread_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2)
+}
+
+/// Each thread's first slot to try: threads numbered as they first route.
+fn home_slot(slots: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static THREAD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    THREAD.with(|n| *n) % slots
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    // A panic while holding the lock cannot leave the slot inconsistent: at
+    // worst the instance is dropped and rebuilt.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WasmPolicy {
@@ -111,8 +182,23 @@ impl WasmPolicy {
             })?;
         let host = engine.host(&policy_key(&source));
         let pre = Pre::new(engine, &component, pre, &host, &name, limits)?;
-        let (live, info) = Live::start(&pre, engine, &host, &name, config, limits)?;
-        tracing::info!(policy = %info.name, source = %name, contract = pre.version(), "policy loaded");
+        let (first, info) = Live::start(&pre, engine, &host, &name, config, limits)?;
+        let count = match info.instances {
+            Instances::Shared => 1,
+            Instances::PerThread if info.tick_interval.is_some() => {
+                return Err(LoadError::InitRefused {
+                    name,
+                    message: "a per-thread policy is not ticked: declare `instances: shared` to get ticks, or a tick interval of 0".into(),
+                });
+            }
+            Instances::PerThread => per_thread_slots(),
+        };
+        let mut slots = vec![Cell::new(first)];
+        for _ in 1..count {
+            let (live, _) = Live::start(&pre, engine, &host, &name, config, limits)?;
+            slots.push(Cell::new(live));
+        }
+        tracing::info!(policy = %info.name, source = %name, contract = pre.version(), instances = count, "policy loaded");
         Ok(WasmPolicy {
             shared: Arc::new(Shared {
                 engine: engine.clone(),
@@ -123,11 +209,11 @@ impl WasmPolicy {
                 config: config.to_string(),
                 limits,
                 info,
-                slot: Mutex::new(Slot {
-                    live: Some(live),
-                    workers: Vec::new(),
-                    consecutive_faults: 0,
-                }),
+                slots: slots.into_boxed_slice(),
+                freed: tokio::sync::Notify::new(),
+                deferred: Mutex::new(VecDeque::new()),
+                deferred_len: AtomicUsize::new(0),
+                workers: Mutex::new(Vec::new()),
                 fallback: LeastLoad::default(),
                 faults: AtomicU64::new(0),
                 last_fault: Mutex::new(None),
@@ -175,53 +261,111 @@ impl WasmPolicy {
             .clone()
     }
 
-    /// Linear memory of the running instance in bytes (0 while restarting).
+    /// Linear memory of the running instances in bytes (0 while restarting).
     pub fn memory_bytes(&self) -> usize {
         self.shared
-            .lock()
-            .live
-            .as_ref()
-            .map_or(0, |live| live.store.data().limits.current)
+            .slots
+            .iter()
+            .filter_map(|cell| Some(lock(&cell.slot).live.as_ref()?.store.data().limits.current))
+            .sum()
     }
 
-    /// Whether an instance is running (false while rebuilding after a fault).
+    /// Whether every instance is running (false while one is rebuilt after
+    /// a fault).
     pub fn is_running(&self) -> bool {
-        self.shared.lock().live.is_some()
+        self.shared
+            .slots
+            .iter()
+            .all(|cell| lock(&cell.slot).live.is_some())
     }
 
-    /// The policy's state, to hand to its successor on a hot reload.
-    pub fn snapshot(&self) -> Result<Vec<u8>, PolicyFault> {
-        let mut slot = self.shared.lock();
-        let limits = self.shared.limits;
-        self.shared
-            .call(&mut slot, limits.maintenance_deadline, Live::snapshot)
+    /// How many instances it runs: 1, or one per core for a per-thread
+    /// policy.
+    pub fn instances(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// The policy's private state, to hand to its successor on a hot
+    /// reload: a shared instance's `snapshot`; nothing for a per-thread
+    /// policy, which keeps none.
+    pub fn snapshot(&self) -> Result<Option<Vec<u8>>, PolicyFault> {
+        if self.shared.info.instances == Instances::PerThread {
+            return Ok(None);
+        }
+        let shared = &self.shared;
+        let deadline = shared.limits.maintenance_deadline;
+        shared.maintain(0, deadline, Live::snapshot).map(Some)
     }
 
     /// Take over state from [`WasmPolicy::snapshot`]. `Err` carries the
     /// policy's refusal or the fault; the instance keeps its fresh state.
     pub fn restore(&self, state: &[u8]) -> Result<(), String> {
-        let mut slot = self.shared.lock();
-        let limits = self.shared.limits;
-        self.shared
-            .call(&mut slot, limits.maintenance_deadline, |live| {
-                live.restore(state)
-            })
+        let shared = &self.shared;
+        let deadline = shared.limits.maintenance_deadline;
+        shared
+            .maintain(0, deadline, |live| live.restore(state))
             .unwrap_or_else(|fault| Err(fault.to_string()))
             .map_err(cap_message)
     }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        // A panic while holding the lock cannot leave the slot inconsistent:
-        // at worst the instance is dropped and rebuilt.
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    /// Run maintenance call `f` on slot `at`'s instance under `deadline`
+    /// (never from a serving thread), then hand it the outcomes deferred
+    /// meanwhile, and wake the requests that waited.
+    fn maintain<R>(
+        self: &Arc<Self>,
+        at: usize,
+        deadline: Duration,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyFault> {
+        let cell = &self.slots[at];
+        cell.maintaining.store(true, Ordering::SeqCst);
+        let mut slot = lock(&cell.slot);
+        let result = self.call_locked(at, &mut slot, deadline, f);
+        self.drain_deferred(at, &mut slot);
+        cell.maintaining.store(false, Ordering::SeqCst);
+        drop(slot);
+        self.freed.notify_waiters();
+        result
     }
 
-    /// Run `f` on the live instance under `deadline`. On a trap, drop the
-    /// instance, record the fault and schedule a rebuild.
-    fn call<R>(
+    /// Hand the deferred outcomes to slot `at`'s instance (locked).
+    fn drain_deferred(self: &Arc<Self>, at: usize, slot: &mut Slot) {
+        if self.deferred_len.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let outcomes: Vec<Outcome> = {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            self.deferred_len.store(0, Ordering::SeqCst);
+            deferred.drain(..).collect()
+        };
+        for outcome in &outcomes {
+            let result = self.call_locked(at, slot, self.limits.call_deadline, |live| {
+                live.on_complete(outcome)
+            });
+            self.skipped("on-complete", result);
+        }
+    }
+
+    /// Keep `outcome` for the instance busy with maintenance.
+    fn defer(&self, outcome: &Outcome) {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if deferred.len() >= MAX_DEFERRED_OUTCOMES {
+            metrics::counter!(crate::metrics::POLICY_OUTCOMES_DROPPED, "policy" => self.info.name.clone())
+                .increment(1);
+            return;
+        }
+        deferred.push_back(outcome.clone());
+        self.deferred_len.store(deferred.len(), Ordering::SeqCst);
+    }
+
+    /// Run `f` on the instance of `slot` (number `at`, locked) under
+    /// `deadline`. On a trap, drop the instance, record the fault and
+    /// schedule its rebuild.
+    fn call_locked<R>(
         self: &Arc<Self>,
+        at: usize,
         slot: &mut Slot,
         deadline: Duration,
         f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
@@ -233,13 +377,41 @@ impl Shared {
             slot.live = None;
             slot.consecutive_faults += 1;
             self.record_fault(&fault);
-            self.schedule_restart(backoff(slot.consecutive_faults));
+            self.schedule_restart(at, backoff(slot.consecutive_faults));
             fault
         })
     }
 
+    /// The slot a serving thread calls into, locked: its own if free, else
+    /// the next free one; if all are taken, the first that another request
+    /// (not maintenance) has, once that request's call is done; `None` if
+    /// maintenance has them all.
+    fn serving_slot(&self) -> Option<(usize, MutexGuard<'_, Slot>)> {
+        let n = self.slots.len();
+        let home = if n == 1 { 0 } else { home_slot(n) };
+        let order = || (home..n).chain(0..home);
+        for at in order() {
+            match self.slots[at].slot.try_lock() {
+                Ok(guard) => return Some((at, guard)),
+                Err(TryLockError::Poisoned(e)) => return Some((at, e.into_inner())),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        // Maintenance that starts between this check and the lock is waited
+        // for: rare, and bounded by its deadline.
+        let at = order().find(|&at| !self.slots[at].maintaining.load(Ordering::SeqCst))?;
+        Some((at, lock(&self.slots[at].slot)))
+    }
+
+    /// Whether some slot is free of maintenance.
+    fn ready(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|cell| !cell.maintaining.load(Ordering::SeqCst))
+    }
+
     /// Note a call that did not run or did not finish. Faults were already
-    /// counted and logged by [`Shared::call`]; this records the skip.
+    /// counted and logged by [`Shared::call_locked`]; this records the skip.
     fn skipped(&self, what: &str, result: Result<(), PolicyFault>) {
         if let Err(fault) = result {
             tracing::debug!(policy = %self.info.name, "{what} skipped: {fault}");
@@ -254,9 +426,9 @@ impl Shared {
         tracing::warn!(policy = %self.info.name, faults = total, "{fault}; answering with the least-load fallback");
     }
 
-    /// Rebuild the instance on a background thread after `delay`, retrying
-    /// with back-off until it starts or the policy is dropped.
-    fn schedule_restart(self: &Arc<Self>, mut delay: Duration) {
+    /// Rebuild slot `at`'s instance on a background thread after `delay`,
+    /// retrying with back-off until it starts or the policy is dropped.
+    fn schedule_restart(self: &Arc<Self>, at: usize, mut delay: Duration) {
         let weak: Weak<Shared> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("policy-restart".into())
@@ -265,7 +437,7 @@ impl Shared {
                 loop {
                     std::thread::sleep(delay);
                     let Some(shared) = weak.upgrade() else { return };
-                    match shared.restart() {
+                    match shared.restart(at) {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::warn!(policy = %shared.info.name, "policy restart failed: {e}");
@@ -280,8 +452,9 @@ impl Shared {
         }
     }
 
-    /// Start a fresh instance and install it, told the current workers.
-    fn restart(self: &Arc<Self>) -> Result<(), LoadError> {
+    /// Start a fresh instance, tell it the current workers, and install it
+    /// in slot `at`: the slot is locked only for the swap.
+    fn restart(self: &Arc<Self>, at: usize) -> Result<(), LoadError> {
         let name = self.source.label();
         let (mut live, _) = Live::start(
             &self.pre,
@@ -291,15 +464,17 @@ impl Shared {
             &self.config,
             self.limits,
         )?;
-        let mut slot = self.lock();
+        // Held to the swap: a change of workers meanwhile waits, then
+        // reaches the installed instance.
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         live.store
             .set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
-        live.workers_changed(&slot.workers)
+        live.workers_changed(&workers)
             .map_err(|e| LoadError::StartFault {
                 name,
                 fault: classify(&e),
             })?;
-        slot.live = Some(live);
+        lock(&self.slots[at].slot).live = Some(live);
         tracing::info!(policy = %self.info.name, "policy instance restarted");
         Ok(())
     }
@@ -337,14 +512,15 @@ impl Policy for WasmPolicy {
     }
 
     fn workers_changed(&self, workers: &[WorkerInfo]) {
-        let mut slot = self.shared.lock();
-        slot.workers = workers.to_vec();
-        let deadline = self.shared.limits.maintenance_deadline;
-        let result = self
-            .shared
-            .call(&mut slot, deadline, |live| live.workers_changed(workers));
-        // A restarting instance is told the stored list when it starts.
-        self.shared.skipped("workers-changed", result);
+        let shared = &self.shared;
+        let mut held = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
+        *held = workers.to_vec();
+        let deadline = shared.limits.maintenance_deadline;
+        for at in 0..shared.slots.len() {
+            let result = shared.maintain(at, deadline, |live| live.workers_changed(workers));
+            // A restarting instance is told the stored list when it starts.
+            shared.skipped("workers-changed", result);
+        }
     }
 
     fn select(
@@ -356,8 +532,11 @@ impl Policy for WasmPolicy {
             return Err(SelectError::NoCandidates);
         }
         let shared = &self.shared;
-        let mut slot = shared.lock();
-        let answer = shared.call(&mut slot, shared.limits.call_deadline, |live| {
+        let Some((at, mut slot)) = shared.serving_slot() else {
+            return Err(SelectError::Busy);
+        };
+        shared.drain_deferred(at, &mut slot);
+        let answer = shared.call_locked(at, &mut slot, shared.limits.call_deadline, |live| {
             live.select(req, candidates)
         });
         match answer {
@@ -380,23 +559,37 @@ impl Policy for WasmPolicy {
     }
 
     fn on_complete(&self, outcome: &Outcome) {
-        let mut slot = self.shared.lock();
-        let deadline = self.shared.limits.call_deadline;
-        let result = self
-            .shared
-            .call(&mut slot, deadline, |live| live.on_complete(outcome));
-        self.shared.skipped("on-complete", result);
+        let shared = &self.shared;
+        let Some((at, mut slot)) = shared.serving_slot() else {
+            shared.defer(outcome);
+            return;
+        };
+        shared.drain_deferred(at, &mut slot);
+        let result = shared.call_locked(at, &mut slot, shared.limits.call_deadline, |live| {
+            live.on_complete(outcome)
+        });
+        shared.skipped("on-complete", result);
     }
 
     fn tick(&self, now_ms: u64) {
-        let mut slot = self.shared.lock();
-        let deadline = self.shared.limits.tick_deadline;
-        let result = self
-            .shared
-            .call(&mut slot, deadline, |live| live.tick(now_ms));
+        // Per-thread policies are not ticked (refused at load if they ask).
+        let shared = &self.shared;
+        let result = shared.maintain(0, shared.limits.tick_deadline, |live| live.tick(now_ms));
         if result.is_ok() {
-            self.shared.ticks.fetch_add(1, Ordering::Relaxed);
+            shared.ticks.fetch_add(1, Ordering::Relaxed);
         }
-        self.shared.skipped("tick", result);
+        shared.skipped("tick", result);
+    }
+
+    fn until_ready(&self) -> super::ReadyWait<'_> {
+        Box::pin(async move {
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check: a release between the two wakes it.
+            freed.as_mut().enable();
+            if !self.shared.ready() {
+                freed.await;
+            }
+        })
     }
 }

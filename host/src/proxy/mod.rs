@@ -95,7 +95,8 @@ pub async fn forward(
             Role::Regular,
             &req,
             retries.excluded(),
-        )?
+        )
+        .await?
         else {
             break;
         };
@@ -148,18 +149,39 @@ pub async fn forward(
 }
 
 /// Ask `policy` to pick one of the `role` workers that may take `req`,
-/// except `excluded`; `None` when there is none.
-pub(crate) fn pick(
+/// except `excluded`; `None` when there is none. A policy busy with its
+/// maintenance is waited for without holding the serving thread.
+pub(crate) async fn pick(
     registry: &Registry,
     policy: &dyn Policy,
     role: Role,
     req: &Forward<'_>,
     excluded: &[u32],
 ) -> Result<Option<Arc<Worker>>, ApiError> {
-    let workers = registry.candidates(req.model, role, excluded)?;
-    if workers.is_empty() {
-        return Ok(None);
+    loop {
+        match pick_now(registry, policy, role, req, excluded) {
+            Err(Busy) => policy.until_ready().await,
+            Ok(picked) => return picked,
+        }
     }
+}
+
+/// The policy was busy: [`pick`] waits, then asks again.
+struct Busy;
+
+/// [`pick`], once.
+fn pick_now(
+    registry: &Registry,
+    policy: &dyn Policy,
+    role: Role,
+    req: &Forward<'_>,
+    excluded: &[u32],
+) -> Result<Result<Option<Arc<Worker>>, ApiError>, Busy> {
+    let workers = match registry.candidates(req.model, role, excluded) {
+        Ok(workers) if workers.is_empty() => return Ok(Ok(None)),
+        Ok(workers) => workers,
+        Err(e) => return Ok(Err(e)),
+    };
     let candidates = Registry::as_candidates(&workers);
     let asked = Instant::now();
     let request = RouteRequest {
@@ -171,23 +193,25 @@ pub(crate) fn pick(
         stream: req.stream,
         max_new_tokens: req.max_new_tokens,
     };
-    let decision = policy.select(&request, &candidates).map_err(|e| match e {
-        SelectError::NoCandidates => ApiError::NoHealthyWorker,
-        SelectError::Declined(message) => ApiError::PolicyDeclined(message),
-    })?;
+    let decision = match policy.select(&request, &candidates) {
+        Ok(decision) => decision,
+        Err(SelectError::Busy) => return Err(Busy),
+        Err(SelectError::NoCandidates) => return Ok(Err(ApiError::NoHealthyWorker)),
+        Err(SelectError::Declined(message)) => return Ok(Err(ApiError::PolicyDeclined(message))),
+    };
     m::policy_decision().record(asked.elapsed());
     if let Some(worker) = workers.iter().find(|w| w.id == decision.worker) {
-        return Ok(Some(worker.clone()));
+        return Ok(Ok(Some(worker.clone())));
     }
     // Every implementation is checked here, not only Wasm ones.
     let name = &policy.info().name;
     tracing::warn!(policy = %name, worker = decision.worker, "the policy picked a worker that is not a candidate; routed by the fallback");
     metrics::counter!(m::POLICY_FAULTS, "policy" => name.clone(), "kind" => "not_a_candidate")
         .increment(1);
-    let fallback = LeastLoad::default()
-        .select(&request, &candidates)
-        .map_err(|_| ApiError::NoHealthyWorker)?;
-    Ok(workers.into_iter().find(|w| w.id == fallback.worker))
+    let picked = LeastLoad::default()
+        .pick(&candidates)
+        .and_then(|id| workers.into_iter().find(|w| w.id == id));
+    Ok(Ok(picked))
 }
 
 /// The body for `worker`: the client's bytes, plus `data_parallel_rank`
@@ -254,8 +278,8 @@ mod tests {
 
     /// Issue 15: `pick` panicked on a policy implementation that returned a
     /// worker outside the candidates.
-    #[test]
-    fn a_pick_that_is_not_a_candidate_is_routed_by_the_fallback() {
+    #[tokio::test]
+    async fn a_pick_that_is_not_a_candidate_is_routed_by_the_fallback() {
         let registry = Registry::new(None, true);
         let worker = registry.add("http://127.0.0.1:1").unwrap();
         let headers = HeaderMap::new();
@@ -267,7 +291,9 @@ mod tests {
             tick_interval: None,
             instances: crate::policy::Instances::Shared,
         });
-        let picked = pick(&registry, &stray, Role::Regular, &req, &[]).unwrap();
+        let picked = pick(&registry, &stray, Role::Regular, &req, &[])
+            .await
+            .unwrap();
         assert_eq!(picked.map(|w| w.id), Some(worker.id));
     }
 

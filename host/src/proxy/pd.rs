@@ -60,10 +60,22 @@ pub async fn forward(
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
     while retries.next().await {
         let excluded = retries.excluded();
-        let pick_one =
-            |policy: &Loaded, role| pick(registry, &**policy.policy, role, &req, excluded);
-        let prefill = pick_one(&policies.prefill, Role::Prefill)?;
-        let decode = pick_one(&policies.decode, Role::Decode)?;
+        let prefill = pick(
+            registry,
+            &**policies.prefill.policy,
+            Role::Prefill,
+            &req,
+            excluded,
+        )
+        .await?;
+        let decode = pick(
+            registry,
+            &**policies.decode.policy,
+            Role::Decode,
+            &req,
+            excluded,
+        )
+        .await?;
         let (Some(prefill), Some(decode)) = (prefill, decode) else {
             break;
         };

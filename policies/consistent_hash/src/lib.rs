@@ -9,7 +9,9 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, WorkerInfo, export_policy};
+use wasm_router_policy::{
+    Candidate, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(default)]
@@ -72,7 +74,13 @@ impl Policy for ConsistentHash {
             virtual_nodes: config.virtual_nodes,
             ring: Vec::new(),
         };
-        Ok((policy, PolicyInfo::new("consistent_hash")))
+        // The ring depends on the worker list only, which every instance is
+        // told: one instance per router thread picks as one would.
+        let info = PolicyInfo {
+            instances: Instances::PerThread,
+            ..PolicyInfo::new("consistent_hash")
+        };
+        Ok((policy, info))
     }
 
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {

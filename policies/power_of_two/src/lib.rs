@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, Rng, export_policy};
+use wasm_router_policy::{Candidate, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
 
 #[derive(Debug, Default, Deserialize)]
 struct Config {
@@ -28,7 +28,13 @@ impl Policy for PowerOfTwo {
         let config: Config = serde_json::from_str(config)
             .map_err(|e| format!("power_of_two: invalid config: {e}"))?;
         let rng = config.seed.map_or_else(Rng::from_entropy, Rng::new);
-        Ok((PowerOfTwo { rng }, PolicyInfo::new("power_of_two")))
+        // As random: only the generator carries over, so one instance per
+        // router thread.
+        let info = PolicyInfo {
+            instances: Instances::PerThread,
+            ..PolicyInfo::new("power_of_two")
+        };
+        Ok((PowerOfTwo { rng }, info))
     }
 
     fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {

@@ -5,7 +5,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, Rng, export_policy};
+use wasm_router_policy::{Candidate, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
 
 /// Settings from the router's config.
 #[derive(Debug, Default, Deserialize)]
@@ -29,7 +29,13 @@ pub struct Random {
 impl Policy for Random {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
         let rng = rng_from_config(config).map_err(|e| format!("random: {e}"))?;
-        Ok((Random { rng }, PolicyInfo::new("random")))
+        // Nothing but the generator carries over between calls: one instance
+        // per router thread, each with its own stream of picks.
+        let info = PolicyInfo {
+            instances: Instances::PerThread,
+            ..PolicyInfo::new("random")
+        };
+        Ok((Random { rng }, info))
     }
 
     fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {

@@ -163,7 +163,7 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
         ask(&old, &keyed("state", "", ""), &idle(&[1])),
         format!("completed={record}|restored=")
     );
-    let snapshot = old.snapshot().unwrap();
+    let snapshot = old.snapshot().unwrap().unwrap();
     assert_eq!(snapshot, format!("probe:{record}").into_bytes());
 
     let new = probe("{}").unwrap();

@@ -108,7 +108,11 @@ impl Wasm {
                 None
             }
             Step::Reload => {
-                let state = self.0.snapshot().expect("snapshot");
+                let state = self
+                    .0
+                    .snapshot()
+                    .expect("snapshot")
+                    .expect("a shared instance");
                 let fresh = load(&self.1);
                 fresh.restore(&state).unwrap();
                 self.0 = fresh;

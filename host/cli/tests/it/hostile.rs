@@ -72,7 +72,7 @@ fn restore_refuses_garbage_and_a_trap_in_restore_is_a_fault() {
     let error = p.restore(b"\xff garbage").unwrap_err();
     assert!(error.contains("refuses a 9-byte snapshot"), "{error}");
     assert_eq!(p.faults(), 0);
-    p.restore(&p.snapshot().unwrap()).unwrap();
+    p.restore(&p.snapshot().unwrap().unwrap()).unwrap();
     assert_serves(&p);
 
     let p = hostile_policy(r#"{"mode": "trap-in-restore"}"#);

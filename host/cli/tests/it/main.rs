@@ -10,6 +10,7 @@ mod engine;
 mod examples;
 mod fixtures;
 mod hostile;
+mod instances;
 mod jwt;
 mod layout;
 mod mock;
