@@ -1,11 +1,12 @@
 //! Decision cost per `select`, native beside Wasm, the session-affinity
-//! example in Rust beside AssemblyScript, and cache_aware's guest memory per
-//! million characters inserted. Results go to BENCHMARKS.md.
+//! example in Rust beside AssemblyScript, and `select` throughput from two
+//! threads against one. Results go to BENCHMARKS.md.
 //!
 //! Run: `./examples/build.sh && cargo bench -p wasm-router --bench policy`
 //! (without the examples built, their comparison is skipped with a note).
 
 use std::hint::black_box;
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
@@ -102,23 +103,34 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
                         black_box(pick.unwrap())
                     })
                 });
-                group.bench_function(BenchmarkId::new("wasm", &case), |b| {
-                    let p = wasm(engine, name);
-                    let mut i = 0;
-                    b.iter(|| {
-                        i = (i + 1) % texts.len();
-                        let req = RouteRequest {
-                            id: i as u64,
-                            route: Route::Generate,
-                            model: "",
-                            text: text_of(i),
-                            routing_key: None,
-                            stream: false,
-                            max_new_tokens: None,
-                        };
-                        black_box(p.select(&req, &host_cands).unwrap().worker)
-                    })
-                });
+                // The same policy as built against contract 0.1.0 (the test
+                // fixture from the repository's history): what the contract's
+                // change costs or saves per call.
+                let v01 = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!("cli/tests/fixtures/contract-0.1/{name}.wasm"));
+                for (variant, source) in [
+                    ("wasm", PolicySource::Builtin(name)),
+                    ("wasm-0.1", PolicySource::File(v01)),
+                ] {
+                    group.bench_function(BenchmarkId::new(variant, &case), |b| {
+                        let p = WasmPolicy::load(engine, source.clone(), "{}", Limits::default())
+                            .expect("the policy loads");
+                        let mut i = 0;
+                        b.iter(|| {
+                            i = (i + 1) % texts.len();
+                            let req = RouteRequest {
+                                id: i as u64,
+                                route: Route::Generate,
+                                model: "",
+                                text: text_of(i),
+                                routing_key: None,
+                                stream: false,
+                                max_new_tokens: None,
+                            };
+                            black_box(p.select(&req, &host_cands).unwrap().worker)
+                        })
+                    });
+                }
                 group.finish();
             }
         }
@@ -176,51 +188,58 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
     group.finish();
 }
 
-/// Guest memory per million characters inserted into cache_aware's tree:
-/// unique text (the worst case, nothing shared) and the shared-prefix mix.
-fn memory_per_million_chars(engine: &PolicyEngine) {
-    let candidates: Vec<policy::Candidate> =
-        (0..8).map(|id| policy::Candidate::idle(id, 0)).collect();
-    let mut words = Words(42);
-    let unique: Vec<String> = (0..4000).map(|_| words.text(1000)).collect();
-    let shared = prompts(1000);
-    for (label, texts) in [
-        ("unique 1000-char prompts", &unique),
-        ("shared-prefix 1000-char prompts", &shared),
-    ] {
-        let p = wasm(engine, "cache_aware");
-        let before = p.memory_bytes();
-        let mut inserted = 0usize;
-        let mut i = 0;
-        while inserted < 4_000_000 {
-            let text = &texts[i % texts.len()];
-            // A distinct ending, so every call inserts new text.
-            let text = format!("{text} {i:08}");
-            inserted += text.chars().count();
-            let req = RouteRequest {
-                id: i as u64,
-                route: Route::Generate,
-                model: "",
-                text: &text,
-                routing_key: None,
-                stream: false,
-                max_new_tokens: None,
-            };
-            p.select(&req, &candidates).unwrap();
-            i += 1;
+/// `select` throughput of `policy` from `threads` threads at once, each making
+/// [`SCALING_CALLS`] calls: calls per second over all threads.
+fn throughput(policy: &WasmPolicy, threads: usize) -> f64 {
+    let candidates: Vec<policy::Candidate> = (0..8)
+        .map(|id| policy::Candidate::idle(id, id % 3))
+        .collect();
+    let start = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let candidates = &candidates;
+            scope.spawn(move || {
+                for i in 0..SCALING_CALLS {
+                    let req = RouteRequest {
+                        id: (t * SCALING_CALLS + i) as u64,
+                        route: Route::Generate,
+                        model: "",
+                        text: "",
+                        routing_key: None,
+                        stream: false,
+                        max_new_tokens: None,
+                    };
+                    black_box(policy.select(&req, candidates).unwrap().worker);
+                }
+            });
         }
-        let grown = p.memory_bytes() - before;
+    });
+    (threads * SCALING_CALLS) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Calls each thread makes in [`thread_scaling`].
+const SCALING_CALLS: usize = 200_000;
+
+/// Issue 17: `select` from two threads at once against one, for a
+/// per-thread policy (random: an instance per core) and for a shared one
+/// (round_robin: one instance, one lock), in the same run.
+fn thread_scaling(engine: &PolicyEngine) {
+    for name in ["random", "round_robin"] {
+        let p = wasm(engine, name);
+        throughput(&p, 1);
+        let one = throughput(&p, 1);
+        let two = throughput(&p, 2);
         println!(
-            "cache_aware memory, {label}: {:.2} MB of guest memory per million characters inserted ({inserted} chars, {} requests)",
-            grown as f64 / (inserted as f64 / 1e6) / 1e6,
-            i
+            "select throughput, {name} ({} instances, 8 candidates): 1 thread {one:.0}/s, 2 threads {two:.0}/s, 2/1 = {:.2}x",
+            p.instances(),
+            two / one
         );
     }
 }
 
 fn main() {
     let engine = PolicyEngine::new(None).expect("engine");
-    memory_per_million_chars(&engine);
+    thread_scaling(&engine);
     let mut c = Criterion::default().configure_from_args();
     bench_select(&mut c, &engine);
     bench_examples(&mut c, &engine);

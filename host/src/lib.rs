@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod errors;
 pub mod extract;
+pub mod index;
 pub mod jwt;
 pub mod metrics;
 pub mod policy;

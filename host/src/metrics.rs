@@ -35,6 +35,8 @@ pub const POLICY_LOG_SUPPRESSED: &str = "wasm_router_policy_log_lines_suppressed
 /// Outcomes dropped because a policy busy with maintenance had too many
 /// waiting, by policy.
 pub const POLICY_OUTCOMES_DROPPED: &str = "wasm_router_policy_outcomes_dropped_total";
+/// Inserts a policy's prefix index dropped because it was full, by policy.
+pub const POLICY_INDEX_FULL: &str = "wasm_router_policy_index_full_total";
 /// Responses cut off mid-body by a timeout, by reason (deadline, idle).
 pub const RESPONSES_CUT_OFF: &str = "wasm_router_responses_cut_off_total";
 

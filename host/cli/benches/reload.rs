@@ -140,7 +140,7 @@ async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_
     }
     println!(
         "{label}: rename to first request on the new policy, median {:.1} ms, p90 {:.1} ms over {RELOADS} reloads \
-         (includes the {} ms debounce){}",
+         (a rename is acted on at once, without the {} ms debounce of in-place writes){}",
         quantile(&mut times, 0.5),
         quantile(&mut times, 0.9),
         wasm_router::policy::reload::DEBOUNCE.as_millis(),

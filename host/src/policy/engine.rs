@@ -27,14 +27,15 @@ pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAINTENANCE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Deadline for `tick`. Requests that come during a tick wait for the
-/// instance (without holding a serving thread): long enough for
-/// cache_aware's eviction of a full tree, short enough that a guest spinning
-/// in `tick` delays those requests only briefly.
+/// instance (without holding a serving thread): long enough for an eviction
+/// over a large state, short enough that a guest spinning in `tick` delays
+/// those requests only briefly.
 pub const DEFAULT_TICK_DEADLINE: Duration = Duration::from_millis(100);
 
-/// Linear memory a policy instance may grow to. cache_aware's default
-/// `max_tree_size` (2^26 characters per worker) fits for a small fleet; raise
-/// it with `--policy-memory-limit-mb` for many workers.
+/// Linear memory a policy instance may grow to (`--policy-memory-limit-mb`).
+/// cache_aware's tree is the router's (`prefix-index`), not in this memory;
+/// policies that keep large tables of their own (manual's assignments, say)
+/// may need more for large fleets.
 pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
 
 /// Per-instance limits.

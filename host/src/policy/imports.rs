@@ -1,8 +1,9 @@
 //! What the host gives contract-0.2 policies: the getters of the request
-//! they are lent ([`RequestData`]), and the `log`, `metrics` and `state`
-//! imports.
+//! they are lent ([`RequestData`]), and the `log`, `metrics`, `state` and
+//! `prefix-index` imports.
 //!
-//! `log`'s rate limit, the metric registry and the key-value store belong
+//! `log`'s rate limit, the metric registry, the key-value store and the
+//! prefix index ([`crate::index::Approximate`]) belong
 //! to the policy's key ([`PolicyHost`], kept by [`HostShelf`] for the
 //! engine's life), not to an instance: every instance of the policy shares
 //! them, and they outlive faults (a rebuilt instance finds them) and reloads
@@ -21,7 +22,9 @@ use wasmtime::component::Resource;
 
 use super::RouteRequest;
 use super::bindings::route_v2;
-use super::bindings::v2::wasm_router::policy::{log, metrics as wit_metrics, state, types};
+use super::bindings::v2::wasm_router::policy::{
+    log, metrics as wit_metrics, prefix_index, state, types,
+};
 use super::lent::RequestData;
 
 /// A policy's key: the file's stem, or the built-in's name. See `state` in
@@ -59,6 +62,7 @@ pub struct PolicyHost {
     log: Mutex<LogBucket>,
     metrics: Mutex<Vec<Declared>>,
     state: Store,
+    index: crate::index::Approximate,
 }
 
 impl PolicyHost {
@@ -72,12 +76,18 @@ impl PolicyHost {
             }),
             metrics: Mutex::new(Vec::new()),
             state: Store::default(),
+            index: crate::index::Approximate::default(),
         }
     }
 
     /// The key-value store.
     pub fn state(&self) -> &Store {
         &self.state
+    }
+
+    /// The prefix index.
+    pub fn index(&self) -> &crate::index::Approximate {
+        &self.index
     }
 }
 
@@ -519,6 +529,47 @@ impl state::Host for Host {
 
     fn add(&mut self, key: String, delta: i64) -> Result<i64, String> {
         self.policy.state.add(&key, delta)
+    }
+}
+
+impl prefix_index::Host for Host {
+    fn match_request(
+        &mut self,
+        _: Resource<RequestData>,
+        workers: Vec<u32>,
+    ) -> prefix_index::PrefixMatch {
+        let mut workers = workers;
+        workers.sort_unstable();
+        let text = &self.request.text;
+        let found = self.policy.index.prefix_match(text, &workers);
+        prefix_index::PrefixMatch {
+            text_chars: text.chars().count() as u64,
+            matched_chars: found.matched_chars,
+            worker: found.tenant,
+        }
+    }
+
+    fn insert_request(&mut self, _: Resource<RequestData>, worker: u32) {
+        if !self.policy.index.insert(&self.request.text, worker) {
+            metrics::counter!(crate::metrics::POLICY_INDEX_FULL, "policy" => self.policy.key.clone())
+                .increment(1);
+        }
+    }
+
+    fn sizes(&mut self, workers: Vec<u32>) -> Vec<u64> {
+        self.policy.index.sizes(&workers)
+    }
+
+    fn evict(&mut self, max_chars: u64) {
+        self.policy.index.evict(max_chars);
+    }
+
+    fn retain_workers(&mut self, workers: Vec<u32>) {
+        self.policy.index.retain(&workers);
+    }
+
+    fn clear(&mut self) {
+        self.policy.index.clear();
     }
 }
 

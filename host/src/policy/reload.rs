@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use super::{Instances, Limits, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
 
-/// How long file events must stop before a reload starts: editors and `cp`
-/// write in several steps, and a half-written file must not be loaded.
+/// How long events on a file written in place must stop before a reload
+/// starts: `cp` writes in several steps, and a half-written file must not
+/// be loaded. A file renamed into place is reloaded at once (see `watch`).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// What to load: the policy spec (name or path) and its JSON config.

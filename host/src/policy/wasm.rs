@@ -89,7 +89,10 @@ struct Shared {
     ticks: AtomicU64,
 }
 
-/// A slot, and whether a maintenance call has it (or waits for it).
+/// A slot, and whether a maintenance call has it (or waits for it). Each
+/// on its own cache lines: two threads locking neighbouring slots must not
+/// contend for one line.
+#[repr(align(128))]
 struct Cell {
     slot: Mutex<Slot>,
     maintaining: AtomicBool,
@@ -185,12 +188,6 @@ impl WasmPolicy {
         let (first, info) = Live::start(&pre, engine, &host, &name, config, limits)?;
         let count = match info.instances {
             Instances::Shared => 1,
-            Instances::PerThread if info.tick_interval.is_some() => {
-                return Err(LoadError::InitRefused {
-                    name,
-                    message: "a per-thread policy is not ticked: declare `instances: shared` to get ticks, or a tick interval of 0".into(),
-                });
-            }
             Instances::PerThread => per_thread_slots(),
         };
         let mut slots = vec![Cell::new(first)];
@@ -235,6 +232,11 @@ impl WasmPolicy {
     /// The key-value store the host keeps for it (contract 0.2's `state`).
     pub fn state(&self) -> &super::imports::Store {
         self.shared.host.state()
+    }
+
+    /// The prefix index the host keeps for it (`prefix-index`).
+    pub fn index(&self) -> &crate::index::Approximate {
+        self.shared.host.index()
     }
 
     /// Hex sha256 of the component's bytes.
@@ -572,7 +574,8 @@ impl Policy for WasmPolicy {
     }
 
     fn tick(&self, now_ms: u64) {
-        // Per-thread policies are not ticked (refused at load if they ask).
+        // On the first slot: a per-thread policy's serving threads take the
+        // others meanwhile.
         let shared = &self.shared;
         let result = shared.maintain(0, shared.limits.tick_deadline, |live| live.tick(now_ms));
         if result.is_ok() {

@@ -1,8 +1,10 @@
 //! Cache-aware routing, as the SGLang router does it.
 //!
-//! The policy keeps an approximate picture of every worker's KV cache: a
-//! character-level radix tree ([`tree::Tree`]) of the texts it sent where.
-//! For each request:
+//! The router keeps, for the policy, an approximate picture of every
+//! worker's KV cache: a character-level radix tree of the texts sent where
+//! (the `prefix-index` import; the tree is the `prefix-tree` crate). The
+//! request's text is matched and inserted there, natively; the policy sees
+//! only the match. For each request:
 //!
 //! 1. If the load is imbalanced (`max - min > balance_abs_threshold` and
 //!    `max > min * balance_rel_threshold`, over the candidates' in-flight
@@ -15,17 +17,16 @@
 //! The text is then inserted under the chosen worker. Every
 //! `eviction_interval_secs` the router's `tick` trims each worker's share of
 //! the tree to `max_tree_size` characters, least recently used leaves first.
-//! The tree survives hot reloads through `snapshot`/`restore`.
+//!
+//! The policy keeps nothing of its own between calls, so it runs one
+//! instance per router thread; the tree is in the router, shared by them
+//! all, and survives hot reloads and faults as it is.
 #![deny(missing_docs)]
 
-pub mod tree;
-
-use std::collections::HashSet;
-
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, WorkerInfo, export_policy};
-
-use tree::Tree;
+use wasm_router_policy::{
+    Candidate, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy, prefix_index,
+};
 
 /// Settings, with the SGLang router's names and defaults. Keys the policy
 /// does not know are ignored: the router passes all its routing flags.
@@ -79,25 +80,16 @@ impl Config {
     }
 }
 
-/// The cache-aware policy: a [`Config`] and the shared [`Tree`].
+/// The cache-aware policy: a [`Config`]; the tree is the router's.
 #[derive(Debug, Clone)]
 pub struct CacheAware {
     config: Config,
-    tree: Tree,
 }
 
 impl CacheAware {
-    /// A policy with an empty tree.
+    /// The policy with `config`.
     pub fn new(config: Config) -> Self {
-        CacheAware {
-            config,
-            tree: Tree::default(),
-        }
-    }
-
-    /// The tree, for inspection in tests and benchmarks.
-    pub fn tree(&self) -> &Tree {
-        &self.tree
+        CacheAware { config }
     }
 
     fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
@@ -108,31 +100,33 @@ impl CacheAware {
     }
 
     /// Least load, then smallest tree, then smallest id.
-    fn least_loaded(&self, candidates: &[Candidate]) -> u32 {
+    fn least_loaded(candidates: &[Candidate]) -> u32 {
+        let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+        let sizes = prefix_index::sizes(&ids);
         candidates
             .iter()
-            .min_by_key(|c| (c.load, self.tree.size(c.id), c.id))
-            .map(|c| c.id)
+            .zip(sizes)
+            .min_by_key(|(c, size)| (c.load, *size, c.id))
+            .map(|(c, _)| c.id)
             .expect("candidates are not empty")
     }
 
     /// The decision, without recording it in the tree.
-    fn choose(&self, text: &str, candidates: &[Candidate]) -> u32 {
+    fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         if self.is_imbalanced(candidates) {
-            return self.least_loaded(candidates);
+            return Self::least_loaded(candidates);
         }
-        let mut allowed: Vec<u32> = candidates.iter().map(|c| c.id).collect();
-        allowed.sort_unstable();
-        let found = self.tree.prefix_match(text, &allowed);
-        let total = text.chars().count() as f64;
-        match found.tenant {
+        let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+        let found = prefix_index::match_request(req, &ids);
+        let total = found.text_chars as f64;
+        match found.worker {
             Some(worker)
                 if total > 0.0
                     && found.matched_chars as f64 / total > self.config.cache_threshold =>
             {
                 worker
             }
-            _ => self.least_loaded(candidates),
+            _ => Self::least_loaded(candidates),
         }
     }
 }
@@ -144,6 +138,7 @@ impl Policy for CacheAware {
             needs_text: true,
             tick_interval_ms: u32::try_from(config.eviction_interval_secs.saturating_mul(1000))
                 .unwrap_or(u32::MAX),
+            instances: Instances::PerThread,
             ..PolicyInfo::new("cache_aware")
         };
         Ok((CacheAware::new(config), info))
@@ -153,32 +148,20 @@ impl Policy for CacheAware {
         if candidates.is_empty() {
             return Err("no candidates".into());
         }
-        let worker = self.choose(req.text(), candidates);
-        if !req.text().is_empty() {
-            self.tree.insert(req.text(), worker);
+        let worker = self.choose(req, candidates);
+        if req.text_len() > 0 {
+            prefix_index::insert_request(req, worker);
         }
         Ok(worker)
     }
 
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
-        let live: HashSet<u32> = workers.iter().map(|w| w.id).collect();
-        let gone: Vec<u32> = self.tree.tenants().filter(|t| !live.contains(t)).collect();
-        for tenant in gone {
-            self.tree.remove_tenant(tenant);
-        }
+        let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
+        prefix_index::retain_workers(&live);
     }
 
     fn tick(&mut self, _now_ms: u64) {
-        self.tree.evict(self.config.max_tree_size);
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        self.tree.encode()
-    }
-
-    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        self.tree = Tree::decode(state)?;
-        Ok(())
+        prefix_index::evict(self.config.max_tree_size);
     }
 }
 

@@ -54,13 +54,14 @@ pub mod bindings {
     });
 }
 
+pub mod prefix_index;
 mod request;
 
 pub use bindings::wasm_router::policy::types::{
     BreakerState, Candidate, ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
 };
 /// The host's imports: structured logs, metrics and the host-held key-value
-/// store (see `wit/policy.wit`).
+/// store (see `wit/policy.wit`); the prefix index is [`prefix_index`].
 pub use bindings::wasm_router::policy::{log, metrics, state};
 pub use request::Request;
 pub use rng::Rng;

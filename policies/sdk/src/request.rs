@@ -39,6 +39,16 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The router's handle on the request, if it lent it (not for a request
+    /// made by [`Request::new`]).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn lent_by_host(&self) -> Option<&'a HostRequest> {
+        match &self.from {
+            From::Host(h) => Some(h),
+            From::Test(_) => None,
+        }
+    }
+
     /// Router-assigned sequence number; [`crate::Outcome::request_id`]
     /// matches it. 0 in tests.
     pub fn id(&self) -> u64 {

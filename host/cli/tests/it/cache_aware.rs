@@ -3,7 +3,9 @@
 //! show the algorithm's properties.
 
 use cache_aware::CacheAware;
-use wasm_router::policy::{self, Limits, Policy, PolicySource, Role, WasmPolicy, WorkerInfo};
+use wasm_router::policy::{
+    self, Limits, Policy, PolicyEngine, PolicySource, Role, WasmPolicy, WorkerInfo,
+};
 use wasm_router_policy::Policy as _;
 
 use crate::fixtures::{engine, generous_limits};
@@ -16,7 +18,7 @@ enum Step<'a> {
     Workers(&'a [u32]),
     /// Evict.
     Tick,
-    /// Snapshot, then restore into a fresh instance that replaces this one.
+    /// A fresh instance replaces this one, as a hot reload does.
     Reload,
 }
 
@@ -57,10 +59,9 @@ impl Native {
                 None
             }
             Step::Reload => {
-                let state = self.0.snapshot();
-                let (mut fresh, _) = CacheAware::init(&self.1).unwrap();
-                fresh.restore(&state).unwrap();
-                self.0 = fresh;
+                // The SDK's native index is the thread's, as the router's is
+                // the engine's: a fresh instance finds it.
+                self.0 = CacheAware::init(&self.1).unwrap().0;
                 None
             }
         }
@@ -68,11 +69,12 @@ impl Native {
 }
 
 /// Runs scripts on cache_aware.wasm through the router's engine.
-struct Wasm(WasmPolicy, String);
+struct Wasm(WasmPolicy, String, PolicyEngine);
 
 impl Wasm {
     fn new(config: &str) -> Self {
-        Wasm(load(config), config.to_string())
+        let engine = engine();
+        Wasm(load(&engine, config), config.to_string(), engine)
     }
 
     fn run(&mut self, step: &Step<'_>) -> Option<u32> {
@@ -108,23 +110,18 @@ impl Wasm {
                 None
             }
             Step::Reload => {
-                let state = self
-                    .0
-                    .snapshot()
-                    .expect("snapshot")
-                    .expect("a shared instance");
-                let fresh = load(&self.1);
-                fresh.restore(&state).unwrap();
-                self.0 = fresh;
+                // As the router reloads: a new instance on the same engine,
+                // which keeps the policy's index.
+                self.0 = load(&self.2, &self.1);
                 None
             }
         }
     }
 }
 
-fn load(config: &str) -> WasmPolicy {
+fn load(engine: &PolicyEngine, config: &str) -> WasmPolicy {
     WasmPolicy::load(
-        &engine(),
+        engine,
         PolicySource::Builtin("cache_aware"),
         config,
         generous_limits(),
@@ -148,9 +145,10 @@ const SYS_B: &str = "Eres un asistente que responde preguntas de cocina en espa√
 
 #[test]
 fn the_component_declares_what_it_needs() {
-    let p = load("{}");
+    let p = load(&engine(), "{}");
     assert_eq!(p.info().name, "cache_aware");
     assert!(p.info().needs_text);
+    assert_eq!(p.info().instances, policy::Instances::PerThread);
     assert_eq!(
         p.info().tick_interval,
         Some(std::time::Duration::from_secs(60))
@@ -228,7 +226,7 @@ fn a_removed_worker_is_never_returned() {
 }
 
 #[test]
-fn snapshot_then_restore_keeps_the_picks() {
+fn a_reload_keeps_the_picks() {
     let texts = [
         "first family of prompts: alpha",
         "second family: beta",

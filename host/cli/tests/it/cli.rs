@@ -29,7 +29,7 @@ fn policy_check_describes_a_valid_component() {
         "contract:       0.2.0",
         "name:           cache_aware",
         "needs text:     yes",
-        "instances:      shared",
+        "instances:      per-thread",
         "tick every:     60s",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -1,4 +1,7 @@
-//! An approximate, character-level radix tree shared by all workers.
+//! An approximate, character-level radix tree shared by all workers: the
+//! index cache-aware routing keeps of what it sent where, as the SGLang
+//! router keeps it. The router holds one per policy (its `prefix-index`
+//! import); the Rust SDK uses one in native unit tests in its stead.
 //!
 //! Each node holds a piece of text (its edge from the parent) and the workers
 //! ("tenants") that were sent a request whose text passes through it, with a
@@ -8,6 +11,8 @@
 //! Invariant: a tenant of a node is a tenant of every ancestor of that node
 //! (insertion touches the whole path; eviction removes a tenant from a node
 //! only when no child still holds it). Matching relies on it.
+
+#![deny(missing_docs)]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -73,6 +78,8 @@ pub struct Tree {
     sizes: HashMap<Tenant, u64, BuildHasherDefault<IdHasher>>,
     /// Logical clock, advanced on every insertion.
     clock: u64,
+    /// The sum of `sizes`.
+    total: u64,
 }
 
 impl Default for Tree {
@@ -82,6 +89,7 @@ impl Default for Tree {
             free: Vec::new(),
             sizes: HashMap::default(),
             clock: 0,
+            total: 0,
         }
     }
 }
@@ -163,6 +171,11 @@ impl Tree {
         self.sizes.get(&tenant).copied().unwrap_or(0)
     }
 
+    /// Characters held over all tenants (text shared by two counts twice).
+    pub fn chars(&self) -> u64 {
+        self.total
+    }
+
     /// Live nodes, root included.
     pub fn node_count(&self) -> usize {
         self.nodes.len() - self.free.len()
@@ -177,6 +190,7 @@ impl Tree {
                 node.tenants.push((tenant, now));
                 let chars = node.edge_chars;
                 *self.sizes.entry(tenant).or_insert(0) += chars;
+                self.total += chars;
             }
         }
     }
@@ -335,6 +349,7 @@ impl Tree {
         let chars = node.edge_chars;
         let orphan = node.tenants.is_empty() && node.children.is_empty();
         if let Some(size) = self.sizes.get_mut(&tenant) {
+            self.total -= chars.min(*size);
             *size = size.saturating_sub(chars);
             if *size == 0 {
                 self.sizes.remove(&tenant);
@@ -368,7 +383,7 @@ impl Tree {
                 }
             }
         }
-        self.sizes.remove(&tenant);
+        self.total -= self.sizes.remove(&tenant).unwrap_or(0);
         for id in orphans {
             // A parent's orphaned subtree may already have freed it.
             if self.nodes[id].is_some() {
@@ -383,4 +398,48 @@ impl Tree {
     }
 }
 
-mod codec;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_split_and_sizes_count() {
+        let mut tree = Tree::default();
+        tree.insert("hello world", 1);
+        tree.insert("hello there", 2);
+        assert_eq!(tree.size(1), 11);
+        assert_eq!(tree.size(2), 11);
+        assert_eq!(tree.chars(), 22);
+        assert_eq!(tree.node_count(), 4, "root, 'hello ', 'world', 'there'");
+        let m = tree.prefix_match("hello wonder", &[1, 2]);
+        assert_eq!(
+            m,
+            PrefixMatch {
+                matched_chars: 8,
+                tenant: Some(1)
+            }
+        );
+        assert_eq!(tree.prefix_match("hello wonder", &[2]).matched_chars, 6);
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_and_removal_forgets() {
+        let mut tree = Tree::default();
+        let (old, new) = (
+            "the oldest prompt, sent first",
+            "a newer prompt sent after it",
+        );
+        tree.insert(old, 1);
+        tree.insert(new, 1);
+        tree.insert(new, 2);
+        tree.evict(30);
+        assert!(tree.size(1) <= 30);
+        assert_eq!(tree.prefix_match(old, &[1]).matched_chars, 0);
+        assert!(tree.prefix_match(new, &[1]).matched_chars > 0);
+        tree.remove_tenant(1);
+        assert_eq!(tree.size(1), 0);
+        assert_eq!(tree.chars(), tree.size(2));
+        assert_eq!(tree.prefix_match(new, &[1, 2]).tenant, Some(2));
+        assert_eq!(tree.tenants().collect::<Vec<_>>(), [2]);
+    }
+}
