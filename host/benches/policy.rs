@@ -75,7 +75,7 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
             let host_cands: Vec<policy::Candidate> = (0..n as u32)
                 .map(|id| policy::Candidate::idle(id, id % 3))
                 .collect();
-            let sdk_cands: Vec<wasm_router_policy::Candidate> = host_cands
+            let sdk_cands: wasm_router_policy::Candidates<'static> = host_cands
                 .iter()
                 .map(|c| wasm_router_policy::Candidate::idle(c.id, c.load))
                 .collect();

@@ -15,7 +15,9 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, WorkerInfo, export_policy};
+use wasm_router_policy::{
+    Candidate, Candidates, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
+};
 
 /// Settings (the `[policy]` table of the router's config).
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +100,7 @@ impl Policy for SessionAffinity {
         Ok((policy, PolicyInfo::new("session_affinity")))
     }
 
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         let fallback = least_loaded(candidates).ok_or("no candidates")?;
         let Some(key) = req.routing_key() else {
             return Ok(fallback);
@@ -157,7 +159,7 @@ mod tests {
         Request::new("", key)
     }
 
-    fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {
+    fn loads(l: &[(u32, u32)]) -> Candidates<'static> {
         l.iter()
             .map(|&(id, load)| Candidate::idle(id, load))
             .collect()

@@ -4,9 +4,8 @@
 //! - [`v1`]: `wit/0.1.0/policy.wit`, world `policy` (functions at world
 //!   level, the request a record).
 //! - [`v2`]: `wit/policy.wit`, world `routing-policy` (the exported
-//!   interface `policy`, the request a resource backed by
-//!   [`RequestData`](super::lent::RequestData), host imports in
-//!   [`super::imports`]).
+//!   interface `policy`, the request and the candidates resources backed by
+//!   [`super::lent`], host imports in [`super::imports`]).
 
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ pub mod v2 {
         world: "routing-policy",
         with: {
             "wasm-router:policy/types.request": crate::policy::lent::RequestData,
+            "wasm-router:policy/types.candidates": crate::policy::lent::CandidatesData,
         },
     });
 }
@@ -71,23 +71,6 @@ impl From<&seam::Candidate> for v1::Candidate {
         v1::Candidate {
             id: c.id,
             load: c.load,
-        }
-    }
-}
-
-impl From<&seam::Candidate> for t2::Candidate {
-    fn from(c: &seam::Candidate) -> Self {
-        t2::Candidate {
-            id: c.id,
-            in_flight: c.in_flight,
-            load: c.load,
-            reported_load: c.reported_load,
-            queued: c.queued,
-            breaker: if c.half_open {
-                t2::BreakerState::HalfOpen
-            } else {
-                t2::BreakerState::Closed
-            },
         }
     }
 }

@@ -25,7 +25,7 @@ use super::bindings::route_v2;
 use super::bindings::v2::wasm_router::policy::{
     log, metrics as wit_metrics, prefix_index, state, types,
 };
-use super::lent::RequestData;
+use super::lent::{CandidatesData, RequestData};
 
 /// A policy's key: the file's stem, or the built-in's name. See `state` in
 /// `wit/policy.wit`.
@@ -101,6 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Host {
     policy: Arc<PolicyHost>,
     request: RequestData,
+    candidates: CandidatesData,
     /// Handles of the metrics this instance recorded, by declared handle.
     metrics: HashMap<(u32, String), Handle>,
 }
@@ -111,16 +112,22 @@ impl Host {
         Host {
             policy,
             request: RequestData::default(),
+            candidates: CandidatesData::default(),
             metrics: HashMap::new(),
         }
     }
 
-    /// Lend `req` to the next `select`.
-    pub(super) fn lend(&mut self, req: &RouteRequest<'_>) -> Resource<RequestData> {
+    /// Lend `req` and `candidates` to the next `select`.
+    pub(super) fn lend(
+        &mut self,
+        req: &RouteRequest<'_>,
+        candidates: &[super::Candidate],
+    ) -> (Resource<RequestData>, Resource<CandidatesData>) {
         self.request.fill(req);
-        // One request is lent at a time, for one call: the handle's number
-        // is never looked up.
-        Resource::new_borrow(0)
+        self.candidates.fill(candidates);
+        // One of each is lent at a time, for one call: the handles' numbers
+        // are never looked up.
+        (Resource::new_borrow(0), Resource::new_borrow(0))
     }
 }
 
@@ -202,6 +209,37 @@ fn clean(text: &str, max: usize) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+impl types::HostCandidates for Host {
+    fn ids(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
+        self.candidates.column(|c| c.id)
+    }
+
+    fn loads(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
+        self.candidates.column(|c| c.load)
+    }
+
+    fn in_flight(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
+        self.candidates.column(|c| c.in_flight)
+    }
+
+    fn reported_loads(&mut self, _: Resource<CandidatesData>) -> Vec<Option<u32>> {
+        self.candidates.column(|c| c.reported_load)
+    }
+
+    fn queued(&mut self, _: Resource<CandidatesData>) -> Vec<Option<u32>> {
+        self.candidates.column(|c| c.queued)
+    }
+
+    fn half_open(&mut self, _: Resource<CandidatesData>) -> Vec<bool> {
+        self.candidates.column(|c| c.half_open)
+    }
+
+    fn drop(&mut self, _: Resource<CandidatesData>) -> wasmtime::Result<()> {
+        // Lent, never owned by the guest: nothing to free.
+        Ok(())
+    }
 }
 
 impl log::Host for Host {

@@ -217,10 +217,9 @@ impl Live {
                 p.call_select(store, &request, &offered)
             }
             Exports::V2(p) => {
-                let request = store.data_mut().host.lend(req);
-                let offered: Vec<_> = candidates.iter().map(Into::into).collect();
+                let (request, offered) = store.data_mut().host.lend(req, candidates);
                 p.wasm_router_policy_policy()
-                    .call_select(store, request, &offered)
+                    .call_select(store, request, offered)
             }
         })
     }

@@ -1,8 +1,8 @@
-//! The request a contract-0.2 policy is lent for one `select` (the
-//! `request` resource of `wit/policy.wit`); its getters are in
-//! [`super::imports`].
+//! What a contract-0.2 policy is lent for one `select`: the request and the
+//! candidates (the `request` and `candidates` resources of
+//! `wit/policy.wit`); their getters are in [`super::imports`].
 
-use super::RouteRequest;
+use super::{Candidate, RouteRequest};
 
 /// The request lent to `select`. One per instance, refilled for each call:
 /// its buffers keep their capacity, so lending a request rarely allocates.
@@ -48,5 +48,24 @@ impl RequestData {
         }
         self.stream = r.stream;
         self.max_new_tokens = r.max_new_tokens;
+    }
+}
+
+/// The candidates lent to `select`, kept as the seam gave them; each getter
+/// makes its column. Refilled for each call, keeping its capacity.
+#[derive(Debug, Default)]
+pub struct CandidatesData {
+    pub(super) list: Vec<Candidate>,
+}
+
+impl CandidatesData {
+    pub(super) fn fill(&mut self, candidates: &[Candidate]) {
+        self.list.clear();
+        self.list.extend_from_slice(candidates);
+    }
+
+    /// One column: `f` of each candidate, in order.
+    pub(super) fn column<T>(&self, f: impl Fn(&Candidate) -> T) -> Vec<T> {
+        self.list.iter().map(f).collect()
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, export_policy};
+use wasm_router_policy::{Candidate, Candidates, Policy, PolicyInfo, Request, export_policy};
 
 /// How many recent prompt lengths the split is computed from.
 pub const HISTORY: usize = 4096;
@@ -93,7 +93,7 @@ impl Policy for Bucket {
         Ok((Bucket { config, state }, info))
     }
 
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         let least = candidates
             .iter()
             .min_by_key(|c| (c.load, c.id))
@@ -141,7 +141,7 @@ mod tests {
         Request::new(&"x".repeat(len), None)
     }
 
-    fn idle(ids: &[u32]) -> Vec<Candidate> {
+    fn idle(ids: &[u32]) -> Candidates<'static> {
         ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
@@ -209,16 +209,16 @@ mod tests {
     fn least_loaded_before_the_first_split_and_when_the_bucket_is_overloaded() {
         let (mut p, info) = Bucket::init(r#"{"bucket_adjust_interval_secs": 2}"#).unwrap();
         assert_eq!((info.needs_text, info.tick_interval_ms), (true, 2000));
-        let loaded = [Candidate::idle(0, 3), Candidate::idle(1, 1)];
+        let loaded = Candidates::from([Candidate::idle(0, 3), Candidate::idle(1, 1)]);
         assert_eq!(p.select(&request(1), &loaded), Ok(1), "no split yet");
         let mut p = warmed();
-        let short_is_busy = [Candidate::idle(0, 100), Candidate::idle(1, 10)];
+        let short_is_busy = Candidates::from([Candidate::idle(0, 100), Candidate::idle(1, 10)]);
         assert_eq!(
             p.select(&request(1), &short_is_busy),
             Ok(1),
             "gap 90 > 64 and 10x > 1.5x"
         );
-        let short_is_busier = [Candidate::idle(0, 60), Candidate::idle(1, 10)];
+        let short_is_busier = Candidates::from([Candidate::idle(0, 60), Candidate::idle(1, 10)]);
         assert_eq!(
             p.select(&request(1), &short_is_busier),
             Ok(0),

@@ -25,7 +25,8 @@
 
 use serde::Deserialize;
 use wasm_router_policy::{
-    Candidate, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy, prefix_index,
+    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
+    prefix_index,
 };
 
 /// Settings, with the SGLang router's names and defaults. Keys the policy
@@ -144,7 +145,7 @@ impl Policy for CacheAware {
         Ok((CacheAware::new(config), info))
     }
 
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".into());
         }

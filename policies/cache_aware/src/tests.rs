@@ -9,7 +9,7 @@ fn req(text: &str) -> Request<'static> {
     Request::new(text, None)
 }
 
-fn idle(ids: &[u32]) -> Vec<Candidate> {
+fn idle(ids: &[u32]) -> Candidates<'static> {
     ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
 }
 
@@ -79,10 +79,10 @@ fn imbalance_overrides_affinity() {
     let home = p.select(&req(&text), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
     // Within the thresholds (gap 60 <= 64) affinity wins.
-    let mild = vec![Candidate::idle(home, 70), Candidate::idle(other, 10)];
+    let mild = Candidates::from(vec![Candidate::idle(home, 70), Candidate::idle(other, 10)]);
     assert_eq!(p.select(&req(&text), &mild).unwrap(), home);
     // Past both (gap 90 > 64, 100 > 10 * 1.5) the least loaded wins.
-    let loaded = vec![Candidate::idle(home, 100), Candidate::idle(other, 10)];
+    let loaded = Candidates::from(vec![Candidate::idle(home, 100), Candidate::idle(other, 10)]);
     assert_eq!(p.select(&req(&text), &loaded).unwrap(), other);
 }
 
@@ -91,7 +91,7 @@ fn a_short_match_below_the_threshold_goes_to_the_least_loaded() {
     let mut p = policy();
     let home = p.select(&req("abcdefghij"), &idle(&[1, 2])).unwrap();
     let other = if home == 1 { 2 } else { 1 };
-    let loads = vec![Candidate::idle(home, 3), Candidate::idle(other, 2)];
+    let loads = Candidates::from(vec![Candidate::idle(home, 3), Candidate::idle(other, 2)]);
     // 2 of 20 chars match: 10% is under the 30% threshold.
     assert_eq!(
         p.select(&req("abXXXXXXXXXXXXXXXXXX"), &loads).unwrap(),

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 use wasm_router_policy::{
-    Candidate, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
+    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
 };
 
 #[derive(Debug, Deserialize)]
@@ -94,7 +94,7 @@ impl Policy for ConsistentHash {
         self.ring.sort_unstable();
     }
 
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         let least_loaded = || {
             candidates
                 .iter()
@@ -132,7 +132,7 @@ mod tests {
         p
     }
 
-    fn idle(ids: &[u32]) -> Vec<Candidate> {
+    fn idle(ids: &[u32]) -> Candidates<'static> {
         ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
@@ -183,7 +183,7 @@ mod tests {
     fn no_key_means_least_loaded() {
         let mut p = policy(&[1, 2]);
         let req = Request::new("", None);
-        let loads = [Candidate::idle(1, 4), Candidate::idle(2, 1)];
+        let loads = Candidates::from([Candidate::idle(1, 4), Candidate::idle(2, 1)]);
         assert_eq!(p.select(&req, &loads).unwrap(), 2);
         assert!(ConsistentHash::init(r#"{"virtual_nodes": 0}"#).is_err());
     }

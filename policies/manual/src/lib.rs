@@ -16,7 +16,9 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, Rng, WorkerInfo, export_policy};
+use wasm_router_policy::{
+    Candidate, Candidates, Policy, PolicyInfo, Request, Rng, WorkerInfo, export_policy,
+};
 
 /// How a new key picks its worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -118,7 +120,7 @@ impl Policy for Manual {
         Ok((policy, info))
     }
 
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
@@ -203,7 +205,7 @@ mod tests {
         Request::new("", Some(key))
     }
 
-    fn loads(l: &[(u32, u32)]) -> Vec<Candidate> {
+    fn loads(l: &[(u32, u32)]) -> Candidates<'static> {
         l.iter()
             .map(|&(id, load)| Candidate::idle(id, load))
             .collect()

@@ -10,7 +10,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
+use wasm_router_policy::{Candidates, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
 
 #[derive(Debug, Default, Deserialize)]
 struct Config {
@@ -37,7 +37,7 @@ impl Policy for PowerOfTwo {
         Ok((PowerOfTwo { rng }, info))
     }
 
-    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         let n = candidates.len();
         if n == 0 {
             return Err("no candidates".to_string());
@@ -58,6 +58,7 @@ export_policy!(PowerOfTwo);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasm_router_policy::Candidate;
 
     fn request() -> Request<'static> {
         Request::new("", None)
@@ -69,7 +70,7 @@ mod tests {
         // less loaded of a pair wins: worker 0 wins 3/6, 1 wins 2/6, 2 wins
         // 1/6, 3 never. Uniform or least-loaded picking fails this.
         let (mut p, _) = PowerOfTwo::init(r#"{"seed": 11}"#).unwrap();
-        let candidates: Vec<Candidate> = (0..4).map(|id| Candidate::idle(id, id)).collect();
+        let candidates: Candidates<'static> = (0..4).map(|id| Candidate::idle(id, id)).collect();
         let draws = 12_000;
         let mut counts = [0usize; 4];
         for _ in 0..draws {
@@ -88,7 +89,10 @@ mod tests {
     #[test]
     fn one_candidate_is_picked_and_bad_config_is_refused() {
         let (mut p, _) = PowerOfTwo::init("{}").unwrap();
-        assert_eq!(p.select(&request(), &[Candidate::idle(9, 5)]), Ok(9));
+        assert_eq!(
+            p.select(&request(), &Candidates::from([Candidate::idle(9, 5)])),
+            Ok(9)
+        );
         assert!(PowerOfTwo::init(r#"{"seed": -1}"#).is_err());
     }
 }

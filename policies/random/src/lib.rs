@@ -5,7 +5,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::{Candidate, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
+use wasm_router_policy::{Candidates, Instances, Policy, PolicyInfo, Request, Rng, export_policy};
 
 /// Settings from the router's config.
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +38,7 @@ impl Policy for Random {
         Ok((Random { rng }, info))
     }
 
-    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
@@ -51,6 +51,7 @@ export_policy!(Random);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasm_router_policy::Candidate;
 
     fn request() -> Request<'static> {
         Request::new("", None)
@@ -59,7 +60,8 @@ mod tests {
     #[test]
     fn picks_are_uniform_over_the_candidates() {
         let (mut p, _) = Random::init(r#"{"seed": 7}"#).unwrap();
-        let candidates: Vec<Candidate> = [10, 20, 30, 40].map(|id| Candidate::idle(id, 0)).to_vec();
+        let candidates: Candidates<'static> =
+            [10, 20, 30, 40].map(|id| Candidate::idle(id, 0)).into();
         let mut counts = [0usize; 4];
         for _ in 0..8000 {
             let id = p.select(&request(), &candidates).unwrap();
@@ -76,7 +78,7 @@ mod tests {
     fn a_seed_repeats_and_entropy_differs() {
         let draw = |config: &str| {
             let (mut p, _) = Random::init(config).unwrap();
-            let c: Vec<Candidate> = (0..100).map(|id| Candidate::idle(id, 0)).collect();
+            let c: Candidates<'static> = (0..100).map(|id| Candidate::idle(id, 0)).collect();
             (0..16)
                 .map(|_| p.select(&request(), &c).unwrap())
                 .collect::<Vec<_>>()

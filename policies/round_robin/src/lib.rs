@@ -5,7 +5,7 @@
 //! of calls with the same candidates, each gets its turn exactly once per cycle.
 #![deny(missing_docs)]
 
-use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, export_policy};
+use wasm_router_policy::{Candidates, Policy, PolicyInfo, Request, export_policy};
 
 /// The round-robin policy: a counter over the candidates of each call.
 #[derive(Debug, Default)]
@@ -18,7 +18,7 @@ impl Policy for RoundRobin {
         Ok((RoundRobin::default(), PolicyInfo::new("round_robin")))
     }
 
-    fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+    fn select(&mut self, _req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
         if candidates.is_empty() {
             return Err("no candidates".to_string());
         }
@@ -33,12 +33,13 @@ export_policy!(RoundRobin);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasm_router_policy::Candidate;
 
     fn request() -> Request<'static> {
         Request::new("", None)
     }
 
-    fn candidates(ids: &[u32]) -> Vec<Candidate> {
+    fn candidates(ids: &[u32]) -> Candidates<'static> {
         ids.iter().map(|&id| Candidate::idle(id, 0)).collect()
     }
 
@@ -55,6 +56,6 @@ mod tests {
     #[test]
     fn empty_candidates_is_an_error() {
         let (mut rr, _) = RoundRobin::init("{}").unwrap();
-        assert!(rr.select(&request(), &[]).is_err());
+        assert!(rr.select(&request(), &Candidates::from(vec![])).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! macro, [`export_policy!`], that turns your type into the component's exports.
 //!
 //! ```
-//! use wasm_router_policy::{Candidate, Policy, PolicyInfo, Request, export_policy};
+//! use wasm_router_policy::{Candidates, Policy, PolicyInfo, Request, export_policy};
 //!
 //! /// Sends every request to the candidate with the fewest requests in flight.
 //! struct LeastLoad;
@@ -18,7 +18,7 @@
 //!         Ok((LeastLoad, PolicyInfo::new("least_load")))
 //!     }
 //!
-//!     fn select(&mut self, _req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String> {
+//!     fn select(&mut self, _req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
 //!         candidates
 //!             .iter()
 //!             .min_by_key(|c| c.load)
@@ -54,15 +54,17 @@ pub mod bindings {
     });
 }
 
+mod candidates;
 pub mod prefix_index;
 mod request;
 
 pub use bindings::wasm_router::policy::types::{
-    BreakerState, Candidate, ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
+    ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
 };
 /// The host's imports: structured logs, metrics and the host-held key-value
 /// store (see `wit/policy.wit`); the prefix index is [`prefix_index`].
 pub use bindings::wasm_router::policy::{log, metrics, state};
+pub use candidates::{Candidate, Candidates};
 pub use request::Request;
 pub use rng::Rng;
 
@@ -86,21 +88,6 @@ impl PolicyInfo {
     }
 }
 
-impl Candidate {
-    /// A closed-breaker candidate with `load` requests in flight from this
-    /// router and no report of its own: what unit tests usually need.
-    pub fn idle(id: u32, load: u32) -> Self {
-        Candidate {
-            id,
-            in_flight: load,
-            load,
-            reported_load: None,
-            queued: None,
-            breaker: BreakerState::Closed,
-        }
-    }
-}
-
 /// A routing policy. Only [`Policy::init`] and [`Policy::select`] are required;
 /// the router calls the others only if `init` asked for them (feedback, ticks)
 /// or around hot reloads (snapshot, restore).
@@ -116,7 +103,7 @@ pub trait Policy: Sized + 'static {
 
     /// Pick one of `candidates` (never empty) by its `id`. An `Err` is
     /// answered to the client as a 503 carrying the message.
-    fn select(&mut self, req: &Request<'_>, candidates: &[Candidate]) -> Result<u32, String>;
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String>;
 
     /// The full list of workers, at start and after each change. Forget state
     /// kept for workers that are gone.
@@ -150,7 +137,9 @@ macro_rules! export_policy {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::bindings::exports::wasm_router::policy::policy::Guest;
-            use $crate::bindings::wasm_router::policy::types::Request as HostRequest;
+            use $crate::bindings::wasm_router::policy::types::{
+                Candidates as HostCandidates, Request as HostRequest,
+            };
 
             struct Export;
 
@@ -164,11 +153,9 @@ macro_rules! export_policy {
                 fn workers_changed(workers: Vec<$crate::WorkerInfo>) {
                     $crate::glue::with::<$policy, _>((), |p| p.workers_changed(workers))
                 }
-                fn select(
-                    req: &HostRequest,
-                    candidates: Vec<$crate::Candidate>,
-                ) -> Result<u32, String> {
+                fn select(req: &HostRequest, candidates: &HostCandidates) -> Result<u32, String> {
                     let req = $crate::Request::lent(req);
+                    let candidates = $crate::Candidates::lent(candidates);
                     $crate::glue::with::<$policy, _>(
                         Err($crate::glue::NOT_INITIALISED.into()),
                         |p| p.select(&req, &candidates),

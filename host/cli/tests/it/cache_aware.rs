@@ -34,7 +34,7 @@ impl Native {
         match step {
             Step::Select(text, cands) => {
                 let req = wasm_router_policy::Request::new(text, None);
-                let cands: Vec<_> = cands
+                let cands: wasm_router_policy::Candidates<'_> = cands
                     .iter()
                     .map(|&(id, load)| wasm_router_policy::Candidate::idle(id, load))
                     .collect();

@@ -301,6 +301,17 @@ fn policy_new_rust_builds_and_passes_check() {
         .status()
         .unwrap();
     assert!(built.success(), "the scaffolded project builds");
+    // Its own unit test, natively, as its author would run it.
+    let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&project)
+        .args(["test", "--quiet"])
+        .env(
+            "CARGO_TARGET_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/new-policy-target"),
+        )
+        .status()
+        .unwrap();
+    assert!(tested.success(), "the scaffolded project's test passes");
     let wasm = concat!(
         env!("CARGO_TARGET_TMPDIR"),
         "/new-policy-target/wasm32-wasip2/release/my_policy.wasm"

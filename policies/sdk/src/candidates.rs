@@ -1,0 +1,124 @@
+//! [`Candidates`]: the workers a policy may pick from.
+
+use std::cell::OnceCell;
+use std::ops::Deref;
+
+use crate::bindings::wasm_router::policy::types::Candidates as HostCandidates;
+
+/// A worker that may take the request, with its load: what most policies
+/// decide on. More about each is on [`Candidates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The worker's id.
+    pub id: u32,
+    /// Requests in flight from this router, or the worker's own count
+    /// (its `/get_load`) when that is higher.
+    pub load: u32,
+}
+
+impl Candidate {
+    /// A candidate with `load` requests in flight: what unit tests need.
+    pub fn idle(id: u32, load: u32) -> Self {
+        Candidate { id, load }
+    }
+}
+
+/// The candidates of one `select` (healthy, admitted by their circuit
+/// breaker, serving the model): a slice of [`Candidate`]s, and per
+/// candidate, in the same order, what else the router knows, each column
+/// asked of the router once, when first read.
+///
+/// In native unit tests, build one from a `Vec<Candidate>` (or collect it):
+/// `in_flight` is then each `load`, and the worker reports nothing.
+pub struct Candidates<'a> {
+    list: Vec<Candidate>,
+    host: Option<&'a HostCandidates>,
+    in_flight: OnceCell<Vec<u32>>,
+    reported_loads: OnceCell<Vec<Option<u32>>>,
+    queued: OnceCell<Vec<Option<u32>>>,
+    half_open: OnceCell<Vec<bool>>,
+}
+
+impl<'a> Candidates<'a> {
+    fn of(list: Vec<Candidate>, host: Option<&'a HostCandidates>) -> Self {
+        Candidates {
+            list,
+            host,
+            in_flight: OnceCell::new(),
+            reported_loads: OnceCell::new(),
+            queued: OnceCell::new(),
+            half_open: OnceCell::new(),
+        }
+    }
+
+    /// The candidates the router lent to this `select`. Used by the code
+    /// that [`export_policy!`](crate::export_policy) expands to.
+    #[doc(hidden)]
+    pub fn lent(host: &'a HostCandidates) -> Self {
+        let list = host
+            .ids()
+            .into_iter()
+            .zip(host.loads())
+            .map(|(id, load)| Candidate { id, load })
+            .collect();
+        Candidates::of(list, Some(host))
+    }
+
+    /// Requests in flight from this router to each.
+    pub fn in_flight(&self) -> &[u32] {
+        self.in_flight.get_or_init(|| match self.host {
+            Some(h) => h.in_flight(),
+            None => self.list.iter().map(|c| c.load).collect(),
+        })
+    }
+
+    /// Each worker's own count of requests at its last `/get_load`.
+    pub fn reported_loads(&self) -> &[Option<u32>] {
+        self.reported_loads.get_or_init(|| match self.host {
+            Some(h) => h.reported_loads(),
+            None => vec![None; self.list.len()],
+        })
+    }
+
+    /// Of those, the requests waiting in each worker's queue, when it says.
+    pub fn queued(&self) -> &[Option<u32>] {
+        self.queued.get_or_init(|| match self.host {
+            Some(h) => h.queued(),
+            None => vec![None; self.list.len()],
+        })
+    }
+
+    /// Whether each one's circuit breaker is half-open (trial requests only).
+    pub fn half_open(&self) -> &[bool] {
+        self.half_open.get_or_init(|| match self.host {
+            Some(h) => h.half_open(),
+            None => vec![false; self.list.len()],
+        })
+    }
+}
+
+impl Deref for Candidates<'_> {
+    type Target = [Candidate];
+
+    fn deref(&self) -> &[Candidate] {
+        &self.list
+    }
+}
+
+impl From<Vec<Candidate>> for Candidates<'static> {
+    fn from(list: Vec<Candidate>) -> Self {
+        Candidates::of(list, None)
+    }
+}
+
+impl<const N: usize> From<[Candidate; N]> for Candidates<'static> {
+    fn from(list: [Candidate; N]) -> Self {
+        Candidates::of(list.to_vec(), None)
+    }
+}
+
+impl FromIterator<Candidate> for Candidates<'static> {
+    fn from_iter<I: IntoIterator<Item = Candidate>>(iter: I) -> Self {
+        Candidates::of(iter.into_iter().collect(), None)
+    }
+}
