@@ -1,7 +1,8 @@
-//! Hot-reload figures: time from a policy file's rename to the first request
-//! served by the new policy (median and p90 over repeated reloads, with the
-//! compile cache warm and with no cache), and failed requests while 100
-//! reloads happen under load from concurrent clients (must be 0).
+//! Hot-reload figures: time from a policy file's change to the first request
+//! served by the new policy (median and p90 over repeated reloads): renamed
+//! into place (acted on at once) with the compile cache warm and with no
+//! cache, written in place (after the debounce), and failed requests while
+//! 100 reloads happen under load from concurrent clients (must be 0).
 //!
 //! Run: `cargo bench -p wasm-router-cli --bench reload`
 
@@ -27,7 +28,20 @@ fn policies() -> [Vec<u8>; 2] {
     ]
 }
 
-fn replace(path: &Path, bytes: &[u8]) {
+/// How a new version reaches the policy file.
+#[derive(Clone, Copy, PartialEq)]
+enum Write {
+    /// Written beside it, then renamed over it (`mv`, editors, deploys).
+    Rename,
+    /// Written over it in place (`cp`): the router waits out its debounce.
+    InPlace,
+}
+
+fn replace(path: &Path, bytes: &[u8], how: Write) {
+    if how == Write::InPlace {
+        std::fs::write(path, bytes).expect("write the policy");
+        return;
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).expect("write the policy");
     std::fs::rename(&tmp, path).expect("rename the policy into place");
@@ -51,12 +65,18 @@ async fn router(file: &Path, cache: Option<PathBuf>, workers: &[String]) -> Runn
     running
 }
 
-/// Rename `bytes` over `file`, then time until a request is served after
+/// Put `bytes` in `file` as `how` says, then time until a request is served after
 /// `GET /policies` shows the new component.
-async fn time_reload(client: &reqwest::Client, base: &str, file: &Path, bytes: &[u8]) -> Duration {
+async fn time_reload(
+    client: &reqwest::Client,
+    base: &str,
+    file: &Path,
+    bytes: &[u8],
+    how: Write,
+) -> Duration {
     let sha = sha256_hex(bytes);
     let started = Instant::now();
-    replace(file, bytes);
+    replace(file, bytes, how);
     let deadline = started + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "the reload never happened");
@@ -88,7 +108,13 @@ fn quantile(times: &mut [Duration], q: f64) -> f64 {
     times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }
 
-async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_load: bool) {
+async fn measure(
+    label: &str,
+    cache: Option<PathBuf>,
+    workers: &[String],
+    under_load: bool,
+    how: Write,
+) {
     let dir = std::env::temp_dir().join(format!(
         "wasm-router-reload-bench-{}-{label}",
         std::process::id()
@@ -96,7 +122,7 @@ async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("policy.wasm");
     let versions = policies();
-    replace(&file, &versions[0]);
+    replace(&file, &versions[0], Write::Rename);
     let r = Arc::new(router(&file, cache, workers).await);
     let base = format!("http://{}", r.addr);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -132,18 +158,16 @@ async fn measure(label: &str, cache: Option<PathBuf>, workers: &[String], under_
         .collect();
     let mut times = Vec::with_capacity(RELOADS);
     for i in 0..RELOADS {
-        times.push(time_reload(&client, &base, &file, &versions[(i + 1) % 2]).await);
+        times.push(time_reload(&client, &base, &file, &versions[(i + 1) % 2], how).await);
     }
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
     println!(
-        "{label}: rename to first request on the new policy, median {:.1} ms, p90 {:.1} ms over {RELOADS} reloads \
-         (a rename is acted on at once, without the {} ms debounce of in-place writes){}",
+        "{label}: change to first request on the new policy, median {:.1} ms, p90 {:.1} ms over {RELOADS} reloads{}",
         quantile(&mut times, 0.5),
         quantile(&mut times, 0.9),
-        wasm_router::policy::reload::DEBOUNCE.as_millis(),
         if under_load {
             format!(
                 "; under load from {CLIENTS} clients: {} requests succeeded, {} failed",
@@ -176,13 +200,37 @@ async fn main() {
     }
     let cache =
         std::env::temp_dir().join(format!("wasm-router-reload-cache-{}", std::process::id()));
-    measure("warm compile cache", Some(cache.clone()), &workers, false).await;
-    measure("no compile cache", None, &workers, false).await;
     measure(
-        "warm compile cache, under load",
+        "renamed, warm compile cache",
+        Some(cache.clone()),
+        &workers,
+        false,
+        Write::Rename,
+    )
+    .await;
+    let debounce = wasm_router::policy::reload::DEBOUNCE.as_millis();
+    measure(
+        &format!("written in place ({debounce} ms debounce), warm compile cache"),
+        Some(cache.clone()),
+        &workers,
+        false,
+        Write::InPlace,
+    )
+    .await;
+    measure(
+        "renamed, no compile cache",
+        None,
+        &workers,
+        false,
+        Write::Rename,
+    )
+    .await;
+    measure(
+        "renamed, warm compile cache, under load",
         Some(cache.clone()),
         &workers,
         true,
+        Write::Rename,
     )
     .await;
     std::fs::remove_dir_all(&cache).ok();

@@ -147,6 +147,7 @@ async fn main() {
             decode_us_per_token: 5_000,
             prefill_us_per_token: 0,
             output_tokens: TOKENS,
+            stream_pieces: TOKENS as u32,
             max_running: 1024,
             ..SimArgs::default()
         },

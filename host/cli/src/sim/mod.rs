@@ -62,6 +62,10 @@ pub struct SimArgs {
     /// Output tokens when the request does not say.
     #[arg(long, default_value_t = 16)]
     pub output_tokens: usize,
+    /// Server-sent events a streamed answer comes in, its tokens split
+    /// evenly (at most one per token).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stream_pieces: u32,
     /// Multiply all simulated times (0 for instant answers).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,

@@ -301,11 +301,11 @@ fn full_body(s: &Sim, job: &Job, shape: Shape, lookup: Lookup) -> Value {
     }
 }
 
-/// One server-sent event per decoded piece: the first after prefill, the
-/// last with the token accounting, then `[DONE]`.
+/// One server-sent event per decoded piece (`--stream-pieces`): the first
+/// after prefill, the last with the token accounting, then `[DONE]`.
 fn stream(s: Arc<Sim>, job: Job, shape: Shape) -> Response {
-    const PIECES: usize = 4;
-    let events = async_stream(s, job, shape, PIECES);
+    let pieces = s.args.stream_pieces as usize;
+    let events = async_stream(s, job, shape, pieces);
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")

@@ -11,9 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
 use wasm_router::config::Config;
@@ -108,45 +105,6 @@ fn a_shared_instance_in_maintenance_says_busy_and_keeps_outcomes() {
     assert_eq!(policy.faults(), 0);
 }
 
-/// A worker that streams a chunk every 5 ms (at most 2,000), and answers
-/// other requests at once.
-async fn streaming_worker() -> String {
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/get_model_info",
-            get(|| async { axum::Json(json!({"model_path": "m"})) }),
-        )
-        .route(
-            "/v1/models",
-            get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "m"}]})) }),
-        )
-        .route(
-            "/get_load",
-            get(|| async { axum::Json(json!({"load": 0})) }),
-        )
-        .route(
-            "/generate",
-            post(|body: String| async move {
-                if !body.contains("\"stream\":true") {
-                    return axum::response::Response::new(Body::from("{\"text\":\"ok\"}"));
-                }
-                let chunks = futures_util::stream::iter(0..2000).then(|i| async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    Ok::<_, std::io::Error>(format!("data: {i}\n\n"))
-                });
-                axum::response::Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from_stream(chunks))
-                    .unwrap()
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 /// The case: a stream keeps flowing while the shared instance's
 /// `tick` runs and requests on the router's serving threads wait for it.
 /// Before, each waiting request parked its serving thread on the
@@ -154,9 +112,21 @@ async fn streaming_worker() -> String {
 /// stream then stops until `go`, which is set only once it has moved on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_keeps_flowing_while_the_shared_policy_ticks() {
-    let worker = streaming_worker().await;
+    // A stream of 2,000 chunks 5 ms apart (10 s at most).
+    let worker = wasm_router_cli::sim::start(
+        wasm_router_cli::sim::SimArgs {
+            decode_us_per_token: 5_000,
+            output_tokens: 2_000,
+            stream_pieces: 2_000,
+            max_running: 64,
+            ..Default::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
     let mut a = args(&[]);
-    a.worker_urls = vec![worker];
+    a.worker_urls = vec![worker.url()];
     a.policy = Some(hostile(None).display().to_string());
     a.max_concurrent_requests = Some(16);
     let toml = std::env::temp_dir().join(format!("tick-until-go-{}.toml", std::process::id()));
@@ -220,7 +190,9 @@ async fn a_stream_keeps_flowing_while_the_shared_policy_ticks() {
             tokio::spawn(async move {
                 http()
                     .post(url)
-                    .json(&json!({"text": format!("w{i}")}))
+                    .json(
+                        &json!({"text": format!("w{i}"), "sampling_params": {"max_new_tokens": 1}}),
+                    )
                     .send()
                     .await
                     .unwrap()
