@@ -44,6 +44,10 @@ pub struct PolicyStatus {
     pub source: String,
     /// sha256 of the component.
     pub sha256: String,
+    /// The contract version it speaks (`0.2.0`, `0.1.0`).
+    pub contract: &'static str,
+    /// `per-thread` or `shared`.
+    pub instances: &'static str,
     /// When the current instance was loaded (seconds since the Unix epoch).
     pub loaded_at: u64,
     /// Successful reloads since start.
@@ -241,6 +245,8 @@ impl PolicyManager {
                 PolicySource::File(path) => path.display().to_string(),
             },
             sha256: state.current.sha256().to_string(),
+            contract: state.current.contract(),
+            instances: state.current.info().instances.label(),
             loaded_at: state.loaded_at,
             reload_count: state.reload_count,
             last_error: state.last_error.clone(),

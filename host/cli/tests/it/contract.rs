@@ -9,6 +9,8 @@ use wasm_router::policy::{
 };
 
 use crate::fixtures::{contract_0_1, engine, generous_limits, hostile, idle, request, wait_until};
+use serde_json::json;
+
 use crate::mock::{MockWorker, args, get_text, http, router};
 
 fn load(engine: &wasm_router::policy::PolicyEngine, source: PolicySource) -> WasmPolicy {
@@ -153,6 +155,12 @@ async fn policy_metrics_are_exported_and_floods_are_capped() {
         assert_eq!(answer.status(), 503);
         answer.text().await.unwrap()
     };
+    let status = crate::mock::get_json(&format!("http://{}/policies", r.addr)).await;
+    let status = &status["policies"][0];
+    assert_eq!(
+        (&status["contract"], &status["instances"]),
+        (&json!("0.2.0"), &json!("shared"))
+    );
     let declared = keyed("flood-metrics").await;
     assert!(
         declared.contains(&format!("declared {MAX_METRICS}")),
