@@ -8,8 +8,7 @@
 //! core count.
 //!
 //! Maintenance (`tick`, `workers-changed`, a reload's `snapshot` and
-//! `restore`, a rebuilt instance's start) never holds a serving thread: while
-//! it has the slot, `select` answers [`SelectError::Busy`] and the proxy
+//! `restore`) never holds a serving thread: while it has the slot, `select` answers [`SelectError::Busy`] and the proxy
 //! awaits [`Policy::until_ready`] (the thread serves its other connections
 //! meanwhile), and `on-complete` leaves its outcome in a bounded queue that
 //! the maintenance call hands over before it lets go. A serving thread waits
@@ -18,8 +17,10 @@
 //! Every call gets a deadline. A trap poisons its instance's store: it is
 //! dropped, the request is answered by [`LeastLoad`], and a fresh instance is
 //! built on a background thread from the pre-linked component, after a
-//! back-off that doubles with each consecutive fault of that slot. What the
-//! policy keeps in the host (`state`) is untouched by all of this.
+//! back-off that doubles with each consecutive fault of that slot; it is
+//! started and told the workers outside the slot's lock, which it takes
+//! only to be put in. What the policy keeps in the host (`state`,
+//! `prefix-index`) is untouched by all of this.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
