@@ -9,6 +9,7 @@
 //! traffic again before it proved itself.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a half-open breaker gets its trial requests anew. A request
@@ -63,6 +64,9 @@ pub struct Breaker {
     /// The worker's name, for the log lines.
     worker: String,
     inner: Mutex<Inner>,
+    /// Whether `inner` is half-open, kept with the gauge by every change:
+    /// the candidate list reads it on each request without the lock.
+    half_open: AtomicBool,
     /// `wasm_router_worker_circuit_breaker_state` for this worker.
     gauge: metrics::Gauge,
 }
@@ -86,11 +90,19 @@ impl Breaker {
                 failures: 0,
                 since: Instant::now(),
             }),
+            half_open: AtomicBool::new(false),
             gauge,
         }
     }
 
+    /// Whether it is half-open (trial requests only), without its lock.
+    pub fn is_half_open(&self) -> bool {
+        self.half_open.load(Ordering::Relaxed)
+    }
+
     fn report(&self, inner: &Inner) {
+        self.half_open
+            .store(matches!(inner, Inner::HalfOpen { .. }), Ordering::Relaxed);
         self.gauge.set(match inner {
             Inner::Closed { .. } => 0.0,
             Inner::Open { .. } => 1.0,
@@ -257,12 +269,15 @@ mod tests {
         b.record(false, t0);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(!b.admits(t0 + Duration::from_secs(9)));
+        assert!(!b.is_half_open());
         assert!(b.admits(t0 + Duration::from_secs(10)));
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.is_half_open(), "the lock-free flag follows the state");
         b.record(true, t0 + Duration::from_secs(10));
         assert_eq!(b.state(), BreakerState::HalfOpen);
         b.record(true, t0 + Duration::from_secs(10));
         assert_eq!(b.state(), BreakerState::Closed);
+        assert!(!b.is_half_open());
     }
 
     /// Issue 15: half-open let all traffic through.

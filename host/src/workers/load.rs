@@ -28,32 +28,39 @@ struct RankLoad {
     num_waiting_reqs: u64,
 }
 
-/// The load a `/get_load` answer reports for the entry at `dp_rank` (the
-/// whole worker when `None`).
-pub fn reported(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
-    let total = if let Some(n) = answer.get("load").and_then(Value::as_u64) {
-        n
-    } else {
-        let ranks: Vec<RankLoad> = serde_json::from_value(answer.clone()).ok()?;
+/// What a `/get_load` answer says of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Requests running and waiting.
+    pub load: u32,
+    /// Of those, the waiting ones, when the answer is SGLang's list (a
+    /// `{"load": N}` answer does not say).
+    pub queued: Option<u32>,
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// What a `/get_load` answer reports for the entry at `dp_rank` (the whole
+/// worker when `None`), read once for both figures.
+pub fn reported(answer: &Value, dp_rank: Option<u32>) -> Option<Report> {
+    if let Some(n) = answer.get("load").and_then(Value::as_u64) {
+        return Some(Report {
+            load: saturate(n),
+            queued: None,
+        });
+    }
+    let ranks: Vec<RankLoad> = serde_json::from_value(answer.clone()).ok()?;
+    let ours = || {
         ranks
             .iter()
             .filter(|r| dp_rank.is_none() || r.dp_rank == dp_rank)
-            .map(|r| r.num_reqs + r.num_waiting_reqs)
-            .sum()
     };
-    Some(u32::try_from(total).unwrap_or(u32::MAX))
-}
-
-/// The requests waiting in the queue of the entry at `dp_rank`, when the
-/// answer is SGLang's list (a `{"load": N}` answer does not say).
-pub fn reported_queued(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
-    let ranks: Vec<RankLoad> = serde_json::from_value(answer.clone()).ok()?;
-    let waiting: u64 = ranks
-        .iter()
-        .filter(|r| dp_rank.is_none() || r.dp_rank == dp_rank)
-        .map(|r| r.num_waiting_reqs)
-        .sum();
-    Some(u32::try_from(waiting).unwrap_or(u32::MAX))
+    Some(Report {
+        load: saturate(ours().map(|r| r.num_reqs + r.num_waiting_reqs).sum()),
+        queued: Some(saturate(ours().map(|r| r.num_waiting_reqs).sum())),
+    })
 }
 
 /// Read every worker's `/get_load` every `interval`, forever (the task is
@@ -79,11 +86,7 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, interval: Dur
         let answers = futures_util::future::join_all(asks).await;
         for (url, answer) in urls.iter().zip(answers) {
             for worker in registry.all_at(url) {
-                let load = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
-                let queued = answer
-                    .as_ref()
-                    .and_then(|a| reported_queued(a, worker.dp_rank));
-                worker.set_reported_load(load, queued);
+                worker.set_reported(answer.as_ref().and_then(|a| reported(a, worker.dp_rank)));
             }
         }
     }
@@ -94,18 +97,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn load(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
+        reported(answer, dp_rank).map(|r| r.load)
+    }
+
     #[test]
     fn both_answer_shapes_are_read() {
-        assert_eq!(reported(&json!({"load": 7}), None), Some(7));
-        assert_eq!(reported(&json!({"load": 7}), Some(1)), Some(7));
+        assert_eq!(load(&json!({"load": 7}), None), Some(7));
+        assert_eq!(load(&json!({"load": 7}), Some(1)), Some(7));
+        assert_eq!(reported(&json!({"load": 7}), None).unwrap().queued, None);
         let ranks = json!([
             {"dp_rank": 0, "num_reqs": 3, "num_waiting_reqs": 1, "num_tokens": 99},
             {"dp_rank": 1, "num_reqs": 5, "num_waiting_reqs": 0},
         ]);
-        assert_eq!(reported(&ranks, Some(0)), Some(4));
-        assert_eq!(reported(&ranks, Some(1)), Some(5));
-        assert_eq!(reported(&ranks, None), Some(9));
-        assert_eq!(reported(&json!({"status": "ok"}), None), None);
-        assert_eq!(reported(&json!("busy"), None), None);
+        assert_eq!(load(&ranks, Some(0)), Some(4));
+        assert_eq!(load(&ranks, Some(1)), Some(5));
+        assert_eq!(load(&ranks, None), Some(9));
+        let queued = |rank| reported(&ranks, rank).unwrap().queued;
+        assert_eq!(
+            (queued(Some(0)), queued(Some(1)), queued(None)),
+            (Some(1), Some(0), Some(1))
+        );
+        assert_eq!(load(&json!({"status": "ok"}), None), None);
+        assert_eq!(load(&json!("busy"), None), None);
     }
 }

@@ -109,6 +109,13 @@ pub struct Worker {
 /// [`Worker::reported_load`] when the worker reported nothing.
 const NO_REPORT: u64 = u64::MAX;
 
+fn read_report(cell: &AtomicU64) -> Option<u32> {
+    match cell.load(Ordering::Relaxed) {
+        NO_REPORT => None,
+        n => Some(n as u32),
+    }
+}
+
 /// What `GET /workers` shows of a worker: our fields, and beside them
 /// sglang-router 0.3.2's names for the same things (`model_id`,
 /// `worker_type`, `is_healthy`), which its clients read.
@@ -148,28 +155,22 @@ impl Worker {
 
     /// The load it reported at the last `/get_load` check, if any.
     pub fn reported_load(&self) -> Option<u32> {
-        match self.reported_load.load(Ordering::Relaxed) {
-            NO_REPORT => None,
-            n => Some(n as u32),
-        }
+        read_report(&self.reported_load)
     }
 
     /// Of [`Worker::reported_load`], the requests waiting in its queue,
     /// when it said.
     pub fn reported_queued(&self) -> Option<u32> {
-        match self.reported_queued.load(Ordering::Relaxed) {
-            NO_REPORT => None,
-            n => Some(n as u32),
-        }
+        read_report(&self.reported_queued)
     }
 
-    /// Record what the last `/get_load` check said: the load, and of it
-    /// the requests queued.
-    pub fn set_reported_load(&self, load: Option<u32>, queued: Option<u32>) {
-        self.reported_load
-            .store(load.map_or(NO_REPORT, u64::from), Ordering::Relaxed);
-        self.reported_queued
-            .store(queued.map_or(NO_REPORT, u64::from), Ordering::Relaxed);
+    /// Record what the last `/get_load` check said (`None`: nothing).
+    pub fn set_reported(&self, report: Option<load::Report>) {
+        let store = |cell: &AtomicU64, n: Option<u32>| {
+            cell.store(n.map_or(NO_REPORT, u64::from), Ordering::Relaxed)
+        };
+        store(&self.reported_load, report.map(|r| r.load));
+        store(&self.reported_queued, report.and_then(|r| r.queued));
     }
 
     /// The load policies see: requests in flight from this router, or the

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::breaker::{BreakerConfig, BreakerState};
+use super::breaker::BreakerConfig;
 use super::{Breaker, NO_REPORT, Worker, WorkerSpec, WorkerView};
 use crate::errors::ApiError;
 use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
@@ -245,7 +245,7 @@ impl Registry {
                 in_flight: w.load(),
                 reported_load: w.reported_load(),
                 queued: w.reported_queued(),
-                half_open: w.breaker.state() == BreakerState::HalfOpen,
+                half_open: w.breaker.is_half_open(),
             })
             .collect()
     }
