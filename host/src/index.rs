@@ -79,11 +79,7 @@ impl Approximate {
 
     /// Forget the workers not in `workers`.
     pub fn retain(&self, workers: &[u32]) {
-        let mut tree = self.write();
-        let gone: Vec<u32> = tree.tenants().filter(|t| !workers.contains(t)).collect();
-        for worker in gone {
-            tree.remove_tenant(worker);
-        }
+        self.write().retain_tenants(workers);
     }
 
     /// Forget everything.

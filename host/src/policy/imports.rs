@@ -102,8 +102,11 @@ pub struct Host {
     policy: Arc<PolicyHost>,
     request: RequestData,
     candidates: CandidatesData,
-    /// Handles of the metrics this instance recorded, by declared handle.
-    metrics: HashMap<(u32, String), Handle>,
+    /// Handles of the metrics this instance recorded: by declared handle,
+    /// then label value.
+    metrics: HashMap<u32, HashMap<String, Handle>>,
+    /// Handles in `metrics`.
+    cached_metrics: usize,
 }
 
 impl Host {
@@ -114,6 +117,7 @@ impl Host {
             request: RequestData::default(),
             candidates: CandidatesData::default(),
             metrics: HashMap::new(),
+            cached_metrics: 0,
         }
     }
 
@@ -407,7 +411,8 @@ impl wit_metrics::Host for Host {
     }
 
     fn record(&mut self, metric: u32, label_value: String, value: f64) {
-        if let Some(handle) = self.metrics.get(&(metric, label_value.clone())) {
+        let cached = self.metrics.get(&metric);
+        if let Some(handle) = cached.and_then(|m| m.get(label_value.as_str())) {
             return handle.record(value);
         }
         let handle = {
@@ -419,8 +424,12 @@ impl wit_metrics::Host for Host {
         };
         handle.record(value);
         // Bounded like the registry: at most every declared value per metric.
-        if self.metrics.len() < MAX_METRICS * (MAX_LABEL_VALUES + 1) {
-            self.metrics.insert((metric, label_value), handle);
+        if self.cached_metrics < MAX_METRICS * (MAX_LABEL_VALUES + 1) {
+            self.metrics
+                .entry(metric)
+                .or_default()
+                .insert(label_value, handle);
+            self.cached_metrics += 1;
         }
     }
 }
@@ -469,6 +478,16 @@ impl Store {
 
     /// Store `value` at `key`, within the bounds.
     pub fn set(&self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.put(&mut self.shard(key), key, value)
+    }
+
+    /// [`Store::set`] in a shard already locked: every write's bounds.
+    fn put(
+        &self,
+        shard: &mut HashMap<String, Vec<u8>>,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
         if key.len() > MAX_STATE_KEY {
             return Err(format!(
                 "state key of {} bytes: at most {MAX_STATE_KEY}",
@@ -481,17 +500,6 @@ impl Store {
                 value.len()
             ));
         }
-        let mut shard = self.shard(key);
-        self.put(&mut shard, key, value)
-    }
-
-    /// [`Store::set`] in a shard already locked.
-    fn put(
-        &self,
-        shard: &mut HashMap<String, Vec<u8>>,
-        key: &str,
-        value: Vec<u8>,
-    ) -> Result<(), String> {
         let old = shard.get(key).map(|v| key.len() + v.len());
         if old.is_none() && self.keys.fetch_add(1, Ordering::Relaxed) >= MAX_STATE_KEYS {
             self.keys.fetch_sub(1, Ordering::Relaxed);
@@ -528,12 +536,6 @@ impl Store {
     /// Add `delta` to the little-endian i64 at `key` (absent: 0), in one
     /// step: no other call on the key comes between the read and the write.
     pub fn add(&self, key: &str, delta: i64) -> Result<i64, String> {
-        if key.len() > MAX_STATE_KEY {
-            return Err(format!(
-                "state key of {} bytes: at most {MAX_STATE_KEY}",
-                key.len()
-            ));
-        }
         let mut shard = self.shard(key);
         let current = match shard.get(key) {
             None => 0,

@@ -392,6 +392,14 @@ impl Tree {
         }
     }
 
+    /// Forget every tenant not in `keep` (their workers left the fleet).
+    pub fn retain_tenants(&mut self, keep: &[Tenant]) {
+        let gone: Vec<Tenant> = self.tenants().filter(|t| !keep.contains(t)).collect();
+        for tenant in gone {
+            self.remove_tenant(tenant);
+        }
+    }
+
     /// Every tenant the tree holds text for.
     pub fn tenants(&self) -> impl Iterator<Item = Tenant> + '_ {
         self.sizes.keys().copied()
@@ -436,7 +444,7 @@ mod tests {
         assert!(tree.size(1) <= 30);
         assert_eq!(tree.prefix_match(old, &[1]).matched_chars, 0);
         assert!(tree.prefix_match(new, &[1]).matched_chars > 0);
-        tree.remove_tenant(1);
+        tree.retain_tenants(&[2, 3]);
         assert_eq!(tree.size(1), 0);
         assert_eq!(tree.chars(), tree.size(2));
         assert_eq!(tree.prefix_match(new, &[1, 2]).tenant, Some(2));

@@ -126,13 +126,7 @@ mod imp {
     }
 
     pub fn retain_workers(workers: &[u32]) {
-        INDEX.with(|t| {
-            let mut tree = t.borrow_mut();
-            let gone: Vec<u32> = tree.tenants().filter(|w| !workers.contains(w)).collect();
-            for worker in gone {
-                tree.remove_tenant(worker);
-            }
-        });
+        INDEX.with(|t| t.borrow_mut().retain_tenants(workers));
     }
 
     pub fn clear() {
