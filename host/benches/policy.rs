@@ -63,6 +63,25 @@ fn wasm(engine: &PolicyEngine, name: &'static str) -> WasmPolicy {
         .expect("built-in loads")
 }
 
+/// What the router passes for request `id`: its route, text (empty unless
+/// the policy needs it) and routing key.
+fn request<'a>(
+    id: u64,
+    route: Route,
+    text: &'a str,
+    routing_key: Option<&'a str>,
+) -> RouteRequest<'a> {
+    RouteRequest {
+        id,
+        route,
+        model: "",
+        text,
+        routing_key,
+        stream: false,
+        max_new_tokens: None,
+    }
+}
+
 fn sdk_request(text: &str) -> wasm_router_policy::Request<'static> {
     wasm_router_policy::Request::new(text, None)
 }
@@ -118,15 +137,7 @@ fn bench_select(c: &mut Criterion, engine: &PolicyEngine) {
                         let mut i = 0;
                         b.iter(|| {
                             i = (i + 1) % texts.len();
-                            let req = RouteRequest {
-                                id: i as u64,
-                                route: Route::Generate,
-                                model: "",
-                                text: text_of(i),
-                                routing_key: None,
-                                stream: false,
-                                max_new_tokens: None,
-                            };
+                            let req = request(i as u64, Route::Generate, text_of(i), None);
                             black_box(p.select(&req, &host_cands).unwrap().worker)
                         })
                     });
@@ -172,15 +183,7 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
             let mut i = 0;
             b.iter(|| {
                 i = (i + 1) % keys.len();
-                let req = RouteRequest {
-                    id: i as u64,
-                    route: Route::ChatCompletions,
-                    model: "",
-                    text: "",
-                    routing_key: Some(&keys[i]),
-                    stream: false,
-                    max_new_tokens: None,
-                };
+                let req = request(i as u64, Route::ChatCompletions, "", Some(&keys[i]));
                 black_box(p.select(&req, &candidates).unwrap().worker)
             })
         });
@@ -200,15 +203,7 @@ fn throughput(policy: &WasmPolicy, threads: usize) -> f64 {
             let candidates = &candidates;
             scope.spawn(move || {
                 for i in 0..SCALING_CALLS {
-                    let req = RouteRequest {
-                        id: (t * SCALING_CALLS + i) as u64,
-                        route: Route::Generate,
-                        model: "",
-                        text: "",
-                        routing_key: None,
-                        stream: false,
-                        max_new_tokens: None,
-                    };
+                    let req = request((t * SCALING_CALLS + i) as u64, Route::Generate, "", None);
                     black_box(policy.select(&req, candidates).unwrap().worker);
                 }
             });

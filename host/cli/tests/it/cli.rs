@@ -290,27 +290,23 @@ fn policy_new_rust_builds_and_passes_check() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let project = dir.join("my-policy");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .current_dir(&project)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .env(
-            "CARGO_TARGET_DIR",
-            concat!(env!("CARGO_TARGET_TMPDIR"), "/new-policy-target"),
-        )
-        .status()
-        .unwrap();
+    // Cargo in the project, as its author would run it, in a target
+    // directory of the tests' own.
+    let cargo = |args: &[&str]| {
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&project)
+            .args(args)
+            .env(
+                "CARGO_TARGET_DIR",
+                concat!(env!("CARGO_TARGET_TMPDIR"), "/new-policy-target"),
+            )
+            .status()
+            .unwrap()
+    };
+    let built = cargo(&["build", "--quiet", "--release", "--target", "wasm32-wasip2"]);
     assert!(built.success(), "the scaffolded project builds");
-    // Its own unit test, natively, as its author would run it.
-    let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&project)
-        .args(["test", "--quiet"])
-        .env(
-            "CARGO_TARGET_DIR",
-            concat!(env!("CARGO_TARGET_TMPDIR"), "/new-policy-target"),
-        )
-        .status()
-        .unwrap();
+    // Its own unit test, natively.
+    let tested = cargo(&["test", "--quiet"]);
     assert!(tested.success(), "the scaffolded project's test passes");
     let wasm = concat!(
         env!("CARGO_TARGET_TMPDIR"),
