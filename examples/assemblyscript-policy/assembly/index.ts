@@ -9,7 +9,7 @@
 //
 // Build: ./build.sh (npm ci, npm run build, router policy componentize).
 
-import { Candidate, configNumber, Pick, Policy, PolicyInfo, Request, WorkerInfo, register } from "wasm-router-policy/assembly/index";
+import { Candidates, configNumber, Pick, Policy, PolicyInfo, Request, WorkerInfo, register } from "wasm-router-policy/assembly/index";
 export * from "wasm-router-policy/assembly/exports";
 
 class Assignment {
@@ -21,7 +21,7 @@ class Assignment {
 }
 
 /** The least-loaded candidate; ties go to the smaller id. */
-function leastLoaded(candidates: Candidate[]): u32 {
+function leastLoaded(candidates: Candidates): u32 {
   let best = candidates[0];
   for (let i = 1; i < candidates.length; i++) {
     const c = candidates[i];
@@ -47,7 +47,7 @@ class SessionAffinity extends Policy {
   }
 
   /** The most load a sticky worker may have: the factor times the mean, counting this request, and never below one. */
-  loadBound(candidates: Candidate[]): u32 {
+  loadBound(candidates: Candidates): u32 {
     let total: u64 = 1;
     for (let i = 0; i < candidates.length; i++) total += candidates[i].load;
     const mean = <f64>total / <f64>candidates.length;
@@ -67,7 +67,7 @@ class SessionAffinity extends Policy {
     this.sticky.set(key, new Assignment(worker, this.assigned));
   }
 
-  select(req: Request, candidates: Candidate[]): Pick {
+  select(req: Request, candidates: Candidates): Pick {
     const fallback = leastLoaded(candidates);
     const key = req.routingKey;
     if (key === null) return Pick.worker(fallback);

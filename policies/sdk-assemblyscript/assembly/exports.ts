@@ -1,9 +1,12 @@
-// The canonical ABI of wit/policy.wit, by hand, for the registered policy.
+// The canonical ABI of wit/policy.wit (contract 0.2.0, interface `policy`),
+// by hand, for the registered policy.
 //
 // Re-export this module from the policy's entry file. Names use `_` where
-// the WIT names use `-` (AssemblyScript cannot export a `-`);
-// `router policy componentize` renames them. Strings cross as UTF-16, the
-// encoding componentize declares, so AssemblyScript strings pass as they are.
+// the WIT names use `-` (AssemblyScript cannot export a `-`) and leave out
+// the interface; `router policy componentize` spells them out
+// (`select` -> `wasm-router:policy/policy@0.2.0#select`). Strings cross as
+// UTF-16, the encoding componentize declares, so AssemblyScript strings pass
+// as they are.
 //
 // Memory: the router allocates parameters with `cabi_realloc` and hands them
 // over; each export lifts them into managed objects and frees the raw
@@ -12,13 +15,14 @@
 //
 // Layouts (offsets in bytes, from the canonical ABI's size and alignment rules):
 //   worker-info (32):          id 0, url 4/8, model 12/16, role 20, dp-rank tag 24 / value 28
-//   candidate (8):             id 0, load 4
-//   result<policy-info,string> (20): tag 0, name 4/8, needs-text 12, wants-feedback 13, tick 16 | err 4/8
+//   result<policy-info,string> (24): tag 0, name 4/8, needs-text 12, wants-feedback 13, tick 16, instances 20 | err 4/8
 //   result<u32,string> (12):   tag 0, ok 4 | err 4/8
 //   result<_,string> (12):     tag 0, err 4/8
 //   string, list<u8> (8):      pointer 0, length 4
 
-import { Candidate, CONTRACT_VERSION, current, Outcome, Request, WorkerInfo } from "./index";
+import { Candidates, CONTRACT_VERSION, current, ErrorKind, Outcome, Request, WorkerInfo } from "./index";
+import * as abi from "./abi";
+import { liftBytes, liftString } from "./memory";
 
 /** Where multi-value results are written; the router reads it before the next call. */
 const RETURN_AREA: usize = memory.data(24, 8);
@@ -34,22 +38,6 @@ export function cabi_realloc(ptr: usize, oldSize: usize, align: usize, newSize: 
   }
   if (oldSize == 0) return heap.alloc(newSize);
   return heap.realloc(ptr, newSize);
-}
-
-function liftString(ptr: usize, units: usize): string {
-  if (units == 0) return "";
-  const value = String.UTF16.decodeUnsafe(ptr, units << 1);
-  heap.free(ptr);
-  return value;
-}
-
-function liftBytes(ptr: usize, len: usize): Uint8Array {
-  const bytes = new Uint8Array(<i32>len);
-  if (len != 0) {
-    memory.copy(bytes.dataStart, ptr, len);
-    heap.free(ptr);
-  }
-  return bytes;
 }
 
 function optionU32(tag: u32, value: u32): i64 {
@@ -88,6 +76,7 @@ export function init(ptr: usize, len: usize): usize {
     store<u8>(RETURN_AREA, info.needsText ? 1 : 0, 12);
     store<u8>(RETURN_AREA, info.wantsFeedback ? 1 : 0, 13);
     store<u32>(RETURN_AREA, info.tickIntervalMs, 16);
+    store<u8>(RETURN_AREA, <u8>info.instances, 20);
   }
   return RETURN_AREA;
 }
@@ -114,28 +103,10 @@ export function workers_changed(ptr: usize, len: usize): void {
   current().workersChanged(workers);
 }
 
-export function select(
-  id: u64,
-  route: u32,
-  modelPtr: usize,
-  modelLen: usize,
-  textPtr: usize,
-  textLen: usize,
-  keyTag: u32,
-  keyPtr: usize,
-  keyLen: usize,
-  candidatesPtr: usize,
-  candidatesLen: usize,
-): usize {
-  const key: string | null = keyTag == 0 ? null : liftString(keyPtr, keyLen);
-  const req = new Request(id, route, liftString(modelPtr, modelLen), liftString(textPtr, textLen), key);
-  const candidates = new Array<Candidate>();
-  for (let i: usize = 0; i < candidatesLen; i++) {
-    const at = candidatesPtr + i * 8;
-    candidates.push(new Candidate(load<u32>(at), load<u32>(at, 4)));
-  }
-  if (candidatesLen != 0) heap.free(candidatesPtr);
-  const pick = current().select(req, candidates);
+export function select(request: i32, candidates: i32): usize {
+  const pick = current().select(new Request(request), new Candidates(candidates));
+  abi.requestDrop(request);
+  abi.candidatesDrop(candidates);
   const error = pick.error;
   if (error !== null) {
     store<u8>(RETURN_AREA, 1);
@@ -154,7 +125,12 @@ export function cabi_post_select(ret: usize): void {
 export function on_complete(
   requestId: u64,
   worker: u32,
+  attempt: u32,
   status: u32,
+  errorTag: u32,
+  error: u32,
+  ttftTag: u32,
+  ttftUs: u64,
   latencyUs: u64,
   promptTag: u32,
   prompt: u32,
@@ -167,7 +143,10 @@ export function on_complete(
     new Outcome(
       requestId,
       worker,
+      attempt,
       <u16>status,
+      errorTag == 0 ? ErrorKind.None : <ErrorKind>error,
+      ttftTag == 0 ? -1 : <i64>ttftUs,
       latencyUs,
       optionU32(promptTag, prompt),
       optionU32(cachedTag, cached),

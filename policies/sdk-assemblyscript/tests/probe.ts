@@ -1,7 +1,24 @@
 // A policy that reports what crossed the boundary, for the host's tests of
 // the glue: every value the router sends comes back in a refusal message or
-// a pick, and its state survives snapshot/restore.
-import { Candidate, configNumber, Outcome, Pick, Policy, PolicyInfo, Request, WorkerInfo, register } from "../assembly/index";
+// a pick, every host import answers through one, and its state survives
+// snapshot/restore.
+import {
+  Candidates,
+  configNumber,
+  Instances,
+  log,
+  MetricKind,
+  metrics,
+  Outcome,
+  Pick,
+  Policy,
+  PolicyInfo,
+  prefixIndex,
+  register,
+  Request,
+  state,
+  WorkerInfo,
+} from "../assembly/index";
 export * from "../assembly/exports";
 
 class Probe extends Policy {
@@ -15,6 +32,7 @@ class Probe extends Policy {
     info.needsText = true;
     info.wantsFeedback = true;
     info.tickIntervalMs = <u32>configNumber(config, "tick_ms", 0);
+    if (config.includes('"per_thread"')) info.instances = Instances.PerThread;
     return info;
   }
 
@@ -27,7 +45,7 @@ class Probe extends Policy {
     this.workers = listed;
   }
 
-  select(req: Request, candidates: Candidate[]): Pick {
+  select(req: Request, candidates: Candidates): Pick {
     const key = req.routingKey;
     if (key === null) {
       // The busiest candidate: every load must have crossed intact.
@@ -40,16 +58,28 @@ class Probe extends Policy {
     if (key == "request") {
       return Pick.refuse(
         "id=" + req.id.toString() + "|route=" + (<i32>req.route).toString() + "|model=" + req.model +
-        "|text=" + req.text + "|n=" + candidates.length.toString(),
+        "|text=" + req.text + "|bytes=" + req.textLength.toString() + "|stream=" + (req.stream ? "1" : "0") +
+        "|max=" + req.maxNewTokens.toString() + "|n=" + candidates.length.toString(),
       );
     }
+    if (key == "columns") {
+      let columns = "";
+      for (let i = 0; i < candidates.length; i++) {
+        columns += candidates[i].id.toString() + "," + candidates[i].load.toString() + "," +
+          candidates.inFlight(i).toString() + "," + candidates.reportedLoad(i).toString() + "," +
+          candidates.queued(i).toString() + "," + (candidates.halfOpen(i) ? "1" : "0") + ";";
+      }
+      return Pick.refuse(columns);
+    }
+    if (key == "host") return Pick.refuse(useTheHost(req, candidates));
     if (key == "workers") return Pick.refuse(this.workers);
     if (key == "state") return Pick.refuse("completed=" + this.completed + "|restored=" + this.restored);
     return Pick.worker(0xffff_ffff);
   }
 
   onComplete(o: Outcome): void {
-    this.completed += o.requestId.toString() + "," + o.worker.toString() + "," + o.status.toString() + "," +
+    this.completed += o.requestId.toString() + "," + o.worker.toString() + "," + o.attempt.toString() + "," +
+      o.status.toString() + "," + (<i32>o.error).toString() + "," + o.ttftUs.toString() + "," +
       o.latencyUs.toString() + "," + o.promptTokens.toString() + "," + o.cachedTokens.toString() + "," +
       o.completionTokens.toString() + ";";
   }
@@ -64,6 +94,37 @@ class Probe extends Policy {
     this.restored = text.substring(6);
     return null;
   }
+}
+
+/** Every host import once; what each answered, in one line. */
+function useTheHost(req: Request, candidates: Candidates): string {
+  log.info("probe ✓ host", ["worker", candidates[0].id.toString(), "ünï", "cödé"]);
+
+  const counter = metrics.declare("probe_calls", MetricKind.Counter, "Calls of the probe's host route", "worker");
+  counter.record(2.5, candidates[0].id.toString()); // counters count whole numbers: 2
+  const bad = metrics.declare("Not A Name", MetricKind.Gauge, "refused");
+
+  const count = state.add("calls", 1);
+  const stored = state.get("blob");
+  const blob = stored === null ? "none" : String.UTF8.decode(stored.buffer.slice(stored.byteOffset, stored.byteOffset + stored.length));
+  const setError = state.set("blob", Uint8Array.wrap(String.UTF8.encode("blob ✓ " + count.value.toString())));
+  state.remove("absent");
+  const wrongWidth = state.add("blob", 1);
+
+  const ids = candidates.ids();
+  const before = prefixIndex.matchRequest(req, ids);
+  prefixIndex.insertRequest(req, ids[ids.length - 1]);
+  const after = prefixIndex.matchRequest(req, ids);
+  const sizes = prefixIndex.sizes(ids);
+  let listed = "";
+  for (let i = 0; i < sizes.length; i++) listed += sizes[i].toString() + ",";
+
+  return "calls=" + count.value.toString() + "|blob=" + blob + "|set=" + (setError === null ? "ok" : setError) +
+    "|metric=" + (counter.error === null ? "ok" : "refused") + "|bad=" + (bad.error === null ? "accepted" : "refused") +
+    "|add-blob=" + (wrongWidth.error === null ? "accepted" : "refused") +
+    "|before=" + before.matchedChars.toString() + "/" + before.textChars.toString() + "@" + before.worker.toString() +
+    "|after=" + after.matchedChars.toString() + "/" + after.textChars.toString() + "@" + after.worker.toString() +
+    "|sizes=" + listed;
 }
 
 register(new Probe());

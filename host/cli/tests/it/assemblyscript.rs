@@ -1,14 +1,16 @@
-//! The AssemblyScript glue (policies/sdk-assemblyscript), through its probe
-//! policy: every value the router sends must come back intact, in a pick or
-//! in a refusal message. Then the AssemblyScript example, routing real
-//! requests.
+//! The AssemblyScript glue (policies/sdk-assemblyscript, contract 0.2.0),
+//! through its probe policy: every value the router sends must come back
+//! intact, in a pick or in a refusal message, and every host import must
+//! answer. Then the AssemblyScript example, routing real requests.
 
 use wasm_router::policy::{
-    Candidate, LoadError, Outcome, Policy, PolicySource, Role, Route, RouteRequest, SelectError,
-    WasmPolicy, WorkerInfo,
+    AttemptError, Candidate, Instances, LoadError, Outcome, Policy, PolicySource, Role, Route,
+    RouteRequest, SelectError, WasmPolicy, WorkerInfo,
 };
 
-use crate::fixtures::{assemblyscript_probe, engine, generous_limits, idle, session_affinity_as};
+use crate::fixtures::{
+    assemblyscript_probe, contract_0_1, engine, generous_limits, idle, session_affinity_as,
+};
 use crate::mock::{MockWorker, args, router, worker_for_key};
 
 fn probe(config: &str) -> Result<WasmPolicy, LoadError> {
@@ -43,12 +45,20 @@ fn keyed<'a>(key: &'a str, model: &'a str, text: &'a str) -> RouteRequest<'a> {
 #[test]
 fn init_results_cross_in_both_directions() {
     let p = probe(r#"{"tick_ms": 250}"#).unwrap();
+    assert_eq!(p.contract(), "0.2.0");
     let info = wasm_router::policy::Policy::info(&p);
     assert_eq!(info.name, "prøbe ✓");
     assert!(info.needs_text && info.wants_feedback);
     assert_eq!(
         info.tick_interval,
         Some(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(info.instances, Instances::Shared);
+    let per_thread = probe(r#"{"per_thread": true}"#).unwrap();
+    assert_eq!(per_thread.info().instances, Instances::PerThread);
+    assert!(
+        per_thread.instances() >= 2,
+        "one instance per serving thread"
     );
 
     match probe(r#"{"refuse": "ünïcode"}"#) {
@@ -61,17 +71,93 @@ fn init_results_cross_in_both_directions() {
 }
 
 #[test]
-fn request_strings_cross_empty_and_non_ascii() {
+fn request_getters_cross_empty_and_non_ascii() {
     let p = probe("{}").unwrap();
     let two = idle(&[1, 2]);
     assert_eq!(
         ask(&p, &keyed("request", "", ""), &two),
-        "id=42|route=2|model=|text=|n=2"
+        "id=42|route=2|model=|text=|bytes=0|stream=0|max=-1|n=2"
     );
     let text = "héllo 世界 🚀 \u{0}end";
+    let req = RouteRequest {
+        stream: true,
+        max_new_tokens: Some(4_000_000_000),
+        ..keyed("request", "llamä-3", text)
+    };
     assert_eq!(
-        ask(&p, &keyed("request", "llamä-3", text), &two),
-        format!("id=42|route=2|model=llamä-3|text={text}|n=2")
+        ask(&p, &req, &two),
+        format!(
+            "id=42|route=2|model=llamä-3|text={text}|bytes={}|stream=1|max=4000000000|n=2",
+            text.len()
+        )
+    );
+}
+
+#[test]
+fn every_candidate_column_crosses() {
+    let p = probe("{}").unwrap();
+    let candidates = [
+        Candidate {
+            id: 7,
+            load: 9,
+            in_flight: 3,
+            reported_load: Some(9),
+            queued: Some(4),
+            half_open: false,
+        },
+        Candidate {
+            id: 4_000_000_000,
+            load: 2,
+            in_flight: 2,
+            reported_load: None,
+            queued: None,
+            half_open: true,
+        },
+    ];
+    assert_eq!(
+        ask(&p, &keyed("columns", "", ""), &candidates),
+        "7,9,3,9,4,0;4000000000,2,2,-1,-1,1;"
+    );
+}
+
+#[test]
+fn the_host_imports_answer_and_state_outlives_the_instance() {
+    let engine = engine();
+    let load = || {
+        WasmPolicy::load(
+            &engine,
+            PolicySource::File(assemblyscript_probe()),
+            "{}",
+            generous_limits(),
+        )
+        .unwrap()
+    };
+    let p = load();
+    let text = "the same system prompt, then a question";
+    let three = idle(&[1, 2, 3]);
+    let n = text.len();
+    assert_eq!(
+        ask(&p, &keyed("host", "", text), &three),
+        format!(
+            "calls=1|blob=none|set=ok|metric=ok|bad=refused|add-blob=refused\
+             |before=0/{n}@-1|after={n}/{n}@3|sizes=0,0,{n},"
+        )
+    );
+    assert_eq!(p.faults(), 0, "a refused import is an answer, not a trap");
+    // A reload is a new instance from the same file on the same engine: what
+    // the first kept in the host is still there.
+    drop(p);
+    let reloaded = load();
+    assert_eq!(
+        ask(&reloaded, &keyed("host", "", text), &three),
+        format!(
+            "calls=2|blob=blob ✓ 1|set=ok|metric=ok|bad=refused|add-blob=refused\
+             |before={n}/{n}@3|after={n}/{n}@3|sizes=0,0,{n},"
+        )
+    );
+    assert_eq!(
+        reloaded.state().get("calls"),
+        Some(2i64.to_le_bytes().to_vec())
     );
 }
 
@@ -156,9 +242,21 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
         prompt_tokens: Some(100),
         cached_tokens: Some(0),
         completion_tokens: None,
+        attempt: 1,
+        ttft_us: Some(5_000_000_000),
+        error: None,
+    });
+    old.on_complete(&Outcome {
+        request_id: 5,
+        worker: 2,
+        attempt: 3,
+        error: Some(AttemptError::ClientAbort),
         ..Outcome::default()
     });
-    let record = format!("{},9,200,1234,100,0,-1;", u64::MAX);
+    let record = format!(
+        "{},9,1,200,-1,5000000000,1234,100,0,-1;5,2,3,0,3,-1,0,-1,-1,-1;",
+        u64::MAX
+    );
     assert_eq!(
         ask(&old, &keyed("state", "", ""), &idle(&[1])),
         format!("completed={record}|restored=")
@@ -177,6 +275,51 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
         "not a probe snapshot: garbage"
     );
     new.restore(b"").unwrap_err();
+}
+
+/// A core module built with the 0.1 glue is still wrapped, against 0.1.0,
+/// and still routes.
+#[test]
+fn a_core_module_of_the_0_1_glue_is_still_componentized() {
+    let core = std::fs::read(contract_0_1("as_probe.core")).unwrap();
+    let component = wasm_router::policy::componentize::componentize(&core).unwrap();
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("as-probe-0.1.wasm");
+    std::fs::write(&file, component).unwrap();
+    let p = WasmPolicy::load(&engine(), PolicySource::File(file), "{}", generous_limits()).unwrap();
+    assert_eq!(p.contract(), "0.1.0");
+    assert_eq!(
+        ask(&p, &keyed("request", "m", "hi"), &idle(&[1, 2])),
+        "id=42|route=2|model=m|text=hi|n=2"
+    );
+}
+
+/// Over HTTP: what the probe logs and records reaches the router's log and
+/// `/metrics`, under the policy's label.
+#[tokio::test]
+async fn the_probes_metric_is_on_the_metrics_endpoint() {
+    let w = MockWorker::start("a", "m").await;
+    let mut a = args(&[&w]);
+    a.policy = Some(assemblyscript_probe().display().to_string());
+    let r = router(a).await;
+    let answer = crate::mock::http()
+        .post(format!("http://{}/generate", r.addr))
+        .header("x-routing-key", "host")
+        .json(&serde_json::json!({"text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(answer.text().await.unwrap().contains("calls=1|"));
+    let id = r.state.registry.by_url(&w.url).unwrap().id;
+    let text = crate::mock::get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wasm_router_policy_probe_calls"))
+        .unwrap_or_else(|| panic!("no probe_calls on /metrics:\n{text}"));
+    assert!(line.contains(r#"policy="as-probe""#), "{line}");
+    assert!(line.contains(&format!(r#"worker="{id}""#)), "{line}");
+    assert!(line.ends_with(" 2"), "counters drop fractions: {line}");
+    r.shutdown().await.unwrap();
 }
 
 async fn with_key(r: &wasm_router::server::Running, key: Option<&str>) -> String {
