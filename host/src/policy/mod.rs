@@ -31,7 +31,7 @@ pub use engine::{Limits, PolicyEngine};
 pub use error::{LoadError, PolicyFault, SelectError};
 pub use native::LeastLoad;
 pub use source::PolicySource;
-pub use wasm::WasmPolicy;
+pub use wasm::{CHECKPOINT_INTERVAL, WasmPolicy};
 
 /// The inference route, as policies see it.
 pub use crate::route::Route;
@@ -253,6 +253,14 @@ pub trait Policy: Send + Sync {
     /// Periodic housekeeping; `now_ms` is milliseconds since the Unix epoch.
     fn tick(&self, now_ms: u64);
 
+    /// Keep a copy of the policy's private state, off the request path, for
+    /// the instance rebuilt after a fault; whether one was taken. Called
+    /// every [`CHECKPOINT_INTERVAL`]; only a policy with private state
+    /// that changed since its last checkpoint takes one.
+    fn checkpoint(&self) -> bool {
+        false
+    }
+
     /// Resolves when a `select` that answered [`SelectError::Busy`] may be
     /// asked again. Only a policy that can be busy needs to say more than
     /// "now".
@@ -318,6 +326,10 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 
     fn tick(&self, now_ms: u64) {
         (**self).tick(now_ms)
+    }
+
+    fn checkpoint(&self) -> bool {
+        (**self).checkpoint()
     }
 
     fn until_ready(&self) -> ReadyWait<'_> {

@@ -20,7 +20,13 @@
 //! back-off that doubles with each consecutive fault of that slot; it is
 //! started and told the workers outside the slot's lock, which it takes
 //! only to be put in. What the policy keeps in the host (`state`,
-//! `prefix-index`) is untouched by all of this.
+//! `prefix-index`) is untouched by all of this. A shared instance's private
+//! state comes back too: [`Policy::checkpoint`] (every
+//! [`CHECKPOINT_INTERVAL`], from the router's maintenance task, as
+//! maintenance) keeps its last `snapshot`, and the instance rebuilt after a
+//! fault is `restore`d from it, unless that instance faulted again before
+//! one request succeeded: then the checkpoint is suspect and it starts
+//! fresh.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +51,11 @@ use super::{
 pub const RESTART_BACKOFF_START: Duration = Duration::from_millis(10);
 /// The longest wait between rebuilds of a policy that keeps faulting.
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How often the router checkpoints a shared instance that was called since
+/// its last checkpoint ([`Policy::checkpoint`]): at most this much of its
+/// private state is lost to a fault.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A policy's messages (refusals, trap reports) reach clients and logs; past
 /// this many bytes they are cut (a guest may return megabytes).
@@ -88,6 +99,11 @@ struct Shared {
     faults: AtomicU64,
     last_fault: Mutex<Option<String>>,
     ticks: AtomicU64,
+    /// A shared instance's last `snapshot` ([`Policy::checkpoint`]), for the
+    /// instance rebuilt after a fault.
+    checkpoint: Mutex<Option<Vec<u8>>>,
+    /// Whether a shared instance was called since its last checkpoint.
+    dirty: AtomicBool,
 }
 
 /// A slot, and whether a maintenance call has it (or waits for it). Each
@@ -216,6 +232,8 @@ impl WasmPolicy {
                 faults: AtomicU64::new(0),
                 last_fault: Mutex::new(None),
                 ticks: AtomicU64::new(0),
+                checkpoint: Mutex::new(None),
+                dirty: AtomicBool::new(false),
             }),
         })
     }
@@ -374,6 +392,10 @@ impl Shared {
         f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyFault> {
         let live = slot.live.as_mut().ok_or(PolicyFault::PolicyRestarting)?;
+        if self.info.instances == Instances::Shared {
+            // Under the one slot's lock already: no contention of its own.
+            self.dirty.store(true, Ordering::Relaxed);
+        }
         live.store.set_epoch_deadline(Limits::ticks(deadline));
         f(live).map_err(|error| {
             let fault = classify(&error);
@@ -455,7 +477,8 @@ impl Shared {
         }
     }
 
-    /// Start a fresh instance, tell it the current workers, and install it
+    /// Start a fresh instance, tell it the current workers, give it the last
+    /// checkpoint (a shared instance, first fault in a row), and install it
     /// in slot `at`: the slot is locked only for the swap.
     fn restart(self: &Arc<Self>, at: usize) -> Result<(), LoadError> {
         let name = self.source.label();
@@ -474,12 +497,48 @@ impl Shared {
             .set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
         live.workers_changed(&workers)
             .map_err(|e| LoadError::StartFault {
-                name,
+                name: name.clone(),
                 fault: classify(&e),
             })?;
+        let restored = self.restore_checkpoint(at, &mut live, &name)?;
         lock(&self.slots[at].slot).live = Some(live);
-        tracing::info!(policy = %self.info.name, "policy instance restarted");
+        tracing::info!(policy = %self.info.name, restored, "policy instance restarted");
         Ok(())
+    }
+
+    /// Restore the last checkpoint into `live`, the rebuild of slot `at`;
+    /// whether it was. A checkpoint is used for the first rebuild after a
+    /// success only: if that instance faults too, the state may be what
+    /// makes it fault, and the checkpoint is dropped. A trap in `restore`
+    /// drops it as well, and fails this start (the retry starts fresh).
+    fn restore_checkpoint(
+        &self,
+        at: usize,
+        live: &mut Live,
+        name: &str,
+    ) -> Result<bool, LoadError> {
+        let mut held = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+        let first_in_a_row = lock(&self.slots[at].slot).consecutive_faults <= 1;
+        if !first_in_a_row {
+            *held = None;
+        }
+        let Some(state) = held.as_deref() else {
+            return Ok(false);
+        };
+        match live.restore(state) {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(message)) => {
+                tracing::warn!(policy = %self.info.name, "the rebuilt instance refused its checkpoint, starting fresh: {}", cap_message(message));
+                Ok(false)
+            }
+            Err(e) => {
+                *held = None;
+                Err(LoadError::StartFault {
+                    name: name.to_string(),
+                    fault: classify(&e),
+                })
+            }
+        }
     }
 
     fn fallback(
@@ -583,6 +642,30 @@ impl Policy for WasmPolicy {
             shared.ticks.fetch_add(1, Ordering::Relaxed);
         }
         shared.skipped("tick", result);
+    }
+
+    fn checkpoint(&self) -> bool {
+        let shared = &self.shared;
+        if shared.info.instances == Instances::PerThread || !shared.dirty.load(Ordering::Relaxed) {
+            return false;
+        }
+        let deadline = shared.limits.maintenance_deadline;
+        // Cleared under the slot's lock, after this call marked it: what
+        // changes the state later marks it again.
+        let taken = shared.maintain(0, deadline, |live| {
+            shared.dirty.store(false, Ordering::Relaxed);
+            live.snapshot()
+        });
+        match taken {
+            Ok(state) => {
+                *shared.checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+                true
+            }
+            Err(fault) => {
+                shared.skipped("checkpoint", Err(fault));
+                false
+            }
+        }
     }
 
     fn until_ready(&self) -> super::ReadyWait<'_> {

@@ -161,6 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     for (_, manager) in state.managers() {
         background.push(tokio::spawn(tick(manager.active())));
+        background.push(tokio::spawn(checkpoint(manager.active())));
     }
     if let Some(verifier) = state.jwt.clone() {
         background.push(tokio::spawn(async move {
@@ -315,6 +316,21 @@ async fn tick(policy: Arc<ArcSwap<Box<dyn Policy>>>) {
         let current = policy.load_full();
         if let Err(e) = tokio::task::spawn_blocking(move || current.tick(now_ms)).await {
             tracing::error!("policy tick task failed: {e}");
+        }
+    }
+}
+
+/// Checkpoint the active policy's private state every
+/// [`CHECKPOINT_INTERVAL`](crate::policy::CHECKPOINT_INTERVAL), for the
+/// instance rebuilt after a fault.
+async fn checkpoint(policy: Arc<ArcSwap<Box<dyn Policy>>>) {
+    let mut every = tokio::time::interval(crate::policy::CHECKPOINT_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let current = policy.load_full();
+        if let Err(e) = tokio::task::spawn_blocking(move || current.checkpoint()).await {
+            tracing::error!("policy checkpoint task failed: {e}");
         }
     }
 }

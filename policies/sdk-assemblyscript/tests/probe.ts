@@ -1,7 +1,7 @@
 // A policy that reports what crossed the boundary, for the host's tests of
 // the glue: every value the router sends comes back in a refusal message or
 // a pick, every host import answers through one, and its state survives
-// snapshot/restore.
+// snapshot/restore. Routing key `trap` traps.
 import {
   Candidates,
   configNumber,
@@ -74,6 +74,7 @@ class Probe extends Policy {
     if (key == "host") return Pick.refuse(useTheHost(req, candidates));
     if (key == "workers") return Pick.refuse(this.workers);
     if (key == "state") return Pick.refuse("completed=" + this.completed + "|restored=" + this.restored);
+    if (key == "trap") unreachable();
     return Pick.worker(0xffff_ffff);
   }
 

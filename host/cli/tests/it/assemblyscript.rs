@@ -10,6 +10,7 @@ use wasm_router::policy::{
 
 use crate::fixtures::{
     assemblyscript_probe, contract_0_1, engine, generous_limits, idle, session_affinity_as,
+    wait_until,
 };
 use crate::mock::{MockWorker, args, router, worker_for_key};
 
@@ -275,6 +276,61 @@ fn feedback_and_state_survive_a_snapshot_restore_round_trip() {
         "not a probe snapshot: garbage"
     );
     new.restore(b"").unwrap_err();
+}
+
+/// Issue 17: a shared instance's private state comes back after a fault,
+/// from its last checkpoint; not twice in a row without a success between
+/// (the state may be why it faults); never for a per-thread policy.
+#[test]
+fn a_faulted_shared_instance_comes_back_from_its_last_checkpoint() {
+    let p = probe("{}").unwrap();
+    let outcome = |request_id| Outcome {
+        request_id,
+        worker: 1,
+        ..Outcome::default()
+    };
+    let record = |id: u64| format!("{id},1,0,0,-1,-1,0,-1,-1,-1;");
+    let trap = || {
+        let answer = p.select(&keyed("trap", "", ""), &idle(&[1])).unwrap();
+        assert!(answer.fallback.is_some(), "the trap is a fault");
+        wait_until("the instance is rebuilt", || p.is_running());
+    };
+    assert!(!p.checkpoint(), "nothing called since the start");
+    p.on_complete(&outcome(1));
+    assert!(p.checkpoint());
+    assert!(!p.checkpoint(), "nothing changed since the last one");
+    p.on_complete(&outcome(2));
+    trap();
+    // What came after the checkpoint is lost; the rest is back.
+    let state = |p: &WasmPolicy| ask(p, &keyed("state", "", ""), &idle(&[1]));
+    assert_eq!(state(&p), format!("completed=|restored={}", record(1)));
+    trap();
+    assert_eq!(
+        state(&p),
+        "completed=|restored=",
+        "a second fault in a row starts fresh"
+    );
+
+    let pick = p.select(&keyed_none(), &idle(&[1])).unwrap();
+    assert_eq!(pick.fallback, None);
+    p.on_complete(&outcome(3));
+    assert!(p.checkpoint());
+    trap();
+    assert_eq!(state(&p), format!("completed=|restored={}", record(3)));
+
+    let per_thread = probe(r#"{"per_thread": true}"#).unwrap();
+    per_thread.on_complete(&outcome(4));
+    assert!(
+        !per_thread.checkpoint(),
+        "a per-thread policy keeps no private state"
+    );
+}
+
+fn keyed_none() -> RouteRequest<'static> {
+    RouteRequest {
+        routing_key: None,
+        ..keyed("", "", "")
+    }
 }
 
 /// A core module built with the 0.1 glue is still wrapped, against 0.1.0,

@@ -82,6 +82,22 @@ fn restore_refuses_garbage_and_a_trap_in_restore_is_a_fault() {
     assert_serves(&p);
 }
 
+/// A checkpoint whose `restore` traps in the rebuilt instance is dropped:
+/// the next rebuild starts fresh, and the policy serves again.
+#[test]
+fn a_checkpoint_that_traps_in_restore_is_dropped_not_retried() {
+    let p = hostile_policy(r#"{"mode": "trap-in-restore"}"#);
+    assert_serves(&p);
+    assert!(p.checkpoint(), "a shared instance that was called");
+    assert!(select(&p, "recurse").unwrap().fallback.is_some());
+    assert_serves(&p);
+    assert_eq!(
+        p.faults(),
+        1,
+        "the failed rebuild is retried, not a request's fault"
+    );
+}
+
 #[test]
 fn allocating_to_the_limit_on_every_call_is_contained_every_time() {
     let limits = Limits {
