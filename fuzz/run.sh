@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz the request-body handling and the host side of the policy boundary
-# with libFuzzer (cargo fuzz), each for SECONDS (default 30; CI runs the
-# default, run longer on demand: fuzz/run.sh 3600). The committed seeds in
+# Fuzz the request-body handling, the host side of the policy boundary and
+# the KV event decoder with libFuzzer (cargo fuzz), each for SECONDS
+# (default 30; CI runs the default, run longer on demand: fuzz/run.sh 3600). The committed seeds in
 # fuzz/corpus/<target> are replayed first; new inputs go to
 # fuzz/target/corpus/<target>. A crash is written to fuzz/artifacts/<target>:
 # commit it into fuzz/corpus/<target> with the fix, and it stays a
@@ -39,7 +39,7 @@ tail_of() {
     tail -n 40 "$1" >&2
 }
 
-for target in request_body policy_boundary; do
+for target in request_body policy_boundary kv_events; do
     echo "building $target (log: $logs/$target.build.log)"
     if ! "${fuzz[@]}" build --fuzz-dir fuzz "$target" >"$logs/$target.build.log" 2>&1; then
         tail_of "$logs/$target.build.log"
@@ -52,7 +52,7 @@ git diff --exit-code -- fuzz/Cargo.lock >/dev/null || {
 }
 
 failed=0
-for target in request_body policy_boundary; do
+for target in request_body policy_boundary kv_events; do
     mkdir -p "fuzz/target/corpus/$target" "fuzz/artifacts/$target"
     log="$logs/$target.log"
     status=0

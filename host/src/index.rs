@@ -1,7 +1,15 @@
 //! Host-held prefix indexes. The approximate one ([`Approximate`]) is what a
 //! policy reaches through contract 0.2's `prefix-index` import: the text it
 //! routed, under the worker it went to, matched natively and shared by all
-//! the policy's instances.
+//! the policy's instances. The precise one ([`Precise`]) holds the KV cache
+//! pages the workers say they hold, from their events ([`crate::events`]).
+
+mod precise;
+
+pub use precise::{
+    MAX_PAGES, MAX_PAGES_PER_WORKER, Matched, Medium, PageKey, Precise, StoreError, StoredPages,
+    page_key, page_keys,
+};
 
 use std::sync::RwLock;
 

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod client;
 pub mod config;
 pub mod errors;
+pub mod events;
 pub mod extract;
 pub mod index;
 pub mod jwt;

@@ -1,0 +1,131 @@
+//! The KV event plane: what the workers say they hold in their KV caches,
+//! fed into the precise prefix index ([`crate::index::Precise`]).
+//!
+//! SGLang and vLLM workers publish their KV cache events over ZMQ: PUB,
+//! multipart `[topic, sequence number (8-byte big-endian), msgpack batch]`,
+//! one publisher per data-parallel rank. [`decode`] reads a batch in every
+//! encoding they use; [`apply`] folds it into the index under the worker
+//! it came from.
+
+mod decode;
+
+pub use decode::{Batch, DecodeError, Event, Stored, decode};
+
+use crate::index::{Precise, StoreError, StoredPages};
+
+/// What applying one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `BlockStored` events whose pages are in the index.
+    pub stored: usize,
+    /// `BlockRemoved` events.
+    pub removed: usize,
+    /// `AllBlocksCleared` events.
+    pub cleared: usize,
+    /// `BlockStored` events of pages that are not prefix cache, left out.
+    pub not_prefix_cache: usize,
+    /// `BlockStored` events whose parent page the index does not know: an
+    /// event was missed, and the worker's entries are incomplete.
+    pub orphans: usize,
+    /// `BlockStored` events refused for another reason (shape, page size,
+    /// the index full), the last of them.
+    pub refused: Option<StoreError>,
+}
+
+/// Fold `batch`'s events, published by `worker`, into `index`.
+pub fn apply(index: &Precise, worker: u32, batch: &Batch) -> Applied {
+    let mut applied = Applied::default();
+    for event in &batch.events {
+        match event {
+            Event::Stored(s) if !s.prefix_cache => applied.not_prefix_cache += 1,
+            Event::Stored(s) => match index.store(
+                worker,
+                StoredPages {
+                    medium: s.medium,
+                    parent: s.parent,
+                    hashes: &s.hashes,
+                    tokens: &s.token_ids,
+                    block_size: s.block_size,
+                    seed: s.lora_seed,
+                },
+            ) {
+                Ok(()) => applied.stored += 1,
+                Err(StoreError::Orphan(_)) => applied.orphans += 1,
+                Err(e) => applied.refused = Some(e),
+            },
+            Event::Removed { hashes, medium } => {
+                index.remove(worker, *medium, hashes);
+                applied.removed += 1;
+            }
+            Event::Cleared => {
+                index.clear(worker);
+                applied.cleared += 1;
+            }
+        }
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Medium;
+
+    fn stored(hash: u64, parent: Option<u64>, tokens: [u32; 2]) -> Event {
+        Event::Stored(Stored {
+            hashes: vec![hash],
+            parent,
+            token_ids: tokens.to_vec(),
+            block_size: 2,
+            medium: Medium::Gpu,
+            lora_seed: 0,
+            prefix_cache: true,
+        })
+    }
+
+    fn batch(events: Vec<Event>) -> Batch {
+        Batch {
+            ts: 0.0,
+            dp_rank: None,
+            events,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_folds_into_the_index_and_says_what_it_could_not() {
+        let index = Precise::default();
+        let mut sliding = stored(9, None, [5, 6]);
+        if let Event::Stored(s) = &mut sliding {
+            s.prefix_cache = false;
+        }
+        let applied = apply(
+            &index,
+            3,
+            &batch(vec![
+                stored(1, None, [1, 2]),
+                stored(2, Some(1), [3, 4]),
+                stored(4, Some(3), [7, 8]),
+                sliding,
+                Event::Removed {
+                    hashes: vec![2],
+                    medium: Medium::Gpu,
+                },
+            ]),
+        );
+        assert_eq!(
+            applied,
+            Applied {
+                stored: 2,
+                removed: 1,
+                not_prefix_cache: 1,
+                orphans: 1,
+                ..Applied::default()
+            }
+        );
+        assert_eq!(index.matched(&[1, 2, 3, 4], &[3])[0].gpu, 2);
+        let applied = apply(&index, 3, &batch(vec![Event::Cleared]));
+        assert_eq!(applied.cleared, 1);
+        assert!(index.is_empty());
+    }
+}
