@@ -39,6 +39,21 @@ pub const POLICY_OUTCOMES_DROPPED: &str = "wasm_router_policy_outcomes_dropped_t
 pub const POLICY_INDEX_FULL: &str = "wasm_router_policy_index_full_total";
 /// Responses cut off mid-body by a timeout, by reason (deadline, idle).
 pub const RESPONSES_CUT_OFF: &str = "wasm_router_responses_cut_off_total";
+/// KV cache events received from the workers (src/events).
+pub const KV_EVENTS: &str = "wasm_router_kv_events_total";
+/// KV event messages that did not decode.
+pub const KV_EVENTS_MALFORMED: &str = "wasm_router_kv_events_malformed_total";
+/// Gaps in a worker's KV event sequence.
+pub const KV_EVENTS_GAPS: &str = "wasm_router_kv_event_gaps_total";
+/// KV event batches recovered from a worker's replay socket.
+pub const KV_EVENTS_REPLAYED: &str = "wasm_router_kv_event_batches_replayed_total";
+/// Times a worker's index entries were cleared because its events could
+/// no longer be trusted (a gap not replayed, a publisher restart).
+pub const KV_EVENTS_STALE: &str = "wasm_router_kv_event_resyncs_total";
+/// `BlockStored` events whose parent page was unknown.
+pub const KV_EVENTS_ORPHANS: &str = "wasm_router_kv_event_orphans_total";
+/// `BlockStored` events the index refused (shape, page size, full).
+pub const KV_EVENTS_REFUSED: &str = "wasm_router_kv_events_refused_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -5,13 +5,92 @@
 //! multipart `[topic, sequence number (8-byte big-endian), msgpack batch]`,
 //! one publisher per data-parallel rank. [`decode`] reads a batch in every
 //! encoding they use; [`apply`] folds it into the index under the worker
-//! it came from.
+//! it came from; [`Subscriptions`] keeps one subscriber task per worker
+//! (`subscriber`: sequence gaps, replay, restarts).
 
 mod decode;
+mod subscriber;
 
 pub use decode::{Batch, DecodeError, Event, Stored, decode};
+pub use subscriber::{Endpoint, REPLAY_TIMEOUT};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::index::{Precise, StoreError, StoredPages};
+
+/// The subscriber tasks of a router, one per worker that publishes events,
+/// all feeding one index.
+#[derive(Debug)]
+pub struct Subscriptions {
+    index: Arc<Precise>,
+    tasks: Mutex<HashMap<u32, (Endpoint, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Subscriptions {
+    /// No subscriptions yet, feeding `index`.
+    pub fn new(index: Arc<Precise>) -> Self {
+        Subscriptions {
+            index,
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// The index they feed.
+    pub fn index(&self) -> &Arc<Precise> {
+        &self.index
+    }
+
+    /// Follow `worker`'s events at `endpoint` (on the current tokio
+    /// runtime), replacing a subscription to another endpoint.
+    pub fn follow(&self, worker: u32, endpoint: Endpoint) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if tasks.get(&worker).is_some_and(|(at, _)| *at == endpoint) {
+            return;
+        }
+        let task = tokio::spawn(subscriber::run(
+            worker,
+            endpoint.clone(),
+            self.index.clone(),
+        ));
+        if let Some((_, old)) = tasks.insert(worker, (endpoint, task)) {
+            old.abort();
+            self.index.clear(worker);
+        }
+    }
+
+    /// Stop following `worker` and forget its pages (it left the fleet).
+    pub fn forget(&self, worker: u32) {
+        let removed = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&worker);
+        if let Some((_, task)) = removed {
+            task.abort();
+        }
+        self.index.drop_worker(worker);
+    }
+
+    /// Workers followed now.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no worker is followed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in tasks.values() {
+            task.abort();
+        }
+    }
+}
 
 /// What applying one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ mod fixtures;
 mod hostile;
 mod instances;
 mod jwt;
+mod kv_events;
 mod layout;
 mod mock;
 mod pd;

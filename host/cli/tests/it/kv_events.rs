@@ -1,0 +1,248 @@
+//! Issue 18: a worker's KV cache events over real ZMQ sockets on loopback
+//! reach the router's precise index: stores, removals and clears; a gap
+//! replayed from the replay socket; a gap without one, and a publisher
+//! restart, clearing what can no longer be trusted.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rmpv::Value;
+use wasm_router::events::{Endpoint, Subscriptions};
+use wasm_router::index::Precise;
+use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const WORKER: u32 = 7;
+const PAGE: u32 = 4;
+
+/// `["BlockStored", [hash], parent, tokens, 4, nil, "GPU"]`, SGLang's shape.
+fn stored(hash: i64, parent: Option<i64>, tokens: &[u32]) -> Value {
+    Value::Array(vec![
+        "BlockStored".into(),
+        Value::Array(vec![hash.into()]),
+        parent.map_or(Value::Nil, Value::from),
+        Value::Array(tokens.iter().map(|&t| t.into()).collect()),
+        PAGE.into(),
+        Value::Nil,
+        "GPU".into(),
+    ])
+}
+
+fn removed(hash: i64) -> Value {
+    Value::Array(vec!["BlockRemoved".into(), Value::Array(vec![hash.into()])])
+}
+
+fn batch(events: Vec<Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let value = Value::Array(vec![1.0.into(), Value::Array(events)]);
+    rmpv::encode::write_value(&mut out, &value).unwrap();
+    out
+}
+
+/// Page `n` of the prompt 1..=12.
+fn page(n: u32) -> Vec<u32> {
+    (n * PAGE + 1..=n * PAGE + PAGE).collect()
+}
+
+fn prompt() -> Vec<u32> {
+    (1..=12).collect()
+}
+
+/// Every batch a publisher sent, by sequence number, for its replay socket.
+type Sent = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// A worker's publisher: PUB, and a ROUTER replaying what it sent.
+struct Publisher {
+    socket: PubSocket,
+    endpoint: String,
+    sent: Sent,
+    replay: Option<String>,
+    next: u64,
+}
+
+fn port_of(endpoint: &zeromq::Endpoint) -> u16 {
+    match endpoint {
+        zeromq::Endpoint::Tcp(_, port) => *port,
+        other => panic!("not tcp: {other}"),
+    }
+}
+
+impl Publisher {
+    async fn start(with_replay: bool) -> Publisher {
+        let mut socket = PubSocket::new();
+        let bound = socket.bind("tcp://127.0.0.1:0").await.unwrap();
+        let sent = Sent::default();
+        let replay = if with_replay {
+            let mut router = RouterSocket::new();
+            let at = router.bind("tcp://127.0.0.1:0").await.unwrap();
+            let buffer = sent.clone();
+            tokio::spawn(async move {
+                while let Ok(request) = router.recv().await {
+                    // [identity, empty, start]
+                    let frames = request.into_vec();
+                    let start = u64::from_be_bytes(frames[2].as_ref().try_into().unwrap());
+                    let replies: Vec<(u64, Vec<u8>)> = buffer
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(n, _)| *n >= start)
+                        .cloned()
+                        .collect();
+                    let end = (u64::MAX, Vec::new());
+                    for (n, payload) in replies.into_iter().chain([end]) {
+                        let reply = ZmqMessage::try_from(vec![
+                            frames[0].clone(),
+                            Bytes::new(),
+                            Bytes::copy_from_slice(&n.to_be_bytes()),
+                            Bytes::from(payload),
+                        ])
+                        .unwrap();
+                        router.send(reply).await.unwrap();
+                    }
+                }
+            });
+            Some(format!("tcp://127.0.0.1:{}", port_of(&at)))
+        } else {
+            None
+        };
+        Publisher {
+            socket,
+            endpoint: format!("tcp://127.0.0.1:{}", port_of(&bound)),
+            sent,
+            replay,
+            next: 0,
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            publisher: self.endpoint.clone(),
+            replay: self.replay.clone(),
+            topic: String::new(),
+        }
+    }
+
+    /// Publish `payload` as the next batch; `lose` keeps it for replay only,
+    /// as if the subscriber had missed it.
+    async fn publish(&mut self, payload: Vec<u8>, lose: bool) {
+        let n = self.next;
+        self.next += 1;
+        self.sent.lock().unwrap().push((n, payload.clone()));
+        if lose {
+            return;
+        }
+        let message = ZmqMessage::try_from(vec![
+            Bytes::new(),
+            Bytes::copy_from_slice(&n.to_be_bytes()),
+            Bytes::from(payload),
+        ])
+        .unwrap();
+        self.socket.send(message).await.unwrap();
+    }
+}
+
+/// Wait (bounded) until the index says `done`.
+async fn until(what: &str, index: &Precise, done: impl Fn(&Precise) -> bool) {
+    let start = Instant::now();
+    while !done(index) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn gpu(index: &Precise) -> u32 {
+    index.matched(&prompt(), &[WORKER])[0].gpu
+}
+
+/// Subscribe, and publish page 0 until it arrives: a PUB socket drops what
+/// it sends before the subscription reaches it.
+async fn subscribed(publisher: &mut Publisher) -> (Subscriptions, Arc<Precise>) {
+    let index = Arc::new(Precise::default());
+    let subscriptions = Subscriptions::new(index.clone());
+    subscriptions.follow(WORKER, publisher.endpoint());
+    let start = Instant::now();
+    while gpu(&index) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no event arrived"
+        );
+        publisher
+            .publish(batch(vec![stored(10, None, &page(0))]), false)
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (subscriptions, index)
+}
+
+#[tokio::test]
+async fn stores_removals_and_clears_reach_the_index() {
+    let mut publisher = Publisher::start(false).await;
+    let (subscriptions, index) = subscribed(&mut publisher).await;
+    publisher
+        .publish(
+            batch(vec![
+                stored(11, Some(10), &page(1)),
+                stored(12, Some(11), &page(2)),
+            ]),
+            false,
+        )
+        .await;
+    until("three pages match", &index, |i| gpu(i) == 12).await;
+    publisher.publish(batch(vec![removed(11)]), false).await;
+    until("the removal ends the prefix", &index, |i| gpu(i) == 4).await;
+    // A payload that does not decode is skipped; the next one still lands.
+    publisher.publish(b"\xc1 not msgpack".to_vec(), false).await;
+    publisher
+        .publish(
+            batch(vec![Value::Array(vec!["AllBlocksCleared".into()])]),
+            false,
+        )
+        .await;
+    until("the clear empties it", &index, |i| i.is_empty()).await;
+    subscriptions.forget(WORKER);
+    assert!(subscriptions.is_empty());
+}
+
+#[tokio::test]
+async fn a_gap_is_replayed_from_the_replay_socket() {
+    let mut publisher = Publisher::start(true).await;
+    let (_subscriptions, index) = subscribed(&mut publisher).await;
+    // Page 1 is lost on the PUB socket; page 2, its child, arrives.
+    publisher
+        .publish(batch(vec![stored(11, Some(10), &page(1))]), true)
+        .await;
+    publisher
+        .publish(batch(vec![stored(12, Some(11), &page(2))]), false)
+        .await;
+    until("the replayed page joins the chain", &index, |i| {
+        gpu(i) == 12
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gap_without_replay_or_a_restart_clears_what_cannot_be_trusted() {
+    let mut publisher = Publisher::start(false).await;
+    let (_subscriptions, index) = subscribed(&mut publisher).await;
+    publisher
+        .publish(batch(vec![stored(11, Some(10), &page(1))]), true)
+        .await;
+    // Its child arrives after the gap: the worker's entries are cleared, and
+    // the child, whose parent is gone, is not stored.
+    publisher
+        .publish(batch(vec![stored(12, Some(11), &page(2))]), false)
+        .await;
+    until("the gap clears the worker", &index, |i| i.is_empty()).await;
+    // New events rebuild it.
+    publisher
+        .publish(batch(vec![stored(20, None, &page(0))]), false)
+        .await;
+    until("new events rebuild it", &index, |i| gpu(i) == 4).await;
+    // The publisher restarts: its sequence starts again at 0.
+    publisher.next = 0;
+    publisher.publish(batch(vec![removed(999)]), false).await;
+    until("the restart clears it", &index, |i| i.is_empty()).await;
+}

@@ -1,0 +1,232 @@
+//! One worker's (one DP rank's) KV event subscription: a ZMQ SUB socket on
+//! its publisher, every message checked for its sequence number and folded
+//! into the precise index.
+//!
+//! - The first message sets where the sequence stands.
+//! - A gap (a sequence number past the next) is replayed when the worker
+//!   has a replay endpoint (a ZMQ ROUTER: send the first missing number as
+//!   8 big-endian bytes, get `[seq, payload]` frames up to seq -1); without
+//!   one, or when the replay does not cover it, the worker's entries can no
+//!   longer be trusted: they are cleared and rebuilt from the events that
+//!   follow.
+//! - A sequence number below the next means the publisher restarted (its
+//!   cache with it): the worker's entries are cleared.
+//! - A payload that does not decode is counted and logged (at most every
+//!   10 s per subscription), never more.
+//!
+//! The task runs until aborted: [`crate::events::Subscriptions`] aborts it
+//! when its worker leaves. Messages are not size-bounded by the ZMQ crate:
+//! subscribe only to publishers the operator configured (the workers).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use super::{Applied, apply, decode};
+use crate::index::Precise;
+
+/// Where a worker publishes its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The PUB socket, `tcp://HOST:PORT`.
+    pub publisher: String,
+    /// The ROUTER socket that replays missed batches, if any.
+    pub replay: Option<String>,
+    /// The topic to subscribe to ("" for all).
+    pub topic: String,
+}
+
+/// How long a replay may take before the gap counts as not replayed.
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most one log line per this long about a subscription's bad payloads.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Wait between attempts to reach a publisher.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// The state of one subscription's sequence and what it saw.
+#[derive(Debug)]
+struct Sequence {
+    worker: u32,
+    index: Arc<Precise>,
+    /// The sequence number expected next; `None` before the first message.
+    next: Option<u64>,
+    last_log: Option<Instant>,
+}
+
+impl Sequence {
+    /// Apply one message's payload, `seq` its sequence number.
+    fn apply(&mut self, seq: u64, payload: &[u8]) {
+        self.next = Some(seq.wrapping_add(1));
+        match decode(payload) {
+            Ok(batch) => {
+                let applied = apply(&self.index, self.worker, &batch);
+                record(&applied, batch.events.len());
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
+                let now = Instant::now();
+                if self.last_log.is_none_or(|at| now - at >= LOG_EVERY) {
+                    self.last_log = Some(now);
+                    tracing::warn!(
+                        worker = self.worker,
+                        seq,
+                        "a KV event payload was refused: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Forget the worker's entries: they no longer match its cache.
+    fn distrust(&mut self, why: &str) {
+        metrics::counter!(crate::metrics::KV_EVENTS_STALE).increment(1);
+        tracing::warn!(
+            worker = self.worker,
+            "KV events: {why}; the worker's index entries are cleared and rebuilt from new events"
+        );
+        self.index.clear(self.worker);
+    }
+}
+
+fn record(applied: &Applied, events: usize) {
+    metrics::counter!(crate::metrics::KV_EVENTS).increment(events as u64);
+    if applied.orphans > 0 {
+        metrics::counter!(crate::metrics::KV_EVENTS_ORPHANS).increment(applied.orphans as u64);
+    }
+    if applied.refused.is_some() {
+        metrics::counter!(crate::metrics::KV_EVENTS_REFUSED).increment(1);
+    }
+}
+
+/// The sequence number of a message's second frame (8 bytes, big-endian).
+fn sequence(frame: Option<&Bytes>) -> Option<u64> {
+    let bytes: [u8; 8] = frame?.as_ref().try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Follow `endpoint` for `worker` into `index`, until aborted.
+pub async fn run(worker: u32, endpoint: Endpoint, index: Arc<Precise>) {
+    let mut seq = Sequence {
+        worker,
+        index,
+        next: None,
+        last_log: None,
+    };
+    loop {
+        let mut socket = SubSocket::new();
+        let connected = async {
+            socket.connect(&endpoint.publisher).await?;
+            socket.subscribe(&endpoint.topic).await
+        };
+        if let Err(e) = connected.await {
+            tracing::debug!(worker, publisher = %endpoint.publisher, "KV events: cannot subscribe yet: {e}");
+            tokio::time::sleep(RECONNECT_EVERY).await;
+            continue;
+        }
+        tracing::info!(worker, publisher = %endpoint.publisher, "KV events: subscribed");
+        loop {
+            let message = match socket.recv().await {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(worker, "KV events: the subscription broke: {e}");
+                    break;
+                }
+            };
+            follow(&mut seq, &endpoint, message).await;
+        }
+        tokio::time::sleep(RECONNECT_EVERY).await;
+    }
+}
+
+/// Handle one `[topic, seq, payload]` message.
+async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: ZmqMessage) {
+    let (Some(number), Some(payload)) = (sequence(message.get(1)), message.get(2)) else {
+        metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
+        return;
+    };
+    match seq.next {
+        Some(next) if number > next => {
+            metrics::counter!(crate::metrics::KV_EVENTS_GAPS).increment(1);
+            let replayed = match &endpoint.replay {
+                Some(replay) => replay_into(seq, replay, next, number).await,
+                None => false,
+            };
+            if !replayed {
+                seq.distrust(&format!("batches {next}..{number} were missed"));
+            }
+        }
+        Some(next) if number < next => {
+            seq.distrust("the publisher restarted (its sequence went back)");
+        }
+        _ => {}
+    }
+    seq.apply(number, payload);
+}
+
+/// Replay batches `from..until` from `replay` into `seq`; whether all came.
+async fn replay_into(seq: &mut Sequence, replay: &str, from: u64, until: u64) -> bool {
+    let fetched = tokio::time::timeout(REPLAY_TIMEOUT, fetch_replay(replay, from, until)).await;
+    let batches = match fetched {
+        Ok(Ok(batches)) => batches,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                worker = seq.worker,
+                "KV events: replay from {replay} failed: {e}"
+            );
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!(
+                worker = seq.worker,
+                "KV events: replay from {replay} timed out"
+            );
+            return false;
+        }
+    };
+    let complete = batches.len() as u64 == until - from
+        && batches.iter().zip(from..).all(|((n, _), want)| *n == want);
+    if complete {
+        for (number, payload) in &batches {
+            seq.apply(*number, payload);
+        }
+        metrics::counter!(crate::metrics::KV_EVENTS_REPLAYED).increment(batches.len() as u64);
+    }
+    complete
+}
+
+/// Ask `replay` for the batches from `from` on, and keep those before
+/// `until`.
+async fn fetch_replay(
+    replay: &str,
+    from: u64,
+    until: u64,
+) -> Result<Vec<(u64, Bytes)>, zeromq::ZmqError> {
+    let mut dealer = DealerSocket::new();
+    dealer.connect(replay).await?;
+    // A DEALER speaks to the ROUTER as a REQ would: an empty delimiter
+    // frame, then the request.
+    let mut request = ZmqMessage::from(Bytes::new());
+    request.push_back(Bytes::copy_from_slice(&from.to_be_bytes()));
+    dealer.send(request).await?;
+    let mut batches = Vec::new();
+    loop {
+        let reply = dealer.recv().await?;
+        // [empty, seq, payload]; seq -1 ends the replay.
+        let frames: Vec<&Bytes> = reply.iter().skip_while(|f| f.is_empty()).collect();
+        let Some(number) = sequence(frames.first().copied()) else {
+            return Ok(batches);
+        };
+        if number == u64::MAX {
+            return Ok(batches);
+        }
+        if (from..until).contains(&number)
+            && let Some(payload) = frames.get(1)
+        {
+            batches.push((number, (*payload).clone()));
+        }
+    }
+}
