@@ -52,6 +52,10 @@ pub const KV_EVENTS_REPLAYED: &str = "wasm_router_kv_event_batches_replayed_tota
 pub const KV_EVENTS_STALE: &str = "wasm_router_kv_event_resyncs_total";
 /// `BlockStored` events whose parent page was unknown.
 pub const KV_EVENTS_ORPHANS: &str = "wasm_router_kv_event_orphans_total";
+/// Pages in the precise prefix index, over all workers.
+pub const KV_INDEX_PAGES: &str = "wasm_router_kv_index_pages";
+/// Workers whose KV events the router follows.
+pub const KV_FOLLOWED: &str = "wasm_router_kv_event_workers";
 /// `BlockStored` events the index refused (shape, page size, full).
 pub const KV_EVENTS_REFUSED: &str = "wasm_router_kv_events_refused_total";
 

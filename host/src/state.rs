@@ -37,6 +37,9 @@ pub struct AppState {
     pub jwt: Option<Arc<Verifier>>,
     /// The router's tokenizer (`--tokenizer-path`, `--model-path`).
     pub tokenizer: Option<Arc<Tokenizer>>,
+    /// The workers' KV event subscriptions and the precise index they feed
+    /// (`--kv-events`).
+    pub kv_events: Option<Arc<crate::events::Subscriptions>>,
     pub(crate) admission: Option<Admission>,
     pub(crate) seq: AtomicU64,
 }
@@ -60,6 +63,9 @@ impl AppState {
                 Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
                 None => None,
             },
+            kv_events: config
+                .kv_events
+                .then(|| Arc::new(crate::events::Subscriptions::new(Arc::default()))),
             client,
             upstream: Upstream::new(&config.client_tls, config.connect_timeout)?,
             config,

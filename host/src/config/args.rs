@@ -97,6 +97,11 @@ pub struct RouterArgs {
     /// `data_parallel_rank` to the request.
     #[arg(long, help_heading = "Routing Policy")]
     pub dp_aware: bool,
+    /// Follow the workers' KV cache events (each worker's
+    /// `kv_events_config` in /get_server_info, ZMQ) into the router's
+    /// precise prefix index.
+    #[arg(long, help_heading = "Routing Policy")]
+    pub kv_events: bool,
     /// Seconds between reads of each worker's own load (/get_load), which
     /// policies see when it is above the router's in-flight count; 0 to
     /// never read it [default: 10].

@@ -148,6 +148,8 @@ pub struct Config {
     pub pd: Option<PdConfig>,
     /// Expand workers per data-parallel rank.
     pub dp_aware: bool,
+    /// Follow the workers' KV cache events (`--kv-events`).
+    pub kv_events: bool,
     /// How often to read workers' `/get_load`; `None`: never.
     pub worker_load_check_interval: Option<Duration>,
     /// Policy name or path (of the decode workers in PD mode).

@@ -329,6 +329,7 @@ impl Config {
             worker_urls,
             pd,
             dp_aware: s.dp_aware,
+            kv_events: s.kv_events,
             worker_load_check_interval: Some(s.worker_load_check_interval.unwrap_or(10))
                 .filter(|&secs| secs > 0)
                 .map(Duration::from_secs),

@@ -159,6 +159,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             h,
         )));
     }
+    if let Some(subscriptions) = state.kv_events.clone() {
+        background.push(tokio::spawn(crate::events::follow_workers(
+            Arc::downgrade(&registry),
+            state.client.clone(),
+            subscriptions,
+        )));
+    }
     for (_, manager) in state.managers() {
         background.push(tokio::spawn(tick(manager.active())));
         background.push(tokio::spawn(checkpoint(manager.active())));

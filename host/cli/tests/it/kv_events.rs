@@ -246,3 +246,66 @@ async fn a_gap_without_replay_or_a_restart_clears_what_cannot_be_trusted() {
     publisher.publish(batch(vec![removed(999)]), false).await;
     until("the restart clears it", &index, |i| i.is_empty()).await;
 }
+
+/// A worker that says, in /get_server_info, where it publishes.
+async fn announcing_worker(kv_events_config: String) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/get_model_info",
+            get(|| async { axum::Json(serde_json::json!({"model_path": "m"})) }),
+        )
+        .route(
+            "/get_server_info",
+            get(move || {
+                let config = kv_events_config.clone();
+                async move {
+                    axum::Json(serde_json::json!({"kv_events_config": config, "page_size": PAGE}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// The router with `--kv-events` finds the publisher through the worker's
+/// /get_server_info (wildcard host and all), follows it, counts on
+/// /metrics, and forgets the worker's pages when it leaves.
+#[tokio::test]
+async fn the_router_follows_what_its_workers_announce() {
+    let mut publisher = Publisher::start(false).await;
+    let port = publisher.endpoint.rsplit(':').next().unwrap().to_string();
+    let config = format!(r#"{{"publisher": "zmq", "endpoint": "tcp://*:{port}"}}"#);
+    let url = announcing_worker(config).await;
+    let args = wasm_router::config::RouterArgs {
+        worker_urls: vec![url.clone()],
+        kv_events: true,
+        ..crate::mock::args(&[])
+    };
+    let r = crate::mock::router(args).await;
+    let index = r.state.kv_events.as_ref().unwrap().index().clone();
+    let id = r.state.registry.by_url(&url).unwrap().id;
+    let matched = |index: &Precise| index.matched(&prompt(), &[id])[0].gpu;
+    let start = Instant::now();
+    while matched(&index) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the router did not follow"
+        );
+        publisher
+            .publish(batch(vec![stored(10, None, &page(0))]), false)
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = crate::mock::get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
+    assert!(text.contains("wasm_router_kv_events_total"), "{text}");
+    r.state.registry.remove(id);
+    until("the departed worker's pages are gone", &index, |i| {
+        i.is_empty()
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}
