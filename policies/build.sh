@@ -12,7 +12,7 @@ cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 # simd128: wasmtime supports it everywhere we run, and it speeds up the
 # byte comparisons of prefix matching.
 export RUSTFLAGS="-C target-feature=+simd128 --remap-path-prefix=$root=/src --remap-path-prefix=$cargo_home=/cargo"
-policies=(round_robin cache_aware random power_of_two consistent_hash manual bucket)
+policies=(round_robin cache_aware random power_of_two consistent_hash manual bucket precise_cache_aware)
 cargo build --locked --quiet --target wasm32-wasip2 --profile policy \
     $(printf -- '-p %s ' "${policies[@]//_/-}")
 for name in "${policies[@]}"; do

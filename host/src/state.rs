@@ -10,6 +10,7 @@ use crate::client::client_with_tls;
 use crate::config::Config;
 use crate::jwt::Verifier;
 use crate::policy::Seam;
+use crate::policy::imports::KvView;
 use crate::policy::reload::PolicyManager;
 use crate::tokenizer::Tokenizer;
 use crate::upstream::Upstream;
@@ -45,12 +46,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over a registry and the policy managers that feed the seam.
+    /// State over a registry and the policy managers that feed the seam;
+    /// `kv` is what those policies read of the workers' KV caches, which
+    /// the router then follows into `kv.index`.
     pub fn new(
         config: Config,
         registry: Arc<Registry>,
         policies: Arc<PolicyManager>,
         prefill_policies: Option<Arc<PolicyManager>>,
+        kv: KvView,
     ) -> anyhow::Result<Self> {
         let client = client_with_tls(&config.client_tls)?;
         Ok(AppState {
@@ -59,13 +63,10 @@ impl AppState {
                 .jwt
                 .clone()
                 .map(|jwt| Arc::new(Verifier::new(jwt, client.clone()))),
-            tokenizer: match &config.tokenizer {
-                Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
-                None => None,
-            },
-            kv_events: config
-                .kv_events
-                .then(|| Arc::new(crate::events::Subscriptions::new(Arc::default()))),
+            tokenizer: kv.tokenizer,
+            kv_events: kv
+                .index
+                .map(|index| Arc::new(crate::events::Subscriptions::new(index))),
             client,
             upstream: Upstream::new(&config.client_tls, config.connect_timeout)?,
             config,

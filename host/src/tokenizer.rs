@@ -2,14 +2,23 @@
 //! Hugging Face `tokenizer.json`, loaded with the `tokenizers` crate. The
 //! router downloads nothing: a model id that is not a local path is refused
 //! when the flags are read ([`crate::config`]). It serves `/v1/tokenize` and
-//! `/v1/detokenize` as sglang-router's gateway does; precise prefix routing
-//! (issue 18) will tokenize requests with it.
+//! `/v1/detokenize` as sglang-router's gateway does, and tokenizes requests
+//! for policies that match them against the workers' KV caches
+//! (`prefix-index.match-kv`).
 
 use std::path::Path;
 
 /// A loaded tokenizer.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .finish()
+    }
 }
 
 /// Why a tokenizer file could not be loaded.

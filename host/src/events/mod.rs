@@ -51,6 +51,7 @@ impl Subscriptions {
         if tasks.get(&worker).is_some_and(|(at, _)| *at == endpoint) {
             return;
         }
+        self.index.follow(worker);
         let task = tokio::spawn(subscriber::run(
             worker,
             endpoint.clone(),

@@ -311,6 +311,21 @@ impl Precise {
         }
     }
 
+    /// Start holding `worker`'s pages: its events are followed from now on
+    /// (see [`Precise::follows`]).
+    pub fn follow(&self, worker: WorkerId) {
+        self.pages(worker);
+    }
+
+    /// Whether `worker`'s events are followed: it was [`Precise::follow`]ed
+    /// (or stored pages) and not dropped since.
+    pub fn follows(&self, worker: WorkerId) -> bool {
+        self.workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&worker)
+    }
+
     /// Forget `worker` altogether (it left the fleet).
     pub fn drop_worker(&self, worker: WorkerId) {
         self.clear(worker);

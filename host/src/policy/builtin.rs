@@ -22,6 +22,10 @@ const BUILTINS: &[(&str, &[u8])] = &[
     ),
     ("manual", include_bytes!("../../../policies/manual.wasm")),
     ("bucket", include_bytes!("../../../policies/bucket.wasm")),
+    (
+        "precise_cache_aware",
+        include_bytes!("../../../policies/precise_cache_aware.wasm"),
+    ),
 ];
 
 /// The policy used when none is named (as in the SGLang router).

@@ -108,6 +108,13 @@ impl PolicyEngine {
         })
     }
 
+    /// This engine, its policies reading the workers' KV caches through
+    /// `kv` (`prefix-index.match-kv`). Call before loading any policy.
+    pub fn with_kv(mut self, kv: super::imports::KvView) -> Self {
+        self.shelf = Arc::new(HostShelf::with_kv(kv));
+        self
+    }
+
     /// The default cache directory: `$XDG_CACHE_HOME/wasm-router`, else
     /// `$HOME/.cache/wasm-router`; `None` when neither is set.
     pub fn default_cache_dir() -> Option<PathBuf> {

@@ -38,19 +38,39 @@ pub fn policy_key(source: &super::PolicySource) -> String {
     }
 }
 
+/// What `prefix-index.match-kv` reads: the index the workers' KV events
+/// feed, and the tokenizer requests are matched with.
+#[derive(Debug, Clone, Default)]
+pub struct KvView {
+    /// The precise index (`--kv-events`); `None`: no worker is followed.
+    pub index: Option<Arc<crate::index::Precise>>,
+    /// The router's tokenizer (`--tokenizer-path`); `None`: requests have
+    /// no tokens, and match nothing.
+    pub tokenizer: Option<Arc<crate::tokenizer::Tokenizer>>,
+}
+
 /// Every policy key's [`PolicyHost`], for as long as the engine lives.
 #[derive(Debug, Default)]
 pub struct HostShelf {
     hosts: Mutex<HashMap<String, Arc<PolicyHost>>>,
+    kv: KvView,
 }
 
 impl HostShelf {
+    /// A shelf whose policies read the workers' KV caches through `kv`.
+    pub fn with_kv(kv: KvView) -> Self {
+        HostShelf {
+            hosts: Mutex::default(),
+            kv,
+        }
+    }
+
     /// The host side of policy `key`, made on first use.
     pub fn get(&self, key: &str) -> Arc<PolicyHost> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts
             .entry(key.to_string())
-            .or_insert_with(|| Arc::new(PolicyHost::new(key)))
+            .or_insert_with(|| Arc::new(PolicyHost::new(key, self.kv.clone())))
             .clone()
     }
 }
@@ -63,10 +83,11 @@ pub struct PolicyHost {
     metrics: Mutex<Vec<Declared>>,
     state: Store,
     index: crate::index::Approximate,
+    kv: KvView,
 }
 
 impl PolicyHost {
-    fn new(key: &str) -> Self {
+    fn new(key: &str, kv: KvView) -> Self {
         PolicyHost {
             key: key.to_string(),
             log: Mutex::new(LogBucket {
@@ -77,6 +98,7 @@ impl PolicyHost {
             metrics: Mutex::new(Vec::new()),
             state: Store::default(),
             index: crate::index::Approximate::default(),
+            kv,
         }
     }
 
@@ -610,6 +632,38 @@ impl prefix_index::Host for Host {
 
     fn clear(&mut self) {
         self.policy.index.clear();
+    }
+
+    fn match_kv(&mut self, _: Resource<RequestData>, workers: Vec<u32>) -> prefix_index::KvPrefix {
+        let kv = &self.policy.kv;
+        // With special tokens, as a worker tokenizes a /generate prompt.
+        let tokens = match &kv.tokenizer {
+            Some(tokenizer) if !self.request.text.is_empty() => tokenizer
+                .encode(&self.request.text, true)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let matches = match &kv.index {
+            None => vec![None; workers.len()],
+            Some(index) => {
+                let found = index.matched(&tokens, &workers);
+                workers
+                    .iter()
+                    .zip(found)
+                    .map(|(&w, m)| {
+                        index.follows(w).then_some(prefix_index::KvMatch {
+                            gpu: m.gpu,
+                            cpu: m.cpu,
+                            disk: m.disk,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        prefix_index::KvPrefix {
+            prompt_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            matches,
+        }
     }
 }
 

@@ -12,9 +12,11 @@ use tokio::task::JoinHandle;
 use super::app;
 use crate::config::{Config, PolicySlot};
 use crate::metrics as m;
+use crate::policy::imports::KvView;
 use crate::policy::reload::PolicyManager;
 use crate::policy::{Policy, PolicyEngine, WorkerInfo, watch};
 use crate::state::AppState;
+use crate::tokenizer::Tokenizer;
 use crate::workers::{Registry, WorkerSpec, health};
 
 /// A running router: its addresses, and how to stop it.
@@ -77,10 +79,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })?;
     let metrics_addr = metrics_listener.local_addr()?;
     let registry = Arc::new(Registry::new(config.breaker, config.health.is_none()));
-    let policies = Arc::new(start_policy(&config, registry.clone(), PolicySlot::Main).await?);
+    let kv = KvView {
+        index: config.kv_events.then(Arc::default),
+        tokenizer: match &config.tokenizer {
+            Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
+            None => None,
+        },
+    };
+    let policies =
+        Arc::new(start_policy(&config, registry.clone(), PolicySlot::Main, kv.clone()).await?);
     let prefill_policies = match config.pd {
         Some(_) => Some(Arc::new(
-            start_policy(&config, registry.clone(), PolicySlot::Prefill).await?,
+            start_policy(&config, registry.clone(), PolicySlot::Prefill, kv.clone()).await?,
         )),
         None => None,
     };
@@ -89,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry.clone(),
         policies,
         prefill_policies,
+        kv,
     )?);
     let mut watches = Vec::new();
     for (slot, manager) in [(PolicySlot::Main, Some(&state.policies))]
@@ -297,8 +308,9 @@ async fn start_policy(
     config: &Config,
     registry: Arc<Registry>,
     slot: PolicySlot,
+    kv: KvView,
 ) -> anyhow::Result<PolicyManager> {
-    let engine = PolicyEngine::new(config.policy_cache_dir.clone())?;
+    let engine = PolicyEngine::new(config.policy_cache_dir.clone())?.with_kv(kv);
     let wanted = config.wanted_policy(slot);
     let limits = config.policy_limits;
     let workers = Box::new(move |f: &mut dyn FnMut(&[WorkerInfo])| registry.with_infos(f));

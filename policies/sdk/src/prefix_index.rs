@@ -3,13 +3,32 @@
 //! is matched and inserted by the router, natively, without being copied
 //! into the policy.
 //!
+//! [`match_kv`] asks the other index the router keeps: the pages each
+//! worker says it holds, from its own KV cache events (`--kv-events`).
+//!
 //! In native builds (a policy's unit tests) there is no router: the
 //! functions use an index of the calling thread's own, with the same code
-//! the router runs ([`prefix_tree`]). Each test runs on its own thread, so
+//! the router runs ([`prefix_tree`]), and [`match_kv`] answers what the
+//! test scripted with [`script_kv`]. Each test runs on its own thread, so
 //! each starts empty.
 
 use crate::Request;
-pub use crate::bindings::wasm_router::policy::prefix_index::PrefixMatch;
+pub use crate::bindings::wasm_router::policy::prefix_index::{KvMatch, KvPrefix, PrefixMatch};
+
+/// The prompt's tokens and, for each of `workers`, its matched prefix in
+/// its own KV cache (none when the router does not follow its events).
+/// The policy must have declared `needs_text`.
+pub fn match_kv(req: &Request<'_>, workers: &[u32]) -> KvPrefix {
+    imp::match_kv(req, workers)
+}
+
+/// Native builds only: what [`match_kv`] answers on this thread from now
+/// on: `prompt_tokens`, and the match of each worker listed (the others:
+/// none).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn script_kv(prompt_tokens: u32, matches: &[(u32, KvMatch)]) {
+    imp::script_kv(prompt_tokens, matches)
+}
 
 /// The longest prefix of `req`'s routing text held for one of `workers`,
 /// and who holds it. The policy must have declared `needs_text`.
@@ -83,6 +102,16 @@ mod imp {
     pub fn clear() {
         host::clear()
     }
+
+    pub fn match_kv(req: &Request<'_>, workers: &[u32]) -> super::KvPrefix {
+        match req.lent_by_host() {
+            Some(lent) => host::match_kv(lent, workers),
+            None => super::KvPrefix {
+                prompt_tokens: 0,
+                matches: vec![None; workers.len()],
+            },
+        }
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -96,6 +125,24 @@ mod imp {
 
     thread_local! {
         static INDEX: RefCell<Tree> = RefCell::new(Tree::default());
+        static KV: RefCell<(u32, Vec<(u32, super::KvMatch)>)> = const { RefCell::new((0, Vec::new())) };
+    }
+
+    pub fn script_kv(prompt_tokens: u32, matches: &[(u32, super::KvMatch)]) {
+        KV.with(|kv| *kv.borrow_mut() = (prompt_tokens, matches.to_vec()));
+    }
+
+    pub fn match_kv(_: &Request<'_>, workers: &[u32]) -> super::KvPrefix {
+        KV.with(|kv| {
+            let (prompt_tokens, scripted) = &*kv.borrow();
+            super::KvPrefix {
+                prompt_tokens: *prompt_tokens,
+                matches: workers
+                    .iter()
+                    .map(|w| scripted.iter().find(|(id, _)| id == w).map(|(_, m)| *m))
+                    .collect(),
+            }
+        })
     }
 
     pub fn match_request(req: &Request<'_>, workers: &[u32]) -> PrefixMatch {

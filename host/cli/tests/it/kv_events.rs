@@ -309,3 +309,65 @@ async fn the_router_follows_what_its_workers_announce() {
     .await;
     r.shutdown().await.unwrap();
 }
+
+/// End to end inside the router: `precise_cache_aware` asks
+/// `prefix-index.match-kv`, the router tokenizes the request with its
+/// tokenizer and matches it against the pages each worker's events stored;
+/// a worker it does not follow falls back to the approximate index.
+#[test]
+fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
+    use wasm_router::index::{Medium, StoredPages};
+    use wasm_router::policy::imports::KvView;
+    use wasm_router::policy::{Policy, PolicySource, WasmPolicy};
+
+    let tokenizer = wasm_router::tokenizer::Tokenizer::load(
+        &crate::fixtures::workspace().join("host/cli/assets/tokenizer/tokenizer.json"),
+    )
+    .unwrap();
+    let text = "You are a careful assistant who answers questions about routing \
+                KV caches across many GPU workers. Explain prefix caching.";
+    let tokens = tokenizer.encode(text, true).unwrap();
+    let full = tokens.len() / PAGE as usize * PAGE as usize;
+    assert!(full >= 8, "the text makes at least two pages");
+    let index = Arc::new(Precise::default());
+    let store = |worker: u32, pages: usize| {
+        index.follow(worker);
+        let hashes: Vec<u64> = (0..pages as u64)
+            .map(|h| h + 1000 * u64::from(worker))
+            .collect();
+        index
+            .store(
+                worker,
+                StoredPages {
+                    medium: Medium::Gpu,
+                    parent: None,
+                    hashes: &hashes,
+                    tokens: &tokens[..pages * PAGE as usize],
+                    block_size: PAGE,
+                    seed: 0,
+                },
+            )
+            .unwrap();
+    };
+    store(1, 1);
+    store(2, full / PAGE as usize);
+    let engine = crate::fixtures::engine().with_kv(KvView {
+        index: Some(index.clone()),
+        tokenizer: Some(Arc::new(tokenizer)),
+    });
+    let policy = WasmPolicy::load(
+        &engine,
+        PolicySource::Builtin("precise_cache_aware"),
+        "{}",
+        crate::fixtures::generous_limits(),
+    )
+    .unwrap();
+    let candidates = crate::fixtures::idle(&[1, 2, 3]);
+    let req = crate::fixtures::request(text, None);
+    assert_eq!(policy.select(&req, &candidates).unwrap().worker, 2);
+    // Worker 2's cache is cleared: worker 1's one page makes it the
+    // cheapest (worker 3, whose events are not followed, was never sent
+    // the text, so the approximate index gives it nothing).
+    index.clear(2);
+    assert_eq!(policy.select(&req, &candidates).unwrap().worker, 1);
+}

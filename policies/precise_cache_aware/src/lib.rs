@@ -1,0 +1,217 @@
+//! Precise cache-aware routing: what each worker holds in its KV cache, as
+//! its own KV cache events say (the router's `prefix-index.match-kv`), not
+//! what this router happened to send it. So several router replicas, each
+//! following every worker's events, agree.
+//!
+//! For each request:
+//!
+//! 1. If the load is imbalanced (cache_aware's rule and thresholds:
+//!    `max - min > balance_abs_threshold` and `max > min *
+//!    balance_rel_threshold`), the least-loaded candidate wins.
+//! 2. Otherwise each candidate gets a cost, in tokens of prefill, in the
+//!    spirit of Dynamo's KV router: the prompt tokens it would have to
+//!    compute (those not in its GPU cache; tokens it holds in host memory
+//!    count `cpu_cost`, on disk `disk_cost`) plus `load_weight` times its
+//!    load times the prompt's tokens (each request ahead of this one is
+//!    taken to cost a prefill of this size). The cheapest wins; ties go to
+//!    the smaller id.
+//!
+//! A worker whose events the router does not follow (none in `match-kv`)
+//! is scored from the approximate index instead (what this router sent
+//! it, `match-request`), so mixed fleets work; every routed text goes into
+//! that index for them. Without a tokenizer the router gives no tokens and
+//! the policy is cache_aware on the approximate index.
+//!
+//! The policy keeps nothing of its own between calls: one instance per
+//! router thread.
+#![deny(missing_docs)]
+
+use serde::Deserialize;
+use wasm_router_policy::{
+    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
+    prefix_index,
+};
+
+/// Settings. cache_aware's names where they mean the same; keys the policy
+/// does not know are ignored (the router passes all its routing flags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Absolute load gap above which load balancing overrides the cache.
+    pub balance_abs_threshold: u32,
+    /// Relative load ratio above which load balancing overrides the cache.
+    pub balance_rel_threshold: f64,
+    /// Weight of a worker's queued work against uncached prefill.
+    pub load_weight: f64,
+    /// Cost of a token held in host memory, against computing it (1).
+    pub cpu_cost: f64,
+    /// Cost of a token held on disk, against computing it (1).
+    pub disk_cost: f64,
+    /// Seconds between evictions of the approximate index.
+    pub eviction_interval_secs: u64,
+    /// Characters of the approximate index each worker may hold.
+    pub max_tree_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            balance_abs_threshold: 64,
+            balance_rel_threshold: 1.5,
+            load_weight: 0.5,
+            cpu_cost: 0.2,
+            disk_cost: 0.5,
+            eviction_interval_secs: 60,
+            max_tree_size: 1 << 26,
+        }
+    }
+}
+
+impl Config {
+    /// Parse and check the JSON config the router passes to `init`.
+    pub fn from_json(json: &str) -> Result<Config, String> {
+        let config: Config = serde_json::from_str(json)
+            .map_err(|e| format!("precise_cache_aware: invalid config: {e}"))?;
+        let weights = [
+            ("load_weight", config.load_weight),
+            ("cpu_cost", config.cpu_cost),
+            ("disk_cost", config.disk_cost),
+            ("balance_rel_threshold", config.balance_rel_threshold),
+        ];
+        for (name, value) in weights {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(format!(
+                    "precise_cache_aware: {name} must be a number of 0 or more, got {value}"
+                ));
+            }
+        }
+        if config.eviction_interval_secs == 0 || config.max_tree_size == 0 {
+            return Err(
+                "precise_cache_aware: eviction_interval_secs and max_tree_size must be above 0"
+                    .into(),
+            );
+        }
+        Ok(config)
+    }
+}
+
+/// The policy: a [`Config`]; both indexes are the router's.
+#[derive(Debug, Clone)]
+pub struct PreciseCacheAware {
+    config: Config,
+}
+
+impl PreciseCacheAware {
+    /// The policy with `config`.
+    pub fn new(config: Config) -> Self {
+        PreciseCacheAware { config }
+    }
+
+    fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
+        let max = candidates.iter().map(|c| c.load).max().unwrap_or(0);
+        let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
+        max - min > self.config.balance_abs_threshold
+            && f64::from(max) > f64::from(min) * self.config.balance_rel_threshold
+    }
+
+    /// Tokens of prefill `matched` leaves to compute, of `prompt` tokens.
+    fn uncached(&self, prompt: u32, matched: prefix_index::KvMatch) -> f64 {
+        let gpu = f64::from(matched.gpu.min(prompt));
+        let cpu = f64::from(matched.cpu.min(prompt)) - gpu;
+        let disk = f64::from(matched.disk.min(prompt)) - gpu - cpu;
+        f64::from(prompt) - gpu - cpu - disk
+            + cpu * self.config.cpu_cost
+            + disk * self.config.disk_cost
+    }
+
+    /// The decision, without recording it in the approximate index.
+    fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
+        let least_loaded = || {
+            candidates
+                .iter()
+                .min_by_key(|c| (c.load, c.id))
+                .expect("candidates are not empty")
+                .id
+        };
+        if self.is_imbalanced(candidates) {
+            return least_loaded();
+        }
+        let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+        let kv = prefix_index::match_kv(req, &ids);
+        let prompt = kv.prompt_tokens;
+        if prompt == 0 {
+            return least_loaded();
+        }
+        // Workers without events: what this router sent them, scaled to
+        // tokens (the approximate index knows only its best worker).
+        let approximate = kv
+            .matches
+            .iter()
+            .any(Option::is_none)
+            .then(|| prefix_index::match_request(req, &ids));
+        let cost = |c: &Candidate, matched: Option<prefix_index::KvMatch>| {
+            let matched = matched.unwrap_or_else(|| {
+                let tokens = approximate
+                    .as_ref()
+                    .filter(|found| found.worker == Some(c.id) && found.text_chars > 0)
+                    .map_or(0, |found| {
+                        (f64::from(prompt) * found.matched_chars as f64 / found.text_chars as f64)
+                            as u32
+                    });
+                prefix_index::KvMatch {
+                    gpu: tokens,
+                    cpu: tokens,
+                    disk: tokens,
+                }
+            });
+            self.uncached(prompt, matched)
+                + self.config.load_weight * f64::from(c.load) * f64::from(prompt)
+        };
+        candidates
+            .iter()
+            .zip(kv.matches)
+            .map(|(c, matched)| (cost(c, matched), c.id))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .expect("candidates are not empty")
+            .1
+    }
+}
+
+impl Policy for PreciseCacheAware {
+    fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
+        let config = Config::from_json(config)?;
+        let info = PolicyInfo {
+            needs_text: true,
+            tick_interval_ms: u32::try_from(config.eviction_interval_secs.saturating_mul(1000))
+                .unwrap_or(u32::MAX),
+            instances: Instances::PerThread,
+            ..PolicyInfo::new("precise_cache_aware")
+        };
+        Ok((PreciseCacheAware::new(config), info))
+    }
+
+    fn select(&mut self, req: &Request<'_>, candidates: &Candidates<'_>) -> Result<u32, String> {
+        if candidates.is_empty() {
+            return Err("no candidates".into());
+        }
+        let worker = self.choose(req, candidates);
+        if req.text_len() > 0 {
+            prefix_index::insert_request(req, worker);
+        }
+        Ok(worker)
+    }
+
+    fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
+        let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
+        prefix_index::retain_workers(&live);
+    }
+
+    fn tick(&mut self, _now_ms: u64) {
+        prefix_index::evict(self.config.max_tree_size);
+    }
+}
+
+export_policy!(PreciseCacheAware);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+use super::*;
+use prefix_index::{KvMatch, script_kv};
+
+fn policy() -> PreciseCacheAware {
+    PreciseCacheAware::init("{}").unwrap().0
+}
+
+fn on_gpu(tokens: u32) -> KvMatch {
+    KvMatch {
+        gpu: tokens,
+        cpu: tokens,
+        disk: tokens,
+    }
+}
+
+fn loaded(loads: &[(u32, u32)]) -> Candidates<'static> {
+    loads
+        .iter()
+        .map(|&(id, load)| Candidate::idle(id, load))
+        .collect()
+}
+
+fn pick(p: &mut PreciseCacheAware, text: &str, candidates: &Candidates<'_>) -> u32 {
+    p.select(&Request::new(text, None), candidates).unwrap()
+}
+
+#[test]
+fn the_worker_holding_the_most_of_the_prompt_wins() {
+    let mut p = policy();
+    script_kv(1000, &[(1, on_gpu(100)), (2, on_gpu(900)), (3, on_gpu(0))]);
+    assert_eq!(
+        pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 0), (3, 0)])),
+        2
+    );
+    // Host memory is cheaper than computing, dearer than GPU: 900 tokens
+    // there cost 180, plus 100 to compute.
+    let offloaded = KvMatch {
+        gpu: 0,
+        cpu: 900,
+        disk: 900,
+    };
+    script_kv(1000, &[(1, on_gpu(700)), (2, offloaded)]);
+    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 0)])), 2);
+    script_kv(1000, &[(1, on_gpu(750)), (2, offloaded)]);
+    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 0)])), 1);
+}
+
+#[test]
+fn queued_work_outweighs_a_small_cache_advantage_only() {
+    let mut p = policy();
+    // Worker 2 holds 10% more but has two requests ahead: 0.5 * 2 * 1000
+    // tokens of queued work against 100 tokens saved.
+    script_kv(1000, &[(1, on_gpu(800)), (2, on_gpu(900))]);
+    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 2)])), 1);
+    // Holding all of it against nothing is worth one request ahead.
+    script_kv(1000, &[(1, on_gpu(0)), (2, on_gpu(1000))]);
+    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 1)])), 2);
+}
+
+#[test]
+fn an_imbalanced_fleet_goes_to_the_least_loaded() {
+    let mut p = policy();
+    script_kv(1000, &[(1, on_gpu(1000)), (2, on_gpu(0))]);
+    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 200), (2, 10)])), 2);
+}
+
+#[test]
+fn workers_without_events_are_scored_from_the_approximate_index() {
+    let mut p = policy();
+    let text = "a long shared system prompt, then a question";
+    // Worker 3 publishes no events; this router sent it the text before.
+    script_kv(100, &[(1, on_gpu(0)), (2, on_gpu(0))]);
+    prefix_index::insert_request(&Request::new(text, None), 3);
+    assert_eq!(pick(&mut p, text, &loaded(&[(1, 0), (2, 0), (3, 0)])), 3);
+    // Without tokens (no tokenizer in the router), the least loaded.
+    script_kv(0, &[]);
+    assert_eq!(pick(&mut p, text, &loaded(&[(1, 1), (2, 0), (3, 1)])), 2);
+}
+
+#[test]
+fn bad_configs_say_what_to_fix() {
+    for (config, why) in [
+        (r#"{"load_weight": -1}"#, "load_weight"),
+        (r#"{"cpu_cost": "x"}"#, "invalid config"),
+        (r#"{"max_tree_size": 0}"#, "max_tree_size"),
+    ] {
+        let error = PreciseCacheAware::init(config).unwrap_err();
+        assert!(error.contains(why), "{why:?} not in {error:?}");
+    }
+}
