@@ -39,7 +39,8 @@ pub struct RouterArgs {
     #[arg(long, num_args = 0.., value_name = "URL", help_heading = "Worker Configuration")]
     pub worker_urls: Vec<String>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
-    /// consistent_hash, manual, bucket) or a .wasm file [default: cache_aware].
+    /// consistent_hash, manual, bucket, precise_cache_aware) or a .wasm file
+    /// [default: cache_aware].
     // `policy` in the file is the policy's own table (below).
     #[arg(long, help_heading = "Routing Policy")]
     #[serde(rename = "policy_name")]
