@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fuzz the request-body handling, the host side of the policy boundary and
 # the KV event decoder with libFuzzer (cargo fuzz), each for SECONDS
-# (default 30; CI runs the default, run longer on demand: fuzz/run.sh 3600). The committed seeds in
-# fuzz/corpus/<target> are replayed first; new inputs go to
-# fuzz/target/corpus/<target>. A crash is written to fuzz/artifacts/<target>:
-# commit it into fuzz/corpus/<target> with the fix, and it stays a
-# regression test.
+# (default 30; CI runs the default, run longer on demand: fuzz/run.sh
+# 3600). The committed seeds in fuzz/corpus/<target> are replayed first;
+# new inputs go to fuzz/target/corpus/<target>. A crash is written to
+# fuzz/artifacts/<target>: commit it into fuzz/corpus/<target> with the
+# fix, and it stays a regression test.
 #
 # The build's and the fuzzer's full output go to target/fuzz-logs/; this
 # prints one summary line per target (runs, new units, crashes) and, on a
