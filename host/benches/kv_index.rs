@@ -23,11 +23,17 @@ fn stored_batch(first: i64, n: i64) -> Vec<u8> {
     let events = (0..n)
         .map(|i| {
             let hash = first + i;
-            let tokens: Vec<Value> = (0..PAGE as i64).map(|t| Value::from(hash * 16 + t)).collect();
+            let tokens: Vec<Value> = (0..PAGE as i64)
+                .map(|t| Value::from(hash * 16 + t))
+                .collect();
             Value::Array(vec![
                 "BlockStored".into(),
                 Value::Array(vec![hash.into()]),
-                if i == 0 { Value::Nil } else { (hash - 1).into() },
+                if i == 0 {
+                    Value::Nil
+                } else {
+                    (hash - 1).into()
+                },
                 Value::Array(tokens),
                 PAGE.into(),
                 Value::Nil,
@@ -36,8 +42,11 @@ fn stored_batch(first: i64, n: i64) -> Vec<u8> {
         })
         .collect();
     let mut out = Vec::new();
-    rmpv::encode::write_value(&mut out, &Value::Array(vec![1.0.into(), Value::Array(events)]))
-        .unwrap();
+    rmpv::encode::write_value(
+        &mut out,
+        &Value::Array(vec![1.0.into(), Value::Array(events)]),
+    )
+    .unwrap();
     out
 }
 
@@ -45,8 +54,11 @@ fn removed_batch(first: i64, n: i64) -> Vec<u8> {
     let hashes = (first..first + n).map(Value::from).collect();
     let event = Value::Array(vec!["BlockRemoved".into(), Value::Array(hashes)]);
     let mut out = Vec::new();
-    rmpv::encode::write_value(&mut out, &Value::Array(vec![1.0.into(), Value::Array(vec![event])]))
-        .unwrap();
+    rmpv::encode::write_value(
+        &mut out,
+        &Value::Array(vec![1.0.into(), Value::Array(vec![event])]),
+    )
+    .unwrap();
     out
 }
 

@@ -2,6 +2,11 @@
 //! block keyed by the hash of everything up to its end (so a block only hits
 //! if its whole prefix matches, as in SGLang's radix cache and vLLM's prefix
 //! caching), evicted least recently used when over capacity.
+//!
+//! Without a tokenizer a token is [`CHARS_PER_TOKEN`] characters; with one
+//! ([`PrefixCache::process_tokens`]) the blocks are pages of real token ids,
+//! and what changes is reported as [`CacheEvent`]s, the shape of the
+//! workers' KV cache events (`--kv-events-port`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +25,25 @@ pub struct PrefixCache {
     /// Last use -> block hash, for eviction in LRU order.
     by_age: BTreeMap<u64, u64>,
     clock: u64,
+}
+
+/// A change of the cache, as a worker's KV cache events report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A page was stored: its key, its parent's (none for a first page),
+    /// its token ids.
+    Stored {
+        /// The page's key (the engine's block hash).
+        hash: u64,
+        /// The previous page's key.
+        parent: Option<u64>,
+        /// Its token ids.
+        tokens: Vec<u32>,
+    },
+    /// Pages were evicted.
+    Removed(Vec<u64>),
+    /// Everything was dropped.
+    Cleared,
 }
 
 /// What a lookup found.
@@ -52,27 +76,75 @@ impl PrefixCache {
     /// Look `text` up and then cache all its full blocks (as a worker does
     /// after prefill).
     pub fn process(&mut self, text: &str) -> Lookup {
-        let prompt_tokens = Self::tokens(text);
         let chars: Vec<char> = text.chars().collect();
         let block_chars = self.block_tokens * CHARS_PER_TOKEN;
         let mut hasher = DefaultHasher::new();
+        let keys: Vec<u64> = chars
+            .chunks_exact(block_chars)
+            .map(|block| {
+                block.hash(&mut hasher);
+                hasher.finish()
+            })
+            .collect();
+        let (lookup, _, _) = self.process_keys(&keys, Self::tokens(text));
+        lookup
+    }
+
+    /// The same for a prompt of real token ids, reporting the pages stored
+    /// and evicted into `events`.
+    pub fn process_tokens(&mut self, tokens: &[u32], events: &mut Vec<CacheEvent>) -> Lookup {
+        let mut hasher = DefaultHasher::new();
+        let pages: Vec<&[u32]> = tokens.chunks_exact(self.block_tokens).collect();
+        let keys: Vec<u64> = pages
+            .iter()
+            .map(|page| {
+                page.hash(&mut hasher);
+                hasher.finish()
+            })
+            .collect();
+        let (lookup, stored, evicted) = self.process_keys(&keys, tokens.len().max(1));
+        for at in stored {
+            events.push(CacheEvent::Stored {
+                hash: keys[at],
+                parent: at.checked_sub(1).map(|p| keys[p]),
+                tokens: pages[at].to_vec(),
+            });
+        }
+        if !evicted.is_empty() {
+            events.push(CacheEvent::Removed(evicted));
+        }
+        lookup
+    }
+
+    /// Look the chained block `keys` of a prompt of `prompt_tokens` up,
+    /// cache them all, and evict: what was found, the positions of the
+    /// keys that were not held, and the keys evicted.
+    fn process_keys(
+        &mut self,
+        keys: &[u64],
+        prompt_tokens: usize,
+    ) -> (Lookup, Vec<usize>, Vec<u64>) {
         let mut hits = 0;
         let mut missed = false;
-        for block in chars.chunks_exact(block_chars) {
-            block.hash(&mut hasher);
-            let key = hasher.finish();
-            if !missed && self.blocks.contains_key(&key) {
+        let mut stored = Vec::new();
+        for (at, &key) in keys.iter().enumerate() {
+            let held = self.blocks.contains_key(&key);
+            if !missed && held {
                 hits += 1;
             } else {
                 missed = true;
             }
+            if !held {
+                stored.push(at);
+            }
             self.touch(key);
         }
-        self.evict();
-        Lookup {
+        let evicted = self.evict();
+        let lookup = Lookup {
             prompt_tokens,
             cached_tokens: (hits * self.block_tokens).min(prompt_tokens),
-        }
+        };
+        (lookup, stored, evicted)
     }
 
     fn touch(&mut self, key: u64) {
@@ -83,13 +155,17 @@ impl PrefixCache {
         self.by_age.insert(self.clock, key);
     }
 
-    fn evict(&mut self) {
+    /// Evict least recently used blocks down to capacity; their keys.
+    fn evict(&mut self) -> Vec<u64> {
+        let mut evicted = Vec::new();
         while self.blocks.len() > self.capacity_blocks {
             let Some((_, key)) = self.by_age.pop_first() else {
                 break;
             };
             self.blocks.remove(&key);
+            evicted.push(key);
         }
+        evicted
     }
 
     /// Drop everything (`/flush_cache`).
@@ -149,6 +225,41 @@ mod tests {
         assert_eq!(c.process(&a).cached_tokens, 4);
         assert_eq!(c.process(&b).cached_tokens, 0);
         assert!(c.used_tokens() <= 8);
+    }
+
+    #[test]
+    fn token_pages_report_what_they_store_and_evict() {
+        // Room for three pages of two tokens.
+        let mut c = PrefixCache::new(2, 6);
+        let mut events = Vec::new();
+        let first = c.process_tokens(&[1, 2, 3, 4, 5], &mut events);
+        assert_eq!((first.prompt_tokens, first.cached_tokens), (5, 0));
+        let [
+            CacheEvent::Stored {
+                hash: a,
+                parent: None,
+                tokens: ta,
+            },
+            CacheEvent::Stored {
+                hash: _,
+                parent: Some(pa),
+                tokens: tb,
+            },
+        ] = &events[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (ta.as_slice(), tb.as_slice(), pa),
+            (&[1, 2][..], &[3, 4][..], a)
+        );
+        events.clear();
+        // The same first page, then two new ones: one evicted (the oldest,
+        // [3, 4]'s page, since [1, 2]'s was just used).
+        let second = c.process_tokens(&[1, 2, 7, 8, 9, 9], &mut events);
+        assert_eq!(second.cached_tokens, 2);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(matches!(&events[2], CacheEvent::Removed(keys) if keys.len() == 1));
     }
 
     #[test]

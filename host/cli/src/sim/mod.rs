@@ -11,6 +11,7 @@
 //! ([`pd`]).
 
 pub mod cache;
+pub mod kv_events;
 pub mod pd;
 mod respond;
 
@@ -104,6 +105,19 @@ pub struct SimArgs {
     /// KV cache before failing the request, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub bootstrap_timeout_ms: u64,
+    /// A Hugging Face tokenizer.json: prompts are cut into pages of its
+    /// token ids (with special tokens, as SGLang tokenizes /generate), not
+    /// of characters.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// Publish the cache's KV events on this port (0: any free port), as
+    /// SGLang's `--kv-events-config` does, and report it as
+    /// `kv_events_config` in /get_server_info. Needs --tokenizer.
+    #[arg(long, value_name = "PORT", requires = "tokenizer")]
+    pub kv_events_port: Option<u16>,
+    /// The events' wire format.
+    #[arg(long, value_enum, default_value_t = kv_events::Format::Sglang)]
+    pub kv_events_format: kv_events::Format,
 }
 
 impl Default for SimArgs {
@@ -151,6 +165,10 @@ pub struct Sim {
     client: reqwest::Client,
     stop: tokio::sync::Notify,
     in_process: bool,
+    /// `--tokenizer`.
+    tokenizer: Option<wasm_router::tokenizer::Tokenizer>,
+    /// `--kv-events-port`.
+    kv_events: Option<kv_events::Publisher>,
 }
 
 /// A running simulated worker.
@@ -177,9 +195,19 @@ impl SimHandle {
 
 /// Start a simulated worker. `in_process`: `--crash-after` stops the server
 /// instead of exiting the process.
-pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle> {
+pub async fn start(args: SimArgs, in_process: bool) -> anyhow::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let addr = listener.local_addr()?;
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Some(wasm_router::tokenizer::Tokenizer::load(path)?),
+        None => None,
+    };
+    let kv_events = match args.kv_events_port {
+        Some(port) => {
+            Some(kv_events::Publisher::bind(args.host, port, args.kv_events_format).await?)
+        }
+        None => None,
+    };
     let sim = Arc::new(Sim {
         cache: Mutex::new(PrefixCache::new(args.block_size, args.cache_tokens)),
         slots: Semaphore::new(args.max_running.max(1)),
@@ -191,6 +219,8 @@ pub async fn start(args: SimArgs, in_process: bool) -> std::io::Result<SimHandle
         client: wasm_router::client::client(),
         stop: tokio::sync::Notify::new(),
         in_process,
+        tokenizer,
+        kv_events,
         args,
     });
     let inference = if sim.args.fixed_response {
@@ -236,7 +266,27 @@ impl Sim {
 
     /// Empty the KV cache.
     pub fn flush(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.flush();
+        if let Some(publisher) = &self.kv_events {
+            publisher.publish(vec![cache::CacheEvent::Cleared]);
+        }
+    }
+
+    /// Look a prompt up in the cache and cache it, publishing what changed.
+    fn process(&self, text: &str) -> cache::Lookup {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tokenizer) = &self.tokenizer else {
+            return cache.process(text);
+        };
+        let tokens = tokenizer.encode(text, true).unwrap_or_default();
+        let mut events = Vec::new();
+        let lookup = cache.process_tokens(&tokens, &mut events);
+        if let Some(publisher) = &self.kv_events {
+            // Under the cache's lock: batches leave in the cache's order.
+            publisher.publish(events);
+        }
+        lookup
     }
 
     /// Share of prompt tokens served from the cache so far.
@@ -275,6 +325,10 @@ async fn server_info(State(s): State<Arc<Sim>>) -> axum::Json<serde_json::Value>
         "max_total_num_tokens": s.args.cache_tokens,
         "dp_size": s.args.dp_size,
         "simulated": true,
+        // As SGLang reports its --kv-events-config: a JSON string.
+        "kv_events_config": s.kv_events.as_ref().map(|p| {
+            json!({"publisher": "zmq", "endpoint": format!("tcp://*:{}", p.port)}).to_string()
+        }),
     }))
 }
 

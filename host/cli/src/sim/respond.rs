@@ -218,11 +218,7 @@ async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
         sim: s,
         _slot: slot,
     };
-    let lookup = s
-        .cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .process(text);
+    let lookup = s.process(text);
     s.counters
         .prompt_tokens
         .fetch_add(lookup.prompt_tokens as u64, Ordering::Relaxed);

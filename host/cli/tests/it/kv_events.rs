@@ -371,3 +371,81 @@ fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
     index.clear(2);
     assert_eq!(policy.select(&req, &candidates).unwrap().worker, 1);
 }
+
+/// The whole loop with simulated workers: each tokenizes, pages and
+/// publishes its cache as SGLang does (one of them in vLLM's format); the
+/// router follows both, tokenizes each request with the same tokenizer,
+/// and `precise_cache_aware` keeps a shared system prompt on the worker
+/// whose cache holds it, which then serves it from its cache.
+#[tokio::test]
+async fn simulated_workers_publish_and_precise_routing_follows_their_caches() {
+    use wasm_router_cli::sim::{self, SimArgs, kv_events::Format};
+
+    let tokenizer = crate::fixtures::workspace().join("host/cli/assets/tokenizer/tokenizer.json");
+    let worker = async |format| {
+        sim::start(
+            SimArgs {
+                time_scale: 0.0,
+                tokenizer: Some(tokenizer.clone()),
+                kv_events_port: Some(0),
+                kv_events_format: format,
+                ..SimArgs::default()
+            },
+            true,
+        )
+        .await
+        .unwrap()
+    };
+    let sims = [worker(Format::Sglang).await, worker(Format::Vllm).await];
+    let args = wasm_router::config::RouterArgs {
+        worker_urls: sims.iter().map(|s| s.url()).collect(),
+        kv_events: true,
+        tokenizer_path: Some(tokenizer.display().to_string()),
+        policy: Some("precise_cache_aware".into()),
+        ..crate::mock::args(&[])
+    };
+    let r = crate::mock::router(args).await;
+    let index = r.state.kv_events.as_ref().unwrap().index().clone();
+    let system = "You are the routing assistant of a large GPU fleet. Answer in \
+                  short sentences, cite the worker, and never guess a cache hit. ";
+    let generate = async |text: String| {
+        let (status, body) =
+            crate::mock::post_json(&r, "/generate", serde_json::json!({"text": text})).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    // The system prompt reaches the second worker's cache directly, not
+    // through the router: only its events can tell the router. (On an idle
+    // fleet every other policy's tie goes to the first worker.)
+    let direct = crate::mock::http()
+        .post(format!("{}/generate", sims[1].url()))
+        .json(&serde_json::json!({"text": format!("{system}A question asked elsewhere?")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    let second = r.state.registry.by_url(&sims[1].url()).unwrap().id;
+    let first = r.state.registry.by_url(&sims[0].url()).unwrap().id;
+    assert!(first < second);
+    until("the second worker's pages are followed", &index, |i| {
+        i.pages_of(second) > 0
+    })
+    .await;
+    for n in 0..6 {
+        generate(format!("{system}Question number {n}?")).await;
+    }
+    let requests = |i: usize| {
+        sims[i]
+            .sim
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        (requests(0), requests(1)),
+        (0, 7),
+        "the system prompt goes where it is cached"
+    );
+    let hit_rate = sims[1].sim.hit_rate();
+    assert!(hit_rate > 0.3, "hit rate {hit_rate}");
+    r.shutdown().await.unwrap();
+}
