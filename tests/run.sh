@@ -96,7 +96,8 @@ wheel() {
     # minutes on two cores). Release wheels: README.md, "From Python".
     target/py-build/bin/maturin build --locked --quiet -m python/Cargo.toml -o target/wheels
     python3 -m venv target/py-venv
-    target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai
+    # msgspec and pyzmq: the KV event publishers' own libraries (test_kv_events.py).
+    target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai msgspec pyzmq
     target/py-venv/bin/python -m pytest python/tests -q
 }
 
