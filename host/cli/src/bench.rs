@@ -105,11 +105,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let client = wasm_router::client::client();
     let before = cache_counters(&client, &args.worker_metrics).await?;
     let prompts = spec.prompts();
-    let base = args.url.trim_end_matches('/');
+    let base = args.url.trim_end_matches('/').to_string();
     let deadline = Duration::from_secs(args.max_secs);
     let report = workload::drive(
         &client,
-        base,
+        &[base],
         &prompts,
         spec.output_tokens,
         args.concurrency,

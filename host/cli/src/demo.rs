@@ -1,6 +1,13 @@
 //! `router demo`: a simulated fleet, the router in front of it, and a
 //! shared-prefix workload through each built-in policy, ending in a table.
-//! Each policy gets a fresh fleet so caches start cold for all.
+//! Each row gets a fresh fleet so caches start cold for all.
+//!
+//! The workers page prompts with the repository's small BPE tokenizer
+//! (embedded in the binary) and publish their KV cache events. The last
+//! rows run `--replicas` routers in front of the same fleet, requests
+//! alternating between them as behind an L4 balancer: cache_aware, whose
+//! replicas each see their share of the traffic, against
+//! precise_cache_aware, whose replicas all follow the workers' events.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -38,12 +45,26 @@ pub struct DemoArgs {
     /// Stop each policy's run after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub max_secs: u64,
+    /// Router replicas of the approximate-against-precise rows (0: leave
+    /// those rows out).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+}
+
+/// The tokenizer the simulated workers and the router share:
+/// host/cli/assets/tokenizer (trained by its train.py).
+const TOKENIZER: &[u8] = include_bytes!("../assets/tokenizer/tokenizer.json");
+
+/// One row of the demo: a policy, behind this many router replicas.
+struct Row {
+    policy: &'static str,
+    replicas: usize,
 }
 
 /// One policy's results.
 #[derive(Debug, Clone)]
 pub struct PolicyResult {
-    /// Policy name.
+    /// Policy name, with `xN` when behind N replicas.
     pub policy: String,
     /// Share of prompt tokens served from the workers' caches.
     pub hit_rate: f64,
@@ -76,16 +97,42 @@ impl DemoArgs {
 pub async fn run(args: &DemoArgs, show_progress: bool) -> anyhow::Result<Vec<PolicyResult>> {
     let spec = args.spec();
     let prompts = spec.prompts();
-    let mut results = Vec::new();
-    for policy in ["round_robin", "cache_aware"] {
-        results.push(run_policy(args, policy, &spec, &prompts, show_progress).await?);
+    let tokenizer = std::env::temp_dir().join(format!(
+        "wasm-router-demo-tokenizer-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&tokenizer, TOKENIZER)?;
+    let mut rows = vec![
+        Row {
+            policy: "round_robin",
+            replicas: 1,
+        },
+        Row {
+            policy: "cache_aware",
+            replicas: 1,
+        },
+    ];
+    if args.replicas > 0 {
+        for policy in ["cache_aware", "precise_cache_aware"] {
+            rows.push(Row {
+                policy,
+                replicas: args.replicas,
+            });
+        }
     }
+    let mut results = Vec::new();
+    for row in &rows {
+        let result = run_row(args, row, &tokenizer, &spec, &prompts, show_progress).await;
+        results.push(result?);
+    }
+    std::fs::remove_file(&tokenizer).ok();
     Ok(results)
 }
 
-async fn run_policy(
+async fn run_row(
     args: &DemoArgs,
-    policy: &str,
+    row: &Row,
+    tokenizer: &std::path::Path,
     spec: &Spec,
     prompts: &[String],
     show_progress: bool,
@@ -95,19 +142,38 @@ async fn run_policy(
         let sim = SimArgs {
             cache_tokens: args.cache_tokens,
             time_scale: args.time_scale,
+            tokenizer: Some(tokenizer.to_path_buf()),
+            kv_events_port: Some(0),
             ..SimArgs::default()
         };
         fleet.push(sim::start(sim, true).await?);
     }
+    let precise = row.policy == "precise_cache_aware";
     let router_args = RouterArgs {
         port: Some(0),
         prometheus_port: Some(0),
-        policy: Some(policy.to_string()),
+        policy: Some(row.policy.to_string()),
         worker_urls: fleet.iter().map(|w| w.url()).collect(),
+        kv_events: precise,
+        tokenizer_path: precise.then(|| tokenizer.display().to_string()),
         ..RouterArgs::default()
     };
-    let router = wasm_router::server::start(Config::load(&router_args)?).await?;
-    wait_until_ready(&router).await?;
+    let mut routers = Vec::new();
+    for _ in 0..row.replicas.max(1) {
+        let router = wasm_router::server::start(Config::load(&router_args)?).await?;
+        wait_until_ready(&router).await?;
+        if precise {
+            wait_until_following(&router, fleet.len()).await?;
+            // A SUB socket misses what is published before it connects
+            // (ZMQ's slow joiner): let the subscriptions settle first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        routers.push(router);
+    }
+    let policy = match row.replicas {
+        1 => row.policy.to_string(),
+        n => format!("{} x{n}", row.policy),
+    };
     let client = wasm_router::client::client();
     let total = prompts.len();
     let progress = |done: usize| {
@@ -125,11 +191,14 @@ async fn run_policy(
             let _flushed = std::io::stderr().flush();
         }
     };
-    let base = format!("http://{}", router.addr);
+    let bases: Vec<String> = routers
+        .iter()
+        .map(|r| format!("http://{}", r.addr))
+        .collect();
     let deadline = Duration::from_secs(args.max_secs);
     let report = workload::drive(
         &client,
-        &base,
+        &bases,
         prompts,
         spec.output_tokens,
         args.concurrency,
@@ -137,7 +206,9 @@ async fn run_policy(
         progress,
     )
     .await;
-    router.shutdown().await?;
+    for router in routers {
+        router.shutdown().await?;
+    }
     let counts: Vec<u64> = fleet
         .iter()
         .map(|w| {
@@ -168,7 +239,7 @@ async fn run_policy(
         .sum();
     fleet.iter().for_each(|w| w.stop());
     Ok(PolicyResult {
-        policy: policy.to_string(),
+        policy,
         hit_rate: if prompt == 0 {
             0.0
         } else {
@@ -195,11 +266,30 @@ async fn wait_until_ready(router: &wasm_router::server::Running) -> anyhow::Resu
     anyhow::bail!("the simulated workers did not become healthy within 5 s")
 }
 
+/// Wait until `router` follows the KV events of all `workers`.
+async fn wait_until_following(
+    router: &wasm_router::server::Running,
+    workers: usize,
+) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if router
+            .state
+            .kv_events
+            .as_ref()
+            .is_some_and(|s| s.len() == workers)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the router did not follow the simulated workers' KV events within 5 s")
+}
+
 /// The results as a table.
 pub fn table(results: &[PolicyResult]) -> String {
     let mut out = String::from(
-        "policy        cache hit  TTFT p50   TTFT p99   req/s   failed  share per worker\n\
-         ------------  ---------  ---------  ---------  ------  ------  ----------------\n",
+        "policy                  cache hit  TTFT p50   TTFT p99   req/s   failed  share per worker\n\
+         ----------------------  ---------  ---------  ---------  ------  ------  ----------------\n",
     );
     for r in results {
         let shares: Vec<String> = r
@@ -208,7 +298,7 @@ pub fn table(results: &[PolicyResult]) -> String {
             .map(|s| format!("{:.0}%", s * 100.0))
             .collect();
         out.push_str(&format!(
-            "{:<12}  {:>8.1}%  {:>6.1} ms  {:>6.1} ms  {:>6.1}  {:>6}  {}\n",
+            "{:<22}  {:>8.1}%  {:>6.1} ms  {:>6.1} ms  {:>6.1}  {:>6}  {}\n",
             r.policy,
             r.hit_rate * 100.0,
             r.report.ttft_ms(0.5),

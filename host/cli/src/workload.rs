@@ -136,11 +136,13 @@ impl Report {
     }
 }
 
-/// Send `prompts` to `base_url`'s `/generate` as streams, `concurrency` at
-/// a time, stopping early at `deadline`. `progress(done)` after each.
+/// Send `prompts` to `/generate` as streams, `concurrency` at a time,
+/// stopping early at `deadline`. Request `i` goes to `base_urls[i % n]`: the
+/// router replicas behind an L4 balancer, alternating. `progress(done)`
+/// after each.
 pub async fn drive(
     client: &reqwest::Client,
-    base_url: &str,
+    base_urls: &[String],
     prompts: &[String],
     output_tokens: usize,
     concurrency: usize,
@@ -148,14 +150,14 @@ pub async fn drive(
     progress: impl Fn(usize),
 ) -> Report {
     let started = Instant::now();
-    let url = format!("{base_url}/generate");
-    let requests = prompts.iter().map(|prompt| {
+    let urls: Vec<String> = base_urls.iter().map(|b| format!("{b}/generate")).collect();
+    let requests = prompts.iter().enumerate().map(|(i, prompt)| {
         let body = serde_json::json!({
             "text": prompt,
             "stream": true,
             "sampling_params": {"max_new_tokens": output_tokens},
         });
-        let request = client.post(&url).json(&body);
+        let request = client.post(&urls[i % urls.len()]).json(&body);
         async move {
             if started.elapsed() > deadline {
                 return None;

@@ -16,11 +16,13 @@
 //!    taken to cost a prefill of this size). The cheapest wins; ties go to
 //!    the smaller id.
 //!
-//! A worker whose events the router does not follow (none in `match-kv`)
-//! is scored from the approximate index instead (what this router sent
-//! it, `match-request`), so mixed fleets work; every routed text goes into
-//! that index for them. Without a tokenizer the router gives no tokens and
-//! the policy is cache_aware on the approximate index.
+//! What this router sent where (the approximate index, `match-request`;
+//! every routed text goes in) counts too, as the larger of the two: a
+//! worker's events arrive after its prefill, and a burst of one prompt
+//! must not spread over the fleet meanwhile. For a worker whose events the
+//! router does not follow it is all there is, so mixed fleets work.
+//! Without a tokenizer the router gives no tokens, and the policy picks the
+//! least loaded.
 //!
 //! The policy keeps nothing of its own between calls: one instance per
 //! router thread.
@@ -58,7 +60,7 @@ impl Default for Config {
         Config {
             balance_abs_threshold: 64,
             balance_rel_threshold: 1.5,
-            load_weight: 0.5,
+            load_weight: 0.1,
             cpu_cost: 0.2,
             disk_cost: 0.5,
             eviction_interval_secs: 60,
@@ -142,28 +144,34 @@ impl PreciseCacheAware {
         if prompt == 0 {
             return least_loaded();
         }
-        // Workers without events: what this router sent them, scaled to
-        // tokens (the approximate index knows only its best worker).
-        let approximate = kv
-            .matches
-            .iter()
-            .any(Option::is_none)
-            .then(|| prefix_index::match_request(req, &ids));
-        let cost = |c: &Candidate, matched: Option<prefix_index::KvMatch>| {
-            let matched = matched.unwrap_or_else(|| {
-                let tokens = approximate
-                    .as_ref()
-                    .filter(|found| found.worker == Some(c.id) && found.text_chars > 0)
-                    .map_or(0, |found| {
-                        (f64::from(prompt) * found.matched_chars as f64 / found.text_chars as f64)
-                            as u32
-                    });
-                prefix_index::KvMatch {
-                    gpu: tokens,
-                    cpu: tokens,
-                    disk: tokens,
+        // What this router sent where, scaled to tokens (the approximate
+        // index knows its best worker only): for workers without events,
+        // and for requests routed so recently that their pages are not in
+        // the events yet (a burst of one prompt must not spread).
+        let approximate = prefix_index::match_request(req, &ids);
+        let sent = |id: u32| -> u32 {
+            match approximate.worker {
+                Some(best) if best == id && approximate.text_chars > 0 => {
+                    (f64::from(prompt) * approximate.matched_chars as f64
+                        / approximate.text_chars as f64) as u32
                 }
-            });
+                _ => 0,
+            }
+        };
+        let cost = |c: &Candidate, matched: Option<prefix_index::KvMatch>| {
+            let recent = sent(c.id);
+            let matched = match matched {
+                Some(m) => prefix_index::KvMatch {
+                    gpu: m.gpu.max(recent),
+                    cpu: m.cpu.max(recent),
+                    disk: m.disk.max(recent),
+                },
+                None => prefix_index::KvMatch {
+                    gpu: recent,
+                    cpu: recent,
+                    disk: recent,
+                },
+            };
             self.uncached(prompt, matched)
                 + self.config.load_weight * f64::from(c.load) * f64::from(prompt)
         };
