@@ -98,19 +98,31 @@ pub enum StoreError {
 }
 
 /// One worker's pages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pages {
+    /// The worker's small number in this index, which holders carry (see
+    /// [`Dense`]).
+    dense: u32,
     /// Tokens per page; 0 until the first store.
     block_size: u32,
     /// Engine hash -> (router key, media it is held on).
     by_engine: HashMap<u64, (PageKey, u8)>,
 }
 
-/// Who holds a page, and where.
+/// Who holds a page (by [`Pages::dense`]), and where.
 #[derive(Debug, Clone, Copy)]
 struct Holder {
-    worker: WorkerId,
+    dense: u32,
     media: u8,
+}
+
+/// Small numbers for the workers the index knows, reused once a worker is
+/// dropped: a match maps holders to the workers it was asked about through
+/// an array indexed by them, not a hash lookup per holder per page.
+#[derive(Debug, Default)]
+struct Dense {
+    next: u32,
+    free: Vec<u32>,
 }
 
 /// Some of the pages: key -> who holds it.
@@ -139,6 +151,7 @@ pub struct StoredPages<'a> {
 pub struct Precise {
     shards: Box<[Shard]>,
     workers: RwLock<HashMap<WorkerId, Arc<Mutex<Pages>>>>,
+    dense: Mutex<Dense>,
     entries: AtomicUsize,
     limit: usize,
     per_worker: usize,
@@ -152,21 +165,27 @@ impl Default for Precise {
 
 /// The key of the page of `tokens` whose parent's key is `parent`.
 pub fn page_key(parent: PageKey, tokens: &[u32]) -> PageKey {
-    let mut bytes = Vec::with_capacity(tokens.len() * 4);
+    chained(parent, tokens, &mut Vec::new())
+}
+
+/// [`page_key`], with `bytes` as scratch space.
+fn chained(parent: PageKey, tokens: &[u32], bytes: &mut Vec<u8>) -> PageKey {
+    bytes.clear();
     for t in tokens {
         bytes.extend_from_slice(&t.to_le_bytes());
     }
-    xxh3_64_with_seed(&bytes, parent)
+    xxh3_64_with_seed(bytes, parent)
 }
 
 /// The keys of the full pages of `tokens`, chained from `seed` (0 for the
 /// base model; a LoRA adapter's pages chain from its own seed).
 pub fn page_keys(tokens: &[u32], block_size: u32, seed: u64) -> Vec<PageKey> {
     let mut parent = seed;
+    let mut bytes = Vec::new();
     tokens
         .chunks_exact(block_size.max(1) as usize)
         .map(|page| {
-            parent = page_key(parent, page);
+            parent = chained(parent, page, &mut bytes);
             parent
         })
         .collect()
@@ -179,6 +198,7 @@ impl Precise {
         Precise {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             workers: RwLock::default(),
+            dense: Mutex::default(),
             entries: AtomicUsize::new(0),
             limit,
             per_worker,
@@ -202,20 +222,32 @@ impl Precise {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(worker)
-            .or_default()
+            .or_insert_with(|| {
+                let mut dense = self.dense.lock().unwrap_or_else(|e| e.into_inner());
+                let number = dense.free.pop().unwrap_or_else(|| {
+                    dense.next += 1;
+                    dense.next - 1
+                });
+                Arc::new(Mutex::new(Pages {
+                    dense: number,
+                    block_size: 0,
+                    by_engine: HashMap::new(),
+                }))
+            })
             .clone()
     }
 
-    /// Set `worker`'s media bits of the page `key` to `media` (0: not held).
-    fn set_media(&self, key: PageKey, worker: WorkerId, media: u8) {
+    /// Set the media bits of the worker numbered `dense` for the page `key`
+    /// to `media` (0: not held).
+    fn set_media(&self, key: PageKey, dense: u32, media: u8) {
         let mut shard = self.shard(key).write().unwrap_or_else(|e| e.into_inner());
         let holders = shard.entry(key).or_default();
-        match holders.iter().position(|h| h.worker == worker) {
+        match holders.iter().position(|h| h.dense == dense) {
             Some(at) if media == 0 => {
                 holders.swap_remove(at);
             }
             Some(at) => holders[at].media = media,
-            None if media != 0 => holders.push(Holder { worker, media }),
+            None if media != 0 => holders.push(Holder { dense, media }),
             None => {}
         }
         if holders.is_empty() {
@@ -273,7 +305,7 @@ impl Precise {
                 }
             };
             pages.by_engine.insert(*hash, (key, media));
-            self.set_media(key, worker, media);
+            self.set_media(key, pages.dense, media);
         }
         Ok(())
     }
@@ -294,7 +326,7 @@ impl Precise {
             } else {
                 pages.by_engine.insert(*hash, (key, media));
             }
-            self.set_media(key, worker, media);
+            self.set_media(key, pages.dense, media);
         }
     }
 
@@ -307,7 +339,7 @@ impl Precise {
         pages.block_size = 0;
         self.entries.fetch_sub(held.len(), Ordering::Relaxed);
         for (key, _) in held.into_values() {
-            self.set_media(key, worker, 0);
+            self.set_media(key, pages.dense, 0);
         }
     }
 
@@ -329,10 +361,20 @@ impl Precise {
     /// Forget `worker` altogether (it left the fleet).
     pub fn drop_worker(&self, worker: WorkerId) {
         self.clear(worker);
-        self.workers
+        let removed = self
+            .workers
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&worker);
+        if let Some(pages) = removed {
+            // Cleared: no holder carries its number any more.
+            let number = pages.lock().unwrap_or_else(|e| e.into_inner()).dense;
+            self.dense
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .free
+                .push(number);
+        }
     }
 
     /// Pages held, over all workers.
@@ -357,17 +399,21 @@ impl Precise {
     /// in their order. A worker that holds no pages matches nothing.
     pub fn matched(&self, tokens: &[u32], workers: &[WorkerId]) -> Vec<Matched> {
         let mut out = vec![Matched::default(); workers.len()];
-        let sizes: Vec<u32> = {
+        // (page size, number) of each worker asked about; (0, _) for one
+        // without pages.
+        let known: Vec<(u32, u32)> = {
             let held = self.workers.read().unwrap_or_else(|e| e.into_inner());
             workers
                 .iter()
                 .map(|w| {
-                    held.get(w).map_or(0, |p| {
-                        p.lock().unwrap_or_else(|e| e.into_inner()).block_size
+                    held.get(w).map_or((0, 0), |p| {
+                        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+                        (p.block_size, p.dense)
                     })
                 })
                 .collect()
         };
+        let sizes: Vec<u32> = known.iter().map(|k| k.0).collect();
         let mut distinct: Vec<u32> = sizes.iter().copied().filter(|&b| b != 0).collect();
         distinct.sort_unstable();
         distinct.dedup();
@@ -375,32 +421,40 @@ impl Precise {
             let group: Vec<usize> = (0..workers.len())
                 .filter(|&i| sizes[i] == block_size)
                 .collect();
-            self.match_group(tokens, block_size, workers, &group, &mut out);
+            self.match_group(tokens, block_size, &known, &group, &mut out);
         }
         out
     }
 
-    /// [`Precise::matched`] for the workers at `group`, all with pages of
+    /// [`Precise::matched`] for the workers at `group` (positions in
+    /// `known`, their page size and number), all with pages of
     /// `block_size`.
     fn match_group(
         &self,
         tokens: &[u32],
         block_size: u32,
-        workers: &[WorkerId],
+        known: &[(u32, u32)],
         group: &[usize],
         out: &mut [Matched],
     ) {
-        let slot: HashMap<WorkerId, usize> = group.iter().map(|&i| (workers[i], i)).collect();
+        // A worker's number -> its position, for those asked about.
+        let top = group.iter().map(|&i| known[i].1).max().unwrap_or(0) as usize;
+        let mut slot = vec![usize::MAX; top + 1];
+        for &i in group {
+            slot[known[i].1 as usize] = i;
+        }
         // Per worker: whether its GPU, GPU-or-CPU and any-medium prefixes
         // still run.
-        let mut open: Vec<[bool; 3]> = vec![[true; 3]; workers.len()];
+        let mut open: Vec<[bool; 3]> = vec![[true; 3]; known.len()];
         let mut still_open = group.len();
-        let mut seen = vec![0u8; workers.len()];
+        let mut seen = vec![0u8; known.len()];
         for key in page_keys(tokens, block_size, 0) {
             {
                 let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
                 for holder in shard.get(&key).into_iter().flatten() {
-                    if let Some(&i) = slot.get(&holder.worker) {
+                    if let Some(&i) = slot.get(holder.dense as usize)
+                        && i != usize::MAX
+                    {
                         seen[i] = holder.media;
                     }
                 }

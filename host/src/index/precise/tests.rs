@@ -138,6 +138,11 @@ fn clearing_or_dropping_a_worker_forgets_its_pages_only() {
     index.drop_worker(2);
     assert_eq!(gpu(&index.matched(&prompt(), &[2])), [0]);
     assert_eq!(index.len(), 1);
+    // A new worker takes the dropped one's number, and none of its pages.
+    index.follow(9);
+    assert_eq!(gpu(&index.matched(&prompt(), &[9, 2, 1])), [0, 0, 2]);
+    store_three(&index, 9, 900);
+    assert_eq!(gpu(&index.matched(&prompt(), &[1, 9])), [2, 12]);
 }
 
 #[test]
