@@ -7,7 +7,7 @@
 //! (`*`, `0.0.0.0`, `::`) is the worker's own host; each data-parallel
 //! rank publishes on the endpoint's port plus its rank.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,8 +101,14 @@ fn placed(endpoint: &str, host: &str, rank: u32) -> Result<String, String> {
     Ok(format!("tcp://{at}:{}", port + rank))
 }
 
-/// Ask the worker at `url` where it publishes.
-async fn ask(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> Option<Endpoint> {
+/// Ask the worker at `url` where it publishes: `None` when it did not
+/// answer (ask again later), else what it said (`Some(None)`: it publishes
+/// nothing the router can follow).
+async fn ask(
+    client: &reqwest::Client,
+    url: &str,
+    dp_rank: Option<u32>,
+) -> Option<Option<Endpoint>> {
     let info: Value = client
         .get(format!("{url}/get_server_info"))
         .timeout(ASK_TIMEOUT)
@@ -114,26 +120,28 @@ async fn ask(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> Optio
         .json()
         .await
         .ok()?;
-    let config = info.get("kv_events_config")?;
-    match endpoint_from_config(url, dp_rank, config) {
+    let Some(config) = info.get("kv_events_config") else {
+        return Some(None);
+    };
+    Some(match endpoint_from_config(url, dp_rank, config) {
         Ok(endpoint) => endpoint,
         Err(why) => {
             tracing::warn!(worker = url, "not following its KV events: {why}");
             None
         }
-    }
+    })
 }
 
 /// Keep `subscriptions` to what the registry's workers publish, until the
-/// registry is dropped: each new worker is asked once where it publishes,
-/// a worker that left is forgotten.
+/// registry is dropped: each new worker is asked where it publishes until
+/// it answers, a worker that left is forgotten.
 pub async fn follow_workers(
     registry: std::sync::Weak<Registry>,
     client: reqwest::Client,
     subscriptions: Arc<Subscriptions>,
 ) {
-    // Worker id -> its URL, for every worker asked (publishing or not).
-    let mut asked: HashMap<u32, String> = HashMap::new();
+    // Every worker that answered (publishing or not).
+    let mut asked: HashSet<u32> = HashSet::new();
     loop {
         let Some(workers) = registry.upgrade().map(|r| r.all()) else {
             return;
@@ -143,7 +151,7 @@ pub async fn follow_workers(
             .map(|w| (w.id, (w.url.clone(), w.dp_rank)))
             .collect();
         drop(workers);
-        asked.retain(|id, _| {
+        asked.retain(|id| {
             let stays = current.contains_key(id);
             if !stays {
                 subscriptions.forget(*id);
@@ -152,10 +160,10 @@ pub async fn follow_workers(
         });
         let new: Vec<(u32, String, Option<u32>)> = current
             .into_iter()
-            .filter(|(id, _)| !asked.contains_key(id))
+            .filter(|(id, _)| !asked.contains(id))
             .map(|(id, (url, rank))| (id, url, rank))
             .collect();
-        let found: Vec<(u32, String, Option<Endpoint>)> = futures_util::stream::iter(new)
+        let found: Vec<(u32, String, Option<Option<Endpoint>>)> = futures_util::stream::iter(new)
             .map(|(id, url, rank)| {
                 let client = &client;
                 async move {
@@ -166,12 +174,13 @@ pub async fn follow_workers(
             .buffer_unordered(ASK_AT_ONCE)
             .collect()
             .await;
-        for (id, url, endpoint) in found {
+        for (id, url, answer) in found {
+            let Some(endpoint) = answer else { continue };
             if let Some(endpoint) = endpoint {
                 tracing::info!(worker = %url, publisher = %endpoint.publisher, "following its KV events");
                 subscriptions.follow(id, endpoint);
             }
-            asked.insert(id, url);
+            asked.insert(id);
         }
         metrics::gauge!(crate::metrics::KV_INDEX_PAGES).set(subscriptions.index().len() as f64);
         metrics::gauge!(crate::metrics::KV_FOLLOWED).set(subscriptions.len() as f64);

@@ -51,16 +51,18 @@ impl Subscriptions {
         if tasks.get(&worker).is_some_and(|(at, _)| *at == endpoint) {
             return;
         }
+        // The old subscription's pages go before the new one can add any.
+        if let Some((_, old)) = tasks.remove(&worker) {
+            old.abort();
+            self.index.clear(worker);
+        }
         self.index.follow(worker);
         let task = tokio::spawn(subscriber::run(
             worker,
             endpoint.clone(),
             self.index.clone(),
         ));
-        if let Some((_, old)) = tasks.insert(worker, (endpoint, task)) {
-            old.abort();
-            self.index.clear(worker);
-        }
+        tasks.insert(worker, (endpoint, task));
     }
 
     /// Stop following `worker` and forget its pages (it left the fleet).

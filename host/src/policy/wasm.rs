@@ -525,6 +525,8 @@ impl Shared {
         let Some(state) = held.as_deref() else {
             return Ok(false);
         };
+        live.store
+            .set_epoch_deadline(Limits::ticks(self.limits.maintenance_deadline));
         match live.restore(state) {
             Ok(Ok(())) => Ok(true),
             Ok(Err(message)) => {

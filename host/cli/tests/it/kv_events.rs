@@ -351,25 +351,29 @@ fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
     };
     store(1, 1);
     store(2, full / PAGE as usize);
-    let engine = crate::fixtures::engine().with_kv(KvView {
-        index: Some(index.clone()),
-        tokenizer: Some(Arc::new(tokenizer)),
-    });
-    let policy = WasmPolicy::load(
-        &engine,
-        PolicySource::Builtin("precise_cache_aware"),
-        "{}",
-        crate::fixtures::generous_limits(),
-    )
-    .unwrap();
+    let tokenizer = Arc::new(tokenizer);
+    // A router: its own engine (and approximate index), the shared events.
+    let router = || {
+        let engine = crate::fixtures::engine().with_kv(KvView {
+            index: Some(index.clone()),
+            tokenizer: Some(tokenizer.clone()),
+        });
+        WasmPolicy::load(
+            &engine,
+            PolicySource::Builtin("precise_cache_aware"),
+            "{}",
+            crate::fixtures::generous_limits(),
+        )
+        .unwrap()
+    };
     let candidates = crate::fixtures::idle(&[1, 2, 3]);
     let req = crate::fixtures::request(text, None);
-    assert_eq!(policy.select(&req, &candidates).unwrap().worker, 2);
-    // Worker 2's cache is cleared: worker 1's one page makes it the
-    // cheapest (worker 3, whose events are not followed, was never sent
-    // the text, so the approximate index gives it nothing).
+    assert_eq!(router().select(&req, &candidates).unwrap().worker, 2);
+    // Worker 2's cache is cleared: for a router that did not just send it
+    // the text, worker 1's one page makes it the cheapest (worker 3, whose
+    // events are not followed, was never sent the text).
     index.clear(2);
-    assert_eq!(policy.select(&req, &candidates).unwrap().worker, 1);
+    assert_eq!(router().select(&req, &candidates).unwrap().worker, 1);
 }
 
 /// The whole loop with simulated workers: each tokenizes, pages and
