@@ -9,6 +9,9 @@
 //! - `kv_index/match/8k-tokens/64-workers`: an 8192-token prompt (512
 //!   pages of 16) against 64 workers that each hold a different share of it
 //!   (worker `w` the first `8 * w` pages).
+//! - `kv_index/tokenize/{1,32}KB`: what `match-kv` spends first, tokenizing
+//!   the routing text with the repository's tokenizer
+//!   (host/cli/assets/tokenizer), on English prose from README.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rmpv::Value;
@@ -109,5 +112,25 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest, matching);
+fn tokenizing(c: &mut Criterion) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tokenizer = wasm_router::tokenizer::Tokenizer::load(
+        &root.join("host/cli/assets/tokenizer/tokenizer.json"),
+    )
+    .unwrap();
+    let prose = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut group = c.benchmark_group("kv_index/tokenize");
+    for kb in [1usize, 32] {
+        let text: String = prose.chars().cycle().take(kb * 1024).collect();
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{kb}KB")),
+            &text,
+            |b, t| b.iter(|| tokenizer.encode(t, true).unwrap()),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ingest, matching, tokenizing);
 criterion_main!(benches);

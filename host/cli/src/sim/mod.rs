@@ -275,11 +275,16 @@ impl Sim {
 
     /// Look a prompt up in the cache and cache it, publishing what changed.
     fn process(&self, text: &str) -> cache::Lookup {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tokenizer) = &self.tokenizer else {
-            return cache.process(text);
+            return self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process(text);
         };
+        // Tokenized before the cache is locked: other requests need not wait.
         let tokens = tokenizer.encode(text, true).unwrap_or_default();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut events = Vec::new();
         let lookup = cache.process_tokens(&tokens, &mut events);
         if let Some(publisher) = &self.kv_events {
