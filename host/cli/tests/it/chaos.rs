@@ -192,6 +192,22 @@ fn rss_kb() -> u64 {
         .unwrap()
 }
 
+/// The serving threads' task count once it holds still: each thread
+/// starts a task of its own as it comes up (axum's shutdown watch), which a
+/// count taken right after the start may or may not include yet.
+async fn settled_tasks(r: &wasm_router::server::Running) -> usize {
+    let mut last = r.serving_tasks();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = r.serving_tasks();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the serving threads' task count did not settle ({last} last)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run alone by the soak step: it reads the process's RSS"]
 async fn chaos_clients_and_workers_leave_nothing_behind() {
@@ -221,7 +237,7 @@ async fn chaos_clients_and_workers_leave_nothing_behind() {
     };
     let r = router(args).await;
     let base = format!("http://{}", r.addr);
-    let baseline_tasks = r.serving_tasks();
+    let baseline_tasks = settled_tasks(&r).await;
     let mut rss_after_first = 0;
     let mut completed = 0;
     for round in 0..ROUNDS {
