@@ -38,6 +38,12 @@ pub fn policy_key(source: &super::PolicySource) -> String {
     }
 }
 
+/// Bytes of a routing text that `prefix-index.match-kv` tokenizes: it runs
+/// inside the policy's call deadline, and tokenizing costs about 0.2-0.3 ms
+/// per KiB (BENCHMARKS.md). Past this, pages are matched on the text's
+/// first part only, and its token count is estimated at the same rate.
+pub const MAX_KV_TOKENIZE_BYTES: usize = 8 << 10;
+
 /// What `prefix-index.match-kv` reads: the index the workers' KV events
 /// feed, and the tokenizer requests are matched with.
 #[derive(Debug, Clone, Default)]
@@ -636,12 +642,20 @@ impl prefix_index::Host for Host {
 
     fn match_kv(&mut self, _: Resource<RequestData>, workers: Vec<u32>) -> prefix_index::KvPrefix {
         let kv = &self.policy.kv;
+        let text = self.request.text.as_str();
+        let mut cut = text.len().min(MAX_KV_TOKENIZE_BYTES);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
         // With special tokens, as a worker tokenizes a /generate prompt.
         let tokens = match &kv.tokenizer {
-            Some(tokenizer) if !self.request.text.is_empty() => tokenizer
-                .encode(&self.request.text, true)
-                .unwrap_or_default(),
+            Some(tokenizer) if cut > 0 => tokenizer.encode(&text[..cut], true).unwrap_or_default(),
             _ => Vec::new(),
+        };
+        let prompt_tokens = if cut < text.len() && cut > 0 {
+            (tokens.len() as f64 * text.len() as f64 / cut as f64) as u64
+        } else {
+            tokens.len() as u64
         };
         let matches = match &kv.index {
             None => vec![None; workers.len()],
@@ -661,7 +675,7 @@ impl prefix_index::Host for Host {
             }
         };
         prefix_index::KvPrefix {
-            prompt_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
             matches,
         }
     }

@@ -165,3 +165,68 @@ fn a_policy_key_is_the_file_stem() {
     );
     assert_eq!(policy_key(&PolicySource::Builtin("random")), "random");
 }
+
+/// `match-kv` tokenizes the first 8 KiB only, matches pages there, and
+/// estimates the prompt's tokens past them at their rate.
+#[test]
+fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
+    use crate::index::{Medium, Precise, StoredPages};
+    let tokenizer = crate::tokenizer::Tokenizer::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/cli/assets/tokenizer/tokenizer.json"
+    )))
+    .unwrap();
+    // English up to the cut, then text at a very different rate of tokens
+    // per byte: an estimate and a full count then disagree.
+    let sentence = "Routers follow the workers' caches through their events. ";
+    let mut text = sentence.repeat(MAX_KV_TOKENIZE_BYTES / sentence.len() + 1);
+    text.truncate(MAX_KV_TOKENIZE_BYTES);
+    text.push_str(&"漢字のテキスト".repeat(800));
+    let head = tokenizer.encode(&text[..MAX_KV_TOKENIZE_BYTES], true).unwrap();
+    let full = tokenizer.encode(&text, true).unwrap().len() as f64;
+    let index = Arc::new(Precise::default());
+    let pages = head.len() / 16;
+    let hashes: Vec<u64> = (0..pages as u64).collect();
+    index
+        .store(
+            1,
+            StoredPages {
+                medium: Medium::Gpu,
+                parent: None,
+                hashes: &hashes,
+                tokens: &head[..pages * 16],
+                block_size: 16,
+                seed: 0,
+            },
+        )
+        .unwrap();
+    let shelf = HostShelf::with_kv(KvView {
+        index: Some(index),
+        tokenizer: Some(Arc::new(tokenizer)),
+    });
+    let mut host = Host::new(shelf.get("p"));
+    let req = RouteRequest {
+        id: 1,
+        route: crate::route::Route::Generate,
+        model: "",
+        text: &text,
+        routing_key: None,
+        stream: false,
+        max_new_tokens: None,
+    };
+    let (lent, _) = host.lend(&req, &[]);
+    use prefix_index::Host as _;
+    let found = host.match_kv(lent, vec![1, 2]);
+    let whole = head.len() as f64 * text.len() as f64 / MAX_KV_TOKENIZE_BYTES as f64;
+    assert!(
+        (f64::from(found.prompt_tokens) - whole).abs() < 2.0,
+        "{} tokens, estimated {whole}",
+        found.prompt_tokens
+    );
+    assert!(
+        (whole - full).abs() > full / 4.0,
+        "the test's tail must tokenize at another rate ({whole} against {full})"
+    );
+    assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
+    assert!(found.matches[1].is_none(), "worker 2 is not followed");
+}
