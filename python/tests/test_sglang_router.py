@@ -35,6 +35,7 @@ OUR_EXTRAS = {
     "--policy-memory-limit-mb",
     "--no-policy-cache",
     "--no-watch",
+    "--kv-events",
 }
 
 # Its launcher's table: each flag's argparse nargs (0 for a switch) and
