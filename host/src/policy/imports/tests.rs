@@ -182,7 +182,9 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
     let mut text = sentence.repeat(MAX_KV_TOKENIZE_BYTES / sentence.len() + 1);
     text.truncate(MAX_KV_TOKENIZE_BYTES);
     text.push_str(&"漢字のテキスト".repeat(800));
-    let head = tokenizer.encode(&text[..MAX_KV_TOKENIZE_BYTES], true).unwrap();
+    let head = tokenizer
+        .encode(&text[..MAX_KV_TOKENIZE_BYTES], true)
+        .unwrap();
     let full = tokenizer.encode(&text, true).unwrap().len() as f64;
     let index = Arc::new(Precise::default());
     let pages = head.len() / 16;
