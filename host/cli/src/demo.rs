@@ -121,12 +121,22 @@ pub async fn run(args: &DemoArgs, show_progress: bool) -> anyhow::Result<Vec<Pol
         }
     }
     let mut results = Vec::new();
+    let mut failed = None;
     for row in &rows {
-        let result = run_row(args, row, &tokenizer, &spec, &prompts, show_progress).await;
-        results.push(result?);
+        match run_row(args, row, &tokenizer, &spec, &prompts, show_progress).await {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
+    // Removed whether or not a row failed.
     std::fs::remove_file(&tokenizer).ok();
-    Ok(results)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
 }
 
 async fn run_row(
