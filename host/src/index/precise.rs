@@ -292,8 +292,14 @@ impl Precise {
         };
         for (hash, page) in hashes.iter().zip(tokens.chunks_exact(block_size as usize)) {
             key = page_key(key, page);
-            let media = match pages.by_engine.get(hash) {
-                Some(&(_, media)) => media | medium.bit(),
+            let media = match pages.by_engine.get(hash).copied() {
+                Some((held, media)) if held == key => media | medium.bit(),
+                // The engine reuses a hash for other tokens (or a parent):
+                // the page it named before is gone.
+                Some((held, _)) => {
+                    self.set_media(held, pages.dense, 0);
+                    medium.bit()
+                }
                 None => {
                     if pages.by_engine.len() >= self.per_worker
                         || self.entries.load(Ordering::Relaxed) >= self.limit

@@ -179,3 +179,24 @@ fn pages_under_an_adapter_do_not_match_base_model_requests() {
     assert_eq!(gpu(&index.matched(&prompt(), &[1])), [0]);
     assert_eq!(page_keys(page(0), 4, 7), [page_key(7, page(0))]);
 }
+
+#[test]
+fn an_engine_hash_reused_for_other_tokens_replaces_its_page() {
+    let index = Precise::default();
+    index
+        .store(1, pages(Medium::Gpu, None, &[7], page(0), 4, 0))
+        .unwrap();
+    index
+        .store(1, pages(Medium::Gpu, None, &[7], page(1), 4, 0))
+        .unwrap();
+    assert_eq!(index.len(), 1);
+    assert_eq!(
+        gpu(&index.matched(&prompt(), &[1])),
+        [0],
+        "page 0 is no longer held"
+    );
+    assert_eq!(gpu(&index.matched(&prompt()[4..], &[1])), [4]);
+    index.remove(1, Medium::Gpu, &[7]);
+    assert!(index.is_empty());
+    assert_eq!(gpu(&index.matched(&prompt()[4..], &[1])), [0]);
+}
