@@ -12,21 +12,24 @@
 //! 2. Otherwise the candidate holding the longest prefix of the text wins, if
 //!    that prefix is more than `cache_threshold` of the text.
 //! 3. Otherwise the least-loaded candidate wins; ties go to the one with the
-//!    smallest tree (the most room), then the smallest id.
+//!    smallest tree (the most room), then by [`TieBreak`]: a hash of the
+//!    text's start and each worker's URL. (SGLang leaves equal trees in a
+//!    hash map's order; "the smallest id" would send every replica's new
+//!    prompts to the same first workers.)
 //!
 //! The text is then inserted under the chosen worker. Every
 //! `eviction_interval_secs` the router's `tick` trims each worker's share of
 //! the tree to `max_tree_size` characters, least recently used leaves first.
 //!
-//! The policy keeps nothing of its own between calls, so it runs one
-//! instance per router thread; the tree is in the router, shared by them
+//! The policy keeps nothing of its own between calls but the fleet's URLs,
+//! which every instance is told, so it runs one instance per router thread; the tree is in the router, shared by them
 //! all, and survives hot reloads and faults as it is.
 #![deny(missing_docs)]
 
 use serde::Deserialize;
 use wasm_router_policy::{
-    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
-    prefix_index,
+    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
+    export_policy, prefix_index,
 };
 
 /// Settings, with the SGLang router's names and defaults. Keys the policy
@@ -81,16 +84,21 @@ impl Config {
     }
 }
 
-/// The cache-aware policy: a [`Config`]; the tree is the router's.
+/// The cache-aware policy: a [`Config`] and the fleet's URLs for ties; the
+/// tree is the router's.
 #[derive(Debug, Clone)]
 pub struct CacheAware {
     config: Config,
+    ties: TieBreak,
 }
 
 impl CacheAware {
     /// The policy with `config`.
     pub fn new(config: Config) -> Self {
-        CacheAware { config }
+        CacheAware {
+            config,
+            ties: TieBreak::default(),
+        }
     }
 
     fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
@@ -100,14 +108,15 @@ impl CacheAware {
             && f64::from(max) > f64::from(min) * self.config.balance_rel_threshold
     }
 
-    /// Least load, then smallest tree, then smallest id.
-    fn least_loaded(candidates: &[Candidate]) -> u32 {
+    /// Least load, then smallest tree, then the [`TieBreak`] rank.
+    fn least_loaded(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         let sizes = prefix_index::sizes(&ids);
+        let key = TieBreak::key(req.text());
         candidates
             .iter()
             .zip(sizes)
-            .min_by_key(|(c, size)| (c.load, *size, c.id))
+            .min_by_key(|(c, size)| (c.load, *size, self.ties.rank(key, c.id)))
             .map(|(c, _)| c.id)
             .expect("candidates are not empty")
     }
@@ -115,7 +124,7 @@ impl CacheAware {
     /// The decision, without recording it in the tree.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         if self.is_imbalanced(candidates) {
-            return Self::least_loaded(candidates);
+            return self.least_loaded(req, candidates);
         }
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         let found = prefix_index::match_request(req, &ids);
@@ -127,7 +136,7 @@ impl CacheAware {
             {
                 worker
             }
-            _ => Self::least_loaded(candidates),
+            _ => self.least_loaded(req, candidates),
         }
     }
 }
@@ -159,6 +168,7 @@ impl Policy for CacheAware {
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
         let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
         prefix_index::retain_workers(&live);
+        self.ties.workers_changed(&workers);
     }
 
     fn tick(&mut self, _now_ms: u64) {

@@ -13,8 +13,12 @@
 //!    compute (those not in its GPU cache; tokens it holds in host memory
 //!    count `cpu_cost`, on disk `disk_cost`) plus `load_weight` times its
 //!    load times the prompt's tokens (each request ahead of this one is
-//!    taken to cost a prefill of this size). The cheapest wins; ties go to
-//!    the smaller id.
+//!    taken to cost a prefill of this size). The cheapest wins.
+//!
+//! Ties (a new prompt over idle workers, most often) go by [`TieBreak`]: a
+//! hash of the prompt's start and each worker's URL, so new prompts spread
+//! over the fleet and every replica sends the same prompt to the same
+//! worker.
 //!
 //! What this router sent where (the approximate index, `match-request`;
 //! every routed text goes in) counts too, as the larger of the two: a
@@ -24,14 +28,14 @@
 //! Without a tokenizer the router gives no tokens, and the policy picks the
 //! least loaded.
 //!
-//! The policy keeps nothing of its own between calls: one instance per
-//! router thread.
+//! The policy keeps nothing of its own between calls but the fleet's URLs,
+//! which every instance is told: one instance per router thread.
 #![deny(missing_docs)]
 
 use serde::Deserialize;
 use wasm_router_policy::{
-    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, WorkerInfo, export_policy,
-    prefix_index,
+    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
+    export_policy, prefix_index,
 };
 
 /// Settings. cache_aware's names where they mean the same; keys the policy
@@ -97,16 +101,21 @@ impl Config {
     }
 }
 
-/// The policy: a [`Config`]; both indexes are the router's.
+/// The policy: a [`Config`] and the fleet's URLs for ties; both indexes
+/// are the router's.
 #[derive(Debug, Clone)]
 pub struct PreciseCacheAware {
     config: Config,
+    ties: TieBreak,
 }
 
 impl PreciseCacheAware {
     /// The policy with `config`.
     pub fn new(config: Config) -> Self {
-        PreciseCacheAware { config }
+        PreciseCacheAware {
+            config,
+            ties: TieBreak::default(),
+        }
     }
 
     fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
@@ -128,10 +137,11 @@ impl PreciseCacheAware {
 
     /// The decision, without recording it in the approximate index.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
+        let key = TieBreak::key(req.text());
         let least_loaded = || {
             candidates
                 .iter()
-                .min_by_key(|c| (c.load, c.id))
+                .min_by_key(|c| (c.load, self.ties.rank(key, c.id)))
                 .expect("candidates are not empty")
                 .id
         };
@@ -178,10 +188,10 @@ impl PreciseCacheAware {
         candidates
             .iter()
             .zip(kv.matches)
-            .map(|(c, matched)| (cost(c, matched), c.id))
+            .map(|(c, matched)| (cost(c, matched), self.ties.rank(key, c.id), c.id))
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .expect("candidates are not empty")
-            .1
+            .2
     }
 }
 
@@ -212,6 +222,7 @@ impl Policy for PreciseCacheAware {
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
         let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
         prefix_index::retain_workers(&live);
+        self.ties.workers_changed(&workers);
     }
 
     fn tick(&mut self, _now_ms: u64) {

@@ -99,3 +99,47 @@ fn bad_configs_say_what_to_fix() {
         assert!(error.contains(why), "{why:?} not in {error:?}");
     }
 }
+
+#[test]
+fn replicas_numbering_the_fleet_differently_send_a_new_prompt_to_the_same_url() {
+    let urls = [
+        "http://a:8000",
+        "http://b:8000",
+        "http://c:8000",
+        "http://d:8000",
+    ];
+    let fleet = |ids: [u32; 4]| -> Vec<WorkerInfo> {
+        ids.iter()
+            .zip(urls)
+            .map(|(&id, url)| WorkerInfo {
+                id,
+                url: url.to_string(),
+                model: String::new(),
+                role: wasm_router_policy::Role::Regular,
+                dp_rank: None,
+            })
+            .collect()
+    };
+    let mut used = Vec::new();
+    for i in 0..16 {
+        // Nothing cached anywhere, every worker idle: a tie.
+        let text = format!("{i} is the start of this system prompt");
+        let mut by_url = Vec::new();
+        for ids in [[0, 1, 2, 3], [9, 7, 5, 3]] {
+            let workers = fleet(ids);
+            let mut p = policy();
+            p.workers_changed(workers.clone());
+            script_kv(1000, &ids.map(|id| (id, on_gpu(0))));
+            let id = pick(&mut p, &text, &loaded(&ids.map(|id| (id, 0))));
+            by_url.push(workers.iter().find(|w| w.id == id).unwrap().url.clone());
+        }
+        assert_eq!(by_url[0], by_url[1], "{text}");
+        used.push(by_url[0].clone());
+    }
+    used.sort();
+    used.dedup();
+    assert!(
+        used.len() >= 3,
+        "new prompts spread over the fleet: {used:?}"
+    );
+}

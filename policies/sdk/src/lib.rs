@@ -57,6 +57,7 @@ pub mod bindings {
 mod candidates;
 pub mod prefix_index;
 mod request;
+pub mod tie_break;
 
 pub use bindings::wasm_router::policy::types::{
     ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
@@ -67,6 +68,7 @@ pub use bindings::wasm_router::policy::{log, metrics, state};
 pub use candidates::{Candidate, Candidates};
 pub use request::Request;
 pub use rng::Rng;
+pub use tie_break::TieBreak;
 
 /// The contract version this SDK implements: the package version of
 /// `wit/policy.wit`. The router refuses policies built for one it does not

@@ -183,7 +183,7 @@ fn imbalance_overrides_affinity() {
     let p = picks(
         "{}",
         &[
-            Step::Select(text, &[(1, 0), (2, 0)]),
+            Step::Select(text, &[(1, 0), (2, 1)]),
             Step::Select(text, &[(1, 100), (2, 10)]),
             Step::Select(text, &[(1, 10), (2, 100)]),
         ],
@@ -198,7 +198,7 @@ fn eviction_forgets() {
     let p = picks(
         config,
         &[
-            Step::Select(old, &[(1, 0), (2, 0)]),
+            Step::Select(old, &[(1, 0), (2, 1)]),
             // Remembered: affinity beats a one-request load gap.
             Step::Select(old, &[(1, 1), (2, 0)]),
             Step::Tick,
@@ -215,7 +215,7 @@ fn a_removed_worker_is_never_returned() {
     let p = picks(
         "{}",
         &[
-            Step::Select(text, &[(1, 0), (2, 0)]),
+            Step::Select(text, &[(1, 0), (2, 1)]),
             Step::Workers(&[2, 3]),
             Step::Select(text, &[(2, 5), (3, 0)]),
             Step::Select(text, &[(2, 0), (3, 5)]),
@@ -257,4 +257,57 @@ fn a_bad_config_refuses_to_load_and_says_which_setting() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("cache_threshold"), "{err}");
+}
+
+#[test]
+fn replicas_numbering_the_fleet_differently_send_new_prompts_to_the_same_urls() {
+    // Two routers told the same four workers in different orders, with
+    // different ids, as replicas started apart may be. Empty trees and
+    // idle workers tie; the tie-break must pick by URL, not by id.
+    let urls = [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.2:8000",
+        "http://10.0.0.3:8000",
+        "http://10.0.0.4:8000",
+    ];
+    let fleet = |ids: [u32; 4], order: [usize; 4]| -> Vec<WorkerInfo> {
+        ids.iter()
+            .zip(order)
+            .map(|(&id, i)| WorkerInfo {
+                id,
+                url: urls[i].to_string(),
+                model: String::new(),
+                role: Role::Regular,
+                dp_rank: None,
+            })
+            .collect()
+    };
+    let one = fleet([0, 1, 2, 3], [0, 1, 2, 3]);
+    let two = fleet([7, 6, 5, 4], [0, 1, 2, 3]);
+    let mut replicas = [(load(&engine(), "{}"), one), (load(&engine(), "{}"), two)];
+    let mut picked: Vec<Vec<&str>> = vec![Vec::new(), Vec::new()];
+    for (r, (policy, workers)) in replicas.iter_mut().enumerate() {
+        policy.workers_changed(workers);
+        for i in 0..12_u8 {
+            // Each prompt starts with its own letter: nothing in either
+            // tree matches its start.
+            let c = char::from(b'a' + i);
+            let text = format!("{c}{c}{c}{c} is the topic of this system prompt. Q: hello");
+            let cands: Vec<_> = workers
+                .iter()
+                .map(|w| policy::Candidate::idle(w.id, 0))
+                .collect();
+            let id = policy
+                .select(&crate::fixtures::request(&text, None), &cands)
+                .unwrap()
+                .worker;
+            let url = workers.iter().find(|w| w.id == id).unwrap().url.as_str();
+            picked[r].push(urls.iter().find(|u| **u == url).unwrap());
+        }
+    }
+    assert_eq!(picked[0], picked[1], "both replicas pick the same URLs");
+    let mut used = picked[0].clone();
+    used.sort();
+    used.dedup();
+    assert_eq!(used.len(), 4, "new prompts spread: {:?}", picked[0]);
 }

@@ -410,28 +410,51 @@ async fn simulated_workers_publish_and_precise_routing_follows_their_caches() {
     };
     let r = crate::mock::router(args).await;
     let index = r.state.kv_events.as_ref().unwrap().index().clone();
+    // Longer than the tie-break's prefix: every question below ties the
+    // same way.
     let system = "You are the routing assistant of a large GPU fleet. Answer in \
-                  short sentences, cite the worker, and never guess a cache hit. ";
+                  short sentences, cite the worker, and never guess a cache hit. "
+        .repeat(3);
+    assert!(system.len() > wasm_router_policy::tie_break::PREFIX_BYTES);
     let generate = async |text: String| {
         let (status, body) =
             crate::mock::post_json(&r, "/generate", serde_json::json!({"text": text})).await;
         assert_eq!(status, 200, "{body}");
     };
-    // The system prompt reaches the second worker's cache directly, not
-    // through the router: only its events can tell the router. (On an idle
-    // fleet every other policy's tie goes to the first worker.)
+    // The system prompt reaches a worker's cache directly, not through the
+    // router: only its events can tell the router. It is the worker the
+    // tie-break of an idle fleet would not pick, so a policy blind to the
+    // events sends the questions elsewhere.
+    let mut ties = wasm_router_policy::TieBreak::default();
+    ties.workers_changed(
+        &sims
+            .iter()
+            .zip(0..)
+            .map(|(s, id)| wasm_router_policy::WorkerInfo {
+                id,
+                url: s.url(),
+                model: String::new(),
+                role: wasm_router_policy::Role::Regular,
+                dp_rank: None,
+            })
+            .collect::<Vec<_>>(),
+    );
+    let key = wasm_router_policy::TieBreak::key(&system);
+    let (blind, target) = if ties.rank(key, 0) < ties.rank(key, 1) {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     let direct = crate::mock::http()
-        .post(format!("{}/generate", sims[1].url()))
+        .post(format!("{}/generate", sims[target].url()))
         .json(&serde_json::json!({"text": format!("{system}A question asked elsewhere?")}))
         .send()
         .await
         .unwrap();
     assert_eq!(direct.status(), 200);
-    let second = r.state.registry.by_url(&sims[1].url()).unwrap().id;
-    let first = r.state.registry.by_url(&sims[0].url()).unwrap().id;
-    assert!(first < second);
-    until("the second worker's pages are followed", &index, |i| {
-        i.pages_of(second) > 0
+    let target_id = r.state.registry.by_url(&sims[target].url()).unwrap().id;
+    until("the worker's pages are followed", &index, |i| {
+        i.pages_of(target_id) > 0
     })
     .await;
     for n in 0..6 {
@@ -445,11 +468,11 @@ async fn simulated_workers_publish_and_precise_routing_follows_their_caches() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     assert_eq!(
-        (requests(0), requests(1)),
+        (requests(blind), requests(target)),
         (0, 7),
         "the system prompt goes where it is cached"
     );
-    let hit_rate = sims[1].sim.hit_rate();
+    let hit_rate = sims[target].sim.hit_rate();
     assert!(hit_rate > 0.3, "hit rate {hit_rate}");
     r.shutdown().await.unwrap();
 }

@@ -226,16 +226,37 @@ async fn cache_aware_keeps_its_affinity_across_a_reload() {
     a.policy = Some("cache_aware".into());
     let r = router(a).await;
     let base = format!("http://{}", r.addr);
+    // On empty trees the policy's tie-break picks: predict it from the
+    // workers' URLs, as cache_aware does.
+    let mut ties = wasm_router_policy::TieBreak::default();
+    ties.workers_changed(&[worker_info(0, &a_.url), worker_info(1, &b_.url)]);
+    let prefers = |text: &str| {
+        let key = wasm_router_policy::TieBreak::key(text);
+        if ties.rank(key, 0) < ties.rank(key, 1) {
+            "a"
+        } else {
+            "b"
+        }
+    };
     let p1 = "First family of prompts, with a long shared system prompt. Q: ";
-    let p2 = "Second family, unrelated to the first one, also long enough. Q: ";
+    let (first, other) = match prefers(&format!("{p1}one")) {
+        "a" => ("a", "b"),
+        _ => ("b", "a"),
+    };
+    // A second family that the tie-break sends where the first went: only
+    // the tree sends it elsewhere.
+    let p2 = (0..)
+        .map(|i| format!("Second family ({i}), unrelated to the first one. Q: "))
+        .find(|p| prefers(&format!("{p}two")) == first)
+        .unwrap();
     assert_eq!(
         generate(&r, &format!("{p1}one")).await.unwrap(),
-        "a",
-        "empty trees: smallest id"
+        first,
+        "empty trees: the tie-break"
     );
     assert_eq!(
         generate(&r, &format!("{p2}one")).await.unwrap(),
-        "b",
+        other,
         "a different prefix: the smaller tree"
     );
     let resp = http()
@@ -245,9 +266,9 @@ async fn cache_aware_keeps_its_affinity_across_a_reload() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(status(&base).await["reload_count"], 1);
-    // A fresh tree would send p2 to "a" (both empty, smallest id).
-    assert_eq!(generate(&r, &format!("{p2}two")).await.unwrap(), "b");
-    assert_eq!(generate(&r, &format!("{p1}two")).await.unwrap(), "a");
+    // A fresh tree would send p2 where p1 went (empty trees, the tie-break).
+    assert_eq!(generate(&r, &format!("{p2}two")).await.unwrap(), other);
+    assert_eq!(generate(&r, &format!("{p1}two")).await.unwrap(), first);
 }
 
 #[tokio::test]
@@ -292,4 +313,15 @@ async fn in_pd_mode_the_prefill_policy_file_is_watched_and_reloaded_alone() {
     .await;
     assert_eq!(generate(&r, "after").await.as_deref(), Ok("decode"));
     r.shutdown().await.unwrap();
+}
+
+/// What `workers-changed` tells a policy about a worker.
+fn worker_info(id: u32, url: &str) -> wasm_router_policy::WorkerInfo {
+    wasm_router_policy::WorkerInfo {
+        id,
+        url: url.to_string(),
+        model: String::new(),
+        role: wasm_router_policy::Role::Regular,
+        dp_rank: None,
+    }
 }
