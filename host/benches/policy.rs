@@ -76,6 +76,7 @@ fn request<'a>(
         route,
         model: "",
         text,
+        tokens: None,
         routing_key,
         stream: false,
         max_new_tokens: None,

@@ -44,6 +44,7 @@ pub fn check(
         route: Route::Generate,
         model: "",
         text: "router policy check: a test prompt",
+        tokens: None,
         routing_key: None,
         stream: false,
         max_new_tokens: None,

@@ -38,10 +38,13 @@ pub fn policy_key(source: &super::PolicySource) -> String {
     }
 }
 
-/// Bytes of a routing text that `prefix-index.match-kv` tokenizes: it runs
-/// inside the policy's call deadline, and tokenizing costs about 0.2-0.3 ms
-/// per KiB (BENCHMARKS.md). Past this, pages are matched on the text's
-/// first part only, and its token count is estimated at the same rate.
+/// Bytes of a routing text that `prefix-index.match-kv` tokenizes when the
+/// router has not tokenized the request before the call (a caller of the
+/// engine that gives no [`RouteRequest::tokens`](super::RouteRequest)): it
+/// runs inside the policy's call deadline, and tokenizing costs about
+/// 0.2-0.3 ms per KiB (BENCHMARKS.md). Past this, pages are matched on the
+/// text's first part only, and its token count is estimated at the same
+/// rate.
 pub const MAX_KV_TOKENIZE_BYTES: usize = 8 << 10;
 
 /// What `prefix-index.match-kv` reads: the index the workers' KV events
@@ -643,19 +646,31 @@ impl prefix_index::Host for Host {
     fn match_kv(&mut self, _: Resource<RequestData>, workers: Vec<u32>) -> prefix_index::KvPrefix {
         let kv = &self.policy.kv;
         let text = self.request.text.as_str();
-        let mut cut = text.len().min(MAX_KV_TOKENIZE_BYTES);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        // With special tokens, as a worker tokenizes a /generate prompt.
-        let tokens = match &kv.tokenizer {
-            Some(tokenizer) if cut > 0 => tokenizer.encode(&text[..cut], true).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let prompt_tokens = if cut < text.len() && cut > 0 {
-            (tokens.len() as f64 * text.len() as f64 / cut as f64) as u64
-        } else {
-            tokens.len() as u64
+        let (tokens, prompt_tokens) = match &self.request.tokens {
+            Some(tokens) => (
+                std::borrow::Cow::Borrowed(tokens.as_slice()),
+                tokens.len() as u64,
+            ),
+            None => {
+                let mut cut = text.len().min(MAX_KV_TOKENIZE_BYTES);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                // With special tokens, as a worker tokenizes a /generate
+                // prompt.
+                let tokens = match &kv.tokenizer {
+                    Some(tokenizer) if cut > 0 => {
+                        tokenizer.encode(&text[..cut], true).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                let count = if cut < text.len() && cut > 0 {
+                    (tokens.len() as f64 * text.len() as f64 / cut as f64) as u64
+                } else {
+                    tokens.len() as u64
+                };
+                (std::borrow::Cow::Owned(tokens), count)
+            }
         };
         let matches = match &kv.index {
             None => vec![None; workers.len()],

@@ -12,6 +12,8 @@ pub struct RequestData {
     pub(super) route: crate::route::Route,
     pub(super) model: String,
     pub(super) text: String,
+    /// `Some` when the router tokenized the text before the call.
+    pub(super) tokens: Option<Vec<u32>>,
     pub(super) routing_key: Option<String>,
     pub(super) stream: bool,
     pub(super) max_new_tokens: Option<u32>,
@@ -24,6 +26,7 @@ impl Default for RequestData {
             route: crate::route::Route::Other,
             model: String::new(),
             text: String::new(),
+            tokens: None,
             routing_key: None,
             stream: false,
             max_new_tokens: None,
@@ -39,6 +42,13 @@ impl RequestData {
         self.model.push_str(r.model);
         self.text.clear();
         self.text.push_str(r.text);
+        match (r.tokens, &mut self.tokens) {
+            (Some(tokens), Some(held)) => {
+                held.clear();
+                held.extend_from_slice(tokens);
+            }
+            (tokens, held) => *held = tokens.map(<[u32]>::to_vec),
+        }
         match (r.routing_key, &mut self.routing_key) {
             (Some(key), Some(held)) => {
                 held.clear();

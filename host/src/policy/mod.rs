@@ -98,6 +98,10 @@ pub struct RouteRequest<'a> {
     pub model: &'a str,
     /// Routing text; empty unless the policy declared `needs_text`.
     pub text: &'a str,
+    /// The routing text's tokens, when the router tokenized it before the
+    /// call (`--kv-events` with a tokenizer); `prefix-index.match-kv`
+    /// matches them. Without them it tokenizes the text's start itself.
+    pub tokens: Option<&'a [u32]>,
     /// `x-routing-key` (or `x-smg-routing-key`) header.
     pub routing_key: Option<&'a str>,
     /// Whether the client asked for a stream.

@@ -49,6 +49,8 @@ pub struct Forward<'a> {
     pub model: &'a str,
     /// Routing text (empty unless the policy needs it).
     pub text: &'a str,
+    /// Its tokens, when the router tokenized it for the precise index.
+    pub tokens: Option<&'a [u32]>,
     /// Routing key header.
     pub routing_key: Option<&'a str>,
     /// Whether the client asked for a stream.
@@ -189,6 +191,7 @@ fn pick_now(
         route: req.route,
         model: req.model,
         text: req.text,
+        tokens: req.tokens,
         routing_key: req.routing_key,
         stream: req.stream,
         max_new_tokens: req.max_new_tokens,
@@ -308,6 +311,7 @@ mod tests {
             seq,
             model: "",
             text: "",
+            tokens: None,
             routing_key: None,
             stream: false,
             max_new_tokens: None,

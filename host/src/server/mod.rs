@@ -264,6 +264,29 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
     resp
 }
 
+/// The routing text's tokens, for `prefix-index.match-kv`, when the router
+/// follows the workers' KV events and has a tokenizer. Tokenized on the
+/// blocking pool: a long prompt takes milliseconds (BENCHMARKS.md), which
+/// must neither stall the other connections of this serving thread nor
+/// count against the policy's call deadline. The text comes back with them;
+/// a text the tokenizer refuses has none (the policy then sees no match).
+async fn tokenize_for_kv(s: &AppState, text: String) -> (String, Option<Vec<u32>>) {
+    let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
+        return (text, None);
+    };
+    if text.is_empty() {
+        return (text, None);
+    }
+    let tokenizer = tokenizer.clone();
+    let copy = text.clone();
+    // With special tokens, as a worker tokenizes a /generate prompt.
+    let tokens = tokio::task::spawn_blocking(move || tokenizer.encode(&copy, true).ok())
+        .await
+        .ok()
+        .flatten();
+    (text, tokens)
+}
+
 async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, ApiError> {
     let deadline = Instant::now() + s.config.request_timeout;
     let (parts, body) = req.into_parts();
@@ -288,6 +311,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
     } else {
         String::new()
     };
+    let (text, tokens) = tokenize_for_kv(s, text).await;
     let model = peek.model.as_deref().unwrap_or("");
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()
@@ -302,6 +326,7 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         seq: s.seq.fetch_add(1, Ordering::Relaxed),
         model,
         text: &text,
+        tokens: tokens.as_deref(),
         routing_key,
         stream: peek.streams(),
         max_new_tokens: peek.max_new_tokens(),

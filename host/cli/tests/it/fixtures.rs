@@ -168,6 +168,7 @@ pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<
         route: Route::Generate,
         model: "",
         text,
+        tokens: None,
         routing_key,
         stream: false,
         max_new_tokens: None,

@@ -166,10 +166,11 @@ fn a_policy_key_is_the_file_stem() {
     assert_eq!(policy_key(&PolicySource::Builtin("random")), "random");
 }
 
-/// `match-kv` tokenizes the first 8 KiB only, matches pages there, and
-/// estimates the prompt's tokens past them at their rate.
+/// `match-kv` given no tokens tokenizes the first 8 KiB only, matches pages
+/// there, and estimates the prompt's tokens past them at their rate; given
+/// the request's tokens, it counts and matches them all.
 #[test]
-fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
+fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_its_tokens() {
     use crate::index::{Medium, Precise, StoredPages};
     let tokenizer = crate::tokenizer::Tokenizer::load(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -185,7 +186,8 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
     let head = tokenizer
         .encode(&text[..MAX_KV_TOKENIZE_BYTES], true)
         .unwrap();
-    let full = tokenizer.encode(&text, true).unwrap().len() as f64;
+    let all = tokenizer.encode(&text, true).unwrap();
+    let full = all.len() as f64;
     let index = Arc::new(Precise::default());
     let pages = head.len() / 16;
     let hashes: Vec<u64> = (0..pages as u64).collect();
@@ -212,6 +214,7 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
         route: crate::route::Route::Generate,
         model: "",
         text: &text,
+        tokens: None,
         routing_key: None,
         stream: false,
         max_new_tokens: None,
@@ -231,4 +234,14 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest() {
     );
     assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
     assert!(found.matches[1].is_none(), "worker 2 is not followed");
+    // Tokenized before the call (the router does, with `--kv-events`): the
+    // whole text's tokens are counted and matched, no estimate.
+    let req = RouteRequest {
+        tokens: Some(&all),
+        ..req
+    };
+    let (lent, _) = host.lend(&req, &[]);
+    let found = host.match_kv(lent, vec![1, 2]);
+    assert_eq!(f64::from(found.prompt_tokens), full);
+    assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
 }
