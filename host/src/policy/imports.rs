@@ -38,6 +38,11 @@ pub fn policy_key(source: &super::PolicySource) -> String {
     }
 }
 
+/// A duration in whole microseconds, at most `u32::MAX` (71 minutes).
+fn saturating_micros(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
 /// Bytes of a routing text that `prefix-index.match-kv` tokenizes when the
 /// router has not tokenized the request before the call (a caller of the
 /// engine that gives no [`RouteRequest::tokens`](super::RouteRequest)): it
@@ -269,6 +274,16 @@ impl types::HostCandidates for Host {
 
     fn half_open(&mut self, _: Resource<CandidatesData>) -> Vec<bool> {
         self.candidates.column(|c| c.half_open)
+    }
+
+    fn ttft_ewma_us(&mut self, _: Resource<CandidatesData>) -> Vec<Option<u32>> {
+        self.candidates
+            .column(|c| c.ttft_ewma.map(saturating_micros))
+    }
+
+    fn latency_ewma_us(&mut self, _: Resource<CandidatesData>) -> Vec<Option<u32>> {
+        self.candidates
+            .column(|c| c.latency_ewma.map(saturating_micros))
     }
 
     fn drop(&mut self, _: Resource<CandidatesData>) -> wasmtime::Result<()> {

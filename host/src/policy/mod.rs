@@ -127,6 +127,11 @@ pub struct Candidate {
     pub queued: Option<u32>,
     /// Its circuit breaker is half-open: it takes trial requests only.
     pub half_open: bool,
+    /// This router's moving average of its time to first byte, over its
+    /// successful responses ([`crate::workers::Worker::ttft_ewma`]).
+    pub ttft_ewma: Option<std::time::Duration>,
+    /// The same for the time to a response's end.
+    pub latency_ewma: Option<std::time::Duration>,
 }
 
 impl Candidate {

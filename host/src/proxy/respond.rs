@@ -111,6 +111,8 @@ where
     let body = Tracked {
         body,
         held: Some(held),
+        success: status.is_success(),
+        first_byte: None,
         sse,
         timeouts,
         last_chunk: tokio::time::Instant::now(),
@@ -133,6 +135,10 @@ struct Tracked<B> {
     body: B,
     /// `None` once the body ended.
     held: Option<Held>,
+    /// The worker answered 2xx: a whole body counts in its moving averages.
+    success: bool,
+    /// When the body's first bytes arrived.
+    first_byte: Option<std::time::Instant>,
     /// Whether the body is an SSE stream, which is ended with an error event.
     sse: bool,
     timeouts: Timeouts,
@@ -147,7 +153,8 @@ struct Tracked<B> {
 
 impl<B> Tracked<B> {
     /// The body ended, failed with `failure` (the status for the policy's
-    /// outcome and why) if it did; give back what it held.
+    /// outcome and why) if it did; give back what it held. A whole 2xx
+    /// body counts in the worker's moving averages.
     fn finish(&mut self, failure: Option<(u16, AttemptError)>) {
         let Some(Held {
             in_flight,
@@ -157,8 +164,10 @@ impl<B> Tracked<B> {
         else {
             return;
         };
-        if let Some((status, error)) = failure {
-            Feedback::failed(&mut feedback, status, error);
+        match failure {
+            Some((status, error)) => Feedback::failed(&mut feedback, status, error),
+            None if self.success => in_flight.served(self.first_byte),
+            None => {}
         }
         // The policy hears of the end after the worker's count went down.
         drop((in_flight, slot, feedback));
@@ -228,6 +237,7 @@ where
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    this.first_byte.get_or_insert_with(std::time::Instant::now);
                     if let Some(feedback) = this.held.as_mut().and_then(|h| h.feedback.as_mut()) {
                         feedback.scan(data);
                     }

@@ -13,6 +13,7 @@ pub use registry::Registry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -94,6 +95,11 @@ pub struct Worker {
     /// Of that load, the requests waiting in its queue; [`NO_REPORT`] when
     /// it does not say.
     reported_queued: AtomicU64,
+    /// Moving averages of its successful responses' time to first byte and
+    /// to the end, in µs, as this router saw them ([`InFlight::served`]);
+    /// [`NO_REPORT`] before the first.
+    ttft_ewma_us: AtomicU64,
+    latency_ewma_us: AtomicU64,
     /// Requests it has been sent.
     processed: AtomicU64,
     healthy: AtomicBool,
@@ -164,6 +170,17 @@ impl Worker {
         read_report(&self.reported_queued)
     }
 
+    /// This router's moving average of the worker's time to first byte,
+    /// over its successful responses; `None` before the first.
+    pub fn ttft_ewma(&self) -> Option<Duration> {
+        micros(&self.ttft_ewma_us)
+    }
+
+    /// The same for the time to a response's end.
+    pub fn latency_ewma(&self) -> Option<Duration> {
+        micros(&self.latency_ewma_us)
+    }
+
     /// Record what the last `/get_load` check said (`None`: nothing).
     pub fn set_reported(&self, report: Option<load::Report>) {
         let store = |cell: &AtomicU64, n: Option<u32>| {
@@ -199,7 +216,7 @@ impl Worker {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.in_flight_gauge.increment(1.0);
-        InFlight(self.clone())
+        InFlight(self.clone(), Instant::now())
     }
 
     /// Record one health check result; returns the new health if it flipped.
@@ -269,14 +286,58 @@ impl Worker {
     }
 }
 
-/// Holds a worker's in-flight count up while alive.
+/// Weight of a new sample in the moving averages: 1/8, as TCP's smoothed
+/// round-trip time, so one slow response moves them an eighth of the way.
+const EWMA_SHIFT: u32 = 3;
+
+/// Fold `sample` into the moving average in `cell` (lock-free: a response
+/// ends on whichever thread served it).
+fn fold(cell: &AtomicU64, sample: Duration) {
+    let sample = u64::try_from(sample.as_micros()).unwrap_or(NO_REPORT - 1);
+    let mut old = cell.load(Ordering::Relaxed);
+    loop {
+        let new = match old {
+            NO_REPORT => sample,
+            old => old - (old >> EWMA_SHIFT) + (sample >> EWMA_SHIFT),
+        };
+        match cell.compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => old = now,
+        }
+    }
+}
+
+fn micros(cell: &AtomicU64) -> Option<Duration> {
+    match cell.load(Ordering::Relaxed) {
+        NO_REPORT => None,
+        us => Some(Duration::from_micros(us)),
+    }
+}
+
+/// Holds a worker's in-flight count up while alive, and knows when the
+/// request was sent.
 #[derive(Debug)]
-pub struct InFlight(Arc<Worker>);
+pub struct InFlight(Arc<Worker>, Instant);
 
 impl InFlight {
     /// The worker.
     pub fn worker(&self) -> &Arc<Worker> {
         &self.0
+    }
+
+    /// The worker served the request successfully, its first byte at
+    /// `first_byte` (none: an empty body): fold the times into its moving
+    /// averages.
+    pub fn served(&self, first_byte: Option<Instant>) {
+        let now = Instant::now();
+        fold(
+            &self.0.ttft_ewma_us,
+            first_byte.unwrap_or(now).saturating_duration_since(self.1),
+        );
+        fold(
+            &self.0.latency_ewma_us,
+            now.saturating_duration_since(self.1),
+        );
     }
 }
 
@@ -284,5 +345,23 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.in_flight_gauge.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moving_average_starts_at_its_first_sample_and_moves_an_eighth() {
+        let cell = AtomicU64::new(NO_REPORT);
+        assert_eq!(micros(&cell), None);
+        fold(&cell, Duration::from_micros(800));
+        assert_eq!(micros(&cell), Some(Duration::from_micros(800)));
+        fold(&cell, Duration::from_micros(1600));
+        assert_eq!(micros(&cell), Some(Duration::from_micros(900)));
+        // A sample too long for the cell does not become "none".
+        fold(&cell, Duration::MAX);
+        assert!(micros(&cell).is_some());
     }
 }

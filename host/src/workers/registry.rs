@@ -137,6 +137,8 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             reported_load: AtomicU64::new(NO_REPORT),
             reported_queued: AtomicU64::new(NO_REPORT),
+            ttft_ewma_us: AtomicU64::new(NO_REPORT),
+            latency_ewma_us: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
             healthy: AtomicBool::new(self.trust_new_workers),
             breaker: Breaker::new(
@@ -246,6 +248,8 @@ impl Registry {
                 reported_load: w.reported_load(),
                 queued: w.reported_queued(),
                 half_open: w.breaker.is_half_open(),
+                ttft_ewma: w.ttft_ewma(),
+                latency_ewma: w.latency_ewma(),
             })
             .collect()
     }

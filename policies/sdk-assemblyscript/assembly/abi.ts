@@ -55,6 +55,10 @@ export declare function candidatesReportedLoads(handle: i32, ret: usize): void;
 export declare function candidatesQueued(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.half-open")
 export declare function candidatesHalfOpen(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.ttft-ewma-us")
+export declare function candidatesTtftEwmaUs(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.latency-ewma-us")
+export declare function candidatesLatencyEwmaUs(handle: i32, ret: usize): void;
 
 // interface log
 

@@ -189,6 +189,8 @@ export class Candidates {
   private reportedColumn: StaticArray<i64> | null = null;
   private queuedColumn: StaticArray<i64> | null = null;
   private halfOpenColumn: StaticArray<bool> | null = null;
+  private ttftColumn: StaticArray<i64> | null = null;
+  private latencyColumn: StaticArray<i64> | null = null;
 
   /** `handle` is the borrowed `candidates` of the canonical ABI. */
   constructor(readonly handle: i32) {}
@@ -267,6 +269,31 @@ export class Candidates {
       abi.candidatesHalfOpen(this.handle, IMPORT_AREA);
       column = liftBools(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
       this.halfOpenColumn = column;
+    }
+    return column[i];
+  }
+
+  /**
+   * This router's moving average of candidate `i`'s time to first byte over
+   * its successful responses, in microseconds; -1 before the first.
+   */
+  ttftEwmaUs(i: i32): i64 {
+    let column = this.ttftColumn;
+    if (column === null) {
+      abi.candidatesTtftEwmaUs(this.handle, IMPORT_AREA);
+      column = liftOptionU32s(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
+      this.ttftColumn = column;
+    }
+    return column[i];
+  }
+
+  /** The same for the time to a response's end. */
+  latencyEwmaUs(i: i32): i64 {
+    let column = this.latencyColumn;
+    if (column === null) {
+      abi.candidatesLatencyEwmaUs(this.handle, IMPORT_AREA);
+      column = liftOptionU32s(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
+      this.latencyColumn = column;
     }
     return column[i];
   }

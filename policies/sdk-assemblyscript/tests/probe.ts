@@ -67,7 +67,8 @@ class Probe extends Policy {
       for (let i = 0; i < candidates.length; i++) {
         columns += candidates[i].id.toString() + "," + candidates[i].load.toString() + "," +
           candidates.inFlight(i).toString() + "," + candidates.reportedLoad(i).toString() + "," +
-          candidates.queued(i).toString() + "," + (candidates.halfOpen(i) ? "1" : "0") + ";";
+          candidates.queued(i).toString() + "," + (candidates.halfOpen(i) ? "1" : "0") + "," +
+          candidates.ttftEwmaUs(i).toString() + "," + candidates.latencyEwmaUs(i).toString() + ";";
       }
       return Pick.refuse(columns);
     }

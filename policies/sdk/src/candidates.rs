@@ -37,6 +37,8 @@ pub struct Candidates<'a> {
     reported_loads: OnceCell<Vec<Option<u32>>>,
     queued: OnceCell<Vec<Option<u32>>>,
     half_open: OnceCell<Vec<bool>>,
+    ttft_ewma_us: OnceCell<Vec<Option<u32>>>,
+    latency_ewma_us: OnceCell<Vec<Option<u32>>>,
 }
 
 impl<'a> Candidates<'a> {
@@ -48,6 +50,8 @@ impl<'a> Candidates<'a> {
             reported_loads: OnceCell::new(),
             queued: OnceCell::new(),
             half_open: OnceCell::new(),
+            ttft_ewma_us: OnceCell::new(),
+            latency_ewma_us: OnceCell::new(),
         }
     }
 
@@ -93,6 +97,23 @@ impl<'a> Candidates<'a> {
         self.half_open.get_or_init(|| match self.host {
             Some(h) => h.half_open(),
             None => vec![false; self.list.len()],
+        })
+    }
+
+    /// This router's moving average of each one's time to first byte over
+    /// its successful responses, in microseconds; `None` before the first.
+    pub fn ttft_ewma_us(&self) -> &[Option<u32>] {
+        self.ttft_ewma_us.get_or_init(|| match self.host {
+            Some(h) => h.ttft_ewma_us(),
+            None => vec![None; self.list.len()],
+        })
+    }
+
+    /// The same for the time to a response's end.
+    pub fn latency_ewma_us(&self) -> &[Option<u32>] {
+        self.latency_ewma_us.get_or_init(|| match self.host {
+            Some(h) => h.latency_ewma_us(),
+            None => vec![None; self.list.len()],
         })
     }
 }

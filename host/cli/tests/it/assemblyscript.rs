@@ -106,6 +106,8 @@ fn every_candidate_column_crosses() {
             reported_load: Some(9),
             queued: Some(4),
             half_open: false,
+            ttft_ewma: Some(std::time::Duration::from_micros(1500)),
+            latency_ewma: Some(std::time::Duration::from_secs(5000)),
         },
         Candidate {
             id: 4_000_000_000,
@@ -114,11 +116,14 @@ fn every_candidate_column_crosses() {
             reported_load: None,
             queued: None,
             half_open: true,
+            ttft_ewma: None,
+            latency_ewma: None,
         },
     ];
     assert_eq!(
         ask(&p, &keyed("columns", "", ""), &candidates),
-        "7,9,3,9,4,0;4000000000,2,2,-1,-1,1;"
+        // 5,000 s is past u32 microseconds: the router saturates it.
+        "7,9,3,9,4,0,1500,4294967295;4000000000,2,2,-1,-1,1,-1,-1;"
     );
 }
 

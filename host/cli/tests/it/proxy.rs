@@ -880,3 +880,26 @@ async fn informational_routes_carry_the_clients_authorization() {
     assert_eq!(info["authorization"], "Bearer secret");
     r.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_workers_moving_averages_follow_its_successful_responses_only() {
+    let w = MockWorker::start("w", "m").await;
+    let r = router(args(&[&w])).await;
+    let worker = r.state.registry.by_url(&w.url).unwrap();
+    assert_eq!((worker.ttft_ewma(), worker.latency_ewma()), (None, None));
+    w.b.status.store(500, Ordering::SeqCst);
+    assert!(generate(&r, "fails").await.is_err());
+    assert_eq!(worker.latency_ewma(), None, "a 500 is not a response time");
+    w.b.status.store(0, Ordering::SeqCst);
+    generate(&r, "succeeds").await.unwrap();
+    eventually("the response is folded in", async || {
+        worker.latency_ewma().is_some()
+    })
+    .await;
+    let (ttft, latency) = (worker.ttft_ewma().unwrap(), worker.latency_ewma().unwrap());
+    assert!(
+        ttft <= latency,
+        "first byte {ttft:?} after the end {latency:?}"
+    );
+    r.shutdown().await.unwrap();
+}
