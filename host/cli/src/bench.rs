@@ -1,5 +1,5 @@
 //! `router bench`: replay a seeded workload against any router or worker URL
-//! and report what the client saw, plus the cache hit rate from the workers'
+//! (or several router replicas, alternating between them) and report what the client saw, plus the cache hit rate from the workers'
 //! own counters when their URLs are given (simulated workers' `/metrics`).
 
 use std::time::Duration;
@@ -23,9 +23,10 @@ pub enum WorkloadKind {
 /// `router bench` flags.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Base URL to send `/generate` requests to.
-    #[arg(long)]
-    pub url: String,
+    /// Base URLs to send `/generate` requests to; with several (router
+    /// replicas), requests alternate between them, as behind an L4 balancer.
+    #[arg(long, num_args = 1.., required = true)]
+    pub url: Vec<String>,
     /// Workload shape.
     #[arg(long, value_enum, default_value = "shared-prefix")]
     pub workload: WorkloadKind,
@@ -105,11 +106,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let client = wasm_router::client::client();
     let before = cache_counters(&client, &args.worker_metrics).await?;
     let prompts = spec.prompts();
-    let base = args.url.trim_end_matches('/').to_string();
+    let bases: Vec<String> = args
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
     let deadline = Duration::from_secs(args.max_secs);
     let report = workload::drive(
         &client,
-        &[base],
+        &bases,
         &prompts,
         spec.output_tokens,
         args.concurrency,
