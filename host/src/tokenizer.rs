@@ -41,6 +41,11 @@ impl Tokenizer {
             path: path.display().to_string(),
             why: e.to_string(),
         })?;
+        // The first encode builds what the tokenizer builds lazily (about
+        // 3 ms here, against 1.5 ms for 2.6 KB warm): pay it now, not in
+        // the first request's time to first token. Its answer is not
+        // needed.
+        let _warm = inner.encode_fast("Warm up, the tokenizer: 0123456789.", true);
         Ok(Tokenizer { inner })
     }
 
