@@ -2,7 +2,12 @@
 //! its publisher, every message checked for its sequence number and folded
 //! into the precise index.
 //!
-//! - The first message sets where the sequence stands.
+//! - The first message sets where the sequence stands. If it is not the
+//!   publisher's first and the worker has a replay endpoint, what the
+//!   replay still holds from before it is applied first: a router replica
+//!   that starts into a running fleet learns the recent pages instead of
+//!   only those stored after it subscribed (a SUB socket gets nothing
+//!   published before it connected).
 //! - A gap (a sequence number past the next) is replayed when the worker
 //!   has a replay endpoint (a ZMQ ROUTER: send the first missing number as
 //!   8 big-endian bytes, get `[seq, payload]` frames up to seq -1); without
@@ -149,6 +154,11 @@ async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: ZmqMessage) {
         return;
     };
     match seq.next {
+        None if number > 0 => {
+            if let Some(replay) = &endpoint.replay {
+                catch_up(seq, replay, number).await;
+            }
+        }
         Some(next) if number > next => {
             metrics::counter!(crate::metrics::KV_EVENTS_GAPS).increment(1);
             let replayed = match &endpoint.replay {
@@ -165,6 +175,36 @@ async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: ZmqMessage) {
         _ => {}
     }
     seq.apply(number, payload);
+}
+
+/// Apply what `replay` still holds from before batch `until`, the first
+/// this subscription received. The publisher keeps its last batches only,
+/// so part of the history is all there is: its stores are real, and
+/// removals of pages from before it are no-ops.
+async fn catch_up(seq: &mut Sequence, replay: &str, until: u64) {
+    match tokio::time::timeout(REPLAY_TIMEOUT, fetch_replay(replay, 0, until)).await {
+        Ok(Ok(mut batches)) => {
+            batches.sort_by_key(|(n, _)| *n);
+            batches.dedup_by_key(|(n, _)| *n);
+            for (number, payload) in &batches {
+                seq.apply(*number, payload);
+            }
+            metrics::counter!(crate::metrics::KV_EVENTS_REPLAYED).increment(batches.len() as u64);
+            tracing::info!(
+                worker = seq.worker,
+                batches = batches.len(),
+                "KV events: caught up from the replay endpoint"
+            );
+        }
+        Ok(Err(e)) => tracing::warn!(
+            worker = seq.worker,
+            "KV events: catching up from {replay} failed, following new events only: {e}"
+        ),
+        Err(_) => tracing::warn!(
+            worker = seq.worker,
+            "KV events: catching up from {replay} timed out, following new events only"
+        ),
+    }
 }
 
 /// Replay batches `from..until` from `replay` into `seq`; whether all came.

@@ -476,3 +476,37 @@ async fn simulated_workers_publish_and_precise_routing_follows_their_caches() {
     assert!(hit_rate > 0.3, "hit rate {hit_rate}");
     r.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_new_subscriber_catches_up_from_the_replay_socket() {
+    let mut publisher = Publisher::start(true).await;
+    // Published before this router subscribed: only the replay holds them.
+    publisher
+        .publish(batch(vec![stored(10, None, &page(0))]), true)
+        .await;
+    publisher
+        .publish(batch(vec![stored(11, Some(10), &page(1))]), true)
+        .await;
+    let index = Arc::new(Precise::default());
+    let subscriptions = Subscriptions::new(index.clone());
+    subscriptions.follow(WORKER, publisher.endpoint());
+    let start = Instant::now();
+    // Page 2 alone is an orphan (its parent is unknown) and stores nothing:
+    // the index fills only from the replay.
+    while index.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing reached the index: no catch-up from the replay"
+        );
+        publisher
+            .publish(batch(vec![stored(12, Some(11), &page(2))]), false)
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(
+        "the pages from before the subscription are there",
+        &index,
+        |i| gpu(i) == 12,
+    )
+    .await;
+}
