@@ -15,10 +15,12 @@
 //!    load times the prompt's tokens (each request ahead of this one is
 //!    taken to cost a prefill of this size). The cheapest wins.
 //!
-//! Ties (a new prompt over idle workers, most often) go by [`TieBreak`]: a
-//! hash of the prompt's start and each worker's URL, so new prompts spread
-//! over the fleet and every replica sends the same prompt to the same
-//! worker.
+//! Ties (a new prompt over equally loaded workers, most often) go to the
+//! worker with the smallest share of the approximate index below (as
+//! cache_aware's "most room": new prompts spread over the workers as
+//! prompts, not only as the requests in flight at that moment), then by
+//! [`TieBreak`]: a hash of the prompt's start and each worker's URL, so
+//! every replica sends the same new prompt to the same worker.
 //!
 //! What this router sent where (the approximate index, `match-request`;
 //! every routed text goes in) counts too, as the larger of the two: a
@@ -138,17 +140,21 @@ impl PreciseCacheAware {
     /// The decision, without recording it in the approximate index.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         let key = TieBreak::key(req.text());
+        let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
+        // Ties: the smaller share of what this router sent (cache_aware's
+        // "most room"), so new prompts spread over the workers as prompts,
+        // not only as requests in flight at that moment; then the rank.
+        let sizes = prefix_index::sizes(&ids);
+        let tie = |i: usize| (sizes[i], self.ties.rank(key, candidates[i].id));
         let least_loaded = || {
-            candidates
-                .iter()
-                .min_by_key(|c| (c.load, self.ties.rank(key, c.id)))
-                .expect("candidates are not empty")
-                .id
+            let i = (0..candidates.len())
+                .min_by_key(|&i| (candidates[i].load, tie(i)))
+                .expect("candidates are not empty");
+            candidates[i].id
         };
         if self.is_imbalanced(candidates) {
             return least_loaded();
         }
-        let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         let kv = prefix_index::match_kv(req, &ids);
         let prompt = kv.prompt_tokens;
         if prompt == 0 {
@@ -185,13 +191,15 @@ impl PreciseCacheAware {
             self.uncached(prompt, matched)
                 + self.config.load_weight * f64::from(c.load) * f64::from(prompt)
         };
-        candidates
+        let i = candidates
             .iter()
             .zip(kv.matches)
-            .map(|(c, matched)| (cost(c, matched), self.ties.rank(key, c.id), c.id))
+            .enumerate()
+            .map(|(i, (c, matched))| (cost(c, matched), tie(i), i))
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .expect("candidates are not empty")
-            .2
+            .2;
+        candidates[i].id
     }
 }
 

@@ -143,3 +143,19 @@ fn replicas_numbering_the_fleet_differently_send_a_new_prompt_to_the_same_url() 
         "new prompts spread over the fleet: {used:?}"
     );
 }
+
+#[test]
+fn a_new_prompt_over_equal_loads_goes_where_this_router_sent_the_least() {
+    let mut p = policy();
+    let prompt = "a new system prompt, cached nowhere";
+    script_kv(1000, &[(1, on_gpu(0)), (2, on_gpu(0))]);
+    let idle = loaded(&[(1, 0), (2, 0)]);
+    // Empty index: the tie-break's choice.
+    let first = pick(&mut p, prompt, &idle);
+    let other = 3 - first;
+    // The same worker has been sent other prompts: the other has more room.
+    prefix_index::clear();
+    prefix_index::insert_request(&Request::new("Unrelated: an earlier prompt", None), first);
+    let next = p.select(&Request::new(prompt, None), &idle).unwrap();
+    assert_eq!(next, other);
+}
