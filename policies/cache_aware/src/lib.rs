@@ -22,8 +22,9 @@
 //! the tree to `max_tree_size` characters, least recently used leaves first.
 //!
 //! The policy keeps nothing of its own between calls but the fleet's URLs,
-//! which every instance is told, so it runs one instance per router thread; the tree is in the router, shared by them
-//! all, and survives hot reloads and faults as it is.
+//! which every instance is told, so it runs one instance per router
+//! thread; the tree is in the router, shared by them all, and survives hot
+//! reloads and faults as it is.
 #![deny(missing_docs)]
 
 use serde::Deserialize;
