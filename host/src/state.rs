@@ -42,6 +42,10 @@ pub struct AppState {
     /// (`--kv-events`).
     pub kv_events: Option<Arc<crate::events::Subscriptions>>,
     pub(crate) admission: Option<Admission>,
+    /// Tokenizations running at once ([`crate::server`]'s requests for the
+    /// precise index): one per core, so a burst of long prompts queues
+    /// here instead of growing the blocking pool to hundreds of threads.
+    pub(crate) tokenize_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) seq: AtomicU64,
 }
 
@@ -74,6 +78,9 @@ impl AppState {
             policy: policies.active(),
             policies,
             prefill_policies,
+            tokenize_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            )),
             seq: AtomicU64::new(0),
         })
     }

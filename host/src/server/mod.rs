@@ -266,10 +266,11 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
 
 /// The routing text's tokens, for `prefix-index.match-kv`, when the router
 /// follows the workers' KV events and has a tokenizer. Tokenized on the
-/// blocking pool: a long prompt takes milliseconds (BENCHMARKS.md), which
-/// must neither stall the other connections of this serving thread nor
-/// count against the policy's call deadline. The text comes back with them;
-/// a text the tokenizer refuses has none (the policy then sees no match).
+/// blocking pool, one per core at a time (`tokenize_slots`): a long prompt
+/// takes milliseconds (BENCHMARKS.md), which must neither stall the other
+/// connections of this serving thread nor count against the policy's call
+/// deadline. The text comes back with them; a text the tokenizer refuses
+/// has none (the policy then sees no match).
 async fn tokenize_for_kv(s: &AppState, text: String) -> (String, Option<Vec<u32>>) {
     let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
         return (text, None);
@@ -277,13 +278,21 @@ async fn tokenize_for_kv(s: &AppState, text: String) -> (String, Option<Vec<u32>
     if text.is_empty() {
         return (text, None);
     }
+    // Never closed, so a permit always comes. It goes with the work: a
+    // client that leaves meanwhile does not free the slot early.
+    let Ok(slot) = s.tokenize_slots.clone().acquire_owned().await else {
+        return (text, None);
+    };
     let tokenizer = tokenizer.clone();
     let copy = text.clone();
-    // With special tokens, as a worker tokenizes a /generate prompt.
-    let tokens = tokio::task::spawn_blocking(move || tokenizer.encode(&copy, true).ok())
-        .await
-        .ok()
-        .flatten();
+    let tokens = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        // With special tokens, as a worker tokenizes a /generate prompt.
+        tokenizer.encode(&copy, true).ok()
+    })
+    .await
+    .ok()
+    .flatten();
     (text, tokens)
 }
 
