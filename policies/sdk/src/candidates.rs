@@ -29,7 +29,8 @@ impl Candidate {
 /// asked of the router once, when first read.
 ///
 /// In native unit tests, build one from a `Vec<Candidate>` (or collect it):
-/// `in_flight` is then each `load`, and the worker reports nothing.
+/// `in_flight` is then each `load`, and the worker reports nothing; give
+/// the moving averages with [`Candidates::with_ewma_us`].
 pub struct Candidates<'a> {
     list: Vec<Candidate>,
     host: Option<&'a HostCandidates>,
@@ -109,6 +110,23 @@ impl<'a> Candidates<'a> {
         })
     }
 
+    /// Native unit tests: the moving averages the router would give, one
+    /// `(ttft, latency)` pair in microseconds per candidate, in order.
+    ///
+    /// # Panics
+    ///
+    /// If the columns were read already, or do not have one entry per
+    /// candidate.
+    pub fn with_ewma_us(self, columns: &[(Option<u32>, Option<u32>)]) -> Self {
+        assert_eq!(columns.len(), self.list.len(), "one pair per candidate");
+        let (ttft, latency): (Vec<_>, Vec<_>) = columns.iter().copied().unzip();
+        assert!(
+            self.ttft_ewma_us.set(ttft).is_ok() && self.latency_ewma_us.set(latency).is_ok(),
+            "the moving averages were read already"
+        );
+        self
+    }
+
     /// The same for the time to a response's end.
     pub fn latency_ewma_us(&self) -> &[Option<u32>] {
         self.latency_ewma_us.get_or_init(|| match self.host {
@@ -141,5 +159,21 @@ impl<const N: usize> From<[Candidate; N]> for Candidates<'static> {
 impl FromIterator<Candidate> for Candidates<'static> {
     fn from_iter<I: IntoIterator<Item = Candidate>>(iter: I) -> Self {
         Candidates::of(iter.into_iter().collect(), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_candidates_report_nothing_unless_given_their_moving_averages() {
+        let plain: Candidates<'_> = [Candidate::idle(1, 0), Candidate::idle(2, 3)].into();
+        assert_eq!(plain.ttft_ewma_us(), [None, None]);
+        assert_eq!(plain.in_flight(), [0, 3]);
+        let timed = Candidates::from([Candidate::idle(1, 0), Candidate::idle(2, 3)])
+            .with_ewma_us(&[(Some(900), Some(40_000)), (None, None)]);
+        assert_eq!(timed.ttft_ewma_us(), [Some(900), None]);
+        assert_eq!(timed.latency_ewma_us(), [Some(40_000), None]);
     }
 }
