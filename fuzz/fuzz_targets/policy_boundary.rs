@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         route: Route::Generate,
         model: "",
         text: &text,
+        tokens: None,
         routing_key: Some("echo"),
         stream: false,
         max_new_tokens: None,
