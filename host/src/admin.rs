@@ -216,6 +216,11 @@ struct WorkerUrl {
     role: Option<String>,
     #[serde(default)]
     bootstrap_port: Option<u16>,
+    /// Where it publishes its KV events, as its own `--kv-events-config`
+    /// (a JSON object or string), for a worker whose `/get_server_info`
+    /// does not say (vLLM).
+    #[serde(default)]
+    kv_events_config: Option<Value>,
 }
 
 /// Validate and enroll a worker (each of its ranks with `--dp-aware`); its
@@ -242,9 +247,21 @@ async fn register(s: &AppState, w: &WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiEr
             "bootstrap_port is for prefill workers".into(),
         ));
     }
+    if let Some(config) = &w.kv_events_config {
+        match crate::events::endpoint_from_config(&url, None, config) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(ApiError::BadRequest(
+                    "kv_events_config: the router follows a \"publisher\": \"zmq\" only".into(),
+                ));
+            }
+            Err(why) => return Err(ApiError::BadRequest(format!("kv_events_config: {why}"))),
+        }
+    }
     let spec = WorkerSpec {
         role,
         bootstrap_port: w.bootstrap_port,
+        kv_events_config: w.kv_events_config.clone(),
         ..WorkerSpec::regular(&url)
     };
     health::enroll(

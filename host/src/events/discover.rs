@@ -5,7 +5,9 @@
 //! of its `--kv-events-config` (`{"publisher": "zmq", "endpoint":
 //! "tcp://*:5557", "replay_endpoint": ..., "topic": ...}`). A wildcard host
 //! (`*`, `0.0.0.0`, `::`) is the worker's own host; each data-parallel
-//! rank publishes on the endpoint's port plus its rank.
+//! rank publishes on the endpoint's port plus its rank. A worker added with
+//! its own `kv_events_config` (`POST /workers`: vLLM reports none) is not
+//! asked.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -101,14 +103,18 @@ fn placed(endpoint: &str, host: &str, rank: u32) -> Result<String, String> {
     Ok(format!("tcp://{at}:{}", port + rank))
 }
 
-/// Ask the worker at `url` where it publishes: `None` when it did not
-/// answer (ask again later), else what it said (`Some(None)`: it publishes
-/// nothing the router can follow).
+/// Where the worker at `url` publishes: from its `given` config, or asked
+/// of the worker. `None` when it did not answer (ask again later), else
+/// what it said (`Some(None)`: it publishes nothing the router can follow).
 async fn ask(
     client: &reqwest::Client,
     url: &str,
     dp_rank: Option<u32>,
+    given: Option<&Value>,
 ) -> Option<Option<Endpoint>> {
+    if let Some(config) = given {
+        return Some(followable(url, dp_rank, config));
+    }
     let info: Value = client
         .get(format!("{url}/get_server_info"))
         .timeout(ASK_TIMEOUT)
@@ -123,12 +129,15 @@ async fn ask(
     let Some(config) = info.get("kv_events_config") else {
         return Some(None);
     };
-    Some(match endpoint_from_config(url, dp_rank, config) {
-        Ok(endpoint) => endpoint,
-        Err(why) => {
-            tracing::warn!(worker = url, "not following its KV events: {why}");
-            None
-        }
+    Some(followable(url, dp_rank, config))
+}
+
+/// [`endpoint_from_config`], a config that is wrong logged and not
+/// followed.
+fn followable(url: &str, dp_rank: Option<u32>, config: &Value) -> Option<Endpoint> {
+    endpoint_from_config(url, dp_rank, config).unwrap_or_else(|why| {
+        tracing::warn!(worker = url, "not following its KV events: {why}");
+        None
     })
 }
 
@@ -146,9 +155,10 @@ pub async fn follow_workers(
         let Some(workers) = registry.upgrade().map(|r| r.all()) else {
             return;
         };
-        let current: HashMap<u32, (String, Option<u32>)> = workers
+        type Known = (String, Option<u32>, Option<Value>);
+        let current: HashMap<u32, Known> = workers
             .iter()
-            .map(|w| (w.id, (w.url.clone(), w.dp_rank)))
+            .map(|w| (w.id, (w.url.clone(), w.dp_rank, w.kv_events_config.clone())))
             .collect();
         drop(workers);
         asked.retain(|id| {
@@ -158,16 +168,15 @@ pub async fn follow_workers(
             }
             stays
         });
-        let new: Vec<(u32, String, Option<u32>)> = current
+        let new: Vec<(u32, Known)> = current
             .into_iter()
             .filter(|(id, _)| !asked.contains(id))
-            .map(|(id, (url, rank))| (id, url, rank))
             .collect();
         let found: Vec<(u32, String, Option<Option<Endpoint>>)> = futures_util::stream::iter(new)
-            .map(|(id, url, rank)| {
+            .map(|(id, (url, rank, given))| {
                 let client = &client;
                 async move {
-                    let endpoint = ask(client, &url, rank).await;
+                    let endpoint = ask(client, &url, rank, given.as_ref()).await;
                     (id, url, endpoint)
                 }
             })

@@ -33,6 +33,9 @@ pub struct WorkerSpec {
     /// `--dp-aware`: the data-parallel rank this entry stands for; requests
     /// routed to it carry `data_parallel_rank`.
     pub dp_rank: Option<u32>,
+    /// Where it publishes its KV events, as its `--kv-events-config` (given
+    /// with `POST /workers`); `None`: ask its `/get_server_info`.
+    pub kv_events_config: Option<serde_json::Value>,
 }
 
 impl WorkerSpec {
@@ -43,6 +46,7 @@ impl WorkerSpec {
             role: Role::Regular,
             bootstrap_port: None,
             dp_rank: None,
+            kv_events_config: None,
         }
     }
 
@@ -83,6 +87,8 @@ pub struct Worker {
     pub bootstrap_port: Option<u16>,
     /// See [`WorkerSpec::dp_rank`].
     pub dp_rank: Option<u32>,
+    /// See [`WorkerSpec::kv_events_config`].
+    pub kv_events_config: Option<serde_json::Value>,
     /// Model it serves ("" until discovered, or if it will not say).
     model: ArcSwap<String>,
     /// A task is asking it for its model ([`health::learn_model`]).

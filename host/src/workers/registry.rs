@@ -132,6 +132,7 @@ impl Registry {
             role: spec.role,
             bootstrap_port: spec.bootstrap_port,
             dp_rank: spec.dp_rank,
+            kv_events_config: spec.kv_events_config,
             model: ArcSwap::from_pointee(String::new()),
             discovering: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),

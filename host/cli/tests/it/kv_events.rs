@@ -310,6 +310,61 @@ async fn the_router_follows_what_its_workers_announce() {
     r.shutdown().await.unwrap();
 }
 
+/// A worker whose `/get_server_info` says nothing of its events (as vLLM's)
+/// is followed at the endpoint `POST /workers` gives; a config the router
+/// cannot follow is refused, in the OpenAI error shape.
+#[tokio::test]
+async fn a_worker_added_with_its_event_config_is_followed_there() {
+    let mut publisher = Publisher::start(false).await;
+    let silent = crate::mock::MockWorker::start("silent", "m").await;
+    let args = wasm_router::config::RouterArgs {
+        kv_events: true,
+        ..crate::mock::args(&[])
+    };
+    let r = crate::mock::router(args).await;
+    let add = async |body: serde_json::Value| crate::mock::post_json(&r, "/workers", body).await;
+    for (config, why) in [
+        (serde_json::json!({"publisher": "zmq"}), "no endpoint"),
+        (
+            serde_json::json!({"publisher": "kafka", "endpoint": "x"}),
+            "zmq",
+        ),
+        (
+            serde_json::json!({"publisher": "zmq", "endpoint": "ipc:///tmp/x"}),
+            "tcp://",
+        ),
+    ] {
+        let (status, body) =
+            add(serde_json::json!({"url": silent.url, "kv_events_config": config})).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{why:?} not in {message:?}");
+    }
+    assert!(
+        r.state.registry.by_url(&silent.url).is_none(),
+        "refused means not added"
+    );
+    let port = publisher.endpoint.rsplit(':').next().unwrap().to_string();
+    let config = serde_json::json!({"publisher": "zmq", "endpoint": format!("tcp://*:{port}")});
+    let (status, body) =
+        add(serde_json::json!({"url": silent.url, "kv_events_config": config})).await;
+    assert_eq!(status, 202, "{body}");
+    let index = r.state.kv_events.as_ref().unwrap().index().clone();
+    let id = r.state.registry.by_url(&silent.url).unwrap().id;
+    let start = Instant::now();
+    while index.matched(&prompt(), &[id])[0].gpu == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the router did not follow the given endpoint"
+        );
+        publisher
+            .publish(batch(vec![stored(10, None, &page(0))]), false)
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.shutdown().await.unwrap();
+}
+
 /// End to end inside the router: `precise_cache_aware` asks
 /// `prefix-index.match-kv`, the router tokenizes the request with its
 /// tokenizer and matches it against the pages each worker's events stored;
