@@ -248,6 +248,12 @@ async fn register(s: &AppState, w: &WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiEr
         ));
     }
     if let Some(config) = &w.kv_events_config {
+        if s.kv_events.is_none() {
+            return Err(ApiError::BadRequest(
+                "kv_events_config: this router follows no KV events; start it with --kv-events"
+                    .into(),
+            ));
+        }
         match crate::events::endpoint_from_config(&url, None, config) {
             Ok(Some(_)) => {}
             Ok(None) => {

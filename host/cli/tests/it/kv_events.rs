@@ -312,7 +312,8 @@ async fn the_router_follows_what_its_workers_announce() {
 
 /// A worker whose `/get_server_info` says nothing of its events (as vLLM's)
 /// is followed at the endpoint `POST /workers` gives; a config the router
-/// cannot follow is refused, in the OpenAI error shape.
+/// cannot follow, or would not use (no `--kv-events`), is refused in the
+/// OpenAI error shape.
 #[tokio::test]
 async fn a_worker_added_with_its_event_config_is_followed_there() {
     let mut publisher = Publisher::start(false).await;
@@ -344,6 +345,15 @@ async fn a_worker_added_with_its_event_config_is_followed_there() {
         r.state.registry.by_url(&silent.url).is_none(),
         "refused means not added"
     );
+    // Without --kv-events the config would go unused: refused, not dropped.
+    let plain = crate::mock::router(crate::mock::args(&[])).await;
+    let config = serde_json::json!({"publisher": "zmq", "endpoint": "tcp://*:5557"});
+    let body = serde_json::json!({"url": silent.url, "kv_events_config": config});
+    let (status, body) = crate::mock::post_json(&plain, "/workers", body).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--kv-events"), "{message}");
+    plain.shutdown().await.unwrap();
     let port = publisher.endpoint.rsplit(':').next().unwrap().to_string();
     let config = serde_json::json!({"publisher": "zmq", "endpoint": format!("tcp://*:{port}")});
     let (status, body) =
