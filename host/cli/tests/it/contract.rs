@@ -8,7 +8,9 @@ use wasm_router::policy::{
     Candidate, Policy, PolicySource, Role, SelectError, WasmPolicy, WorkerInfo,
 };
 
-use crate::fixtures::{contract_0_1, engine, generous_limits, hostile, idle, request, wait_until};
+use crate::fixtures::{
+    contract_0_1, contract_0_2_early, engine, generous_limits, hostile, idle, request, wait_until,
+};
 use serde_json::json;
 
 use crate::mock::{MockWorker, args, get_text, http, router};
@@ -80,6 +82,36 @@ fn a_0_1_component_loads_and_its_0_2_build_picks_the_same() {
         used.dedup();
         assert!(used.len() >= 2, "{name} picked only {used:?}");
     }
+}
+
+#[test]
+fn components_built_before_additions_to_0_2_load_and_route() {
+    let engine = engine();
+    for name in ["cache_aware", "precise_cache_aware"] {
+        let early = load(&engine, PolicySource::File(contract_0_2_early(name)));
+        assert_eq!(early.contract(), "0.2.0");
+        assert_eq!(early.info().name, name);
+        // Every call decided by the component itself, over several workers.
+        let mut used = scripted_picks(&early);
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() >= 2, "{name} picked only {used:?}");
+    }
+    // And the early cache_aware still keeps a prefix on one worker.
+    let early = load(
+        &engine,
+        PolicySource::File(contract_0_2_early("cache_aware")),
+    );
+    let text = "A long shared system prompt for every question. Q: ";
+    let picks: Vec<u32> = (0..4)
+        .map(|i| {
+            early
+                .select(&request(&format!("{text}{i}"), None), &idle(&[1, 2, 3]))
+                .unwrap()
+                .worker
+        })
+        .collect();
+    assert!(picks.iter().all(|&p| p == picks[0]), "{picks:?}");
 }
 
 /// What the hostile fixture answers a routing key with (it errs with it).

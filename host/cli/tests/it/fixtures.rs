@@ -48,6 +48,14 @@ pub fn contract_0_1(name: &str) -> PathBuf {
     workspace().join(format!("host/cli/tests/fixtures/contract-0.1/{name}.wasm"))
 }
 
+/// A reference policy built against 0.2.0 before later additions to it
+/// (host/cli/tests/fixtures/contract-0.2-early, see its README).
+pub fn contract_0_2_early(name: &str) -> PathBuf {
+    workspace().join(format!(
+        "host/cli/tests/fixtures/contract-0.2-early/{name}.wasm"
+    ))
+}
+
 /// The hostile fixture built to always pick the candidate with the
 /// smallest (`"first"`) or largest (`"last"`) id.
 pub fn picker(which: &str) -> PathBuf {
