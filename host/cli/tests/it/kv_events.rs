@@ -139,6 +139,18 @@ impl Publisher {
         .unwrap();
         self.socket.send(message).await.unwrap();
     }
+
+    /// Publish `payload` every 20 ms until `arrived` (at most 10 s, else
+    /// fail saying `what` did not happen): a PUB socket drops what it
+    /// sends before the subscription reaches it.
+    async fn publish_until(&mut self, payload: Vec<u8>, what: &str, arrived: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !arrived() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            self.publish(payload.clone(), false).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Wait (bounded) until the index says `done`.
@@ -163,17 +175,10 @@ async fn subscribed(publisher: &mut Publisher) -> (Subscriptions, Arc<Precise>) 
     let index = Arc::new(Precise::default());
     let subscriptions = Subscriptions::new(index.clone());
     subscriptions.follow(WORKER, publisher.endpoint());
-    let start = Instant::now();
-    while gpu(&index) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no event arrived"
-        );
-        publisher
-            .publish(batch(vec![stored(10, None, &page(0))]), false)
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let page_0 = batch(vec![stored(10, None, &page(0))]);
+    publisher
+        .publish_until(page_0, "no event arrived", || gpu(&index) > 0)
+        .await;
     (subscriptions, index)
 }
 
@@ -288,18 +293,12 @@ async fn the_router_follows_what_its_workers_announce() {
     let r = crate::mock::router(args).await;
     let index = r.state.kv_events.as_ref().unwrap().index().clone();
     let id = r.state.registry.by_url(&url).unwrap().id;
-    let matched = |index: &Precise| index.matched(&prompt(), &[id])[0].gpu;
-    let start = Instant::now();
-    while matched(&index) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the router did not follow"
-        );
-        publisher
-            .publish(batch(vec![stored(10, None, &page(0))]), false)
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let page_0 = batch(vec![stored(10, None, &page(0))]);
+    publisher
+        .publish_until(page_0, "the router did not follow", || {
+            index.matched(&prompt(), &[id])[0].gpu > 0
+        })
+        .await;
     let text = crate::mock::get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
     assert!(text.contains("wasm_router_kv_events_total"), "{text}");
     r.state.registry.remove(id);
@@ -361,17 +360,14 @@ async fn a_worker_added_with_its_event_config_is_followed_there() {
     assert_eq!(status, 202, "{body}");
     let index = r.state.kv_events.as_ref().unwrap().index().clone();
     let id = r.state.registry.by_url(&silent.url).unwrap().id;
-    let start = Instant::now();
-    while index.matched(&prompt(), &[id])[0].gpu == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the router did not follow the given endpoint"
-        );
-        publisher
-            .publish(batch(vec![stored(10, None, &page(0))]), false)
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let page_0 = batch(vec![stored(10, None, &page(0))]);
+    publisher
+        .publish_until(
+            page_0,
+            "the router did not follow the given endpoint",
+            || index.matched(&prompt(), &[id])[0].gpu > 0,
+        )
+        .await;
     r.shutdown().await.unwrap();
 }
 
@@ -555,19 +551,16 @@ async fn a_new_subscriber_catches_up_from_the_replay_socket() {
     let index = Arc::new(Precise::default());
     let subscriptions = Subscriptions::new(index.clone());
     subscriptions.follow(WORKER, publisher.endpoint());
-    let start = Instant::now();
     // Page 2 alone is an orphan (its parent is unknown) and stores nothing:
     // the index fills only from the replay.
-    while index.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nothing reached the index: no catch-up from the replay"
-        );
-        publisher
-            .publish(batch(vec![stored(12, Some(11), &page(2))]), false)
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let page_2 = batch(vec![stored(12, Some(11), &page(2))]);
+    publisher
+        .publish_until(
+            page_2,
+            "nothing reached the index: no catch-up from the replay",
+            || !index.is_empty(),
+        )
+        .await;
     until(
         "the pages from before the subscription are there",
         &index,
