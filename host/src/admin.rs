@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{AdminKey, validate_worker_url};
+use crate::config::{AdminKey, WorkerEntry, validate_worker_entry};
 use crate::errors::ApiError;
 use crate::jwt;
 use crate::policy::Role;
@@ -207,8 +207,8 @@ async fn require_admin(
     response
 }
 
-/// A worker to add: its URL, and in PD mode its role (`prefill` or
-/// `decode`) and, for a prefill worker, its bootstrap port.
+/// A worker to add: its URL, weight and labels, and in PD mode its role
+/// (`prefill` or `decode`) and, for a prefill worker, its bootstrap port.
 #[derive(Deserialize)]
 struct WorkerUrl {
     url: String,
@@ -216,6 +216,13 @@ struct WorkerUrl {
     role: Option<String>,
     #[serde(default)]
     bootstrap_port: Option<u16>,
+    /// Its share of traffic relative to the others, for policies that
+    /// weigh workers (1 unless given).
+    #[serde(default)]
+    weight: Option<u32>,
+    /// Labels policies can read; sglang-router's name.
+    #[serde(default)]
+    labels: crate::policy::Labels,
     /// Where it publishes its KV events, as its own `--kv-events-config`
     /// (a JSON object or string), for a worker whose `/get_server_info`
     /// does not say (vLLM).
@@ -225,8 +232,15 @@ struct WorkerUrl {
 
 /// Validate and enroll a worker (each of its ranks with `--dp-aware`); its
 /// model is discovered in the background.
-async fn register(s: &AppState, w: &WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiError> {
-    let url = validate_worker_url(&w.url).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+async fn register(s: &AppState, w: WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiError> {
+    let entry = WorkerEntry {
+        url: w.url,
+        weight: w.weight,
+        labels: w.labels,
+        kv_events_config: w.kv_events_config,
+    };
+    let regular = validate_worker_entry(&entry, s.kv_events.is_some())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let role = match (s.config.pd.is_some(), w.role.as_deref()) {
         (false, None | Some("regular")) => Role::Regular,
         (true, Some("prefill")) => Role::Prefill,
@@ -247,28 +261,10 @@ async fn register(s: &AppState, w: &WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiEr
             "bootstrap_port is for prefill workers".into(),
         ));
     }
-    if let Some(config) = &w.kv_events_config {
-        if s.kv_events.is_none() {
-            return Err(ApiError::BadRequest(
-                "kv_events_config: this router follows no KV events; start it with --kv-events"
-                    .into(),
-            ));
-        }
-        match crate::events::endpoint_from_config(&url, None, config) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(ApiError::BadRequest(
-                    "kv_events_config: the router follows a \"publisher\": \"zmq\" only".into(),
-                ));
-            }
-            Err(why) => return Err(ApiError::BadRequest(format!("kv_events_config: {why}"))),
-        }
-    }
     let spec = WorkerSpec {
         role,
         bootstrap_port: w.bootstrap_port,
-        kv_events_config: w.kv_events_config.clone(),
-        ..WorkerSpec::regular(&url)
+        ..regular
     };
     health::enroll(
         &s.registry,
@@ -287,7 +283,7 @@ async fn add(
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!("expected {{\"url\": \"http://HOST:PORT\"}}: {e}"))
     })?;
-    let added = register(&s, &body).await?;
+    let added = register(&s, body).await?;
     let ids: Vec<_> = added.iter().map(|w| w.id).collect();
     let location = format!("/workers/{}", ids[0]);
     // One id per data-parallel rank with --dp-aware; `id` is the first.
@@ -344,7 +340,7 @@ async fn remove(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiE
 }
 
 async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
-    let added = register(&s, &q).await?;
+    let added = register(&s, q).await?;
     Ok(format!("Successfully added worker: {}", added[0].url))
 }
 

@@ -38,6 +38,11 @@ pub struct RouterArgs {
     /// Worker base URLs.
     #[arg(long, num_args = 0.., value_name = "URL", help_heading = "Worker Configuration")]
     pub worker_urls: Vec<String>,
+    /// The file's `[[workers]]` entries: regular workers with what a URL
+    /// alone cannot say (weight, labels, where it publishes KV events).
+    // Structured entries have no flag form: --worker-urls is the flag's.
+    #[arg(skip)]
+    pub workers: Vec<WorkerEntry>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
     /// consistent_hash, manual, bucket, precise_cache_aware) or a .wasm file
     /// [default: cache_aware].
@@ -412,6 +417,26 @@ pub struct RouterArgs {
     /// one not mapped stands for itself.
     #[arg(long, num_args = 0.., help_heading = "Control Plane Authentication")]
     pub jwt_role_mapping: Vec<String>,
+}
+
+/// One `[[workers]]` entry of the `--config` file.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerEntry {
+    /// Base URL.
+    pub url: String,
+    /// Its share of traffic relative to the others (1-1000) [default: 1],
+    /// for policies that weigh workers.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Labels policies can read (`labels = { zone = "a", gpu = "h100" }`).
+    #[serde(default)]
+    pub labels: crate::policy::Labels,
+    /// Where it publishes its KV events, as its own `--kv-events-config` (a
+    /// table or a JSON string), for a worker whose `/get_server_info` does
+    /// not say (vLLM); needs --kv-events.
+    #[serde(default)]
+    pub kv_events_config: Option<Value>,
 }
 
 /// A port flag's value, with the message the Python launcher always gave.

@@ -23,8 +23,8 @@ mod sglang;
 mod tests;
 mod validate;
 
-pub use args::RouterArgs;
-pub use validate::validate_worker_url;
+pub use args::{RouterArgs, WorkerEntry};
+pub use validate::{validate_worker_entry, validate_worker_url};
 
 /// A setting that cannot be used, named so the user can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +142,9 @@ pub enum PolicySlot {
 pub struct Config {
     /// Where the router listens.
     pub listen: SocketAddr,
-    /// Initial workers (validated URLs, no trailing slash).
-    pub worker_urls: Vec<String>,
+    /// Initial regular workers: `--worker-urls`, then the file's
+    /// `[[workers]]`.
+    pub workers: Vec<WorkerSpec>,
     /// PD mode, with its workers; `None` for the regular mode.
     pub pd: Option<PdConfig>,
     /// Expand workers per data-parallel rank.

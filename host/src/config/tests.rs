@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::policy::Role;
+use crate::workers::WorkerSpec;
 
 /// The file under the flags, validated, as `Config::load` does it.
 fn merge(flags: &RouterArgs, file: RouterArgs) -> Result<Config, ConfigError> {
@@ -25,7 +26,7 @@ fn flags_override_the_file_which_overrides_defaults() {
     };
     let c = merge(&args, file).unwrap();
     assert_eq!(c.listen, "0.0.0.0:4321".parse().unwrap());
-    assert_eq!(c.worker_urls, vec!["http://127.0.0.1:1"]);
+    assert_eq!(c.workers, vec![WorkerSpec::regular("http://127.0.0.1:1")]);
     let policy: Value = serde_json::from_str(&c.policy_config).unwrap();
     assert_eq!(policy["cache_threshold"], 0.5);
     assert_eq!(policy["max_tree_size"], 99);
@@ -180,6 +181,94 @@ fn pd_mistakes_name_the_flag() {
 }
 
 #[test]
+fn worker_entries_carry_weight_labels_and_their_event_endpoint() {
+    let file = r#"
+        worker_urls = ["http://127.0.0.1:1"]
+        kv_events = true
+        [[workers]]
+        url = "http://127.0.0.1:2/"
+        weight = 3
+        labels = { zone = "b", "gpu.kind" = "h100" }
+        kv_events_config = { publisher = "zmq", endpoint = "tcp://*:5557" }
+        [[workers]]
+        url = "http://[::1]:3"
+    "#;
+    let c = merge(&RouterArgs::default(), toml::from_str(file).unwrap()).unwrap();
+    let urls: Vec<_> = c.workers.iter().map(|w| w.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://[::1]:3"]
+    );
+    let given = &c.workers[1];
+    assert_eq!(given.weight, 3);
+    assert_eq!(
+        given.labels.iter().collect::<Vec<_>>(),
+        [
+            (&"gpu.kind".to_string(), &"h100".to_string()),
+            (&"zone".to_string(), &"b".to_string())
+        ]
+    );
+    assert_eq!(
+        given.kv_events_config.as_ref().unwrap()["endpoint"],
+        "tcp://*:5557"
+    );
+    assert_eq!((c.workers[0].weight, c.workers[2].weight), (1, 1));
+    assert!(c.workers[2].labels.is_empty());
+}
+
+#[test]
+fn bad_worker_entries_are_refused_and_named() {
+    let long_value = "v".repeat(257);
+    for (entry, named) in [
+        ("url = \"h:1\"", "worker url"),
+        ("url = \"http://127.0.0.1:1\"", "given twice"),
+        ("url = \"http://127.0.0.1:2\"\nweight = 0", "weight"),
+        ("url = \"http://127.0.0.1:2\"\nweight = 1001", "weight"),
+        (
+            "url = \"http://127.0.0.1:2\"\nlabels = { \"a b\" = \"x\" }",
+            "key \"a b\"",
+        ),
+        (
+            "url = \"http://127.0.0.1:2\"\nlabels = { \"\" = \"x\" }",
+            "labels",
+        ),
+        (
+            &format!("url = \"http://127.0.0.1:2\"\nlabels = {{ a = \"{long_value}\" }}"),
+            "longer than 256",
+        ),
+        (
+            "url = \"http://127.0.0.1:2\"\nkv_events_config = { publisher = \"zmq\", endpoint = \"tcp://*:1\" }",
+            "--kv-events",
+        ),
+    ] {
+        let file = format!("worker_urls = [\"http://127.0.0.1:1\"]\n[[workers]]\n{entry}\n");
+        let err = merge(&RouterArgs::default(), toml::from_str(&file).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{entry}: {err}");
+    }
+    let many: String = (0..33).map(|i| format!("k{i} = \"v\", ")).collect();
+    let file = format!(
+        "[[workers]]\nurl = \"http://127.0.0.1:2\"\nlabels = {{ {} }}\n",
+        many.trim_end_matches(", ")
+    );
+    let err = merge(&RouterArgs::default(), toml::from_str(&file).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 32"), "{err}");
+    // Fields of an entry are checked like every other key of the file.
+    let err = toml::from_str::<RouterArgs>("[[workers]]\nurl = \"http://h:1\"\nwieght = 2\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wieght"), "{err}");
+    let pd = "pd_disaggregation = true\nprefill = [{ url = \"http://127.0.0.1:5\" }]\ndecode = [\"http://127.0.0.1:6\"]\n[[workers]]\nurl = \"http://127.0.0.1:2\"\n";
+    let err = merge(&RouterArgs::default(), toml::from_str(pd).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[[workers]]"), "{err}");
+}
+
+#[test]
 fn worker_urls_are_validated() {
     assert_eq!(
         validate_worker_url("http://127.0.0.1:8000/").unwrap(),
@@ -212,10 +301,11 @@ fn every_setting_is_both_a_flag_and_a_file_key() {
         #[command(flatten)]
         args: RouterArgs,
     }
-    // `--config` names the file; the file's `policy` is the policy's table;
-    // `--policy` is `policy_name` in the file.
+    // `--config` names the file; the file's `policy` is the policy's table
+    // and `workers` its structured worker entries (the flag's form is
+    // --worker-urls); `--policy` is `policy_name` in the file.
     let flag_only = ["config"];
-    let file_only = ["policy"];
+    let file_only = ["policy", "workers"];
     let file_key = |id: &str| {
         if id == "policy" {
             "policy_name".to_string()

@@ -14,24 +14,36 @@ use super::{
 use crate::policy::{Limits, Role, engine};
 use crate::workers::WorkerSpec;
 
+use super::args::WorkerEntry;
+
 impl Config {
     /// Apply the defaults to layered settings and check them.
     pub(super) fn validate(s: RouterArgs) -> Result<Config, ConfigError> {
         super::sglang::check(&s)?;
-        let worker_urls = s
+        let mut workers = s
             .worker_urls
             .iter()
-            .map(|u| validate_worker_url(u))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|u| Ok(WorkerSpec::regular(&validate_worker_url(u)?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        for entry in &s.workers {
+            let spec = validate_worker_entry(entry, s.kv_events)?;
+            if workers.iter().any(|w| w.url == spec.url) {
+                return Err(invalid(
+                    "workers",
+                    format!("{} is given twice; give each worker once", spec.url),
+                ));
+            }
+            workers.push(spec);
+        }
         let policy = s
             .policy
             .clone()
             .unwrap_or_else(|| crate::policy::builtin::DEFAULT.into());
         let pd = if s.pd_disaggregation {
-            if !worker_urls.is_empty() {
+            if !workers.is_empty() {
                 return Err(invalid(
                     "--worker-urls",
-                    "PD mode takes its workers from --prefill and --decode",
+                    "PD mode takes its workers from --prefill and --decode, not --worker-urls or [[workers]]",
                 ));
             }
             Some(pd_config(&s, &policy)?)
@@ -326,7 +338,7 @@ impl Config {
                 s.host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                 s.port.unwrap_or(30000),
             ),
-            worker_urls,
+            workers,
             pd,
             dp_aware: s.dp_aware,
             kv_events: s.kv_events,
@@ -592,4 +604,83 @@ pub fn validate_worker_url(url: &str) -> Result<String, ConfigError> {
         return Err(bad("has a query, fragment or credentials"));
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Most labels a worker may carry, and the longest key and value: labels
+/// are for telling workers apart, not for storing data.
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_KEY: usize = 63;
+const MAX_LABEL_VALUE: usize = 256;
+
+/// Heaviest worker weight: weights are shares, not counts.
+const MAX_WEIGHT: u32 = 1000;
+
+/// A `[[workers]]` entry (or a `POST /workers` body) as a regular worker:
+/// URL, weight and labels checked; a `kv_events_config` only with
+/// `--kv-events` (`kv_events`), and only one the router can follow.
+pub fn validate_worker_entry(
+    entry: &WorkerEntry,
+    kv_events: bool,
+) -> Result<WorkerSpec, ConfigError> {
+    let url = validate_worker_url(&entry.url)?;
+    let weight = entry.weight.unwrap_or(1);
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return Err(invalid(
+            "weight",
+            format!("{weight} for {url}: a weight is 1 to {MAX_WEIGHT}"),
+        ));
+    }
+    if entry.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "labels",
+            format!(
+                "{url} has {} labels; at most {MAX_LABELS}",
+                entry.labels.len()
+            ),
+        ));
+    }
+    for (key, value) in &entry.labels {
+        let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+        if !key_ok {
+            return Err(invalid(
+                "labels",
+                format!(
+                    "key {key:?} of {url}: 1 to {MAX_LABEL_KEY} letters, digits, '_', '.', '-' or '/'"
+                ),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Err(invalid(
+                "labels",
+                format!("{key} of {url} is longer than {MAX_LABEL_VALUE} bytes"),
+            ));
+        }
+    }
+    if let Some(config) = &entry.kv_events_config {
+        if !kv_events {
+            return Err(invalid(
+                "kv_events_config",
+                "this router follows no KV events; start it with --kv-events",
+            ));
+        }
+        match crate::events::endpoint_from_config(&url, None, config) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(invalid(
+                    "kv_events_config",
+                    "the router follows a \"publisher\": \"zmq\" only",
+                ));
+            }
+            Err(why) => return Err(invalid("kv_events_config", why)),
+        }
+    }
+    Ok(WorkerSpec {
+        weight,
+        labels: std::sync::Arc::new(entry.labels.clone()),
+        kv_events_config: entry.kv_events_config.clone(),
+        ..WorkerSpec::regular(&url)
+    })
 }

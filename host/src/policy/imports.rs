@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use wasmtime::component::Resource;
 
-use super::RouteRequest;
 use super::bindings::route_v2;
 use super::bindings::v2::wasm_router::policy::{
     log, metrics as wit_metrics, prefix_index, state, types,
 };
 use super::lent::{CandidatesData, RequestData};
+use super::{Labels, RouteRequest, WorkerId};
 
 /// A policy's key: the file's stem, or the built-in's name. See `state` in
 /// `wit/policy.wit`.
@@ -143,6 +143,17 @@ pub struct Host {
     metrics: HashMap<u32, HashMap<String, Handle>>,
     /// Handles in `metrics`.
     cached_metrics: usize,
+    /// What the candidates' `weights` and `label` columns read: the
+    /// workers' static attributes by id, from the last `workers-changed`
+    /// (so a `select` copies none of them unless the policy asks).
+    workers: HashMap<WorkerId, Attributes>,
+}
+
+/// What a worker was registered with that does not change while it is.
+#[derive(Debug)]
+struct Attributes {
+    weight: u32,
+    labels: Arc<Labels>,
 }
 
 impl Host {
@@ -154,7 +165,21 @@ impl Host {
             candidates: CandidatesData::default(),
             metrics: HashMap::new(),
             cached_metrics: 0,
+            workers: HashMap::new(),
         }
+    }
+
+    /// Keep the attributes of `workers`, the list `workers-changed` is
+    /// about to give the instance.
+    pub(super) fn know_workers(&mut self, workers: &[super::WorkerInfo]) {
+        self.workers.clear();
+        self.workers.extend(workers.iter().map(|w| {
+            let attributes = Attributes {
+                weight: w.weight,
+                labels: w.labels.clone(),
+            };
+            (w.id, attributes)
+        }));
     }
 
     /// Lend `req` and `candidates` to the next `select`.
@@ -284,6 +309,18 @@ impl types::HostCandidates for Host {
     fn latency_ewma_us(&mut self, _: Resource<CandidatesData>) -> Vec<Option<u32>> {
         self.candidates
             .column(|c| c.latency_ewma.map(saturating_micros))
+    }
+
+    fn weights(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
+        let known = &self.workers;
+        self.candidates
+            .column(|c| known.get(&c.id).map_or(1, |w| w.weight))
+    }
+
+    fn label(&mut self, _: Resource<CandidatesData>, key: String) -> Vec<Option<String>> {
+        let known = &self.workers;
+        self.candidates
+            .column(|c| known.get(&c.id).and_then(|w| w.labels.get(&key)).cloned())
     }
 
     fn drop(&mut self, _: Resource<CandidatesData>) -> wasmtime::Result<()> {

@@ -189,6 +189,7 @@ impl Live {
 
     /// Call `workers-changed`.
     pub(super) fn workers_changed(&mut self, workers: &[WorkerInfo]) -> wasmtime::Result<()> {
+        self.store.data_mut().host.know_workers(workers);
         let store = &mut self.store;
         guarded(|| match &self.exports {
             Exports::V1(p) => {

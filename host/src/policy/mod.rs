@@ -49,10 +49,15 @@ pub const CONTRACT_VERSIONS: [&str; 2] = [CONTRACT_VERSION, "0.1.0"];
 /// registered, never reused.
 pub type WorkerId = u32;
 
+/// A worker's labels (`zone = "us-east-1a"`), as its entry gave them: keys
+/// in order, each once.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// What a worker does in prefill/decode disaggregation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
     /// Serves whole requests.
+    #[default]
     Regular,
     /// Prefill half of a PD pair.
     Prefill,
@@ -84,6 +89,26 @@ pub struct WorkerInfo {
     pub role: Role,
     /// Data-parallel rank, when expanded per rank.
     pub dp_rank: Option<u32>,
+    /// Its share of traffic relative to the others, as its entry gave it
+    /// (1 unless given): what weighted policies divide by.
+    pub weight: u32,
+    /// Its labels, as its entry gave them.
+    pub labels: std::sync::Arc<Labels>,
+}
+
+impl Default for WorkerInfo {
+    /// Worker 0 at no URL, weight 1, no labels: what tests fill in.
+    fn default() -> Self {
+        WorkerInfo {
+            id: 0,
+            url: String::new(),
+            model: String::new(),
+            role: Role::Regular,
+            dp_rank: None,
+            weight: 1,
+            labels: Default::default(),
+        }
+    }
 }
 
 /// The request metadata a policy decides on. Borrowed from the proxy's

@@ -127,12 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })];
     let specs: Vec<WorkerSpec> = match &state.config.pd {
         Some(pd) => pd.workers.clone(),
-        None => state
-            .config
-            .worker_urls
-            .iter()
-            .map(|url| WorkerSpec::regular(url))
-            .collect(),
+        None => state.config.workers.clone(),
     };
     for spec in specs {
         health::enroll(

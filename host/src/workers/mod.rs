@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::policy::{Role, WorkerId, WorkerInfo};
+use crate::policy::{Labels, Role, WorkerId, WorkerInfo};
 
 /// What a worker is registered as: where it is and what part it plays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,14 @@ pub struct WorkerSpec {
     /// routed to it carry `data_parallel_rank`.
     pub dp_rank: Option<u32>,
     /// Where it publishes its KV events, as its `--kv-events-config` (given
-    /// with `POST /workers`); `None`: ask its `/get_server_info`.
+    /// with `POST /workers` or a `[[workers]]` entry); `None`: ask its
+    /// `/get_server_info`.
     pub kv_events_config: Option<serde_json::Value>,
+    /// Its share of traffic relative to the others, as given (1 unless
+    /// given), for policies that weigh workers.
+    pub weight: u32,
+    /// Its labels, as given.
+    pub labels: Arc<Labels>,
 }
 
 impl WorkerSpec {
@@ -47,6 +53,8 @@ impl WorkerSpec {
             bootstrap_port: None,
             dp_rank: None,
             kv_events_config: None,
+            weight: 1,
+            labels: Arc::default(),
         }
     }
 
@@ -89,6 +97,10 @@ pub struct Worker {
     pub dp_rank: Option<u32>,
     /// See [`WorkerSpec::kv_events_config`].
     pub kv_events_config: Option<serde_json::Value>,
+    /// See [`WorkerSpec::weight`].
+    pub weight: u32,
+    /// See [`WorkerSpec::labels`].
+    pub labels: Arc<Labels>,
     /// Model it serves ("" until discovered, or if it will not say).
     model: ArcSwap<String>,
     /// A task is asking it for its model ([`health::learn_model`]).
@@ -144,6 +156,9 @@ pub struct WorkerView {
     bootstrap_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dp_rank: Option<u32>,
+    weight: u32,
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    labels: Labels,
     healthy: bool,
     circuit_breaker: &'static str,
     load: u32,
@@ -269,6 +284,8 @@ impl Worker {
             is_healthy: self.is_healthy(),
             bootstrap_port: self.bootstrap_port,
             dp_rank: self.dp_rank,
+            weight: self.weight,
+            labels: Labels::clone(&self.labels),
             healthy: self.is_healthy(),
             circuit_breaker: match self.breaker.state() {
                 BreakerState::Closed => "closed",
@@ -288,6 +305,8 @@ impl Worker {
             model: self.model().to_string(),
             role: self.role,
             dp_rank: self.dp_rank,
+            weight: self.weight,
+            labels: self.labels.clone(),
         }
     }
 }

@@ -133,6 +133,8 @@ impl Registry {
             bootstrap_port: spec.bootstrap_port,
             dp_rank: spec.dp_rank,
             kv_events_config: spec.kv_events_config,
+            weight: spec.weight,
+            labels: spec.labels,
             model: ArcSwap::from_pointee(String::new()),
             discovering: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),

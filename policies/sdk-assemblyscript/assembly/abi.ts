@@ -15,6 +15,7 @@
 //   result<s64, string> (16):       tag 0, value 8 | pointer 8, length 12
 //   prefix-match (24):              text-chars 0, matched-chars 8, worker tag 16 / value 20
 //   list<option<u32>> element (8):  tag 0, value 4;  list<bool> element (1)
+//   list<option<string>> element (12): tag 0, pointer 4, length 8
 //   tuple<string, string> (16):     pointer 0, length 4, pointer 8, length 12
 
 // interface types: the borrowed request and candidates of one `select`.
@@ -59,6 +60,10 @@ export declare function candidatesHalfOpen(handle: i32, ret: usize): void;
 export declare function candidatesTtftEwmaUs(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.latency-ewma-us")
 export declare function candidatesLatencyEwmaUs(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.weights")
+export declare function candidatesWeights(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.label")
+export declare function candidatesLabel(handle: i32, key: usize, keyLen: usize, ret: usize): void;
 
 // interface log
 

@@ -20,7 +20,7 @@
 // faults) and `prefixIndex` (a prefix index held by the router).
 
 import * as abi from "./abi";
-import { IMPORT_AREA, liftBools, liftBytes, liftOptionU32s, liftString, liftStringAt, liftU32s, liftU64s } from "./memory";
+import { IMPORT_AREA, liftBools, liftBytes, liftOptionStrings, liftOptionU32s, liftString, liftStringAt, liftU32s, liftU64s } from "./memory";
 
 /** The contract version this glue implements (wit/policy.wit's package version). */
 export const CONTRACT_VERSION = "0.2.0";
@@ -191,6 +191,7 @@ export class Candidates {
   private halfOpenColumn: StaticArray<bool> | null = null;
   private ttftColumn: StaticArray<i64> | null = null;
   private latencyColumn: StaticArray<i64> | null = null;
+  private weightColumn: u32[] | null = null;
 
   /** `handle` is the borrowed `candidates` of the canonical ABI. */
   constructor(readonly handle: i32) {}
@@ -296,6 +297,23 @@ export class Candidates {
       this.latencyColumn = column;
     }
     return column[i];
+  }
+
+  /** Candidate `i`'s share of traffic relative to the others, as its worker entry gave it (1 unless given). */
+  weight(i: i32): u32 {
+    let column = this.weightColumn;
+    if (column === null) {
+      abi.candidatesWeights(this.handle, IMPORT_AREA);
+      column = liftU32s(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
+      this.weightColumn = column;
+    }
+    return column[i];
+  }
+
+  /** Each candidate's value of label `key`, in order; null where it has none. Each call asks the router: keep what you read. */
+  label(key: string): Array<string | null> {
+    abi.candidatesLabel(this.handle, changetype<usize>(key), key.length, IMPORT_AREA);
+    return liftOptionStrings(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
   }
 }
 

@@ -54,6 +54,17 @@ export function liftOptionU32s(ptr: usize, len: usize): StaticArray<i64> {
   return values;
 }
 
+/** A list of `len` option<string> at `ptr`, null for none; frees it and its strings. */
+export function liftOptionStrings(ptr: usize, len: usize): Array<string | null> {
+  const values = new Array<string | null>(<i32>len);
+  for (let i: usize = 0; i < len; i++) {
+    const at = ptr + i * 12;
+    values[<i32>i] = load<u8>(at) == 0 ? null : liftString(load<u32>(at, 4), load<u32>(at, 8));
+  }
+  if (len != 0) heap.free(ptr);
+  return values;
+}
+
 /** A list of `len` bools at `ptr`; frees it. */
 export function liftBools(ptr: usize, len: usize): StaticArray<bool> {
   const values = new StaticArray<bool>(<i32>len);

@@ -72,6 +72,15 @@ class Probe extends Policy {
       }
       return Pick.refuse(columns);
     }
+    if (key == "attributes") {
+      const zones = candidates.label("zone");
+      let attributes = "";
+      for (let i = 0; i < candidates.length; i++) {
+        const zone = zones[i];
+        attributes += candidates.weight(i).toString() + "," + (zone === null ? "-" : zone) + ";";
+      }
+      return Pick.refuse(attributes);
+    }
     if (key == "host") return Pick.refuse(useTheHost(req, candidates));
     if (key == "workers") return Pick.refuse(this.workers);
     if (key == "state") return Pick.refuse("completed=" + this.completed + "|restored=" + this.restored);

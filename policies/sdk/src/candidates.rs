@@ -29,8 +29,10 @@ impl Candidate {
 /// asked of the router once, when first read.
 ///
 /// In native unit tests, build one from a `Vec<Candidate>` (or collect it):
-/// `in_flight` is then each `load`, and the worker reports nothing; give
-/// the moving averages with [`Candidates::with_ewma_us`].
+/// `in_flight` is then each `load`, the worker reports nothing, weights are
+/// 1 and labels absent; give the moving averages with
+/// [`Candidates::with_ewma_us`], weights and labels with
+/// [`Candidates::with_weights`] and [`Candidates::with_label`].
 pub struct Candidates<'a> {
     list: Vec<Candidate>,
     host: Option<&'a HostCandidates>,
@@ -40,6 +42,9 @@ pub struct Candidates<'a> {
     half_open: OnceCell<Vec<bool>>,
     ttft_ewma_us: OnceCell<Vec<Option<u32>>>,
     latency_ewma_us: OnceCell<Vec<Option<u32>>>,
+    weights: OnceCell<Vec<u32>>,
+    /// Native unit tests' labels: (key, a value per candidate).
+    labels: Vec<(String, Vec<Option<String>>)>,
 }
 
 impl<'a> Candidates<'a> {
@@ -53,6 +58,8 @@ impl<'a> Candidates<'a> {
             half_open: OnceCell::new(),
             ttft_ewma_us: OnceCell::new(),
             latency_ewma_us: OnceCell::new(),
+            weights: OnceCell::new(),
+            labels: Vec::new(),
         }
     }
 
@@ -134,6 +141,56 @@ impl<'a> Candidates<'a> {
             None => vec![None; self.list.len()],
         })
     }
+
+    /// Each one's share of traffic relative to the others, as its worker
+    /// entry gave it (1 unless given).
+    pub fn weights(&self) -> &[u32] {
+        self.weights.get_or_init(|| match self.host {
+            Some(h) => h.weights(),
+            None => vec![1; self.list.len()],
+        })
+    }
+
+    /// Each one's value of label `key`; `None` where it has none. Each call
+    /// asks the router (one copy of the column): keep what you read.
+    pub fn label(&self, key: &str) -> Vec<Option<String>> {
+        match self.host {
+            Some(h) => h.label(key),
+            None => self
+                .labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or_else(|| vec![None; self.list.len()], |(_, v)| v.clone()),
+        }
+    }
+
+    /// Native unit tests: the weights the router would give, one per
+    /// candidate, in order.
+    ///
+    /// # Panics
+    ///
+    /// If they were read already, or there is not one per candidate.
+    pub fn with_weights(self, weights: &[u32]) -> Self {
+        assert_eq!(weights.len(), self.list.len(), "one weight per candidate");
+        assert!(
+            self.weights.set(weights.to_vec()).is_ok(),
+            "the weights were read already"
+        );
+        self
+    }
+
+    /// Native unit tests: each candidate's value of label `key`, in order.
+    ///
+    /// # Panics
+    ///
+    /// If there is not one value (or `None`) per candidate.
+    pub fn with_label(mut self, key: &str, values: &[Option<&str>]) -> Self {
+        assert_eq!(values.len(), self.list.len(), "one value per candidate");
+        let values = values.iter().map(|v| v.map(str::to_string)).collect();
+        self.labels.retain(|(k, _)| k != key);
+        self.labels.push((key.to_string(), values));
+        self
+    }
 }
 
 impl Deref for Candidates<'_> {
@@ -175,5 +232,18 @@ mod tests {
             .with_ewma_us(&[(Some(900), Some(40_000)), (None, None)]);
         assert_eq!(timed.ttft_ewma_us(), [Some(900), None]);
         assert_eq!(timed.latency_ewma_us(), [Some(40_000), None]);
+    }
+
+    #[test]
+    fn native_candidates_weigh_one_and_have_no_labels_unless_given() {
+        let plain: Candidates<'_> = [Candidate::idle(1, 0), Candidate::idle(2, 3)].into();
+        assert_eq!(plain.weights(), [1, 1]);
+        assert_eq!(plain.label("zone"), [None, None]);
+        let given = Candidates::from([Candidate::idle(1, 0), Candidate::idle(2, 3)])
+            .with_weights(&[4, 1])
+            .with_label("zone", &[None, Some("b")]);
+        assert_eq!(given.weights(), [4, 1]);
+        assert_eq!(given.label("zone"), [None, Some("b".to_string())]);
+        assert_eq!(given.label("gpu"), [None, None]);
     }
 }

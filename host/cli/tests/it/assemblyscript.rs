@@ -180,6 +180,7 @@ fn worker_lists_cross_empty_and_full() {
             model: "qwen".into(),
             role: Role::Regular,
             dp_rank: None,
+            ..Default::default()
         },
         WorkerInfo {
             id: 4_000_000_000,
@@ -187,12 +188,44 @@ fn worker_lists_cross_empty_and_full() {
             model: String::new(),
             role: Role::Decode,
             dp_rank: Some(7),
+            ..Default::default()
         },
     ];
     p.workers_changed(&workers);
     assert_eq!(
         ask(&p, &keyed("workers", "", ""), &idle(&[1])),
         "2;3,http://127.0.0.1:8001,qwen,0,-1;4000000000,http://[::1]:9/ünï,,2,7"
+    );
+}
+
+#[test]
+fn weights_and_labels_cross_from_the_worker_list() {
+    let p = probe("{}").unwrap();
+    let labelled = |id, weight, zone: Option<&str>| WorkerInfo {
+        id,
+        weight,
+        labels: std::sync::Arc::new(
+            zone.map(|z| ("zone".to_string(), z.to_string()))
+                .into_iter()
+                .collect(),
+        ),
+        ..WorkerInfo::default()
+    };
+    p.workers_changed(&[
+        labelled(1, 3, Some("éast-1ä")),
+        labelled(2, 1000, None),
+        labelled(3, 1, Some("")),
+    ]);
+    // Worker 9 is not in the list (added since): weight 1, no labels.
+    assert_eq!(
+        ask(&p, &keyed("attributes", "", ""), &idle(&[3, 1, 9, 2])),
+        "1,;3,éast-1ä;1,-;1000,-;"
+    );
+    // A new list replaces the old one's attributes.
+    p.workers_changed(&[labelled(1, 2, Some("west"))]);
+    assert_eq!(
+        ask(&p, &keyed("attributes", "", ""), &idle(&[1, 3])),
+        "2,west;1,-;"
     );
 }
 
@@ -382,6 +415,68 @@ async fn the_probes_metric_is_on_the_metrics_endpoint() {
     assert!(line.contains(r#"policy="as-probe""#), "{line}");
     assert!(line.contains(&format!(r#"worker="{id}""#)), "{line}");
     assert!(line.ends_with(" 2"), "counters drop fractions: {line}");
+    r.shutdown().await.unwrap();
+}
+
+/// Over HTTP: weights and labels given in the config's `[[workers]]` and
+/// with `POST /workers` show in `GET /workers` and reach the policy.
+#[tokio::test]
+async fn weights_and_labels_given_to_the_router_reach_the_policy() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+        MockWorker::start("c", "m").await,
+    ];
+    let mut a = args(&[&ws[0]]);
+    a.workers = vec![wasm_router::config::WorkerEntry {
+        url: ws[1].url.clone(),
+        weight: Some(5),
+        labels: [("zone".to_string(), "nörth".to_string())].into(),
+        kv_events_config: None,
+    }];
+    a.policy = Some(assemblyscript_probe().display().to_string());
+    let r = router(a).await;
+    let body = serde_json::json!({"url": ws[2].url, "weight": 2, "labels": {"zone": "söuth"}});
+    let (status, reply) = crate::mock::post_json(&r, "/workers", body).await;
+    assert_eq!(status, 202, "{reply}");
+    let bad = serde_json::json!({"url": "http://127.0.0.1:9", "weight": 0});
+    let (status, reply) = crate::mock::post_json(&r, "/workers", bad).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("weight"),
+        "{reply}"
+    );
+    let listed = crate::mock::get_json(&format!("http://{}/workers", r.addr)).await;
+    let shown: Vec<_> = listed["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["weight"].clone(), w["labels"]["zone"].clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (1.into(), serde_json::Value::Null),
+            (5.into(), "nörth".into()),
+            (2.into(), "söuth".into())
+        ]
+    );
+    let mut answer = String::new();
+    crate::mock::eventually("the policy sees all three workers", async || {
+        let reply = crate::mock::http()
+            .post(format!("http://{}/generate", r.addr))
+            .header("x-routing-key", "attributes")
+            .json(&serde_json::json!({"text": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        answer = reply.text().await.unwrap();
+        answer.contains("1,-;5,nörth;2,söuth;")
+    })
+    .await;
     r.shutdown().await.unwrap();
 }
 

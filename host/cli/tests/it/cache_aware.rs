@@ -100,6 +100,7 @@ impl Wasm {
                         model: String::new(),
                         role: Role::Regular,
                         dp_rank: None,
+                        ..Default::default()
                     })
                     .collect();
                 self.0.workers_changed(&workers);
@@ -279,6 +280,7 @@ fn replicas_numbering_the_fleet_differently_send_new_prompts_to_the_same_urls() 
                 model: String::new(),
                 role: Role::Regular,
                 dp_rank: None,
+                ..Default::default()
             })
             .collect()
     };

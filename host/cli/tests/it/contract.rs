@@ -27,6 +27,7 @@ fn workers(ids: &[u32]) -> Vec<WorkerInfo> {
             model: "m".into(),
             role: Role::Regular,
             dp_rank: None,
+            ..Default::default()
         })
         .collect()
 }
