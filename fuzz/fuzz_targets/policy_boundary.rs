@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         text: &text,
         tokens: None,
         routing_key: Some("echo"),
+        headers: None,
         stream: false,
         max_new_tokens: None,
     };

@@ -78,6 +78,7 @@ fn request<'a>(
         text,
         tokens: None,
         routing_key,
+        headers: None,
         stream: false,
         max_new_tokens: None,
     }

@@ -157,6 +157,7 @@ impl From<v1::PolicyInfo> for seam::PolicyInfo {
             wants_feedback: i.wants_feedback,
             tick_interval: tick_interval(i.tick_interval_ms),
             instances: seam::Instances::Shared,
+            reads: seam::Reads::default(),
         }
     }
 }
@@ -172,6 +173,9 @@ impl From<t2::PolicyInfo> for seam::PolicyInfo {
                 t2::Instances::PerThread => seam::Instances::PerThread,
                 t2::Instances::Shared => seam::Instances::Shared,
             },
+            // Known from the component, not from `init`: filled in by
+            // `Live::start`.
+            reads: seam::Reads::default(),
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn check(
         text: "router policy check: a test prompt",
         tokens: None,
         routing_key: None,
+        headers: None,
         stream: false,
         max_new_tokens: None,
     };
@@ -72,6 +73,8 @@ pub fn check(
         .and_then(|_| writeln!(out, "  needs text:     {}", yes_no(info.needs_text)))
         .and_then(|_| writeln!(out, "  wants feedback: {}", yes_no(info.wants_feedback)))
         .and_then(|_| writeln!(out, "  instances:      {}", info.instances.label()))
+        .and_then(|_| writeln!(out, "  reads headers:  {}", yes_no(info.reads.headers)))
+        .and_then(|_| writeln!(out, "  reads KV match: {}", yes_no(info.reads.kv_matches)))
         .and_then(|_| match info.tick_interval {
             Some(every) => writeln!(out, "  tick every:     {every:?}"),
             None => writeln!(out, "  tick every:     never"),

@@ -231,6 +231,22 @@ impl types::HostRequest for Host {
         self.request.max_new_tokens
     }
 
+    fn header(&mut self, _: Resource<RequestData>, name: String) -> Option<String> {
+        if HIDDEN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            return None;
+        }
+        fn text(v: &axum::http::HeaderValue) -> Option<&str> {
+            std::str::from_utf8(v.as_bytes()).ok()
+        }
+        let mut values = self.request.headers.get_all(name.as_str()).iter();
+        let mut joined = text(values.next()?)?.to_string();
+        for value in values {
+            joined.push_str(", ");
+            joined.push_str(text(value)?);
+        }
+        Some(joined)
+    }
+
     fn drop(&mut self, _: Resource<RequestData>) -> wasmtime::Result<()> {
         // Lent, never owned by the guest: nothing to free.
         Ok(())
@@ -275,6 +291,10 @@ fn clean(text: &str, max: usize) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
+
+/// Client headers a policy is never shown: credentials, which routing has
+/// no use for and a policy's log lines or metrics could leak.
+const HIDDEN_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
 
 impl types::HostCandidates for Host {
     fn ids(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {

@@ -3,6 +3,7 @@
 //! either contract's bindings, and how its failures are named.
 
 use wasmtime::Store;
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{v1, v2};
@@ -10,7 +11,9 @@ use super::engine::{Limits, PolicyEngine};
 use super::imports::PolicyHost;
 use super::sandbox::{MemoryLimitHit, StoreState};
 use super::wasm::MAX_POLICY_MESSAGE;
-use super::{Candidate, LoadError, Outcome, PolicyFault, PolicyInfo, RouteRequest, WorkerInfo};
+use super::{
+    Candidate, LoadError, Outcome, PolicyFault, PolicyInfo, Reads, RouteRequest, WorkerInfo,
+};
 
 /// The export that names a 0.2 policy (`0.2.0` is its contract version).
 const V2_EXPORT: &str = "wasm-router:policy/policy@";
@@ -20,8 +23,35 @@ const V2_EXPORT: &str = "wasm-router:policy/policy@";
 pub(super) enum Pre {
     /// `wit/0.1.0/policy.wit`.
     V1(v1::PolicyPre<StoreState>),
-    /// `wit/policy.wit`.
-    V2(v2::RoutingPolicyPre<StoreState>),
+    /// `wit/policy.wit`, with what its imports say it reads.
+    V2(v2::RoutingPolicyPre<StoreState>, Reads),
+}
+
+/// The import interfaces whose functions [`Reads`] looks for, without
+/// their version.
+const TYPES_IMPORT: &str = "wasm-router:policy/types@";
+const PREFIX_INDEX_IMPORT: &str = "wasm-router:policy/prefix-index@";
+
+/// What `component` reads that the router prepares per call: whether it
+/// imports `request.header` and `prefix-index.match-kv`.
+fn reads(engine: &PolicyEngine, component: &Component) -> Reads {
+    let engine = engine.engine();
+    let ty = component.component_type();
+    let imports = |interface: &str, function: &str| {
+        ty.imports(engine).any(|(name, item)| {
+            name.starts_with(interface)
+                && match item.ty {
+                    ComponentItem::ComponentInstance(instance) => {
+                        instance.exports(engine).any(|(f, _)| f == function)
+                    }
+                    _ => false,
+                }
+        })
+    };
+    Reads {
+        headers: imports(TYPES_IMPORT, "[method]request.header"),
+        kv_matches: imports(PREFIX_INDEX_IMPORT, "match-kv"),
+    }
 }
 
 impl Pre {
@@ -63,7 +93,7 @@ impl Pre {
             })
             .map_err(start_fault(name))?;
             return match found.as_str() {
-                "0.2.0" => Ok(Pre::V2(pre)),
+                "0.2.0" => Ok(Pre::V2(pre, reads(engine, component))),
                 _ => Err(LoadError::ContractVersion {
                     name: name.to_string(),
                     found,
@@ -99,7 +129,7 @@ impl Pre {
     pub(super) fn version(&self) -> &'static str {
         match self {
             Pre::V1(_) => "0.1.0",
-            Pre::V2(_) => "0.2.0",
+            Pre::V2(..) => "0.2.0",
         }
     }
 }
@@ -172,16 +202,20 @@ impl Live {
                     .map_err(refused)?;
                 (Exports::V1(policy), info.into())
             }
-            Pre::V2(pre) => {
+            Pre::V2(pre, reads) => {
                 let policy = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
-                let info = guarded(|| {
+                let declared = guarded(|| {
                     policy
                         .wasm_router_policy_policy()
                         .call_init(&mut store, config)
                 })
                 .map_err(start_fault(name))?
                 .map_err(refused)?;
-                (Exports::V2(policy), info.into())
+                let info = PolicyInfo {
+                    reads: *reads,
+                    ..declared.into()
+                };
+                (Exports::V2(policy), info)
             }
         };
         Ok((Live { store, exports }, info))

@@ -15,6 +15,8 @@ pub struct RequestData {
     /// `Some` when the router tokenized the text before the call.
     pub(super) tokens: Option<Vec<u32>>,
     pub(super) routing_key: Option<String>,
+    /// The client's headers when they were lent; empty otherwise.
+    pub(super) headers: axum::http::HeaderMap,
     pub(super) stream: bool,
     pub(super) max_new_tokens: Option<u32>,
 }
@@ -28,6 +30,7 @@ impl Default for RequestData {
             text: String::new(),
             tokens: None,
             routing_key: None,
+            headers: axum::http::HeaderMap::new(),
             stream: false,
             max_new_tokens: None,
         }
@@ -55,6 +58,10 @@ impl RequestData {
                 held.push_str(key);
             }
             (key, held) => *held = key.map(str::to_string),
+        }
+        match r.headers {
+            Some(headers) => self.headers.clone_from(headers),
+            None => self.headers.clear(),
         }
         self.stream = r.stream;
         self.max_new_tokens = r.max_new_tokens;

@@ -129,6 +129,9 @@ pub struct RouteRequest<'a> {
     pub tokens: Option<&'a [u32]>,
     /// `x-routing-key` (or `x-smg-routing-key`) header.
     pub routing_key: Option<&'a str>,
+    /// The client's headers, for a policy that reads them
+    /// ([`Reads::headers`]); `None` otherwise.
+    pub headers: Option<&'a axum::http::HeaderMap>,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// The most tokens the client asked to be generated.
@@ -229,6 +232,22 @@ pub struct PolicyInfo {
     pub tick_interval: Option<Duration>,
     /// One instance per thread, or one shared.
     pub instances: Instances,
+    /// What the policy reads that the router prepares only for policies
+    /// that read it: known from the component's imports, not declared.
+    pub reads: Reads,
+}
+
+/// What a component imports that costs the router work before each call,
+/// so that it does that work only for a policy that can use it. Read from
+/// the component's imports at load (toolchains import only the functions a
+/// policy calls); 0.1 components and native policies read neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// `request.header`: the router lends the client's headers.
+    pub headers: bool,
+    /// `prefix-index.match-kv`: the router tokenizes the routing text
+    /// before the call (with `--kv-events` and a tokenizer).
+    pub kv_matches: bool,
 }
 
 /// How many instances of a policy run (contract 0.2 lets the policy say;

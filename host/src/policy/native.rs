@@ -24,6 +24,7 @@ impl Default for LeastLoad {
                 wants_feedback: false,
                 tick_interval: None,
                 instances: super::Instances::PerThread,
+                reads: super::Reads::default(),
             },
             turn: AtomicUsize::new(0),
         }

@@ -193,6 +193,7 @@ fn pick_now(
         text: req.text,
         tokens: req.tokens,
         routing_key: req.routing_key,
+        headers: policy.info().reads.headers.then_some(req.headers),
         stream: req.stream,
         max_new_tokens: req.max_new_tokens,
     };
@@ -293,6 +294,7 @@ mod tests {
             wants_feedback: false,
             tick_interval: None,
             instances: crate::policy::Instances::Shared,
+            reads: crate::policy::Reads::default(),
         });
         let picked = pick(&registry, &stray, Role::Regular, &req, &[])
             .await
@@ -345,6 +347,7 @@ mod tests {
                     wants_feedback: true,
                     tick_interval: None,
                     instances: crate::policy::Instances::Shared,
+                    reads: crate::policy::Reads::default(),
                 },
             ))
         }

@@ -265,17 +265,19 @@ async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -
 }
 
 /// The routing text's tokens, for `prefix-index.match-kv`, when the router
-/// follows the workers' KV events and has a tokenizer. Tokenized on the
+/// follows the workers' KV events, has a tokenizer, and a policy of this
+/// request calls `match-kv` (`reads`: its component imports it; so
+/// cache_aware's requests are not tokenized). Tokenized on the
 /// blocking pool, one per core at a time (`tokenize_slots`): a long prompt
 /// takes milliseconds (BENCHMARKS.md), which must neither stall the other
 /// connections of this serving thread nor count against the policy's call
 /// deadline. The text comes back with them; a text the tokenizer refuses
 /// has none (the policy then sees no match).
-async fn tokenize_for_kv(s: &AppState, text: String) -> (String, Option<Vec<u32>>) {
+async fn tokenize_for_kv(s: &AppState, reads: bool, text: String) -> (String, Option<Vec<u32>>) {
     let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
         return (text, None);
     };
-    if text.is_empty() {
+    if !reads || text.is_empty() {
         return (text, None);
     }
     // Never closed, so a permit always comes. It goes with the work: a
@@ -311,16 +313,19 @@ async fn forward(s: &AppState, route: Route, req: Request) -> Result<Response, A
         .as_ref()
         .map(|m| Loaded::from(&m.active()));
     let peek = extract::peek(&body)?;
-    let needs_text = policy.policy.info().needs_text
-        || prefill_policy
-            .as_ref()
-            .is_some_and(|p| p.policy.info().needs_text);
+    let either = |wants: fn(&crate::policy::PolicyInfo) -> bool| {
+        wants(policy.policy.info())
+            || prefill_policy
+                .as_ref()
+                .is_some_and(|p| wants(p.policy.info()))
+    };
+    let needs_text = either(|i| i.needs_text);
     let text = if needs_text {
         peek.routing_text()?
     } else {
         String::new()
     };
-    let (text, tokens) = tokenize_for_kv(s, text).await;
+    let (text, tokens) = tokenize_for_kv(s, either(|i| i.reads.kv_matches), text).await;
     let model = peek.model.as_deref().unwrap_or("");
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()

@@ -43,6 +43,8 @@ export declare function requestRoutingKey(handle: i32, ret: usize): void;
 export declare function requestStream(handle: i32): i32;
 @external("wasm-router:policy/types@0.2.0", "[method]request.max-new-tokens")
 export declare function requestMaxNewTokens(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]request.header")
+export declare function requestHeader(handle: i32, name: usize, nameLen: usize, ret: usize): void;
 
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.ids")
 export declare function candidatesIds(handle: i32, ret: usize): void;

@@ -167,6 +167,17 @@ export class Request {
     abi.requestMaxNewTokens(this.handle, IMPORT_AREA);
     return load<u8>(IMPORT_AREA) == 0 ? -1 : <i64>load<u32>(IMPORT_AREA, 4);
   }
+
+  /**
+   * The client's header `name` (any case; several values joined with ", "),
+   * null when absent or not UTF-8, and always for `authorization`,
+   * `proxy-authorization` and `cookie`. Each call asks the router; a policy
+   * that calls it is lent the headers, one that does not costs nothing.
+   */
+  header(name: string): string | null {
+    abi.requestHeader(this.handle, changetype<usize>(name), name.length, IMPORT_AREA);
+    return load<u8>(IMPORT_AREA) == 0 ? null : liftStringAt(IMPORT_AREA + 4);
+  }
 }
 
 /** A worker that may take the request: its id and load (in flight from this router, or its own count when higher). */

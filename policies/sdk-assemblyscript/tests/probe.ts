@@ -72,6 +72,11 @@ class Probe extends Policy {
       }
       return Pick.refuse(columns);
     }
+    if (key == "headers") {
+      const tenant = req.header("X-Tenant");
+      const auth = req.header("authorization");
+      return Pick.refuse("tenant=" + (tenant === null ? "-" : tenant) + "|auth=" + (auth === null ? "-" : auth));
+    }
     if (key == "attributes") {
       const zones = candidates.label("zone");
       let attributes = "";

@@ -25,6 +25,7 @@ enum From<'a> {
 struct Test {
     text: String,
     routing_key: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 impl<'a> Request<'a> {
@@ -116,6 +117,22 @@ impl<'a> Request<'a> {
             From::Test(_) => None,
         }
     }
+
+    /// The client's header `name` (any case; several values joined with
+    /// ", "); `None` when absent or not UTF-8, and always for
+    /// `authorization`, `proxy-authorization` and `cookie`. Each call asks
+    /// the router. A policy that calls this is lent the headers; one that
+    /// does not costs the router nothing for them.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match &self.from {
+            From::Host(h) => h.header(name),
+            From::Test(t) => t
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone()),
+        }
+    }
 }
 
 impl Request<'static> {
@@ -132,9 +149,24 @@ impl Request<'static> {
             from: From::Test(Test {
                 text: text.to_string(),
                 routing_key: routing_key.map(str::to_string),
+                headers: Vec::new(),
             }),
             text: OnceCell::new(),
             routing_key: OnceCell::new(),
         }
+    }
+
+    /// The same request with header `name: value`, for [`Request::header`].
+    ///
+    /// ```
+    /// let req = wasm_router_policy::Request::new("hi", None).with_header("x-tenant", "acme");
+    /// assert_eq!(req.header("X-Tenant").as_deref(), Some("acme"));
+    /// assert_eq!(req.header("x-other"), None);
+    /// ```
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let From::Test(t) = &mut self.from {
+            t.headers.push((name.to_string(), value.to_string()));
+        }
+        self
     }
 }

@@ -39,6 +39,7 @@ fn keyed<'a>(key: &'a str, model: &'a str, text: &'a str) -> RouteRequest<'a> {
         text,
         tokens: None,
         routing_key: Some(key),
+        headers: None,
         stream: false,
         max_new_tokens: None,
     }
@@ -199,6 +200,33 @@ fn worker_lists_cross_empty_and_full() {
 }
 
 #[test]
+fn headers_cross_by_name_and_credentials_never() {
+    let p = probe("{}").unwrap();
+    assert!(
+        p.info().reads.headers,
+        "the probe imports request.header: the router must lend it the headers"
+    );
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-tenant", "äcme".parse().unwrap());
+    headers.append("x-tenant", "beta".parse().unwrap());
+    headers.insert("authorization", "Bearer secret".parse().unwrap());
+    let req = RouteRequest {
+        headers: Some(&headers),
+        ..keyed("headers", "", "")
+    };
+    assert_eq!(
+        ask(&p, &req, &idle(&[1])),
+        "tenant=äcme, beta|auth=-",
+        "several values joined, any case of the name, credentials hidden"
+    );
+    // Not lent (another request): nothing from the last one is left.
+    assert_eq!(
+        ask(&p, &keyed("headers", "", ""), &idle(&[1])),
+        "tenant=-|auth=-"
+    );
+}
+
+#[test]
 fn weights_and_labels_cross_from_the_worker_list() {
     let p = probe("{}").unwrap();
     let labelled = |id, weight, zone: Option<&str>| WorkerInfo {
@@ -246,6 +274,7 @@ fn many_candidates_cross_intact_and_memory_stays_bounded() {
         text: &text,
         tokens: None,
         routing_key: None,
+        headers: None,
         stream: false,
         max_new_tokens: None,
     };
@@ -477,6 +506,29 @@ async fn weights_and_labels_given_to_the_router_reach_the_policy() {
         answer.contains("1,-;5,nörth;2,söuth;")
     })
     .await;
+    r.shutdown().await.unwrap();
+}
+
+/// Over HTTP: a client's header reaches a policy that reads headers; its
+/// credentials do not.
+#[tokio::test]
+async fn a_clients_headers_reach_a_policy_that_reads_them() {
+    let w = MockWorker::start("a", "m").await;
+    let mut a = args(&[&w]);
+    a.policy = Some(assemblyscript_probe().display().to_string());
+    let r = router(a).await;
+    let answer = crate::mock::http()
+        .post(format!("http://{}/generate", r.addr))
+        .header("x-routing-key", "headers")
+        .header("x-tenant", "acme")
+        .header("authorization", "Bearer secret")
+        .json(&serde_json::json!({"text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("tenant=acme|auth=-"), "{text}");
     r.shutdown().await.unwrap();
 }
 

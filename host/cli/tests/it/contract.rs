@@ -5,7 +5,7 @@
 
 use wasm_router::policy::imports::{MAX_METRICS, MAX_STATE_VALUE};
 use wasm_router::policy::{
-    Candidate, Policy, PolicySource, Role, SelectError, WasmPolicy, WorkerInfo,
+    Candidate, Policy, PolicySource, Reads, Role, SelectError, WasmPolicy, WorkerInfo,
 };
 
 use crate::fixtures::{
@@ -14,6 +14,26 @@ use crate::fixtures::{
 use serde_json::json;
 
 use crate::mock::{MockWorker, args, get_text, http, router};
+
+/// What a component reads is known from its imports: cache_aware matches
+/// routed text only, precise_cache_aware calls `match-kv` (so the router
+/// tokenizes for it), and neither reads headers.
+#[test]
+fn what_a_component_reads_comes_from_its_imports() {
+    let engine = engine();
+    let reads = |name| load(&engine, PolicySource::Builtin(name)).info().reads;
+    assert_eq!(reads("cache_aware"), Reads::default());
+    assert_eq!(reads("round_robin"), Reads::default());
+    assert_eq!(
+        reads("precise_cache_aware"),
+        Reads {
+            headers: false,
+            kv_matches: true
+        }
+    );
+    let early = load(&engine, PolicySource::File(contract_0_1("round_robin")));
+    assert_eq!(early.info().reads, Reads::default(), "0.1 reads neither");
+}
 
 fn load(engine: &wasm_router::policy::PolicyEngine, source: PolicySource) -> WasmPolicy {
     WasmPolicy::load(engine, source, "{}", generous_limits()).expect("the policy loads")

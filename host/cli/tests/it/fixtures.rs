@@ -178,6 +178,7 @@ pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<
         text,
         tokens: None,
         routing_key,
+        headers: None,
         stream: false,
         max_new_tokens: None,
     }

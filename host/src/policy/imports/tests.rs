@@ -216,6 +216,7 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
         text: &text,
         tokens: None,
         routing_key: None,
+        headers: None,
         stream: false,
         max_new_tokens: None,
     };
