@@ -331,6 +331,13 @@ impl types::HostCandidates for Host {
             .column(|c| c.latency_ewma.map(saturating_micros))
     }
 
+    fn kv_usage(&mut self, _: Resource<CandidatesData>) -> Vec<Option<f32>> {
+        self.candidates.column(|c| {
+            let capacity = c.kv_capacity.filter(|&n| n > 0)?;
+            Some(c.kv_tokens? as f32 / capacity as f32)
+        })
+    }
+
     fn weights(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
         let known = &self.workers;
         self.candidates

@@ -160,6 +160,11 @@ pub struct Candidate {
     pub ttft_ewma: Option<std::time::Duration>,
     /// The same for the time to a response's end.
     pub latency_ewma: Option<std::time::Duration>,
+    /// The tokens its requests hold in its KV cache at its last
+    /// `/get_load`, when it says ([`crate::workers::Worker::reported_kv_tokens`]).
+    pub kv_tokens: Option<u32>,
+    /// How many tokens its KV cache holds, once the router learned it.
+    pub kv_capacity: Option<u32>,
 }
 
 impl Candidate {

@@ -5,8 +5,14 @@
 //!
 //! Two answer shapes are read: `{"load": N}`, and SGLang's list per
 //! data-parallel rank, `[{"dp_rank": R, "num_reqs": N, "num_waiting_reqs": W}]`
-//! (N + W for the entry of rank R, or summed over ranks for a worker that is
-//! not expanded by rank). A worker that does not answer has no report.
+//! (N, which SGLang counts running and waiting requests in, of the entry
+//! of rank R, or summed over ranks for a worker that is not expanded by
+//! rank; W of them waiting). A worker that does not answer has no report.
+//!
+//! SGLang's entries also carry `num_tokens`, the tokens its requests hold in
+//! the KV cache (queued prompts included); with the cache's size,
+//! `max_total_num_tokens` of `/get_server_info` (asked once, the first time
+//! a worker reports tokens), policies see each worker's KV usage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +32,7 @@ struct RankLoad {
     num_reqs: u64,
     #[serde(default)]
     num_waiting_reqs: u64,
+    num_tokens: Option<u64>,
 }
 
 /// What a `/get_load` answer says of one entry.
@@ -36,6 +43,8 @@ pub struct Report {
     /// Of those, the waiting ones, when the answer is SGLang's list (a
     /// `{"load": N}` answer does not say).
     pub queued: Option<u32>,
+    /// The tokens they hold in the KV cache, when every entry read says.
+    pub kv_tokens: Option<u32>,
 }
 
 fn saturate(n: u64) -> u32 {
@@ -49,6 +58,7 @@ pub fn reported(answer: &Value, dp_rank: Option<u32>) -> Option<Report> {
         return Some(Report {
             load: saturate(n),
             queued: None,
+            kv_tokens: None,
         });
     }
     let ranks: Vec<RankLoad> = serde_json::from_value(answer.clone()).ok()?;
@@ -58,9 +68,42 @@ pub fn reported(answer: &Value, dp_rank: Option<u32>) -> Option<Report> {
             .filter(|r| dp_rank.is_none() || r.dp_rank == dp_rank)
     };
     Some(Report {
-        load: saturate(ours().map(|r| r.num_reqs + r.num_waiting_reqs).sum()),
+        load: saturate(ours().map(|r| r.num_reqs).sum()),
         queued: Some(saturate(ours().map(|r| r.num_waiting_reqs).sum())),
+        kv_tokens: ours()
+            .map(|r| r.num_tokens)
+            .sum::<Option<u64>>()
+            .filter(|_| ours().next().is_some())
+            .map(saturate),
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct Capacity {
+    max_total_num_tokens: Option<u64>,
+    dp_size: Option<u64>,
+}
+
+/// The KV cache size of the entry at `dp_rank` of the worker at `url`:
+/// `max_total_num_tokens` (per rank), times `dp_size` for an entry that is
+/// the whole worker. `None` when it does not say.
+async fn capacity(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> Option<u32> {
+    let info: Capacity = client
+        .get(format!("{url}/get_server_info"))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let ranks = match dp_rank {
+        Some(_) => 1,
+        None => info.dp_size.unwrap_or(1).max(1),
+    };
+    Some(saturate(info.max_total_num_tokens?.saturating_mul(ranks)))
 }
 
 /// Read every worker's `/get_load` every `interval`, forever (the task is
@@ -84,9 +127,24 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, interval: Dur
             }
         });
         let answers = futures_util::future::join_all(asks).await;
+        let mut unsized_workers = Vec::new();
         for (url, answer) in urls.iter().zip(answers) {
             for worker in registry.all_at(url) {
-                worker.set_reported(answer.as_ref().and_then(|a| reported(a, worker.dp_rank)));
+                let report = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
+                if report.is_some_and(|r| r.kv_tokens.is_some()) && worker.kv_capacity().is_none() {
+                    unsized_workers.push(worker.clone());
+                }
+                worker.set_reported(report);
+            }
+        }
+        // Once per worker (until it answers): its cache does not change size.
+        let learned = unsized_workers
+            .iter()
+            .map(|w| capacity(&client, &w.url, w.dp_rank));
+        let sizes = futures_util::future::join_all(learned).await;
+        for (worker, size) in unsized_workers.iter().zip(sizes) {
+            if let Some(tokens) = size {
+                worker.set_kv_capacity(tokens);
             }
         }
     }
@@ -110,15 +168,31 @@ mod tests {
             {"dp_rank": 0, "num_reqs": 3, "num_waiting_reqs": 1, "num_tokens": 99},
             {"dp_rank": 1, "num_reqs": 5, "num_waiting_reqs": 0},
         ]);
-        assert_eq!(load(&ranks, Some(0)), Some(4));
+        // SGLang's num_reqs counts the waiting ones already.
+        assert_eq!(load(&ranks, Some(0)), Some(3));
         assert_eq!(load(&ranks, Some(1)), Some(5));
-        assert_eq!(load(&ranks, None), Some(9));
+        assert_eq!(load(&ranks, None), Some(8));
         let queued = |rank| reported(&ranks, rank).unwrap().queued;
         assert_eq!(
             (queued(Some(0)), queued(Some(1)), queued(None)),
             (Some(1), Some(0), Some(1))
         );
         assert_eq!(load(&json!({"status": "ok"}), None), None);
+        let tokens = |answer: &Value, rank| reported(answer, rank).and_then(|r| r.kv_tokens);
+        assert_eq!(tokens(&ranks, Some(0)), Some(99));
+        assert_eq!(
+            tokens(&ranks, Some(1)),
+            None,
+            "rank 1 does not say how many tokens"
+        );
+        assert_eq!(tokens(&ranks, None), None, "not every rank says");
+        let both = json!([
+            {"dp_rank": 0, "num_reqs": 1, "num_waiting_reqs": 0, "num_tokens": 10},
+            {"dp_rank": 1, "num_reqs": 1, "num_waiting_reqs": 0, "num_tokens": 32},
+        ]);
+        assert_eq!(tokens(&both, None), Some(42));
+        assert_eq!(tokens(&both, Some(2)), None, "no entry for rank 2");
+        assert_eq!(tokens(&json!({"load": 7}), None), None);
         assert_eq!(load(&json!("busy"), None), None);
     }
 }

@@ -113,6 +113,13 @@ pub struct Worker {
     /// Of that load, the requests waiting in its queue; [`NO_REPORT`] when
     /// it does not say.
     reported_queued: AtomicU64,
+    /// The tokens its requests hold in its KV cache (SGLang `num_tokens`);
+    /// [`NO_REPORT`] when it does not say.
+    reported_kv_tokens: AtomicU64,
+    /// How many tokens its KV cache holds (`max_total_num_tokens` of its
+    /// `/get_server_info`, times its `dp_size` for an entry that stands for
+    /// all its ranks); [`NO_REPORT`] until learned ([`load`]).
+    kv_capacity: AtomicU64,
     /// Moving averages of its successful responses' time to first byte and
     /// to the end, in µs, as this router saw them ([`InFlight::served`]);
     /// [`NO_REPORT`] before the first.
@@ -209,6 +216,23 @@ impl Worker {
         };
         store(&self.reported_load, report.map(|r| r.load));
         store(&self.reported_queued, report.and_then(|r| r.queued));
+        store(&self.reported_kv_tokens, report.and_then(|r| r.kv_tokens));
+    }
+
+    /// The tokens its requests hold in its KV cache at its last
+    /// `/get_load`, when it says (SGLang's `num_tokens`).
+    pub fn reported_kv_tokens(&self) -> Option<u32> {
+        read_report(&self.reported_kv_tokens)
+    }
+
+    /// How many tokens its KV cache holds, once learned.
+    pub fn kv_capacity(&self) -> Option<u32> {
+        read_report(&self.kv_capacity)
+    }
+
+    /// Record its KV cache's size in tokens ([`load`] learns it once).
+    pub fn set_kv_capacity(&self, tokens: u32) {
+        self.kv_capacity.store(u64::from(tokens), Ordering::Relaxed);
     }
 
     /// The load policies see: requests in flight from this router, or the

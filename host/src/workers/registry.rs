@@ -140,6 +140,8 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             reported_load: AtomicU64::new(NO_REPORT),
             reported_queued: AtomicU64::new(NO_REPORT),
+            reported_kv_tokens: AtomicU64::new(NO_REPORT),
+            kv_capacity: AtomicU64::new(NO_REPORT),
             ttft_ewma_us: AtomicU64::new(NO_REPORT),
             latency_ewma_us: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
@@ -253,6 +255,8 @@ impl Registry {
                 half_open: w.breaker.is_half_open(),
                 ttft_ewma: w.ttft_ewma(),
                 latency_ewma: w.latency_ewma(),
+                kv_tokens: w.reported_kv_tokens(),
+                kv_capacity: w.kv_capacity(),
             })
             .collect()
     }

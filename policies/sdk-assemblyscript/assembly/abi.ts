@@ -16,6 +16,7 @@
 //   prefix-match (24):              text-chars 0, matched-chars 8, worker tag 16 / value 20
 //   list<option<u32>> element (8):  tag 0, value 4;  list<bool> element (1)
 //   list<option<string>> element (12): tag 0, pointer 4, length 8
+//   list<option<f32>> element (8):  tag 0, value 4
 //   tuple<string, string> (16):     pointer 0, length 4, pointer 8, length 12
 
 // interface types: the borrowed request and candidates of one `select`.
@@ -62,6 +63,8 @@ export declare function candidatesHalfOpen(handle: i32, ret: usize): void;
 export declare function candidatesTtftEwmaUs(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.latency-ewma-us")
 export declare function candidatesLatencyEwmaUs(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.kv-usage")
+export declare function candidatesKvUsage(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.weights")
 export declare function candidatesWeights(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.label")

@@ -20,7 +20,7 @@
 // faults) and `prefixIndex` (a prefix index held by the router).
 
 import * as abi from "./abi";
-import { IMPORT_AREA, liftBools, liftBytes, liftOptionStrings, liftOptionU32s, liftString, liftStringAt, liftU32s, liftU64s } from "./memory";
+import { IMPORT_AREA, liftBools, liftBytes, liftOptionF32s, liftOptionStrings, liftOptionU32s, liftString, liftStringAt, liftU32s, liftU64s } from "./memory";
 
 /** The contract version this glue implements (wit/policy.wit's package version). */
 export const CONTRACT_VERSION = "0.2.0";
@@ -203,6 +203,7 @@ export class Candidates {
   private ttftColumn: StaticArray<i64> | null = null;
   private latencyColumn: StaticArray<i64> | null = null;
   private weightColumn: u32[] | null = null;
+  private kvUsageColumn: StaticArray<f32> | null = null;
 
   /** `handle` is the borrowed `candidates` of the canonical ABI. */
   constructor(readonly handle: i32) {}
@@ -306,6 +307,21 @@ export class Candidates {
       abi.candidatesLatencyEwmaUs(this.handle, IMPORT_AREA);
       column = liftOptionU32s(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
       this.latencyColumn = column;
+    }
+    return column[i];
+  }
+
+  /**
+   * The share of candidate `i`'s KV cache its requests hold at its last
+   * `/get_load` (SGLang's `num_tokens` over `max_total_num_tokens`; queued
+   * prompts count, so it can pass 1); -1 when it does not say.
+   */
+  kvUsage(i: i32): f32 {
+    let column = this.kvUsageColumn;
+    if (column === null) {
+      abi.candidatesKvUsage(this.handle, IMPORT_AREA);
+      column = liftOptionF32s(load<u32>(IMPORT_AREA), load<u32>(IMPORT_AREA, 4));
+      this.kvUsageColumn = column;
     }
     return column[i];
   }

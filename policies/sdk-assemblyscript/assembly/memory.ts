@@ -54,6 +54,17 @@ export function liftOptionU32s(ptr: usize, len: usize): StaticArray<i64> {
   return values;
 }
 
+/** A list of `len` option<f32> at `ptr`, -1 for none; frees it. */
+export function liftOptionF32s(ptr: usize, len: usize): StaticArray<f32> {
+  const values = new StaticArray<f32>(<i32>len);
+  for (let i: usize = 0; i < len; i++) {
+    const at = ptr + (i << 3);
+    values[<i32>i] = load<u8>(at) == 0 ? -1 : load<f32>(at, 4);
+  }
+  if (len != 0) heap.free(ptr);
+  return values;
+}
+
 /** A list of `len` option<string> at `ptr`, null for none; frees it and its strings. */
 export function liftOptionStrings(ptr: usize, len: usize): Array<string | null> {
   const values = new Array<string | null>(<i32>len);

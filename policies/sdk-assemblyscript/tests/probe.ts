@@ -68,7 +68,8 @@ class Probe extends Policy {
         columns += candidates[i].id.toString() + "," + candidates[i].load.toString() + "," +
           candidates.inFlight(i).toString() + "," + candidates.reportedLoad(i).toString() + "," +
           candidates.queued(i).toString() + "," + (candidates.halfOpen(i) ? "1" : "0") + "," +
-          candidates.ttftEwmaUs(i).toString() + "," + candidates.latencyEwmaUs(i).toString() + ";";
+          candidates.ttftEwmaUs(i).toString() + "," + candidates.latencyEwmaUs(i).toString() + "," +
+          candidates.kvUsage(i).toString() + ";";
       }
       return Pick.refuse(columns);
     }

@@ -43,6 +43,7 @@ pub struct Candidates<'a> {
     ttft_ewma_us: OnceCell<Vec<Option<u32>>>,
     latency_ewma_us: OnceCell<Vec<Option<u32>>>,
     weights: OnceCell<Vec<u32>>,
+    kv_usage: OnceCell<Vec<Option<f32>>>,
     /// Native unit tests' labels: (key, a value per candidate).
     labels: Vec<(String, Vec<Option<String>>)>,
 }
@@ -59,6 +60,7 @@ impl<'a> Candidates<'a> {
             ttft_ewma_us: OnceCell::new(),
             latency_ewma_us: OnceCell::new(),
             weights: OnceCell::new(),
+            kv_usage: OnceCell::new(),
             labels: Vec::new(),
         }
     }
@@ -140,6 +142,31 @@ impl<'a> Candidates<'a> {
             Some(h) => h.latency_ewma_us(),
             None => vec![None; self.list.len()],
         })
+    }
+
+    /// The share of each one's KV cache its requests hold at its last
+    /// `/get_load` (SGLang's `num_tokens` over its `max_total_num_tokens`;
+    /// queued prompts count, so it can pass 1); `None` when it does not say.
+    pub fn kv_usage(&self) -> &[Option<f32>] {
+        self.kv_usage.get_or_init(|| match self.host {
+            Some(h) => h.kv_usage(),
+            None => vec![None; self.list.len()],
+        })
+    }
+
+    /// Native unit tests: the KV usage the router would give, one per
+    /// candidate, in order.
+    ///
+    /// # Panics
+    ///
+    /// If it was read already, or there is not one per candidate.
+    pub fn with_kv_usage(self, usage: &[Option<f32>]) -> Self {
+        assert_eq!(usage.len(), self.list.len(), "one usage per candidate");
+        assert!(
+            self.kv_usage.set(usage.to_vec()).is_ok(),
+            "the KV usage was read already"
+        );
+        self
     }
 
     /// Each one's share of traffic relative to the others, as its worker
@@ -245,5 +272,8 @@ mod tests {
         assert_eq!(given.weights(), [4, 1]);
         assert_eq!(given.label("zone"), [None, Some("b".to_string())]);
         assert_eq!(given.label("gpu"), [None, None]);
+        assert_eq!(given.kv_usage(), [None, None]);
+        let used = Candidates::from([Candidate::idle(1, 0)]).with_kv_usage(&[Some(0.5)]);
+        assert_eq!(used.kv_usage(), [Some(0.5)]);
     }
 }

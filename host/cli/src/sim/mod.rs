@@ -145,6 +145,9 @@ pub struct Counters {
     pub running: AtomicUsize,
     /// Requests waiting for a batch slot.
     pub queued: AtomicUsize,
+    /// Prompt tokens of the running requests: what they hold in the KV
+    /// cache, as SGLang's `/get_load` counts `num_tokens`.
+    pub kv_tokens: AtomicU64,
     /// Requests per data-parallel rank (`--dp-size` entries).
     pub by_rank: Vec<AtomicU64>,
     /// KV pulls served (prefill) or made (decode).
@@ -240,7 +243,7 @@ pub async fn start(args: SimArgs, in_process: bool) -> anyhow::Result<SimHandle>
         .route("/get_model_info", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"model_path": s.args.model, "is_generation": true})) }))
         .route("/get_server_info", get(server_info))
         .route("/v1/models", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"object": "list", "data": [{"id": s.args.model, "object": "model", "owned_by": "sim"}]})) }))
-        .route("/get_load", get(|State(s): State<Arc<Sim>>| async move { axum::Json(json!({"load": s.load()})) }))
+        .route("/get_load", get(get_load))
         .route("/flush_cache", post(|State(s): State<Arc<Sim>>| async move { s.flush(); "Cache flushed." }))
         .route("/bootstrap/{room}", get(respond::bootstrap))
         .route("/metrics", get(metrics))
@@ -320,6 +323,22 @@ impl Sim {
     fn scaled(&self, micros: f64) -> Duration {
         Duration::from_secs_f64((micros * self.args.time_scale).max(0.0) / 1e6)
     }
+}
+
+/// SGLang's answer, one entry per data-parallel rank; the simulator counts
+/// for the whole worker, so with `--dp-size` above 1 it answers `{"load"}`
+/// (which every rank's entry reads) rather than split its counts.
+async fn get_load(State(s): State<Arc<Sim>>) -> axum::Json<serde_json::Value> {
+    if s.args.dp_size > 1 {
+        return axum::Json(json!({"load": s.load()}));
+    }
+    let c = &s.counters;
+    axum::Json(json!([{
+        "dp_rank": 0,
+        "num_reqs": s.load(),
+        "num_waiting_reqs": c.queued.load(Ordering::Relaxed),
+        "num_tokens": c.kv_tokens.load(Ordering::Relaxed),
+    }]))
 }
 
 async fn server_info(State(s): State<Arc<Sim>>) -> axum::Json<serde_json::Value> {

@@ -49,15 +49,20 @@ pub async fn chat(State(s): State<Arc<Sim>>, body: Bytes) -> Response {
     serve(s, body, Shape::Chat).await
 }
 
-/// A request admitted to the batch; leaving it frees the slot.
+/// A request admitted to the batch; leaving it frees the slot and the KV
+/// cache tokens it holds.
 struct Running<'a> {
     sim: &'a Sim,
     _slot: SemaphorePermit<'a>,
+    /// Its prompt's tokens, counted in `Counters::kv_tokens`.
+    tokens: u64,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.sim.counters.running.fetch_sub(1, Ordering::Relaxed);
+        let c = &self.sim.counters;
+        c.running.fetch_sub(1, Ordering::Relaxed);
+        c.kv_tokens.fetch_sub(self.tokens, Ordering::Relaxed);
     }
 }
 
@@ -214,11 +219,16 @@ async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
         .expect("the batch semaphore is never closed");
     s.counters.queued.fetch_sub(1, Ordering::Relaxed);
     s.counters.running.fetch_add(1, Ordering::Relaxed);
-    let running = Running {
+    let mut running = Running {
         sim: s,
         _slot: slot,
+        tokens: 0,
     };
     let lookup = s.process(text);
+    running.tokens = lookup.prompt_tokens as u64;
+    s.counters
+        .kv_tokens
+        .fetch_add(running.tokens, Ordering::Relaxed);
     s.counters
         .prompt_tokens
         .fetch_add(lookup.prompt_tokens as u64, Ordering::Relaxed);

@@ -109,6 +109,8 @@ fn every_candidate_column_crosses() {
             half_open: false,
             ttft_ewma: Some(std::time::Duration::from_micros(1500)),
             latency_ewma: Some(std::time::Duration::from_secs(5000)),
+            kv_tokens: Some(3000),
+            kv_capacity: Some(12_000),
         },
         Candidate {
             id: 4_000_000_000,
@@ -119,12 +121,16 @@ fn every_candidate_column_crosses() {
             half_open: true,
             ttft_ewma: None,
             latency_ewma: None,
+            // A token count without a known capacity is no usage.
+            kv_tokens: Some(5),
+            kv_capacity: None,
         },
     ];
     assert_eq!(
         ask(&p, &keyed("columns", "", ""), &candidates),
-        // 5,000 s is past u32 microseconds: the router saturates it.
-        "7,9,3,9,4,0,1500,4294967295;4000000000,2,2,-1,-1,1,-1,-1;"
+        // 5,000 s is past u32 microseconds: the router saturates it. 3,000
+        // of 12,000 tokens is a usage of 0.25; tokens without a capacity, none.
+        "7,9,3,9,4,0,1500,4294967295,0.25;4000000000,2,2,-1,-1,1,-1,-1,-1.0;"
     );
 }
 
@@ -142,13 +148,15 @@ fn the_host_imports_answer_and_state_outlives_the_instance() {
     };
     let p = load();
     let text = "the same system prompt, then a question";
-    let three = idle(&[1, 2, 3]);
+    // Ids no router in this process gives its workers: the probe records a
+    // metric per worker id, and the HTTP test below counts its own worker's.
+    let three = idle(&[7001, 7002, 7003]);
     let n = text.len();
     assert_eq!(
         ask(&p, &keyed("host", "", text), &three),
         format!(
             "calls=1|blob=none|set=ok|metric=ok|bad=refused|add-blob=refused\
-             |before=0/{n}@-1|after={n}/{n}@3|sizes=0,0,{n},"
+             |before=0/{n}@-1|after={n}/{n}@7003|sizes=0,0,{n},"
         )
     );
     assert_eq!(p.faults(), 0, "a refused import is an answer, not a trap");
@@ -160,7 +168,7 @@ fn the_host_imports_answer_and_state_outlives_the_instance() {
         ask(&reloaded, &keyed("host", "", text), &three),
         format!(
             "calls=2|blob=blob ✓ 1|set=ok|metric=ok|bad=refused|add-blob=refused\
-             |before={n}/{n}@3|after={n}/{n}@3|sizes=0,0,{n},"
+             |before={n}/{n}@7003|after={n}/{n}@7003|sizes=0,0,{n},"
         )
     );
     assert_eq!(
@@ -437,12 +445,14 @@ async fn the_probes_metric_is_on_the_metrics_endpoint() {
     assert!(answer.text().await.unwrap().contains("calls=1|"));
     let id = r.state.registry.by_url(&w.url).unwrap().id;
     let text = crate::mock::get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
+    // The process's one recorder holds other tests' probe metrics too
+    // (under other worker ids): this router's worker's line is the one.
+    let worker = format!(r#"worker="{id}""#);
     let line = text
         .lines()
-        .find(|l| l.starts_with("wasm_router_policy_probe_calls"))
-        .unwrap_or_else(|| panic!("no probe_calls on /metrics:\n{text}"));
+        .find(|l| l.starts_with("wasm_router_policy_probe_calls") && l.contains(&worker))
+        .unwrap_or_else(|| panic!("no probe_calls of {worker} on /metrics:\n{text}"));
     assert!(line.contains(r#"policy="as-probe""#), "{line}");
-    assert!(line.contains(&format!(r#"worker="{id}""#)), "{line}");
     assert!(line.ends_with(" 2"), "counters drop fractions: {line}");
     r.shutdown().await.unwrap();
 }
@@ -506,6 +516,40 @@ async fn weights_and_labels_given_to_the_router_reach_the_policy() {
         answer.contains("1,-;5,nörth;2,söuth;")
     })
     .await;
+    r.shutdown().await.unwrap();
+}
+
+/// Over HTTP: a worker that reports its KV cache tokens (SGLang's
+/// `/get_load`) and size (`/get_server_info`) shows its usage to policies;
+/// one that reports neither shows none.
+#[tokio::test]
+async fn a_workers_reported_kv_usage_reaches_the_policy() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    ws[0].b.kv_tokens.store(
+        crate::mock::KV_CAPACITY / 4,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.worker_load_check_interval = Some(1);
+    a.policy = Some(assemblyscript_probe().display().to_string());
+    let r = router(a).await;
+    let mut answer = String::new();
+    crate::mock::eventually("the router reads the usage", async || {
+        let reply = crate::mock::http()
+            .post(format!("http://{}/generate", r.addr))
+            .header("x-routing-key", "columns")
+            .json(&serde_json::json!({"text": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        answer = reply.text().await.unwrap();
+        answer.contains(",0.25;")
+    })
+    .await;
+    assert!(answer.contains(",-1.0;"), "b reports no tokens: {answer}");
     r.shutdown().await.unwrap();
 }
 

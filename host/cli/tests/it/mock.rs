@@ -34,12 +34,18 @@ pub struct Behaviour {
     pub hits: AtomicUsize,
     /// What `/get_load` reports.
     pub load: AtomicU32,
+    /// When set, `/get_load` answers in SGLang's shape with these KV cache
+    /// tokens, and `/get_server_info` gives a capacity of [`KV_CAPACITY`].
+    pub kv_tokens: AtomicU32,
     /// Answer this many model questions (`/get_model_info`, `/v1/models`)
     /// with 503 first: a worker still loading its model.
     pub model_fails: AtomicUsize,
     /// The last inference request's headers and body.
     pub last: std::sync::Mutex<Option<(HeaderMap, Bytes)>>,
 }
+
+/// The KV cache size a mock worker reports.
+pub const KV_CAPACITY: u32 = 12_000;
 
 pub struct MockWorker {
     pub url: String,
@@ -58,6 +64,7 @@ impl MockWorker {
             gate: Semaphore::new(0),
             hits: AtomicUsize::new(0),
             load: AtomicU32::new(0),
+            kv_tokens: AtomicU32::new(0),
             model_fails: AtomicUsize::new(0),
             last: std::sync::Mutex::new(None),
         });
@@ -86,7 +93,11 @@ impl MockWorker {
                 get(
                     |State(b): State<Arc<Behaviour>>, headers: HeaderMap| async move {
                         let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-                        Json(json!({"worker": b.name, "authorization": auth}))
+                        Json(json!({
+                            "worker": b.name,
+                            "authorization": auth,
+                            "max_total_num_tokens": KV_CAPACITY,
+                        }))
                     },
                 ),
             )
@@ -94,7 +105,16 @@ impl MockWorker {
             .route(
                 "/get_load",
                 get(|State(b): State<Arc<Behaviour>>| async move {
-                    Json(json!({"load": b.load.load(Ordering::SeqCst)}))
+                    let load = b.load.load(Ordering::SeqCst);
+                    match b.kv_tokens.load(Ordering::SeqCst) {
+                        0 => Json(json!({"load": load})),
+                        tokens => Json(json!([{
+                            "dp_rank": 0,
+                            "num_reqs": load,
+                            "num_waiting_reqs": 0,
+                            "num_tokens": tokens,
+                        }])),
+                    }
                 }),
             )
             .with_state(b.clone());

@@ -109,6 +109,39 @@ async fn failure_knobs_fail_as_told() {
     .await;
 }
 
+/// `/get_load` in SGLang's shape: a running request's prompt tokens are
+/// held in the KV cache (`num_tokens`) until it ends.
+#[tokio::test]
+async fn get_load_counts_the_kv_tokens_of_running_requests() {
+    let w = sim::start(
+        SimArgs {
+            latency_ms: 400,
+            ..SimArgs::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let load = async || crate::mock::get_json(&format!("{}/get_load", w.url())).await;
+    assert_eq!(
+        load().await,
+        json!([{"dp_rank": 0, "num_reqs": 0, "num_waiting_reqs": 0, "num_tokens": 0}])
+    );
+    let url = format!("{}/generate", w.url());
+    let running = tokio::spawn(async move { post(&url, json!({"text": "t".repeat(640)})).await });
+    let mut seen = Value::Null;
+    crate::mock::eventually("the running request holds tokens", async || {
+        seen = load().await;
+        seen[0]["num_tokens"] != 0
+    })
+    .await;
+    assert_eq!(seen[0]["num_tokens"], 160, "640 chars = 160 tokens: {seen}");
+    assert_eq!(seen[0]["num_reqs"], 1, "{seen}");
+    assert_eq!(running.await.unwrap().0, 200);
+    assert_eq!(load().await[0]["num_tokens"], 0, "ended: nothing held");
+    w.stop();
+}
+
 #[tokio::test]
 async fn prefill_time_grows_with_uncached_tokens() {
     let w = sim::start(
