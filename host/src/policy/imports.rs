@@ -227,6 +227,14 @@ impl types::HostRequest for Host {
         self.request.stream
     }
 
+    fn text_prefix(&mut self, _: Resource<RequestData>, min_bytes: u32) -> String {
+        let text = &self.request.text;
+        let at = usize::try_from(min_bytes)
+            .unwrap_or(usize::MAX)
+            .min(text.len());
+        text[..text.ceil_char_boundary(at)].to_string()
+    }
+
     fn max_new_tokens(&mut self, _: Resource<RequestData>) -> Option<u32> {
         self.request.max_new_tokens
     }

@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
+use wasm_router_policy::tie_break::PREFIX_BYTES;
 use wasm_router_policy::{
     Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
     export_policy, prefix_index,
@@ -113,7 +114,7 @@ impl CacheAware {
     fn least_loaded(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         let sizes = prefix_index::sizes(&ids);
-        let key = TieBreak::key(req.text());
+        let key = TieBreak::key(&req.text_prefix(PREFIX_BYTES));
         candidates
             .iter()
             .zip(sizes)

@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
+use wasm_router_policy::tie_break::PREFIX_BYTES;
 use wasm_router_policy::{
     Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
     export_policy, prefix_index,
@@ -139,7 +140,7 @@ impl PreciseCacheAware {
 
     /// The decision, without recording it in the approximate index.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
-        let key = TieBreak::key(req.text());
+        let key = TieBreak::key(&req.text_prefix(PREFIX_BYTES));
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         // Ties: the smaller share of what this router sent (cache_aware's
         // "most room"), so new prompts spread over the workers as prompts,

@@ -38,6 +38,8 @@ export declare function requestModel(handle: i32, ret: usize): void;
 export declare function requestText(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]request.text-length")
 export declare function requestTextLength(handle: i32): u32;
+@external("wasm-router:policy/types@0.2.0", "[method]request.text-prefix")
+export declare function requestTextPrefix(handle: i32, minBytes: u32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]request.routing-key")
 export declare function requestRoutingKey(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]request.stream")

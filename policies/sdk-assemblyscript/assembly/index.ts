@@ -147,6 +147,16 @@ export class Request {
     return abi.requestTextLength(this.handle);
   }
 
+  /**
+   * The routing text's start: its shortest prefix of at least `minBytes`
+   * UTF-8 bytes that ends on a character boundary (all of it when shorter),
+   * copying only that much. Each call asks the router.
+   */
+  textPrefix(minBytes: u32): string {
+    abi.requestTextPrefix(this.handle, minBytes, IMPORT_AREA);
+    return liftStringAt(IMPORT_AREA);
+  }
+
   /** Header `x-routing-key` (or `x-smg-routing-key`), if sent. */
   get routingKey(): string | null {
     if (!this.keyFetched) {

@@ -59,7 +59,8 @@ class Probe extends Policy {
       return Pick.refuse(
         "id=" + req.id.toString() + "|route=" + (<i32>req.route).toString() + "|model=" + req.model +
         "|text=" + req.text + "|bytes=" + req.textLength.toString() + "|stream=" + (req.stream ? "1" : "0") +
-        "|max=" + req.maxNewTokens.toString() + "|n=" + candidates.length.toString(),
+        "|max=" + req.maxNewTokens.toString() + "|n=" + candidates.length.toString() +
+        "|start=" + req.textPrefix(2),
       );
     }
     if (key == "columns") {

@@ -92,6 +92,21 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The routing text's start: its shortest prefix of at least
+    /// `min_bytes` bytes that ends on a character boundary (all of it when
+    /// shorter). Copies only that much, unless [`Request::text`] was read
+    /// already.
+    pub fn text_prefix(&self, min_bytes: usize) -> std::borrow::Cow<'_, str> {
+        let cut = |text: &str| text.ceil_char_boundary(min_bytes.min(text.len()));
+        match (&self.from, self.text.get()) {
+            (_, Some(text)) => text[..cut(text)].into(),
+            (From::Host(h), None) => h
+                .text_prefix(u32::try_from(min_bytes).unwrap_or(u32::MAX))
+                .into(),
+            (From::Test(t), None) => t.text[..cut(&t.text)].into(),
+        }
+    }
+
     /// Header `x-routing-key` (or `x-smg-routing-key`).
     pub fn routing_key(&self) -> Option<&str> {
         self.routing_key
@@ -157,6 +172,13 @@ impl Request<'static> {
     }
 
     /// The same request with header `name: value`, for [`Request::header`].
+    ///
+    /// ```
+    /// let req = wasm_router_policy::Request::new("héllo", None);
+    /// // "é" is two bytes: a prefix of at least 2 bytes ends after it.
+    /// assert_eq!(req.text_prefix(2), "hé");
+    /// assert_eq!(req.text_prefix(99), "héllo");
+    /// ```
     ///
     /// ```
     /// let req = wasm_router_policy::Request::new("hi", None).with_header("x-tenant", "acme");

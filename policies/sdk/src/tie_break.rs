@@ -45,7 +45,9 @@ impl TieBreak {
             .collect();
     }
 
-    /// The key of a routing text: its first [`PREFIX_BYTES`].
+    /// The key of a routing text: its first [`PREFIX_BYTES`]. Give it
+    /// `req.text_prefix(PREFIX_BYTES)` to copy no more of the text than
+    /// that (the key is the same as of the whole text).
     pub fn key(text: &str) -> u64 {
         hash(&text.as_bytes()[..text.len().min(PREFIX_BYTES)])
     }

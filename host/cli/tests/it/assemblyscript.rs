@@ -79,7 +79,7 @@ fn request_getters_cross_empty_and_non_ascii() {
     let two = idle(&[1, 2]);
     assert_eq!(
         ask(&p, &keyed("request", "", ""), &two),
-        "id=42|route=2|model=|text=|bytes=0|stream=0|max=-1|n=2"
+        "id=42|route=2|model=|text=|bytes=0|stream=0|max=-1|n=2|start="
     );
     let text = "héllo 世界 🚀 \u{0}end";
     let req = RouteRequest {
@@ -90,7 +90,7 @@ fn request_getters_cross_empty_and_non_ascii() {
     assert_eq!(
         ask(&p, &req, &two),
         format!(
-            "id=42|route=2|model=llamä-3|text={text}|bytes={}|stream=1|max=4000000000|n=2",
+            "id=42|route=2|model=llamä-3|text={text}|bytes={}|stream=1|max=4000000000|n=2|start=hé",
             text.len()
         )
     );

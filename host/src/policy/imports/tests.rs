@@ -246,3 +246,33 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
     assert_eq!(f64::from(found.prompt_tokens), full);
     assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
 }
+
+/// `text-prefix` copies at least what was asked, up to the end of the
+/// character it falls in, and never more than the text.
+#[test]
+fn text_prefix_ends_on_a_character_boundary_at_or_past_the_bytes_asked() {
+    let mut host = Host::new(HostShelf::default().get("p"));
+    let text = "aé世z";
+    let req = RouteRequest {
+        id: 1,
+        route: crate::route::Route::Generate,
+        model: "",
+        text,
+        tokens: None,
+        routing_key: None,
+        headers: None,
+        stream: false,
+        max_new_tokens: None,
+    };
+    use types::HostRequest as _;
+    let (lent, _) = host.lend(&req, &[]);
+    let mut prefix = |n| host.text_prefix(Resource::new_borrow(lent.rep()), n);
+    // a (1 byte), é (2), 世 (3), z (1).
+    assert_eq!(prefix(0), "");
+    assert_eq!(prefix(1), "a");
+    assert_eq!(prefix(2), "aé", "byte 2 is inside é");
+    assert_eq!(prefix(3), "aé");
+    assert_eq!(prefix(4), "aé世");
+    assert_eq!(prefix(7), "aé世z");
+    assert_eq!(prefix(u32::MAX), text);
+}
