@@ -6,12 +6,15 @@
 //! one publisher per data-parallel rank. [`decode`] reads a batch in every
 //! encoding they use; [`apply`] folds it into the index under the worker
 //! it came from; [`Subscriptions`] keeps one subscriber task per worker
-//! (`subscriber`: sequence gaps, replay, restarts), and [`follow_workers`]
-//! keeps the subscriptions to the registry's workers (`--kv-events`).
+//! (`subscriber`: sequence gaps, replay, restarts; `zmtp`: the ZMQ wire
+//! protocol, with a bound on what a peer can make it hold), and
+//! [`follow_workers`] keeps the subscriptions to the registry's workers
+//! (`--kv-events`).
 
 mod decode;
 mod discover;
 mod subscriber;
+mod zmtp;
 
 pub use decode::{Batch, DecodeError, Event, Stored, decode};
 pub use discover::{FOLLOW_EVERY, endpoint_from_config, follow_workers};

@@ -19,18 +19,19 @@
 //! - A payload that does not decode is counted and logged (at most every
 //!   10 s per subscription), never more.
 //!
+//! - A message past [`super::zmtp::MAX_MESSAGE_BYTES`] is read through,
+//!   dropped and counted as malformed (its batch then shows as a gap).
+//!
 //! The task runs until aborted: [`crate::events::Subscriptions`] aborts it
-//! when its worker leaves. Messages are not size-bounded by the ZMQ crate:
-//! subscribe only to publishers the operator configured (the workers).
+//! when its worker leaves.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
-
+use super::zmtp::{Connection, Received, ZmtpError};
 use super::{Applied, apply, decode};
 use crate::index::Precise;
+use bytes::Bytes;
 
 /// Where a worker publishes its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,16 +74,17 @@ impl Sequence {
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
-                let now = Instant::now();
-                if self.last_log.is_none_or(|at| now - at >= LOG_EVERY) {
-                    self.last_log = Some(now);
-                    tracing::warn!(
-                        worker = self.worker,
-                        seq,
-                        "a KV event payload was refused: {e}"
-                    );
-                }
+                self.log_bad(&format!("the payload of batch {seq} was refused: {e}"));
             }
+        }
+    }
+
+    /// Log what was wrong with a message, at most once per [`LOG_EVERY`].
+    fn log_bad(&mut self, what: &str) {
+        let now = Instant::now();
+        if self.last_log.is_none_or(|at| now - at >= LOG_EVERY) {
+            self.last_log = Some(now);
+            tracing::warn!(worker = self.worker, "KV events: {what}");
         }
     }
 
@@ -122,33 +124,41 @@ pub async fn run(worker: u32, endpoint: Endpoint, index: Arc<Precise>) {
         last_log: None,
     };
     loop {
-        let mut socket = SubSocket::new();
         let connected = async {
-            socket.connect(&endpoint.publisher).await?;
-            socket.subscribe(&endpoint.topic).await
+            let mut socket = Connection::connect(&endpoint.publisher, "SUB").await?;
+            socket.subscribe(endpoint.topic.as_bytes()).await?;
+            Ok::<_, ZmtpError>(socket)
         };
-        if let Err(e) = connected.await {
-            tracing::debug!(worker, publisher = %endpoint.publisher, "KV events: cannot subscribe yet: {e}");
-            tokio::time::sleep(RECONNECT_EVERY).await;
-            continue;
-        }
+        let mut socket = match connected.await {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::debug!(worker, publisher = %endpoint.publisher, "KV events: cannot subscribe yet: {e}");
+                tokio::time::sleep(RECONNECT_EVERY).await;
+                continue;
+            }
+        };
         tracing::info!(worker, publisher = %endpoint.publisher, "KV events: subscribed");
         loop {
-            let message = match socket.recv().await {
-                Ok(message) => message,
+            match socket.recv().await {
+                Ok(Received::Message(message)) => follow(&mut seq, &endpoint, &message).await,
+                Ok(Received::Oversized(bytes)) => {
+                    metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
+                    seq.log_bad(&format!(
+                        "a message of {bytes} bytes, past the bound, was dropped"
+                    ));
+                }
                 Err(e) => {
                     tracing::warn!(worker, "KV events: the subscription broke: {e}");
                     break;
                 }
-            };
-            follow(&mut seq, &endpoint, message).await;
+            }
         }
         tokio::time::sleep(RECONNECT_EVERY).await;
     }
 }
 
 /// Handle one `[topic, seq, payload]` message.
-async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: ZmqMessage) {
+async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: &[Bytes]) {
     let (Some(number), Some(payload)) = (sequence(message.get(1)), message.get(2)) else {
         metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
         return;
@@ -240,21 +250,17 @@ async fn replay_into(seq: &mut Sequence, replay: &str, from: u64, until: u64) ->
 
 /// Ask `replay` for the batches from `from` on, and keep those before
 /// `until`.
-async fn fetch_replay(
-    replay: &str,
-    from: u64,
-    until: u64,
-) -> Result<Vec<(u64, Bytes)>, zeromq::ZmqError> {
-    let mut dealer = DealerSocket::new();
-    dealer.connect(replay).await?;
+async fn fetch_replay(replay: &str, from: u64, until: u64) -> Result<Vec<(u64, Bytes)>, ZmtpError> {
+    let mut dealer = Connection::connect(replay, "DEALER").await?;
     // A DEALER speaks to the ROUTER as a REQ would: an empty delimiter
     // frame, then the request.
-    let mut request = ZmqMessage::from(Bytes::new());
-    request.push_back(Bytes::copy_from_slice(&from.to_be_bytes()));
-    dealer.send(request).await?;
+    dealer.send(&[b"", &from.to_be_bytes()]).await?;
     let mut batches = Vec::new();
     loop {
-        let reply = dealer.recv().await?;
+        let Received::Message(reply) = dealer.recv().await? else {
+            // Past the bound: this batch is missing, which the caller sees.
+            continue;
+        };
         // [empty, seq, payload]; seq -1 ends the replay.
         let frames: Vec<&Bytes> = reply.iter().skip_while(|f| f.is_empty()).collect();
         let Some(number) = sequence(frames.first().copied()) else {
