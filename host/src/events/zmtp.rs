@@ -128,7 +128,7 @@ impl Connection {
                 return Err(ZmtpError::Handshake("another security mechanism"));
             }
             c.writer.write_all(&ready(socket_type)).await?;
-            let (flags, body) = c.frame(256).await?;
+            let (flags, body) = c.frame(4096).await?;
             match body {
                 Some(body) if flags & COMMAND != 0 && body.starts_with(b"\x05READY") => Ok(c),
                 _ => Err(ZmtpError::Handshake("no READY command")),
@@ -174,11 +174,10 @@ impl Connection {
             let mut size = 0u64;
             let mut oversized = false;
             loop {
-                let budget = if oversized || frames.len() == MAX_MESSAGE_FRAMES {
-                    0
-                } else {
-                    MAX_MESSAGE_BYTES - kept
-                };
+                // Past either bound nothing more is kept, empty frames
+                // included: they would still grow the list.
+                let keep = !oversized && frames.len() < MAX_MESSAGE_FRAMES;
+                let budget = if keep { MAX_MESSAGE_BYTES - kept } else { 0 };
                 let (flags, body, len) = self.frame_sized(budget).await?;
                 if flags & COMMAND != 0 {
                     // PING and the like, between messages: not ours to keep.
@@ -186,7 +185,7 @@ impl Connection {
                 }
                 size += len;
                 match body {
-                    Some(body) if !oversized => {
+                    Some(body) if keep => {
                         kept += body.len();
                         frames.push(body);
                     }

@@ -91,19 +91,24 @@ async fn an_oversized_message_is_dropped_and_the_next_arrives() {
     );
 }
 
+/// Frames past the bound are dropped, empty ones too (a stream of empty
+/// frames would otherwise grow the list without end).
 #[tokio::test]
 async fn too_many_frames_are_dropped_too() {
     let mut stream = Vec::new();
-    for i in 0..=MAX_MESSAGE_FRAMES {
-        stream.extend(header(i < MAX_MESSAGE_FRAMES, 1));
+    for _ in 0..MAX_MESSAGE_FRAMES {
+        stream.extend(header(true, 1));
         stream.push(b'x');
+    }
+    for last in [false, false, true] {
+        stream.extend(header(!last, 0));
     }
     let mut sub = Connection::connect(&raw_publisher(stream).await, "SUB")
         .await
         .unwrap();
     assert_eq!(
         sub.recv().await.unwrap(),
-        Received::Oversized(MAX_MESSAGE_FRAMES as u64 + 1)
+        Received::Oversized(MAX_MESSAGE_FRAMES as u64)
     );
 }
 
