@@ -212,7 +212,9 @@ async fn require_admin(
 #[derive(Deserialize)]
 struct WorkerUrl {
     url: String,
-    #[serde(default)]
+    /// `prefill` or `decode` in PD mode; sglang-router's clients send it
+    /// as `worker_type`.
+    #[serde(default, alias = "worker_type")]
     role: Option<String>,
     #[serde(default)]
     bootstrap_port: Option<u16>,
