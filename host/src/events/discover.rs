@@ -115,17 +115,7 @@ async fn ask(
     if let Some(config) = given {
         return Some(followable(url, dp_rank, config));
     }
-    let info: Value = client
-        .get(format!("{url}/get_server_info"))
-        .timeout(ASK_TIMEOUT)
-        .send()
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let info: Value = crate::workers::server_info(client, url, ASK_TIMEOUT).await?;
     let Some(config) = info.get("kv_events_config") else {
         return Some(None);
     };

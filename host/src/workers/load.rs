@@ -88,17 +88,7 @@ struct Capacity {
 /// `max_total_num_tokens` (per rank), times `dp_size` for an entry that is
 /// the whole worker. `None` when it does not say.
 async fn capacity(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> Option<u32> {
-    let info: Capacity = client
-        .get(format!("{url}/get_server_info"))
-        .timeout(TIMEOUT)
-        .send()
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let info: Capacity = super::server_info(client, url, TIMEOUT).await?;
     let ranks = match dp_rank {
         Some(_) => 1,
         None => info.dp_size.unwrap_or(1).max(1),

@@ -73,6 +73,27 @@ impl WorkerSpec {
     }
 }
 
+/// The `/get_server_info` of the worker at `url`, read as `T`; `None` when
+/// it does not answer within `timeout`, answers with an error status, or
+/// with something else.
+pub async fn server_info<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Option<T> {
+    client
+        .get(format!("{url}/get_server_info"))
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// How logs and metrics name a worker: its URL, with `@RANK` for a
 /// data-parallel rank.
 fn name(url: &str, dp_rank: Option<u32>) -> String {

@@ -426,6 +426,27 @@ fn a_core_module_of_the_0_1_glue_is_still_componentized() {
     );
 }
 
+/// Over HTTP: `/generate` through router `r` with routing key `key` (which
+/// the probe answers) and `headers`; the status and body.
+async fn ask_over_http(
+    r: &wasm_router::server::Running,
+    key: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = crate::mock::http()
+        .post(format!("http://{}/generate", r.addr))
+        .header("x-routing-key", key);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let answer = req
+        .json(&serde_json::json!({"text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
 /// Over HTTP: what the probe logs and records reaches the router's log and
 /// `/metrics`, under the policy's label.
 #[tokio::test]
@@ -434,15 +455,9 @@ async fn the_probes_metric_is_on_the_metrics_endpoint() {
     let mut a = args(&[&w]);
     a.policy = Some(assemblyscript_probe().display().to_string());
     let r = router(a).await;
-    let answer = crate::mock::http()
-        .post(format!("http://{}/generate", r.addr))
-        .header("x-routing-key", "host")
-        .json(&serde_json::json!({"text": "hello"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 503);
-    assert!(answer.text().await.unwrap().contains("calls=1|"));
+    let (status, answer) = ask_over_http(&r, "host", &[]).await;
+    assert_eq!(status, 503);
+    assert!(answer.contains("calls=1|"));
     let id = r.state.registry.by_url(&w.url).unwrap().id;
     let text = crate::mock::get_text(&format!("http://{}/metrics", r.metrics_addr)).await;
     // The process's one recorder holds other tests' probe metrics too
@@ -505,14 +520,7 @@ async fn weights_and_labels_given_to_the_router_reach_the_policy() {
     );
     let mut answer = String::new();
     crate::mock::eventually("the policy sees all three workers", async || {
-        let reply = crate::mock::http()
-            .post(format!("http://{}/generate", r.addr))
-            .header("x-routing-key", "attributes")
-            .json(&serde_json::json!({"text": "hello"}))
-            .send()
-            .await
-            .unwrap();
-        answer = reply.text().await.unwrap();
+        answer = ask_over_http(&r, "attributes", &[]).await.1;
         answer.contains("1,-;5,nörth;2,söuth;")
     })
     .await;
@@ -538,14 +546,7 @@ async fn a_workers_reported_kv_usage_reaches_the_policy() {
     let r = router(a).await;
     let mut answer = String::new();
     crate::mock::eventually("the router reads the usage", async || {
-        let reply = crate::mock::http()
-            .post(format!("http://{}/generate", r.addr))
-            .header("x-routing-key", "columns")
-            .json(&serde_json::json!({"text": "hello"}))
-            .send()
-            .await
-            .unwrap();
-        answer = reply.text().await.unwrap();
+        answer = ask_over_http(&r, "columns", &[]).await.1;
         answer.contains(",0.25;")
     })
     .await;
@@ -561,17 +562,9 @@ async fn a_clients_headers_reach_a_policy_that_reads_them() {
     let mut a = args(&[&w]);
     a.policy = Some(assemblyscript_probe().display().to_string());
     let r = router(a).await;
-    let answer = crate::mock::http()
-        .post(format!("http://{}/generate", r.addr))
-        .header("x-routing-key", "headers")
-        .header("x-tenant", "acme")
-        .header("authorization", "Bearer secret")
-        .json(&serde_json::json!({"text": "hello"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 503);
-    let text = answer.text().await.unwrap();
+    let headers = [("x-tenant", "acme"), ("authorization", "Bearer secret")];
+    let (status, text) = ask_over_http(&r, "headers", &headers).await;
+    assert_eq!(status, 503);
     assert!(text.contains("tenant=acme|auth=-"), "{text}");
     r.shutdown().await.unwrap();
 }

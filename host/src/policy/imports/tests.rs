@@ -209,17 +209,7 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
         tokenizer: Some(Arc::new(tokenizer)),
     });
     let mut host = Host::new(shelf.get("p"));
-    let req = RouteRequest {
-        id: 1,
-        route: crate::route::Route::Generate,
-        model: "",
-        text: &text,
-        tokens: None,
-        routing_key: None,
-        headers: None,
-        stream: false,
-        max_new_tokens: None,
-    };
+    let req = generate(&text);
     let (lent, _) = host.lend(&req, &[]);
     use prefix_index::Host as _;
     let found = host.match_kv(lent, vec![1, 2]);
@@ -247,13 +237,9 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
     assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
 }
 
-/// `text-prefix` copies at least what was asked, up to the end of the
-/// character it falls in, and never more than the text.
-#[test]
-fn text_prefix_ends_on_a_character_boundary_at_or_past_the_bytes_asked() {
-    let mut host = Host::new(HostShelf::default().get("p"));
-    let text = "aé世z";
-    let req = RouteRequest {
+/// A `/generate` request with routing text `text`, nothing else known.
+fn generate(text: &str) -> RouteRequest<'_> {
+    RouteRequest {
         id: 1,
         route: crate::route::Route::Generate,
         model: "",
@@ -263,7 +249,16 @@ fn text_prefix_ends_on_a_character_boundary_at_or_past_the_bytes_asked() {
         headers: None,
         stream: false,
         max_new_tokens: None,
-    };
+    }
+}
+
+/// `text-prefix` copies at least what was asked, up to the end of the
+/// character it falls in, and never more than the text.
+#[test]
+fn text_prefix_ends_on_a_character_boundary_at_or_past_the_bytes_asked() {
+    let mut host = Host::new(HostShelf::default().get("p"));
+    let text = "aé世z";
+    let req = generate(text);
     use types::HostRequest as _;
     let (lent, _) = host.lend(&req, &[]);
     let mut prefix = |n| host.text_prefix(Resource::new_borrow(lent.rep()), n);
