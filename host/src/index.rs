@@ -62,7 +62,11 @@ impl Approximate {
     /// Record that `text` went to `worker`; `false` if the index is full.
     pub fn insert(&self, text: &str, worker: u32) -> bool {
         let mut tree = self.write();
-        if tree.chars() + text.chars().count() as u64 > self.limit {
+        // A text has at most as many characters as bytes: counting them,
+        // a pass over the whole text, is needed only near the bound.
+        let held = tree.chars();
+        if held + text.len() as u64 > self.limit && held + text.chars().count() as u64 > self.limit
+        {
             return false;
         }
         tree.insert(text, worker);
@@ -128,5 +132,16 @@ mod tests {
         assert_eq!(index.sizes(&[3]), [0]);
         index.evict(0);
         assert!(index.insert("y", 3));
+    }
+
+    /// The bound counts characters, not bytes: two-byte characters up to
+    /// it fit, one more does not.
+    #[test]
+    fn the_bound_counts_characters_not_bytes() {
+        let index = Approximate::with_limit(100);
+        assert!(index.insert(&"é".repeat(50), 1));
+        assert!(index.insert(&"é".repeat(50), 2));
+        assert_eq!(index.chars(), 100);
+        assert!(!index.insert("é", 3));
     }
 }
