@@ -12,8 +12,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use wasm_router::config::Limits;
 use wasm_router::policy::{
-    Candidate, Limits, Policy, PolicyEngine, PolicySource, Route, RouteRequest, SelectError,
+    Candidate, Policy, PolicyEngine, PolicySource, Route, RouteRequest, SelectError,
     WasmPolicy,
 };
 

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
+use wasm_router::config::Limits;
 use wasm_router::policy::{
-    self, Limits, Policy as _, PolicyEngine, PolicySource, Route, RouteRequest, WasmPolicy,
+    self, Policy as _, PolicyEngine, PolicySource, Route, RouteRequest, WasmPolicy,
 };
 use wasm_router_policy::Policy as _;
 

@@ -13,12 +13,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{AdminKey, WorkerEntry, validate_worker_entry};
+use crate::config::{AdminKey, Labels, Role, WorkerEntry, WorkerSpec, validate_worker_entry};
 use crate::errors::ApiError;
 use crate::jwt;
-use crate::policy::Role;
 use crate::state::AppState;
-use crate::workers::{Worker, WorkerSpec, health};
+use crate::workers::{Worker, health};
 
 type S = State<Arc<AppState>>;
 
@@ -224,7 +223,7 @@ struct WorkerUrl {
     weight: Option<u32>,
     /// Labels policies can read; sglang-router's name.
     #[serde(default)]
-    labels: crate::policy::Labels,
+    labels: Labels,
     /// Where it publishes its KV events, as its own `--kv-events-config`
     /// (a JSON object or string), for a worker whose `/get_server_info`
     /// does not say (vLLM).

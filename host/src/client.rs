@@ -3,7 +3,7 @@
 //! reqwest, pooled like [`crate::upstream`] (which forwards clients'
 //! requests), no proxy from the environment, Nagle off, webpki roots only.
 
-use crate::tls::ClientTls;
+use crate::config::ClientTls;
 use crate::upstream::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_WORKER};
 
 fn builder() -> reqwest::ClientBuilder {

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::{ClientTls, ServerTls};
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -54,15 +56,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side: certificate chain and key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTls {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-}
-
 impl ServerTls {
     /// A rustls server config (HTTP/1.1).
     pub fn rustls_config(&self) -> Result<rustls::ServerConfig, TlsError> {
@@ -76,15 +69,6 @@ impl ServerTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
-}
-
-/// The client side, towards workers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientTls {
-    /// Extra root certificates (PEM) to trust.
-    pub ca_certs: Vec<PathBuf>,
-    /// Client certificate and key for mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl ClientTls {

@@ -19,7 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::tls::{ClientTls, TlsError};
+use crate::config::ClientTls;
+use crate::tls::TlsError;
 
 /// One piece of a worker's response body.
 pub type Chunk = Result<Bytes, hyper::Error>;

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use clap::error::{ContextKind, ContextValue};
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use wasm_router::config::{Config, ConfigError};
@@ -64,7 +64,7 @@ fn check(argv: Vec<String>) -> PyResult<()> {
 }
 
 fn parse(argv: Vec<String>) -> PyResult<Cli> {
-    Cli::try_parse_from(std::iter::once("router".to_string()).chain(argv)).map_err(|e| {
+    Cli::try_parse_args(std::iter::once("router".to_string()).chain(argv)).map_err(|e| {
         let message = e.render().to_string();
         let message = message.trim().trim_start_matches("error: ");
         match e.get(ContextKind::InvalidArg) {

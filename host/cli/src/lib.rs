@@ -44,6 +44,25 @@ pub struct Cli {
     pub log_json: bool,
 }
 
+impl Cli {
+    /// The command line, each router setting's help ending with its default
+    /// ([`wasm_router::config::defaults`]).
+    pub fn command_with_defaults() -> clap::Command {
+        wasm_router::config::show_defaults(<Cli as clap::CommandFactory>::command())
+    }
+
+    /// Parse `argv` (program name first) against
+    /// [`Cli::command_with_defaults`].
+    pub fn try_parse_args<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command_with_defaults().try_get_matches_from(argv)?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -99,6 +118,6 @@ pub fn cache_dir(disabled: bool) -> Option<PathBuf> {
     if disabled {
         None
     } else {
-        wasm_router::policy::PolicyEngine::default_cache_dir()
+        wasm_router::config::default_cache_dir()
     }
 }

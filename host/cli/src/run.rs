@@ -1,7 +1,6 @@
 //! The command line's dispatch: shared by the `router` binary and the
 //! Python package, so both behave the same.
 
-use clap::Parser;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -18,7 +17,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match Cli::try_parse_args(argv) {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with 0; usage errors exit 2.

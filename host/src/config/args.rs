@@ -6,8 +6,8 @@
 //! extension exposes, a keyword of the Python `Router(...)` and a flag of
 //! `python -m wasm_router.launch_router`. Every field is optional (`None`,
 //! `false`, empty: not given), so that one generic rule can put the flags
-//! over the file; the defaults shown in the help are applied by validation
-//! ([`super::Config::load`]). One clap + serde struct
+//! over the file; the defaults are the constants of [`super::defaults`],
+//! which validation applies and the help shows. One clap + serde struct
 //! rather than `figment`: the file and the flags are the only two layers,
 //! and a struct that both derive keeps each setting's name, type, help and
 //! TOML key on the lines of its field.
@@ -29,10 +29,10 @@ pub struct RouterArgs {
     #[arg(long, help_heading = "Worker Configuration")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1].
+    /// Address to listen on.
     #[arg(long, help_heading = "Worker Configuration")]
     pub host: Option<IpAddr>,
-    /// Port to listen on [default: 30000].
+    /// Port to listen on.
     #[arg(long, value_parser = port_number, help_heading = "Worker Configuration")]
     pub port: Option<u16>,
     /// Worker base URLs.
@@ -44,8 +44,7 @@ pub struct RouterArgs {
     #[arg(skip)]
     pub workers: Vec<WorkerEntry>,
     /// Built-in policy name (cache_aware, round_robin, random, power_of_two,
-    /// consistent_hash, manual, bucket, precise_cache_aware) or a .wasm file
-    /// [default: cache_aware].
+    /// consistent_hash, manual, bucket, precise_cache_aware) or a .wasm file.
     // `policy` in the file is the policy's own table (below).
     #[arg(long, help_heading = "Routing Policy")]
     #[serde(rename = "policy_name")]
@@ -57,26 +56,26 @@ pub struct RouterArgs {
     #[arg(skip)]
     #[serde(rename = "policy")]
     pub policy_table: Map<String, Value>,
-    /// cache_aware: minimum prefix match ratio to follow the cache [default: 0.3].
+    /// cache_aware: minimum prefix match ratio to follow the cache.
     #[arg(long, help_heading = "Routing Policy")]
     pub cache_threshold: Option<f64>,
-    /// cache_aware: absolute load gap that overrides affinity [default: 64].
+    /// cache_aware: absolute load gap that overrides affinity.
     #[arg(long, help_heading = "Routing Policy")]
     pub balance_abs_threshold: Option<u32>,
-    /// cache_aware: relative load ratio that overrides affinity [default: 1.5].
+    /// cache_aware: relative load ratio that overrides affinity.
     #[arg(long, help_heading = "Routing Policy")]
     pub balance_rel_threshold: Option<f64>,
-    /// cache_aware: seconds between tree evictions [default: 60].
+    /// cache_aware: seconds between tree evictions.
     #[arg(long, help_heading = "Routing Policy")]
     pub eviction_interval_secs: Option<u64>,
-    /// cache_aware: characters per worker kept after eviction [default: 67108864].
+    /// cache_aware: characters per worker kept after eviction.
     #[arg(long, help_heading = "Routing Policy")]
     pub max_tree_size: Option<u64>,
     /// manual: how a new routing key picks its worker: random, min_load or
-    /// min_group [default: random].
+    /// min_group.
     #[arg(long, help_heading = "Routing Policy")]
     pub assignment_mode: Option<String>,
-    /// manual: seconds after which an unused routing key is forgotten [default: 14400].
+    /// manual: seconds after which an unused routing key is forgotten.
     #[arg(long, help_heading = "Routing Policy")]
     pub max_idle_secs: Option<u64>,
     /// Prefill/decode disaggregation: each request goes to a prefill and a
@@ -110,15 +109,15 @@ pub struct RouterArgs {
     pub kv_events: bool,
     /// Seconds between reads of each worker's own load (/get_load), which
     /// policies see when it is above the router's in-flight count; 0 to
-    /// never read it [default: 10].
+    /// never read it.
     #[arg(long, help_heading = "Health Checks")]
     pub worker_load_check_interval: Option<u64>,
-    /// Largest request body in bytes; larger is a 413 [default: 536870912].
+    /// Largest request body in bytes; larger is a 413.
     #[arg(long, help_heading = "Routing Policy")]
     pub max_payload_size: Option<usize>,
     /// Seconds a whole request may take, from its first byte to its
     /// response's last, streaming included: 504 before the response
-    /// headers, an SSE error event after them [default: 1800].
+    /// headers, an SSE error event after them.
     #[arg(long, help_heading = "Request Handling")]
     pub request_timeout_secs: Option<u64>,
     /// Seconds to wait for one worker's response headers before counting the
@@ -127,74 +126,74 @@ pub struct RouterArgs {
     #[arg(long, help_heading = "Request Handling")]
     pub attempt_timeout_secs: Option<u64>,
     /// Seconds to wait for a TCP connection to a worker; then the attempt
-    /// fails and is retried on another worker [default: 10].
+    /// fails and is retried on another worker.
     #[arg(long, help_heading = "Request Handling")]
     pub connect_timeout_secs: Option<u64>,
     /// Seconds a worker's response body, or a client's request body, may
     /// pause between two chunks; then it ends (a stream with an SSE error
-    /// event) [default: 300].
+    /// event).
     #[arg(long, help_heading = "Request Handling")]
     pub stream_idle_timeout_secs: Option<u64>,
-    /// Retries after the first attempt [default: 5].
+    /// Retries after the first attempt.
     #[arg(long, help_heading = "Retry Configuration")]
     pub retry_max_retries: Option<u32>,
-    /// First retry back-off in ms [default: 50].
+    /// First retry back-off in ms.
     #[arg(long, help_heading = "Retry Configuration")]
     pub retry_initial_backoff_ms: Option<u64>,
-    /// Longest retry back-off in ms [default: 30000].
+    /// Longest retry back-off in ms.
     #[arg(long, help_heading = "Retry Configuration")]
     pub retry_max_backoff_ms: Option<u64>,
-    /// Back-off growth per retry [default: 1.5].
+    /// Back-off growth per retry.
     #[arg(long, help_heading = "Retry Configuration")]
     pub retry_backoff_multiplier: Option<f64>,
-    /// Random share of each back-off, 0 to 1 [default: 0.2].
+    /// Random share of each back-off, 0 to 1.
     #[arg(long, help_heading = "Retry Configuration")]
     pub retry_jitter_factor: Option<f64>,
     /// Never retry.
     #[arg(long, help_heading = "Retry Configuration")]
     pub disable_retries: bool,
-    /// Consecutive failures that open a worker's breaker [default: 10].
+    /// Consecutive failures that open a worker's breaker.
     #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_failure_threshold: Option<u32>,
     /// Successes in half-open that close it again; also the trial requests
-    /// a half-open breaker lets through per second [default: 3].
+    /// a half-open breaker lets through per second.
     #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_success_threshold: Option<u32>,
-    /// Seconds an open breaker waits before letting a trial through [default: 60].
+    /// Seconds an open breaker waits before letting a trial through.
     #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_timeout_duration_secs: Option<u64>,
     /// Seconds after the first of a row of failures that the row starts
-    /// again [default: 120].
+    /// again.
     #[arg(long, help_heading = "Circuit Breaker")]
     pub cb_window_duration_secs: Option<u64>,
     /// No circuit breakers.
     #[arg(long, help_heading = "Circuit Breaker")]
     pub disable_circuit_breaker: bool,
-    /// Failed checks in a row that mark a worker unhealthy [default: 3].
+    /// Failed checks in a row that mark a worker unhealthy.
     #[arg(long, help_heading = "Health Checks")]
     pub health_failure_threshold: Option<u32>,
-    /// Passed checks in a row that mark it healthy again [default: 2].
+    /// Passed checks in a row that mark it healthy again.
     #[arg(long, help_heading = "Health Checks")]
     pub health_success_threshold: Option<u32>,
-    /// Seconds before a health check counts as failed [default: 5].
+    /// Seconds before a health check counts as failed.
     #[arg(long, help_heading = "Health Checks")]
     pub health_check_timeout_secs: Option<u64>,
-    /// Seconds between health checks [default: 60].
+    /// Seconds between health checks.
     #[arg(long, help_heading = "Health Checks")]
     pub health_check_interval_secs: Option<u64>,
-    /// Path probed by health checks [default: /health].
+    /// Path probed by health checks.
     #[arg(long, help_heading = "Health Checks")]
     pub health_check_endpoint: Option<String>,
     /// No health checks: every registered worker counts as healthy.
     #[arg(long, help_heading = "Health Checks")]
     pub disable_health_check: bool,
-    /// Requests forwarded at once; 0 or -1 for no limit [default: 256].
+    /// Requests forwarded at once; 0 or -1 for no limit.
     #[arg(long, allow_negative_numbers = true, help_heading = "Rate Limiting")]
     pub max_concurrent_requests: Option<i64>,
-    /// Requests that may wait for a slot; more get 429 [default: 100].
+    /// Requests that may wait for a slot; more get 429.
     #[arg(long, help_heading = "Rate Limiting")]
     pub queue_size: Option<usize>,
-    /// Seconds a request may wait for a slot; then 408 [default: 60].
+    /// Seconds a request may wait for a slot; then 408.
     #[arg(long, help_heading = "Rate Limiting")]
     pub queue_timeout_secs: Option<u64>,
     /// Require `Authorization: Bearer KEY` on the inference routes.
@@ -208,23 +207,22 @@ pub struct RouterArgs {
     /// Serve admin routes without a key to non-loopback clients too.
     #[arg(long, help_heading = "Control Plane Authentication")]
     pub allow_remote_admin: bool,
-    /// Address of the Prometheus endpoint [default: 127.0.0.1].
+    /// Address of the Prometheus endpoint.
     #[arg(long, help_heading = "Prometheus Metrics")]
     pub prometheus_host: Option<IpAddr>,
-    /// Port of the Prometheus endpoint [default: 29000].
+    /// Port of the Prometheus endpoint.
     #[arg(long, value_parser = port_number, help_heading = "Prometheus Metrics")]
     pub prometheus_port: Option<u16>,
-    /// Headers that carry a client's request id, first found wins
-    /// [default: x-request-id x-correlation-id x-trace-id request-id].
+    /// Headers that carry a client's request id, first found wins.
     #[arg(long, num_args = 0.., help_heading = "Request Handling")]
     pub request_id_headers: Vec<String>,
-    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT [default: 180].
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, help_heading = "Request Handling")]
     pub shutdown_grace_period_secs: Option<u64>,
-    /// Deadline of one policy call on the request path, in ms [default: 10].
+    /// Deadline of one policy call on the request path, in ms.
     #[arg(long, help_heading = "Routing Policy")]
     pub policy_call_deadline_ms: Option<u64>,
-    /// Linear memory a policy may use, in MiB [default: 512].
+    /// Linear memory a policy may use, in MiB.
     #[arg(long, help_heading = "Routing Policy")]
     pub policy_memory_limit_mb: Option<usize>,
     /// Do not cache compiled policies on disk.
@@ -254,7 +252,7 @@ pub struct RouterArgs {
     // this router does not offer, and those not built yet, are accepted at
     // their default and refused otherwise (`validate.rs`, README.md's
     // flag table).
-    /// bucket: seconds between bucket boundary adjustments [default: 5].
+    /// bucket: seconds between bucket boundary adjustments.
     #[arg(long, help_heading = "Routing Policy")]
     pub bucket_adjust_interval_secs: Option<u64>,
     /// Multi-model routing (sglang-router's IGW mode): always on here, the
@@ -265,11 +263,11 @@ pub struct RouterArgs {
     #[arg(long, help_heading = "PD Disaggregation")]
     pub mini_lb: bool,
     /// Seconds a new worker may take to pass its first health check; then
-    /// it is removed, named in an error [default: 1800].
+    /// it is removed, named in an error.
     #[arg(long, help_heading = "PD Disaggregation")]
     pub worker_startup_timeout_secs: Option<u64>,
     /// Seconds between health checks of a new worker that has not passed
-    /// one yet [default: 30].
+    /// one yet.
     #[arg(long, help_heading = "PD Disaggregation")]
     pub worker_startup_check_interval: Option<u64>,
     /// Also write the logs to a file in this directory, a new one each day
@@ -282,7 +280,7 @@ pub struct RouterArgs {
     /// Service discovery's label selector (key=value ...): not supported yet.
     #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub selector: Vec<String>,
-    /// Port of discovered worker pods: not supported yet [default: 80].
+    /// Port of discovered worker pods: not supported yet.
     #[arg(long, value_parser = port_number, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery_port: Option<u16>,
     /// Namespace watched by service discovery: not supported yet.
@@ -322,13 +320,13 @@ pub struct RouterArgs {
     /// Tokenizer cache, level 0: not supported yet.
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l0: bool,
-    /// Tokenizer cache, level 0 entries: not supported yet [default: 10000].
+    /// Tokenizer cache, level 0 entries: not supported yet.
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l0_max_entries: Option<u64>,
     /// Tokenizer cache, level 1: not supported yet.
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l1: bool,
-    /// Tokenizer cache, level 1 bytes: not supported yet [default: 52428800].
+    /// Tokenizer cache, level 1 bytes: not supported yet.
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l1_max_memory: Option<u64>,
     /// Reasoning parser: not supported (a gateway feature).
@@ -341,11 +339,11 @@ pub struct RouterArgs {
     #[arg(long, help_heading = "Parsers")]
     pub mcp_config_path: Option<String>,
     /// What the workers are: sglang or openai (any OpenAI-compatible
-    /// server); both are proxied alike [default: sglang].
+    /// server); both are proxied alike.
     #[arg(long, help_heading = "Backend")]
     pub backend: Option<String>,
     /// Conversation history storage: `memory` or `none` only, as this
-    /// router keeps no history [default: memory].
+    /// router keeps no history.
     #[arg(long, help_heading = "Backend")]
     pub history_backend: Option<String>,
     /// History in Oracle: not supported.
@@ -363,34 +361,34 @@ pub struct RouterArgs {
     /// History in Oracle: not supported.
     #[arg(long, help_heading = "Oracle Database")]
     pub oracle_password: Option<String>,
-    /// History in Oracle: not supported [default: 1].
+    /// History in Oracle: not supported.
     #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_min: Option<u64>,
-    /// History in Oracle: not supported [default: 16].
+    /// History in Oracle: not supported.
     #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_max: Option<u64>,
-    /// History in Oracle: not supported [default: 30].
+    /// History in Oracle: not supported.
     #[arg(long, help_heading = "Oracle Database")]
     pub oracle_pool_timeout_secs: Option<u64>,
     /// History in PostgreSQL: not supported.
     #[arg(long, help_heading = "PostgreSQL Database")]
     pub postgres_db_url: Option<String>,
-    /// History in PostgreSQL: not supported [default: 16].
+    /// History in PostgreSQL: not supported.
     #[arg(long, help_heading = "PostgreSQL Database")]
     pub postgres_pool_max: Option<u64>,
     /// History in Redis: not supported.
     #[arg(long, help_heading = "Redis Database")]
     pub redis_url: Option<String>,
-    /// History in Redis: not supported [default: 16].
+    /// History in Redis: not supported.
     #[arg(long, help_heading = "Redis Database")]
     pub redis_pool_max: Option<u64>,
-    /// History in Redis: not supported [default: 30].
+    /// History in Redis: not supported.
     #[arg(long, help_heading = "Redis Database")]
     pub redis_retention_days: Option<u64>,
     /// OpenTelemetry tracing: not supported yet.
     #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub enable_trace: bool,
-    /// OpenTelemetry collector: not supported yet [default: localhost:4317].
+    /// OpenTelemetry collector: not supported yet.
     #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub otlp_traces_endpoint: Option<String>,
     /// Keys of the admin routes as id:name:role:key, role admin (may
@@ -431,7 +429,7 @@ pub struct WorkerEntry {
     pub weight: Option<u32>,
     /// Labels policies can read (`labels = { zone = "a", gpu = "h100" }`).
     #[serde(default)]
-    pub labels: crate::policy::Labels,
+    pub labels: super::Labels,
     /// Where it publishes its KV events, as its own `--kv-events-config` (a
     /// table or a JSON string), for a worker whose `/get_server_info` does
     /// not say (vLLM); needs --kv-events.

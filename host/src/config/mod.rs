@@ -1,8 +1,13 @@
 //! Router settings in two stages: raw [`RouterArgs`], the one declaration
 //! of every setting, read from the flags and from the `--config` TOML file,
 //! layered (flags over the file, `layer`), then validated into a [`Config`]
-//! with the defaults applied (`validate.rs`). Only `Config` goes further.
-//! Names and defaults follow the SGLang router.
+//! with the defaults applied (`validate.rs`, one file per concern beside
+//! it). Only `Config` goes further. Names and defaults follow the SGLang
+//! router.
+//!
+//! A leaf: the settings' types live here and the modules they configure
+//! (`workers`, `tls`, `admission`, `policy`, `events`) take them from here;
+//! nothing here imports another module of the router.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,21 +15,32 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::policy::Limits;
-use crate::workers::WorkerSpec;
-
-pub use crate::admission::QueueConfig;
-pub use crate::workers::breaker::BreakerConfig;
-pub use crate::workers::health::HealthConfig;
-
 mod args;
+pub mod defaults;
+mod kv_events;
+mod policy;
+mod requests;
+mod security;
 mod sglang;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod workers;
 
 pub use args::{RouterArgs, WorkerEntry};
-pub use validate::{validate_worker_entry, validate_worker_url};
+pub use defaults::show_defaults;
+pub use kv_events::{KvEndpoint, endpoint_from_config};
+pub use policy::{
+    DEFAULT_CALL_DEADLINE, DEFAULT_MAINTENANCE_DEADLINE, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TICK_DEADLINE, Limits, PolicySlot, default_cache_dir,
+};
+pub use requests::{QueueConfig, RetryConfig};
+pub use security::{AdminKey, ClientTls, JwtConfig, ServerTls};
+use validate::readable;
+pub use workers::{
+    BreakerConfig, HealthConfig, Labels, PdConfig, Role, WorkerSpec, validate_worker_entry,
+    validate_worker_url,
+};
 
 /// A setting that cannot be used, named so the user can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -75,66 +91,6 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         setting,
         reason: reason.into(),
     }
-}
-
-/// A key of the admin boundary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminKey {
-    /// Who presents it, for the audit log (`admin-api-key` for
-    /// `--admin-api-key`).
-    pub id: String,
-    /// May it administer (`admin`), or only be told it may not (`user`).
-    pub admin: bool,
-    /// The secret.
-    pub key: String,
-}
-
-/// OIDC bearer tokens of the admin boundary (`--jwt-*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtConfig {
-    /// The `iss` a token must carry.
-    pub issuer: String,
-    /// The `aud` a token must carry.
-    pub audience: String,
-    /// Where the issuer's keys are; `None`: as its discovery document says.
-    pub jwks_uri: Option<String>,
-    /// Token role to router role: does it administer.
-    pub role_mapping: Vec<(String, bool)>,
-}
-
-/// Retry settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Retries after the first attempt (0 when disabled).
-    pub max_retries: u32,
-    /// First back-off.
-    pub initial_backoff: Duration,
-    /// Longest back-off.
-    pub max_backoff: Duration,
-    /// Growth per retry.
-    pub multiplier: f64,
-    /// Random share of each back-off.
-    pub jitter: f64,
-}
-
-/// Prefill/decode disaggregation (`--pd-disaggregation`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PdConfig {
-    /// The prefill workers, then the decode workers.
-    pub workers: Vec<WorkerSpec>,
-    /// The prefill workers' policy (the decode workers' is
-    /// [`Config::policy`]).
-    pub prefill_policy: String,
-}
-
-/// Which of a router's policies: the main one (of regular workers, or of
-/// decode workers in PD mode) or PD mode's prefill policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicySlot {
-    /// Regular workers, or decode workers in PD mode.
-    Main,
-    /// Prefill workers in PD mode.
-    Prefill,
 }
 
 /// Validated settings of a router run.
@@ -212,9 +168,9 @@ pub struct Config {
     /// The flags, when a config file is in use: reloads re-read it.
     pub reload_from: Option<RouterArgs>,
     /// Serve HTTPS.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<ServerTls>,
     /// TLS towards workers.
-    pub client_tls: crate::tls::ClientTls,
+    pub client_tls: ClientTls,
 }
 
 impl Config {
@@ -235,42 +191,6 @@ impl Config {
         match (slot, &self.pd) {
             (PolicySlot::Prefill, Some(pd)) => &pd.prefill_policy,
             _ => &self.policy,
-        }
-    }
-
-    /// The files a running router watches for the policy in `slot`: its file
-    /// (if the policy is a path) and the config file.
-    pub fn watched_files(&self, slot: PolicySlot) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        if let Ok(crate::policy::PolicySource::File(path)) =
-            crate::policy::PolicySource::parse(self.policy_of(slot))
-        {
-            files.push(path);
-        }
-        if let Some(path) = self.reload_from.as_ref().and_then(|a| a.config.clone()) {
-            files.push(path);
-        }
-        files
-    }
-
-    /// Where reloads find the policy in `slot`: the config file again when
-    /// there is one (so a changed `[policy]` table re-inits the policy),
-    /// else the settings of this run.
-    pub fn wanted_policy(&self, slot: PolicySlot) -> crate::policy::reload::WantedSource {
-        use crate::policy::reload::Wanted;
-        let fixed = Wanted {
-            policy: self.policy_of(slot).to_string(),
-            config: self.policy_config.clone(),
-        };
-        match self.reload_from.clone() {
-            None => Box::new(move || Ok(fixed.clone())),
-            Some(args) => Box::new(move || {
-                let config = Config::load(&args).map_err(|e| e.to_string())?;
-                Ok(Wanted {
-                    policy: config.policy_of(slot).to_string(),
-                    config: config.policy_config,
-                })
-            }),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! naming it (exit 2), rather than being silently ignored. README.md's flag
 //! table lists them with the reasons.
 
-use super::{ConfigError, RouterArgs};
+use super::{ConfigError, RouterArgs, defaults as d};
 
 const GATEWAY: &str = "wasm-router is a load balancer, not a gateway: the workers apply their own chat templates and parsers, and it keeps no conversation history";
 
@@ -36,19 +36,31 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         ),
         ("--oracle-username", s.oracle_username.is_some()),
         ("--oracle-password", s.oracle_password.is_some()),
-        ("--oracle-pool-min", differs(s.oracle_pool_min, 1)),
-        ("--oracle-pool-max", differs(s.oracle_pool_max, 16)),
+        (
+            "--oracle-pool-min",
+            differs(s.oracle_pool_min, d::ORACLE_POOL_MIN),
+        ),
+        (
+            "--oracle-pool-max",
+            differs(s.oracle_pool_max, d::ORACLE_POOL_MAX),
+        ),
         (
             "--oracle-pool-timeout-secs",
-            differs(s.oracle_pool_timeout_secs, 30),
+            differs(s.oracle_pool_timeout_secs, d::ORACLE_POOL_TIMEOUT_SECS),
         ),
         ("--postgres-db-url", s.postgres_db_url.is_some()),
-        ("--postgres-pool-max", differs(s.postgres_pool_max, 16)),
+        (
+            "--postgres-pool-max",
+            differs(s.postgres_pool_max, d::POSTGRES_POOL_MAX),
+        ),
         ("--redis-url", s.redis_url.is_some()),
-        ("--redis-pool-max", differs(s.redis_pool_max, 16)),
+        (
+            "--redis-pool-max",
+            differs(s.redis_pool_max, d::REDIS_POOL_MAX),
+        ),
         (
             "--redis-retention-days",
-            differs(s.redis_retention_days, 30),
+            differs(s.redis_retention_days, d::REDIS_RETENTION_DAYS),
         ),
     ] {
         if given {
@@ -76,7 +88,10 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         ("--selector", !s.selector.is_empty(), discovery),
         (
             "--service-discovery-port",
-            differs(s.service_discovery_port.map(u64::from), 80),
+            differs(
+                s.service_discovery_port.map(u64::from),
+                u64::from(d::SERVICE_DISCOVERY_PORT),
+            ),
             discovery,
         ),
         (
@@ -101,7 +116,10 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         ),
         (
             "--tokenizer-cache-l0-max-entries",
-            differs(s.tokenizer_cache_l0_max_entries, 10000),
+            differs(
+                s.tokenizer_cache_l0_max_entries,
+                d::TOKENIZER_CACHE_L0_MAX_ENTRIES,
+            ),
             tokenizer,
         ),
         (
@@ -111,7 +129,10 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         ),
         (
             "--tokenizer-cache-l1-max-memory",
-            differs(s.tokenizer_cache_l1_max_memory, 52428800),
+            differs(
+                s.tokenizer_cache_l1_max_memory,
+                d::TOKENIZER_CACHE_L1_MAX_MEMORY,
+            ),
             tokenizer,
         ),
         (
@@ -123,7 +144,7 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
             "--otlp-traces-endpoint",
             s.otlp_traces_endpoint
                 .as_deref()
-                .is_some_and(|e| e != "localhost:4317"),
+                .is_some_and(|e| e != d::OTLP_TRACES_ENDPOINT),
             "request ids are forwarded and logged",
         ),
     ] {

@@ -6,8 +6,6 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::*;
-use crate::policy::Role;
-use crate::workers::WorkerSpec;
 
 /// The file under the flags, validated, as `Config::load` does it.
 fn merge(flags: &RouterArgs, file: RouterArgs) -> Result<Config, ConfigError> {
@@ -522,4 +520,40 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--max-concurrent-requests"), "{err}");
+}
+
+/// Each default is one constant: the help shows it, once, from there.
+#[test]
+fn each_default_is_shown_in_the_help_from_its_constant() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RouterArgs,
+    }
+    let command = show_defaults(<Cli as clap::CommandFactory>::command());
+    let shown = defaults::shown();
+    assert!(shown.len() > 40, "{shown:?}");
+    for (flag, value) in shown {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == flag)
+            .unwrap_or_else(|| panic!("{flag} is no flag"));
+        let help = arg.get_help().unwrap().to_string();
+        assert!(
+            help.ends_with(&format!("[default: {value}].")),
+            "{flag}: {help}"
+        );
+        assert_eq!(
+            help.matches("[default:").count(),
+            1,
+            "{flag}'s help writes its default by hand: {help}"
+        );
+    }
+    let config = Config::validate(RouterArgs::default()).unwrap();
+    assert_eq!(config.listen.port(), defaults::PORT);
+    assert_eq!(config.policy, defaults::POLICY);
+    assert_eq!(
+        config.request_timeout.as_secs(),
+        defaults::REQUEST_TIMEOUT_SECS
+    );
 }

@@ -1,13 +1,7 @@
-//! Where each worker publishes its KV events, and keeping one subscription
-//! per worker that does.
-//!
-//! A worker says in `/get_server_info`: `kv_events_config`, the JSON string
-//! of its `--kv-events-config` (`{"publisher": "zmq", "endpoint":
-//! "tcp://*:5557", "replay_endpoint": ..., "topic": ...}`). A wildcard host
-//! (`*`, `0.0.0.0`, `::`) is the worker's own host; each data-parallel
-//! rank publishes on the endpoint's port plus its rank. A worker added with
-//! its own `kv_events_config` (`POST /workers`: vLLM reports none) is not
-//! asked.
+//! Keeping one subscription per worker that publishes KV events: where each
+//! publishes is its `kv_events_config` ([`crate::config::endpoint_from_config`]),
+//! asked of its `/get_server_info`. A worker added with its own
+//! `kv_events_config` (`POST /workers`: vLLM reports none) is not asked.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +10,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{Endpoint, Subscriptions};
+use super::Subscriptions;
+use crate::config::{KvEndpoint, endpoint_from_config};
 use crate::workers::Registry;
 
 /// How often the worker list is compared with the subscriptions.
@@ -28,81 +23,6 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Workers asked at once when many join together.
 const ASK_AT_ONCE: usize = 32;
 
-/// The endpoint of the worker at `url` (rank `dp_rank`) from its
-/// `kv_events_config` (a JSON string or object); `Ok(None)` when it
-/// publishes none, `Err` saying what is wrong with the config.
-pub fn endpoint_from_config(
-    url: &str,
-    dp_rank: Option<u32>,
-    config: &Value,
-) -> Result<Option<Endpoint>, String> {
-    let parsed;
-    let config = match config {
-        Value::Null => return Ok(None),
-        Value::String(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("kv_events_config is not JSON: {e}"))?;
-            &parsed
-        }
-        other => other,
-    };
-    let publisher = config.get("publisher").and_then(Value::as_str);
-    if publisher.is_none_or(|p| p != "zmq") {
-        return Ok(None);
-    }
-    let host = worker_host(url)?;
-    let at = |key: &str| -> Result<Option<String>, String> {
-        config
-            .get(key)
-            .and_then(Value::as_str)
-            .map(|e| placed(e, &host, dp_rank.unwrap_or(0)))
-            .transpose()
-    };
-    let Some(publisher) = at("endpoint")? else {
-        return Err("kv_events_config names no endpoint".into());
-    };
-    Ok(Some(Endpoint {
-        publisher,
-        replay: at("replay_endpoint")?,
-        topic: config
-            .get("topic")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-    }))
-}
-
-/// The host of a worker's base URL, bracketed if IPv6.
-fn worker_host(url: &str) -> Result<String, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("worker URL {url}: {e}"))?;
-    // host_str brackets an IPv6 address, as an endpoint wants it.
-    parsed
-        .host_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("worker URL {url} has no host"))
-}
-
-/// `endpoint` with a wildcard host replaced by `host` and its port moved up
-/// by `rank`.
-fn placed(endpoint: &str, host: &str, rank: u32) -> Result<String, String> {
-    let rest = endpoint
-        .strip_prefix("tcp://")
-        .ok_or_else(|| format!("KV event endpoint {endpoint}: only tcp:// can be reached"))?;
-    let (at, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("KV event endpoint {endpoint} has no port"))?;
-    let port: u32 = port
-        .parse()
-        .ok()
-        .filter(|p| p + rank <= u32::from(u16::MAX))
-        .ok_or_else(|| format!("KV event endpoint {endpoint}: bad port for rank {rank}"))?;
-    let at = match at {
-        "*" | "0.0.0.0" | "[::]" | "::" => host,
-        named => named,
-    };
-    Ok(format!("tcp://{at}:{}", port + rank))
-}
-
 /// Where the worker at `url` publishes: from its `given` config, or asked
 /// of the worker. `None` when it did not answer (ask again later), else
 /// what it said (`Some(None)`: it publishes nothing the router can follow).
@@ -111,7 +31,7 @@ async fn ask(
     url: &str,
     dp_rank: Option<u32>,
     given: Option<&Value>,
-) -> Option<Option<Endpoint>> {
+) -> Option<Option<KvEndpoint>> {
     if let Some(config) = given {
         return Some(followable(url, dp_rank, config));
     }
@@ -124,7 +44,7 @@ async fn ask(
 
 /// [`endpoint_from_config`], a config that is wrong logged and not
 /// followed.
-fn followable(url: &str, dp_rank: Option<u32>, config: &Value) -> Option<Endpoint> {
+fn followable(url: &str, dp_rank: Option<u32>, config: &Value) -> Option<KvEndpoint> {
     endpoint_from_config(url, dp_rank, config).unwrap_or_else(|why| {
         tracing::warn!(worker = url, "not following its KV events: {why}");
         None
@@ -162,7 +82,7 @@ pub async fn follow_workers(
             .into_iter()
             .filter(|(id, _)| !asked.contains(id))
             .collect();
-        let found: Vec<(u32, String, Option<Option<Endpoint>>)> = futures_util::stream::iter(new)
+        let found: Vec<(u32, String, Option<Option<KvEndpoint>>)> = futures_util::stream::iter(new)
             .map(|(id, (url, rank, given))| {
                 let client = &client;
                 async move {
@@ -184,62 +104,5 @@ pub async fn follow_workers(
         metrics::gauge!(crate::metrics::KV_INDEX_PAGES).set(subscriptions.index().len() as f64);
         metrics::gauge!(crate::metrics::KV_FOLLOWED).set(subscriptions.len() as f64);
         tokio::time::sleep(FOLLOW_EVERY).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn sglangs_config_string_becomes_the_workers_endpoint_per_rank() {
-        let config = json!(r#"{"publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv"}"#);
-        let at = |url, rank| endpoint_from_config(url, rank, &config).unwrap().unwrap();
-        assert_eq!(
-            at("http://10.0.0.5:30000", None),
-            Endpoint {
-                publisher: "tcp://10.0.0.5:5557".into(),
-                replay: None,
-                topic: "kv".into()
-            }
-        );
-        assert_eq!(
-            at("http://[::1]:30000", Some(3)).publisher,
-            "tcp://[::1]:5560"
-        );
-        let named = json!({"publisher": "zmq", "endpoint": "tcp://pub.local:7000", "replay_endpoint": "tcp://0.0.0.0:7100"});
-        let endpoint = endpoint_from_config("http://w:1", Some(1), &named)
-            .unwrap()
-            .unwrap();
-        assert_eq!(endpoint.publisher, "tcp://pub.local:7001");
-        assert_eq!(endpoint.replay.as_deref(), Some("tcp://w:7101"));
-    }
-
-    #[test]
-    fn no_publisher_is_none_and_a_broken_config_says_why() {
-        for none in [json!(null), json!(r#"{"publisher": "null"}"#), json!({})] {
-            assert_eq!(endpoint_from_config("http://w:1", None, &none), Ok(None));
-        }
-        for (config, why) in [
-            (json!("{not json"), "not JSON"),
-            (json!({"publisher": "zmq"}), "no endpoint"),
-            (
-                json!({"publisher": "zmq", "endpoint": "ipc:///tmp/kv"}),
-                "only tcp://",
-            ),
-            (
-                json!({"publisher": "zmq", "endpoint": "tcp://*"}),
-                "no port",
-            ),
-            (
-                json!({"publisher": "zmq", "endpoint": "tcp://*:65535"}),
-                "bad port",
-            ),
-        ] {
-            let error = endpoint_from_config("http://w:1", Some(1), &config).unwrap_err();
-            assert!(error.contains(why), "{why:?} not in {error:?}");
-        }
     }
 }

@@ -17,12 +17,13 @@ mod subscriber;
 mod zmtp;
 
 pub use decode::{Batch, DecodeError, Event, Stored, decode};
-pub use discover::{FOLLOW_EVERY, endpoint_from_config, follow_workers};
-pub use subscriber::{Endpoint, REPLAY_TIMEOUT};
+pub use discover::{FOLLOW_EVERY, follow_workers};
+pub use subscriber::REPLAY_TIMEOUT;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::config::KvEndpoint;
 use crate::index::{Precise, StoreError, StoredPages};
 
 /// The subscriber tasks of a router, one per worker that publishes events,
@@ -30,7 +31,7 @@ use crate::index::{Precise, StoreError, StoredPages};
 #[derive(Debug)]
 pub struct Subscriptions {
     index: Arc<Precise>,
-    tasks: Mutex<HashMap<u32, (Endpoint, tokio::task::JoinHandle<()>)>>,
+    tasks: Mutex<HashMap<u32, (KvEndpoint, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Subscriptions {
@@ -49,7 +50,7 @@ impl Subscriptions {
 
     /// Follow `worker`'s events at `endpoint` (on the current tokio
     /// runtime), replacing a subscription to another endpoint.
-    pub fn follow(&self, worker: u32, endpoint: Endpoint) {
+    pub fn follow(&self, worker: u32, endpoint: KvEndpoint) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if tasks.get(&worker).is_some_and(|(at, _)| *at == endpoint) {
             return;

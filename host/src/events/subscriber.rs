@@ -30,19 +30,9 @@ use std::time::{Duration, Instant};
 
 use super::zmtp::{Connection, Received, ZmtpError};
 use super::{Applied, apply, decode};
+use crate::config::KvEndpoint;
 use crate::index::Precise;
 use bytes::Bytes;
-
-/// Where a worker publishes its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// The PUB socket, `tcp://HOST:PORT`.
-    pub publisher: String,
-    /// The ROUTER socket that replays missed batches, if any.
-    pub replay: Option<String>,
-    /// The topic to subscribe to ("" for all).
-    pub topic: String,
-}
 
 /// How long a replay may take before the gap counts as not replayed.
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -116,7 +106,7 @@ fn sequence(frame: Option<&Bytes>) -> Option<u64> {
 }
 
 /// Follow `endpoint` for `worker` into `index`, until aborted.
-pub async fn run(worker: u32, endpoint: Endpoint, index: Arc<Precise>) {
+pub async fn run(worker: u32, endpoint: KvEndpoint, index: Arc<Precise>) {
     let mut seq = Sequence {
         worker,
         index,
@@ -158,7 +148,7 @@ pub async fn run(worker: u32, endpoint: Endpoint, index: Arc<Precise>) {
 }
 
 /// Handle one `[topic, seq, payload]` message.
-async fn follow(seq: &mut Sequence, endpoint: &Endpoint, message: &[Bytes]) {
+async fn follow(seq: &mut Sequence, endpoint: &KvEndpoint, message: &[Bytes]) {
     let (Some(number), Some(payload)) = (sequence(message.get(1)), message.get(2)) else {
         metrics::counter!(crate::metrics::KV_EVENTS_MALFORMED).increment(1);
         return;

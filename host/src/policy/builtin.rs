@@ -28,9 +28,6 @@ const BUILTINS: &[(&str, &[u8])] = &[
     ),
 ];
 
-/// The policy used when none is named (as in the SGLang router).
-pub const DEFAULT: &str = "cache_aware";
-
 /// The component bytes of a built-in policy.
 pub fn get(name: &str) -> Option<&'static [u8]> {
     BUILTINS

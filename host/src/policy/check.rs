@@ -3,9 +3,11 @@
 
 use std::fmt::Write as _;
 
+use crate::config::Limits;
+
 use super::{
-    Candidate, Limits, LoadError, Policy, PolicyEngine, PolicySource, Route, RouteRequest,
-    SelectError, WasmPolicy,
+    Candidate, LoadError, Policy, PolicyEngine, PolicySource, Route, RouteRequest, SelectError,
+    WasmPolicy,
 };
 
 /// Why a policy failed its check.

@@ -1,6 +1,7 @@
 //! The one place that owns wasmtime: engine settings, the epoch ticker that
 //! enforces call deadlines, memory limits, and the compiled-artifact cache.
-//! Every default is a documented `const` here.
+//! Every wasmtime setting is here, each with its reason; the limits a
+//! user sets (deadlines, memory) are [`crate::config::Limits`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -17,57 +18,10 @@ use super::imports::{HostShelf, PolicyHost};
 /// How often the epoch advances. Deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Deadline for `select` and `on-complete`: they run on the request path. A
-/// 32 KB prompt through cache_aware takes well under a millisecond; the
-/// margin absorbs a busy machine descheduling the thread.
-pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_millis(10);
-
-/// Deadline for calls off the request path (`init`, `workers-changed`,
-/// `snapshot`, `restore`), which may walk the whole state.
-pub const DEFAULT_MAINTENANCE_DEADLINE: Duration = Duration::from_secs(1);
-
-/// Deadline for `tick`. Requests that come during a tick wait for the
-/// instance (without holding a serving thread): long enough for an eviction
-/// over a large state, short enough that a guest spinning in `tick` delays
-/// those requests only briefly.
-pub const DEFAULT_TICK_DEADLINE: Duration = Duration::from_millis(100);
-
-/// Linear memory a policy instance may grow to (`--policy-memory-limit-mb`).
-/// cache_aware's tree is the router's (`prefix-index`), not in this memory;
-/// policies that keep large tables of their own (manual's assignments, say)
-/// may need more for large fleets.
-pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
-
-/// Per-instance limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Deadline for calls on the request path.
-    pub call_deadline: Duration,
-    /// Deadline for maintenance calls.
-    pub maintenance_deadline: Duration,
-    /// Deadline for `tick`.
-    pub tick_deadline: Duration,
-    /// Maximum linear memory, in bytes.
-    pub memory: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            call_deadline: DEFAULT_CALL_DEADLINE,
-            maintenance_deadline: DEFAULT_MAINTENANCE_DEADLINE,
-            tick_deadline: DEFAULT_TICK_DEADLINE,
-            memory: DEFAULT_MEMORY_LIMIT,
-        }
-    }
-}
-
-impl Limits {
-    /// A deadline as epoch ticks, rounded up, at least one.
-    pub fn ticks(deadline: Duration) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        (deadline.as_nanos().div_ceil(tick)).max(1) as u64
-    }
+/// A deadline as epoch ticks, rounded up, at least one.
+pub fn ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (deadline.as_nanos().div_ceil(tick)).max(1) as u64
 }
 
 /// A wasmtime engine configured for policies, with its epoch ticker and an
@@ -113,15 +67,6 @@ impl PolicyEngine {
     pub fn with_kv(mut self, kv: super::imports::KvView) -> Self {
         self.shelf = Arc::new(HostShelf::with_kv(kv));
         self
-    }
-
-    /// The default cache directory: `$XDG_CACHE_HOME/wasm-router`, else
-    /// `$HOME/.cache/wasm-router`; `None` when neither is set.
-    pub fn default_cache_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("wasm-router"))
     }
 
     /// The wasmtime engine.

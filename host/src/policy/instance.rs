@@ -7,13 +7,13 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{v1, v2};
-use super::engine::{Limits, PolicyEngine};
+use super::engine::{PolicyEngine, ticks};
 use super::imports::PolicyHost;
 use super::sandbox::{MemoryLimitHit, StoreState};
-use super::wasm::MAX_POLICY_MESSAGE;
 use super::{
     Candidate, LoadError, Outcome, PolicyFault, PolicyInfo, Reads, RouteRequest, WorkerInfo,
 };
+use crate::config::Limits;
 
 /// The export that names a 0.2 policy (`0.2.0` is its contract version).
 const V2_EXPORT: &str = "wasm-router:policy/policy@";
@@ -84,7 +84,7 @@ impl Pre {
             }
             let pre = v2::RoutingPolicyPre::new(pre).map_err(|e| exports_mismatch(version, e))?;
             let mut store = new_store(engine, name, limits, host);
-            store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+            store.set_epoch_deadline(ticks(limits.maintenance_deadline));
             let instance = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
             let found = guarded(|| {
                 instance
@@ -109,7 +109,7 @@ impl Pre {
         // Call `contract-version` before the typed bindings, which would
         // fail with a less helpful type error for another version.
         let mut store = new_store(engine, name, limits, host);
-        store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+        store.set_epoch_deadline(ticks(limits.maintenance_deadline));
         let instance = pre.instantiate(&mut store).map_err(start_fault(name))?;
         let func = instance
             .get_typed_func::<(), (String,)>(&mut store, "contract-version")
@@ -189,7 +189,7 @@ impl Live {
         limits: Limits,
     ) -> Result<(Live, PolicyInfo), LoadError> {
         let mut store = new_store(engine, name, limits, host);
-        store.set_epoch_deadline(Limits::ticks(limits.maintenance_deadline));
+        store.set_epoch_deadline(ticks(limits.maintenance_deadline));
         let refused = |message| LoadError::InitRefused {
             name: name.to_string(),
             message: cap_message(message),
@@ -313,6 +313,10 @@ pub(super) fn guarded<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> wasmtime
         )))
     })
 }
+
+/// A policy's messages (refusals, trap reports) reach clients and logs; past
+/// this many bytes they are cut (a guest may return megabytes).
+pub const MAX_POLICY_MESSAGE: usize = 1024;
 
 /// Cut a policy's message (or a trap report) to [`MAX_POLICY_MESSAGE`]
 /// bytes, on a character boundary, saying how long it was.

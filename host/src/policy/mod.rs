@@ -27,7 +27,7 @@ mod source;
 mod wasm;
 pub mod watch;
 
-pub use engine::{Limits, PolicyEngine};
+pub use engine::PolicyEngine;
 pub use error::{LoadError, PolicyFault, SelectError};
 pub use native::LeastLoad;
 pub use source::PolicySource;
@@ -37,6 +37,8 @@ pub use wasm::{CHECKPOINT_INTERVAL, WasmPolicy};
 pub use crate::route::Route;
 
 use std::time::Duration;
+
+use crate::config::{Labels, Role};
 
 /// The contract version this router's SDK and new policies speak: the
 /// package version of `wit/policy.wit`.
@@ -48,33 +50,6 @@ pub const CONTRACT_VERSIONS: [&str; 2] = [CONTRACT_VERSION, "0.1.0"];
 /// A worker's id as the router assigns it: stable while the worker is
 /// registered, never reused.
 pub type WorkerId = u32;
-
-/// A worker's labels (`zone = "us-east-1a"`), as its entry gave them: keys
-/// in order, each once.
-pub type Labels = std::collections::BTreeMap<String, String>;
-
-/// What a worker does in prefill/decode disaggregation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Role {
-    /// Serves whole requests.
-    #[default]
-    Regular,
-    /// Prefill half of a PD pair.
-    Prefill,
-    /// Decode half of a PD pair.
-    Decode,
-}
-
-impl Role {
-    /// Its name in `GET /workers` and in logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Regular => "regular",
-            Role::Prefill => "prefill",
-            Role::Decode => "decode",
-        }
-    }
-}
 
 /// A worker as policies see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,13 +5,15 @@
 //! Requests already holding the old instance finish on it. Any failure keeps
 //! the old policy serving and is recorded for `GET /policies`.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{Instances, Limits, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
+use super::{Instances, Policy, PolicyEngine, PolicySource, Seam, WasmPolicy, WorkerInfo};
+use crate::config::{Config, Limits, PolicySlot};
 
 /// How long events on a file written in place must stop before a reload
 /// starts: `cp` writes in several steps, and a half-written file must not
@@ -30,6 +32,39 @@ pub struct Wanted {
 /// Where the wanted policy comes from: fixed at start, or re-read from the
 /// router's config file on each reload.
 pub type WantedSource = Box<dyn Fn() -> Result<Wanted, String> + Send + Sync>;
+
+/// Where reloads find the policy in `slot`: the config file again when
+/// there is one (so a changed `[policy]` table re-inits the policy),
+/// else the settings of this run.
+pub fn wanted_source(config: &Config, slot: PolicySlot) -> WantedSource {
+    let fixed = Wanted {
+        policy: config.policy_of(slot).to_string(),
+        config: config.policy_config.clone(),
+    };
+    match config.reload_from.clone() {
+        None => Box::new(move || Ok(fixed.clone())),
+        Some(args) => Box::new(move || {
+            let config = Config::load(&args).map_err(|e| e.to_string())?;
+            Ok(Wanted {
+                policy: config.policy_of(slot).to_string(),
+                config: config.policy_config,
+            })
+        }),
+    }
+}
+
+/// The files a running router watches for the policy in `slot`: its file
+/// (if the policy is a path) and the config file.
+pub fn watched_files(config: &Config, slot: PolicySlot) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(PolicySource::File(path)) = PolicySource::parse(config.policy_of(slot)) {
+        files.push(path);
+    }
+    if let Some(path) = config.reload_from.as_ref().and_then(|a| a.config.clone()) {
+        files.push(path);
+    }
+    files
+}
 
 /// The worker list: calls its argument with it, holding the registry's
 /// change notifications back meanwhile (`Registry::with_infos`).

@@ -1,5 +1,6 @@
 //! Forwarding a request to the worker the policy picks, and in PD mode to a
-//! prefill/decode pair ([`pd`]): one retry loop for both ([`retry`]: only
+//! prefill/decode pair ([`pd`]), after the way in ([`ingress`]: admission,
+//! the body, what the policy needs): one retry loop for both ([`retry`]: only
 //! before any byte reached the client, each asking the policy again without
 //! the workers that failed), breaker bookkeeping, and streaming the worker's
 //! response back chunk by chunk as it arrives ([`respond`]). Knows nothing
@@ -12,16 +13,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use bytes::Bytes;
 
-use crate::admission::Slot;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{
-    AttemptError, LeastLoad, Loaded, Policy, Role, Route, RouteRequest, SelectError,
-};
+use crate::policy::{AttemptError, LeastLoad, Loaded, Policy, Route, RouteRequest, SelectError};
 use crate::upstream::Upstream;
 use crate::workers::{Registry, Worker};
 
+pub mod ingress;
 mod logprobs;
 pub mod pd;
 mod respond;
@@ -79,14 +78,14 @@ impl Forward<'_> {
     }
 }
 
-/// Forward `req`, retrying as configured; the response streams back.
-pub async fn forward(
+/// Forward `req` to the worker the policy picks, retrying as configured;
+/// the response streams back.
+pub async fn forward_to_worker(
     config: &Config,
     upstream: &Upstream,
     registry: &Registry,
     policy: Loaded,
     req: Forward<'_>,
-    slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
@@ -135,7 +134,6 @@ pub async fn forward(
                 Feedback::answered(&mut feedback, status.as_u16());
                 let held = Held {
                     in_flight,
-                    slot,
                     feedback,
                 };
                 let timeouts = req.body_timeouts(config);
@@ -437,7 +435,7 @@ mod tests {
         let (policy, outcomes) = Recorder::loaded();
         let headers = HeaderMap::new();
         let req = generate(&headers, 7);
-        let response = forward(&config, &upstream, &registry, policy, req, None)
+        let response = forward_to_worker(&config, &upstream, &registry, policy, req)
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
@@ -494,7 +492,7 @@ mod tests {
         let request = tokio::spawn(async move {
             let headers = HeaderMap::new();
             let req = generate(&headers, 1);
-            forward(&config, &upstream, &registry, policy, req, None)
+            forward_to_worker(&config, &upstream, &registry, policy, req)
                 .await
                 .map(drop)
         });

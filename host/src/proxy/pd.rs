@@ -20,12 +20,12 @@ use super::logprobs::{merge_first_event, merge_logprobs, streamed_input_logprobs
 use super::respond::{Feedback, Held, respond_with, response_head, stream_back};
 use super::retry::{Failure, Retries, failed_answer};
 use super::{Forward, body_for, pick, upstream_headers};
-use crate::admission::Slot;
 use crate::config::Config;
+use crate::config::Role;
 use crate::errors::ApiError;
 use crate::extract::{Peek, with_fields};
 use crate::metrics as m;
-use crate::policy::{AttemptError, Loaded, Role};
+use crate::policy::{AttemptError, Loaded};
 use crate::upstream::{self, MAX_RELAYED_BODY, Upstream};
 use crate::workers::{InFlight, Registry, Worker};
 
@@ -47,14 +47,13 @@ const MAX_MERGED_BODY: usize = 64 << 20;
 
 /// Forward `req` to a prefill/decode pair, retrying with a new pair as
 /// configured. `peek` is the body as [`crate::extract::peek`] read it.
-pub async fn forward(
+pub async fn forward_to_pair(
     config: &Config,
     upstream: &Upstream,
     registry: &Registry,
     policies: PdPolicies,
     req: Forward<'_>,
     peek: &Peek<'_>,
-    slot: Option<Slot>,
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
@@ -156,7 +155,7 @@ pub async fn forward(
                         response: d,
                     },
                 };
-                return Ok(respond(config, &req, peek, pair, slot).await);
+                return Ok(respond(config, &req, peek, pair).await);
             }
             (Some(p), _) if !prefill_ok => (prefill, p),
             (_, Some(d)) => (decode, d),
@@ -203,20 +202,13 @@ struct Pair {
 /// Bodies read whole are capped ([`MAX_RELAYED_BODY`] for the prefill's,
 /// [`MAX_MERGED_BODY`] for a non-streamed decode's) and bounded by the
 /// request's deadline.
-async fn respond(
-    config: &Config,
-    req: &Forward<'_>,
-    peek: &Peek<'_>,
-    pair: Pair,
-    slot: Option<Slot>,
-) -> Response {
+async fn respond(config: &Config, req: &Forward<'_>, peek: &Peek<'_>, pair: Pair) -> Response {
     let Pair { prefill, decode } = pair;
     let timeouts = req.body_timeouts(config);
     if !peek.wants_logprobs() {
         tokio::spawn(drain(prefill, req.deadline));
         let held = Held {
             in_flight: decode.in_flight,
-            slot,
             feedback: decode.feedback,
         };
         return stream_back(decode.response, req.request_id, held, timeouts);
@@ -248,7 +240,6 @@ async fn respond(
         ));
         let held = Held {
             in_flight: decode.in_flight,
-            slot,
             feedback: decode.feedback,
         };
         return respond_with((status, headers), body, held, timeouts);
@@ -275,7 +266,7 @@ async fn respond(
             f.scan(body);
         }
     }
-    drop((prefill.in_flight, decode.in_flight, slot));
+    drop((prefill.in_flight, decode.in_flight));
     let merged = match (
         serde_json::from_slice::<Value>(&prefill_body),
         serde_json::from_slice::<Value>(&decode_body),

@@ -1,7 +1,7 @@
 //! The client's response from a worker's: status and headers, and the body
 //! passed through chunk by chunk, carrying what lives as long as it does
-//! (the worker's in-flight count, the admission slot, the policy's
-//! feedback) and bounded in time: by the request's deadline
+//! (the worker's in-flight count and the policy's feedback; the admission
+//! slot is held around it, [`super::ingress::admit`]) and bounded in time: by the request's deadline
 //! (`--request-timeout-secs`) and by the longest pause between two chunks
 //! (`--stream-idle-timeout-secs`). A stream cut off by either ends with an
 //! SSE error event in OpenAI's shape; any other body breaks off (the client
@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::admission::Slot;
 use crate::errors::ApiError;
 use crate::metrics as m;
 use crate::policy::{AttemptError, Loaded, Outcome};
@@ -54,10 +53,9 @@ pub(crate) struct Timeouts {
 }
 
 /// What a response body holds until it ends: the worker's in-flight count,
-/// the admission slot, the policy's feedback.
+/// the policy's feedback.
 pub(crate) struct Held {
     pub in_flight: InFlight,
-    pub slot: Option<Slot>,
     pub feedback: Option<Feedback>,
 }
 
@@ -158,7 +156,6 @@ impl<B> Tracked<B> {
     fn finish(&mut self, failure: Option<(u16, AttemptError)>) {
         let Some(Held {
             in_flight,
-            slot,
             mut feedback,
         }) = self.held.take()
         else {
@@ -170,7 +167,7 @@ impl<B> Tracked<B> {
             None => {}
         }
         // The policy hears of the end after the worker's count went down.
-        drop((in_flight, slot, feedback));
+        drop((in_flight, feedback));
     }
 
     /// The body is out of time: cut it off with `error`.
@@ -408,7 +405,6 @@ mod tests {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         let held = Held {
             in_flight: worker.start_request(),
-            slot: None,
             feedback: None,
         };
         let response = respond_with((StatusCode::OK, headers), body, held, timeouts);

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use axum::response::Response;
 
+use crate::config::Role;
 use crate::config::{Config, RetryConfig};
 use crate::errors::ApiError;
 use crate::metrics as m;
-use crate::policy::{Role, Route, WorkerId};
+use crate::policy::{Route, WorkerId};
 use crate::upstream::{self, UpstreamError};
 use crate::workers::Worker;
 
@@ -196,7 +197,7 @@ impl<'a> Retries<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::ClientTls;
+    use crate::config::ClientTls;
     use crate::upstream::Upstream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,14 +10,14 @@ use axum::Router;
 use tokio::task::JoinHandle;
 
 use super::app;
-use crate::config::{Config, PolicySlot};
+use crate::config::{Config, PolicySlot, WorkerSpec};
 use crate::metrics as m;
 use crate::policy::imports::KvView;
-use crate::policy::reload::PolicyManager;
+use crate::policy::reload::{self, PolicyManager};
 use crate::policy::{Policy, PolicyEngine, WorkerInfo, watch};
 use crate::state::AppState;
 use crate::tokenizer::Tokenizer;
-use crate::workers::{Registry, WorkerSpec, health};
+use crate::workers::{Registry, health};
 
 /// A running router: its addresses, and how to stop it.
 pub struct Running {
@@ -106,7 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .into_iter()
         .chain([(PolicySlot::Prefill, state.prefill_policies.as_ref())])
     {
-        let files = state.config.watched_files(slot);
+        let files = reload::watched_files(&state.config, slot);
         if let Some(manager) = manager
             && state.config.watch
             && !files.is_empty()
@@ -228,7 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    tls: Option<&crate::tls::ServerTls>,
+    tls: Option<&crate::config::ServerTls>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(JoinHandle<std::io::Result<()>>, Vec<tokio::runtime::Handle>)> {
     let listener = listener.into_std()?;
@@ -306,7 +306,7 @@ async fn start_policy(
     kv: KvView,
 ) -> anyhow::Result<PolicyManager> {
     let engine = PolicyEngine::new(config.policy_cache_dir.clone())?.with_kv(kv);
-    let wanted = config.wanted_policy(slot);
+    let wanted = reload::wanted_source(config, slot);
     let limits = config.policy_limits;
     let workers = Box::new(move |f: &mut dyn FnMut(&[WorkerInfo])| registry.with_infos(f));
     // Compiling takes tens of milliseconds: keep it off the async workers.

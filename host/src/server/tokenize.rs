@@ -9,9 +9,9 @@ use axum::Json;
 use axum::extract::{Request, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 use crate::errors::ApiError;
+use crate::proxy::ingress::{Deadline, read_body};
 use crate::state::AppState;
 use crate::tokenizer::Tokenizer;
 
@@ -53,8 +53,8 @@ fn loaded(s: &AppState) -> Result<&Tokenizer, ApiError> {
 /// The request's JSON, read as the inference routes read theirs: within
 /// `--max-payload-size` and the request's time.
 async fn parse<T: serde::de::DeserializeOwned>(s: &AppState, req: Request) -> Result<T, ApiError> {
-    let deadline = Instant::now() + s.config.request_timeout;
-    let body = super::read_body(s, req.into_body(), deadline).await?;
+    let deadline = Deadline::of(&req, s);
+    let body = read_body(s, req.into_body(), deadline).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 

@@ -12,23 +12,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::BreakerConfig;
+
 /// How often a half-open breaker gets its trial requests anew. A request
 /// counts as a trial when the worker is offered to the policy as a
 /// candidate, picked or not, so an unpicked offer costs at most this long.
 pub const TRIAL_PERIOD: Duration = Duration::from_secs(1);
-
-/// Circuit breaker settings; `None` when disabled (`--disable-circuit-breaker`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// Failures in a row that open the breaker.
-    pub failure_threshold: u32,
-    /// Half-open successes that close it.
-    pub success_threshold: u32,
-    /// How long it stays open before a trial.
-    pub open_for: Duration,
-    /// A row of failures longer than this starts again.
-    pub window: Duration,
-}
 
 /// Breaker state, as exported in metrics (0 closed, 1 open, 2 half-open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

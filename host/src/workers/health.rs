@@ -7,29 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Registry, Worker, WorkerSpec};
+use super::{Registry, Worker};
+use crate::config::{HealthConfig, WorkerSpec};
 use crate::errors::ApiError;
-
-/// Health check settings; `None` when disabled (`--disable-health-check`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    /// Failed checks in a row to mark unhealthy.
-    pub failure_threshold: u32,
-    /// Passed checks in a row to mark healthy.
-    pub success_threshold: u32,
-    /// Per-check timeout.
-    pub timeout: Duration,
-    /// Time between rounds.
-    pub interval: Duration,
-    /// Path probed.
-    pub endpoint: String,
-    /// How long a new worker may take to pass its first check before it is
-    /// removed (`--worker-startup-timeout-secs`).
-    pub startup_timeout: Duration,
-    /// How often a new worker that has not passed yet is checked
-    /// (`--worker-startup-check-interval`).
-    pub startup_check_interval: Duration,
-}
 
 /// How long model discovery waits for each endpoint.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,60 +18,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::policy::{Labels, Role, WorkerId, WorkerInfo};
-
-/// What a worker is registered as: where it is and what part it plays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerSpec {
-    /// Base URL, validated, without a trailing slash.
-    pub url: String,
-    /// Regular, or one half of a prefill/decode pair.
-    pub role: Role,
-    /// Prefill workers: the port of their KV bootstrap server, sent to the
-    /// decode worker as `bootstrap_port` (`None`: the worker's default).
-    pub bootstrap_port: Option<u16>,
-    /// `--dp-aware`: the data-parallel rank this entry stands for; requests
-    /// routed to it carry `data_parallel_rank`.
-    pub dp_rank: Option<u32>,
-    /// Where it publishes its KV events, as its `--kv-events-config` (given
-    /// with `POST /workers` or a `[[workers]]` entry); `None`: ask its
-    /// `/get_server_info`.
-    pub kv_events_config: Option<serde_json::Value>,
-    /// Its share of traffic relative to the others, as given (1 unless
-    /// given), for policies that weigh workers.
-    pub weight: u32,
-    /// Its labels, as given.
-    pub labels: Arc<Labels>,
-}
-
-impl WorkerSpec {
-    /// A regular worker, one entry for the whole server.
-    pub fn regular(url: &str) -> Self {
-        WorkerSpec {
-            url: url.to_string(),
-            role: Role::Regular,
-            bootstrap_port: None,
-            dp_rank: None,
-            kv_events_config: None,
-            weight: 1,
-            labels: Arc::default(),
-        }
-    }
-
-    /// The same worker at data-parallel rank `rank`.
-    pub fn at_rank(&self, rank: u32) -> Self {
-        WorkerSpec {
-            dp_rank: Some(rank),
-            ..self.clone()
-        }
-    }
-
-    /// How logs and metrics name it: its URL, with `@RANK` for a
-    /// data-parallel rank.
-    pub fn name(&self) -> String {
-        name(&self.url, self.dp_rank)
-    }
-}
+use crate::config::{Labels, WorkerSpec};
+use crate::policy::{WorkerId, WorkerInfo};
 
 /// The `/get_server_info` of the worker at `url`, read as `T`; `None` when
 /// it does not answer within `timeout`, answers with an error status, or
@@ -94,34 +42,14 @@ pub async fn server_info<T: serde::de::DeserializeOwned>(
         .ok()
 }
 
-/// How logs and metrics name a worker: its URL, with `@RANK` for a
-/// data-parallel rank.
-fn name(url: &str, dp_rank: Option<u32>) -> String {
-    match dp_rank {
-        Some(rank) => format!("{url}@{rank}"),
-        None => url.to_string(),
-    }
-}
-
 /// One worker.
 #[derive(Debug)]
 pub struct Worker {
     /// Router-assigned id, never reused.
     pub id: WorkerId,
-    /// Base URL, without a trailing slash.
-    pub url: String,
-    /// Regular, prefill or decode.
-    pub role: Role,
-    /// See [`WorkerSpec::bootstrap_port`].
-    pub bootstrap_port: Option<u16>,
-    /// See [`WorkerSpec::dp_rank`].
-    pub dp_rank: Option<u32>,
-    /// See [`WorkerSpec::kv_events_config`].
-    pub kv_events_config: Option<serde_json::Value>,
-    /// See [`WorkerSpec::weight`].
-    pub weight: u32,
-    /// See [`WorkerSpec::labels`].
-    pub labels: Arc<Labels>,
+    /// What it is registered as: URL, role, rank, weight, labels. The
+    /// worker derefs to it (`worker.url`).
+    pub spec: WorkerSpec,
     /// Model it serves ("" until discovered, or if it will not say).
     model: ArcSwap<String>,
     /// A task is asking it for its model ([`health::learn_model`]).
@@ -156,6 +84,14 @@ pub struct Worker {
     /// Metric handles, made once: the request path does no label lookups.
     in_flight_gauge: metrics::Gauge,
     healthy_gauge: metrics::Gauge,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = WorkerSpec;
+
+    fn deref(&self) -> &WorkerSpec {
+        &self.spec
+    }
 }
 
 /// [`Worker::reported_load`] when the worker reported nothing.
@@ -309,12 +245,6 @@ impl Worker {
         self.healthy.store(now, Ordering::Relaxed);
         self.healthy_gauge.set(f64::from(u8::from(now)));
         (now != was).then_some(now)
-    }
-
-    /// How logs and metrics name it: its URL, with `@RANK` for a
-    /// data-parallel rank.
-    pub fn name(&self) -> String {
-        name(&self.url, self.dp_rank)
     }
 
     fn view(&self) -> WorkerView {

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::breaker::BreakerConfig;
-use super::{Breaker, NO_REPORT, Worker, WorkerSpec, WorkerView};
+use super::{Breaker, NO_REPORT, Worker, WorkerView};
+use crate::config::{BreakerConfig, Role, WorkerSpec};
 use crate::errors::ApiError;
-use crate::policy::{Candidate, Role, WorkerId, WorkerInfo};
+use crate::policy::{Candidate, WorkerId, WorkerInfo};
 
 /// The model whose pool serves a request for `model`: `None` (every worker)
 /// when the request names none or the workers serve at most one model,
@@ -128,13 +128,7 @@ impl Registry {
         healthy_gauge.set(f64::from(u8::from(self.trust_new_workers)));
         let worker = Arc::new(Worker {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            url: spec.url,
-            role: spec.role,
-            bootstrap_port: spec.bootstrap_port,
-            dp_rank: spec.dp_rank,
-            kv_events_config: spec.kv_events_config,
-            weight: spec.weight,
-            labels: spec.labels,
+            spec,
             model: ArcSwap::from_pointee(String::new()),
             discovering: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),

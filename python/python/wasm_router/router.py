@@ -5,10 +5,11 @@ from . import _flags, _native
 class Router:
     """A wasm-router instance.
 
-    ``Router(worker_urls=[...], policy="cache_aware", **settings)`` takes the
+    ``Router(worker_urls=[...], policy="round_robin", **settings)`` takes the
     router's flags as keyword arguments (``cache_threshold=0.5``,
     ``port=30001``, ...), checked by the router's own parser with messages
-    that name the setting.
+    that name the setting. A setting left out has the router's own default
+    (``policy``: cache_aware), as ``router --help`` shows it.
 
     - ``start()`` runs it in the foreground until SIGINT/SIGTERM, like
       ``sglang_router``'s ``Router.start()``.
@@ -17,7 +18,7 @@ class Router:
       in flight finish and stops it.
     """
 
-    def __init__(self, worker_urls=(), policy="cache_aware", **settings):
+    def __init__(self, worker_urls=(), policy=None, **settings):
         if isinstance(worker_urls, str):
             raise ValueError(f"worker_urls must be a list of URLs, got the string {worker_urls!r}")
         settings["worker_urls"] = list(worker_urls) or None

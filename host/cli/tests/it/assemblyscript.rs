@@ -3,8 +3,9 @@
 //! intact, in a pick or in a refusal message, and every host import must
 //! answer. Then the AssemblyScript example, routing real requests.
 
+use wasm_router::config::Role;
 use wasm_router::policy::{
-    AttemptError, Candidate, Instances, LoadError, Outcome, Policy, PolicySource, Role, Route,
+    AttemptError, Candidate, Instances, LoadError, Outcome, Policy, PolicySource, Route,
     RouteRequest, SelectError, WasmPolicy, WorkerInfo,
 };
 

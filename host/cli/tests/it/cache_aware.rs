@@ -3,9 +3,8 @@
 //! show the algorithm's properties.
 
 use cache_aware::CacheAware;
-use wasm_router::policy::{
-    self, Limits, Policy, PolicyEngine, PolicySource, Role, WasmPolicy, WorkerInfo,
-};
+use wasm_router::config::{Limits, Role};
+use wasm_router::policy::{self, Policy, PolicyEngine, PolicySource, WasmPolicy, WorkerInfo};
 use wasm_router_policy::Policy as _;
 
 use crate::fixtures::{engine, generous_limits};

@@ -3,9 +3,10 @@
 //! `metrics`) hold what 0.2 policies keep, across faults and reloads, and
 //! cap a policy that floods them.
 
+use wasm_router::config::Role;
 use wasm_router::policy::imports::{MAX_METRICS, MAX_STATE_VALUE};
 use wasm_router::policy::{
-    Candidate, Policy, PolicySource, Reads, Role, SelectError, WasmPolicy, WorkerInfo,
+    Candidate, Policy, PolicySource, Reads, SelectError, WasmPolicy, WorkerInfo,
 };
 
 use crate::fixtures::{

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use wasm_router::config::Limits;
 use wasm_router::policy::{
-    Candidate, Decision, Limits, LoadError, Policy, PolicyEngine, PolicyFault, PolicySource,
-    SelectError, WasmPolicy,
+    Candidate, Decision, LoadError, Policy, PolicyEngine, PolicyFault, PolicySource, SelectError,
+    WasmPolicy,
 };
 
 use crate::fixtures::{engine, generous_limits, hostile, idle, request, wait_until};

@@ -5,7 +5,8 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasm_router::policy::{Candidate, Limits, PolicyEngine, Route, RouteRequest};
+use wasm_router::config::Limits;
+use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use wasm_router::policy::{
-    Limits, LoadError, Policy, PolicyFault, PolicySource, SelectError, WasmPolicy,
-};
+use wasm_router::config::Limits;
+use wasm_router::policy::{LoadError, Policy, PolicyFault, PolicySource, SelectError, WasmPolicy};
 
 use crate::fixtures::{engine, generous_limits, hostile, idle, request, wait_until};
 use crate::mock::{

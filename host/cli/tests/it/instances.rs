@@ -26,7 +26,7 @@ fn hostile_with(config: &str) -> Arc<WasmPolicy> {
             &engine(),
             PolicySource::File(hostile(None)),
             config,
-            wasm_router::policy::Limits {
+            wasm_router::config::Limits {
                 tick_deadline: Duration::from_secs(30),
                 ..generous_limits()
             },

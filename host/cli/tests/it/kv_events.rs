@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rmpv::Value;
-use wasm_router::events::{Endpoint, Subscriptions};
+use wasm_router::config::KvEndpoint;
+use wasm_router::events::Subscriptions;
 use wasm_router::index::Precise;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -114,8 +115,8 @@ impl Publisher {
         }
     }
 
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
+    fn endpoint(&self) -> KvEndpoint {
+        KvEndpoint {
             publisher: self.endpoint.clone(),
             replay: self.replay.clone(),
             topic: String::new(),

@@ -367,7 +367,7 @@ async fn in_pd_mode_workers_are_added_with_their_role() {
     let (status, _) = add(json!({"url": decode[1].url(), "worker_type": "decode"})).await;
     assert_eq!(status, 202);
     let added = r.state.registry.by_url(&decode[1].url()).unwrap();
-    assert_eq!(added.role, wasm_router::policy::Role::Decode);
+    assert_eq!(added.role, wasm_router::config::Role::Decode);
     mock::eventually("the new decode worker takes requests", async || {
         post_json(&r, "/generate", json!({"text": "hi"})).await.0 == 200
             && requests(&decode[1..])[0] > 0

@@ -1,4 +1,11 @@
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::log::clean;
 use super::*;
+use crate::policy::bindings::v2::wasm_router::policy::{
+    metrics as wit_metrics, prefix_index, types,
+};
 
 #[test]
 fn state_set_get_remove_and_bytes_accounting() {
@@ -73,11 +80,7 @@ fn state_add_counts_across_threads() {
 #[test]
 fn log_bucket_holds_back_a_flood_and_refills() {
     let start = Instant::now();
-    let mut bucket = LogBucket {
-        tokens: LOG_BURST,
-        last: start,
-        suppressed: 0,
-    };
+    let mut bucket = LogBucket::full(start);
     let passed = (0..1000).filter(|_| bucket.take(start).is_some()).count();
     assert_eq!(passed, LOG_BURST as usize);
     // A second later, LOG_PER_SECOND lines pass, the first saying how many

@@ -1,0 +1,228 @@
+//! The request's way in, from a client's bytes to the worker: every step
+//! before forwarding, in the order a request takes them.
+//!
+//! 1. [`count`] (a layer): its route's request counter and duration
+//!    histogram, whatever the answer.
+//! 2. [`deadline`] (a layer): its time (`--request-timeout-secs`) starts
+//!    at arrival, queueing included.
+//! 3. [`admit`] (a layer): a slot of the concurrency limit, or a place in
+//!    its queue; the slot is held until the response body ends.
+//! 4. [`serve`], the handler: the body read once, bounded in size and time
+//!    ([`read_body`]); only what a policy asks for extracted from it
+//!    ([`crate::extract`]); the routing text tokenized when a policy
+//!    matches KV pages; then the prepared [`Forward`] goes to one worker
+//!    ([`super::forward_to_worker`]) or a prefill/decode pair
+//!    ([`super::pd::forward_to_pair`]), which splice in the fields the
+//!    router adds (`data_parallel_rank`, the PD bootstrap).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+use tower_http::request_id::RequestId;
+
+use super::{Forward, forward_to_worker, pd};
+use crate::errors::{ApiError, RouterAnswer};
+use crate::policy::{Loaded, PolicyInfo, Route};
+use crate::state::AppState;
+use crate::{extract, metrics as m};
+
+/// When a request's time is up: set by [`deadline`] at its arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// The deadline [`deadline`] set, or one starting now for a request
+    /// that did not pass the layer (in-process tests).
+    pub fn of(req: &Request, s: &AppState) -> Instant {
+        req.extensions()
+            .get::<Deadline>()
+            .map_or_else(|| Instant::now() + s.config.request_timeout, |d| d.0)
+    }
+}
+
+/// Layer: count the request under `route` and time it to its response's
+/// head. An error the router answered itself also counts by its code.
+pub async fn count(route: Route, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let handles = m::for_route(route);
+    let status = resp.status();
+    if status == StatusCode::OK {
+        handles.ok.increment(1);
+    } else {
+        let code = status.as_str().to_owned();
+        metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => code.clone())
+            .increment(1);
+        if resp.extensions().get::<RouterAnswer>().is_some() {
+            metrics::counter!(m::ERRORS, "route" => route.label(), "code" => code).increment(1);
+        }
+    }
+    handles.duration.record(started.elapsed());
+    resp
+}
+
+/// Layer: the request's [`Deadline`], from its arrival.
+pub async fn deadline(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let at = Instant::now() + s.config.request_timeout;
+    req.extensions_mut().insert(Deadline(at));
+    next.run(req).await
+}
+
+/// Layer: admission (`--max-concurrent-requests`, the queue, the rate
+/// limit). The slot is held by the response body until it ends or the
+/// client goes away; only admitted requests read their body.
+pub async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(admission) = &s.admission else {
+        return next.run(req).await;
+    };
+    match admission.admit().await {
+        Ok(slot) => slot.hold_until_end(next.run(req).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The handler of the inference routes: read, extract, prepare, forward.
+pub async fn serve(s: Arc<AppState>, route: Route, req: Request) -> Result<Response, ApiError> {
+    let deadline = Deadline::of(&req, &s);
+    let (parts, body) = req.into_parts();
+    let body = read_body(&s, body, deadline).await?;
+    let policy = Loaded::from(&s.policy);
+    let prefill_policy = s
+        .prefill_policies
+        .as_ref()
+        .map(|m| Loaded::from(&m.active()));
+    let peek = extract::peek(&body)?;
+    let either = |wants: fn(&PolicyInfo) -> bool| {
+        wants(policy.policy.info())
+            || prefill_policy
+                .as_ref()
+                .is_some_and(|p| wants(p.policy.info()))
+    };
+    let text = if either(|i| i.needs_text) {
+        peek.routing_text()?
+    } else {
+        String::new()
+    };
+    let (text, tokens) = tokenize_for_kv(&s, either(|i| i.reads.kv_matches), text).await;
+    let routing_key = ["x-routing-key", "x-smg-routing-key"]
+        .iter()
+        .find_map(|h| parts.headers.get(*h)?.to_str().ok());
+    let forward = Forward {
+        route,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        body: body.clone(),
+        request_id: request_id(&parts),
+        seq: s.seq.fetch_add(1, Ordering::Relaxed),
+        model: peek.model.as_deref().unwrap_or(""),
+        text: &text,
+        tokens: tokens.as_deref(),
+        routing_key,
+        stream: peek.streams(),
+        max_new_tokens: peek.max_new_tokens(),
+        deadline,
+    };
+    match prefill_policy {
+        None => forward_to_worker(&s.config, &s.upstream, &s.registry, policy, forward).await,
+        Some(prefill) => {
+            let policies = pd::PdPolicies {
+                prefill,
+                decode: policy,
+            };
+            let (config, upstream, registry) = (&s.config, &s.upstream, &s.registry);
+            pd::forward_to_pair(config, upstream, registry, policies, forward, &peek).await
+        }
+    }
+}
+
+/// The id the request-id layer gave the request.
+pub fn request_id(parts: &axum::http::request::Parts) -> &str {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("")
+}
+
+/// Read the client's body once, bounded in size (`--max-payload-size`) and
+/// time: whole by the request's `deadline`, with no pause between two
+/// chunks longer than `--stream-idle-timeout-secs`. `Limited` itself rather
+/// than tower-http's `RequestBodyLimitLayer`, whose early 413 is not in
+/// OpenAI's error shape.
+pub async fn read_body(s: &AppState, body: Body, deadline: Instant) -> Result<Bytes, ApiError> {
+    use http_body::Body as _;
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    let limit = s.config.max_payload_size;
+    let mut body = Limited::new(body, limit);
+    // One chunk is kept as it came; more are copied into one buffer of the
+    // announced size, so a body is held once, not twice.
+    let mut first = None::<Bytes>;
+    let mut whole = bytes::BytesMut::new();
+    loop {
+        let pause_ends = (Instant::now() + s.config.stream_idle_timeout).min(deadline);
+        let data = match tokio::time::timeout_at(pause_ends, body.frame()).await {
+            Err(_elapsed) => return Err(ApiError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("unreadable body: {e}"))),
+        };
+        match first.take() {
+            None if whole.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    let announced = body.size_hint().lower() as usize;
+                    whole.reserve((held.len() + data.len() + announced).min(limit));
+                    whole.extend_from_slice(&held);
+                }
+                whole.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| whole.freeze()))
+}
+
+/// The routing text's tokens, for `prefix-index.match-kv`, when the router
+/// follows the workers' KV events, has a tokenizer, and a policy of this
+/// request calls `match-kv` (`reads`: its component imports it; so
+/// cache_aware's requests are not tokenized). Tokenized on the
+/// blocking pool, one per core at a time (`tokenize_slots`): a long prompt
+/// takes milliseconds (BENCHMARKS.md), which must neither stall the other
+/// connections of this serving thread nor count against the policy's call
+/// deadline. The text comes back with them; a text the tokenizer refuses
+/// has none (the policy then sees no match).
+async fn tokenize_for_kv(s: &AppState, reads: bool, text: String) -> (String, Option<Vec<u32>>) {
+    let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
+        return (text, None);
+    };
+    if !reads || text.is_empty() {
+        return (text, None);
+    }
+    // Never closed, so a permit always comes. It goes with the work: a
+    // client that leaves meanwhile does not free the slot early.
+    let Ok(slot) = s.tokenize_slots.clone().acquire_owned().await else {
+        return (text, None);
+    };
+    let tokenizer = tokenizer.clone();
+    let copy = text.clone();
+    let tokens = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        // With special tokens, as a worker tokenizes a /generate prompt.
+        tokenizer.encode(&copy, true).ok()
+    })
+    .await
+    .ok()
+    .flatten();
+    (text, tokens)
+}
