@@ -1,15 +1,20 @@
 //! wasm-router: a load balancer for LLM inference workers whose routing
 //! decision is made by a WebAssembly component loaded at run time.
 //!
-//! The crate is a library with a thin binary (`router`). The data plane and
-//! the policy meet at one seam, [`policy::Policy`]: the proxy hands it request
-//! metadata and candidate workers, the policy names one. [`policy::WasmPolicy`]
-//! implements it by calling a sandboxed component; [`policy::LeastLoad`] is the
-//! native fallback used whenever the component cannot answer.
+//! The crate is the router as a library; the `router` binary is the
+//! `wasm-router-cli` crate (`host/cli`), which adds its command line and
+//! tools. docs/architecture.md walks a request through the modules.
+//!
+//! The data plane and the policy meet at one seam, [`policy::Policy`]: the
+//! proxy hands it request metadata and candidate workers, the policy names
+//! one. [`policy::WasmPolicy`] implements it by calling a sandboxed
+//! component; [`policy::LeastLoad`] is the native fallback used whenever
+//! the component cannot answer.
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod errors;

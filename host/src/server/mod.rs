@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use serde_json::json;
@@ -17,7 +17,6 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::admin;
 use crate::config::Role;
 use crate::errors::ApiError;
 use crate::policy::Route;
@@ -25,6 +24,7 @@ use crate::proxy;
 use crate::proxy::ingress::{self, Deadline, request_id};
 use crate::state::AppState;
 use crate::upstream;
+use crate::{admin, auth};
 
 mod models;
 mod start;
@@ -55,7 +55,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_api_key,
+            auth::require_api_key,
         ))
         .layer(cors(&state.config.cors_allowed_origins));
     // Admin routes allow only listed origins: open to any, a web page in
@@ -158,16 +158,6 @@ impl MakeRequestId for ClientOrNewId {
                 .expect("hex digits make a header value"),
         };
         Some(RequestId::new(id))
-    }
-}
-
-async fn require_api_key(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(key) = &s.config.api_key else {
-        return next.run(req).await;
-    };
-    match admin::bearer(&req) {
-        Some(p) if admin::constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
     }
 }
 
