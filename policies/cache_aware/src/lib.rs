@@ -28,10 +28,9 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::tie_break::PREFIX_BYTES;
+use wasm_router_policy::affinity::{Affinity, Balance};
 use wasm_router_policy::{
-    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
-    export_policy, prefix_index,
+    Candidate, Candidates, Policy, PolicyInfo, Request, WorkerInfo, export_policy, prefix_index,
 };
 
 /// Settings, with the SGLang router's names and defaults. Keys the policy
@@ -86,46 +85,44 @@ impl Config {
     }
 }
 
-/// The cache-aware policy: a [`Config`] and the fleet's URLs for ties; the
-/// tree is the router's.
+/// The cache-aware policy: a [`Config`]; the tree is the router's, and
+/// its upkeep and the ties are the SDK's [`Affinity`].
 #[derive(Debug, Clone)]
 pub struct CacheAware {
     config: Config,
-    ties: TieBreak,
+    balance: Balance,
+    affinity: Affinity,
 }
 
 impl CacheAware {
     /// The policy with `config`.
     pub fn new(config: Config) -> Self {
         CacheAware {
+            balance: Balance {
+                abs_threshold: config.balance_abs_threshold,
+                rel_threshold: config.balance_rel_threshold,
+            },
+            affinity: Affinity::new(config.max_tree_size),
             config,
-            ties: TieBreak::default(),
         }
     }
 
-    fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
-        let max = candidates.iter().map(|c| c.load).max().unwrap_or(0);
-        let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
-        max - min > self.config.balance_abs_threshold
-            && f64::from(max) > f64::from(min) * self.config.balance_rel_threshold
-    }
-
-    /// Least load, then smallest tree, then the [`TieBreak`] rank.
+    /// Least load, then smallest tree, then the tie-break rank.
     fn least_loaded(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         let sizes = prefix_index::sizes(&ids);
-        let key = TieBreak::key(&req.text_prefix(PREFIX_BYTES));
+        let rank = self.affinity.tie_rank(req);
         candidates
             .iter()
             .zip(sizes)
-            .min_by_key(|(c, size)| (c.load, *size, self.ties.rank(key, c.id)))
+            .min_by_key(|(c, size)| (c.load, *size, rank(c.id)))
             .map(|(c, _)| c.id)
             .expect("candidates are not empty")
     }
 
     /// The decision, without recording it in the tree.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
-        if self.is_imbalanced(candidates) {
+        if self.balance.is_imbalanced(candidates) {
             return self.least_loaded(req, candidates);
         }
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
@@ -146,13 +143,7 @@ impl CacheAware {
 impl Policy for CacheAware {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
         let config = Config::from_json(config)?;
-        let info = PolicyInfo {
-            needs_text: true,
-            tick_interval_ms: u32::try_from(config.eviction_interval_secs.saturating_mul(1000))
-                .unwrap_or(u32::MAX),
-            instances: Instances::PerThread,
-            ..PolicyInfo::new("cache_aware")
-        };
+        let info = Affinity::info("cache_aware", config.eviction_interval_secs);
         Ok((CacheAware::new(config), info))
     }
 
@@ -161,20 +152,16 @@ impl Policy for CacheAware {
             return Err("no candidates".into());
         }
         let worker = self.choose(req, candidates);
-        if req.text_len() > 0 {
-            prefix_index::insert_request(req, worker);
-        }
+        self.affinity.record(req, worker);
         Ok(worker)
     }
 
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
-        let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
-        prefix_index::retain_workers(&live);
-        self.ties.workers_changed(&workers);
+        self.affinity.workers_changed(&workers);
     }
 
     fn tick(&mut self, _now_ms: u64) {
-        prefix_index::evict(self.config.max_tree_size);
+        self.affinity.evict();
     }
 }
 

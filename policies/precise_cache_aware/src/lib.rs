@@ -35,10 +35,9 @@
 #![deny(missing_docs)]
 
 use serde::Deserialize;
-use wasm_router_policy::tie_break::PREFIX_BYTES;
+use wasm_router_policy::affinity::{Affinity, Balance};
 use wasm_router_policy::{
-    Candidate, Candidates, Instances, Policy, PolicyInfo, Request, TieBreak, WorkerInfo,
-    export_policy, prefix_index,
+    Candidate, Candidates, Policy, PolicyInfo, Request, WorkerInfo, export_policy, prefix_index,
 };
 
 /// Settings. cache_aware's names where they mean the same; keys the policy
@@ -104,28 +103,26 @@ impl Config {
     }
 }
 
-/// The policy: a [`Config`] and the fleet's URLs for ties; both indexes
-/// are the router's.
+/// The policy: a [`Config`]; both indexes are the router's, and the
+/// approximate one's upkeep and the ties are the SDK's [`Affinity`].
 #[derive(Debug, Clone)]
 pub struct PreciseCacheAware {
     config: Config,
-    ties: TieBreak,
+    balance: Balance,
+    affinity: Affinity,
 }
 
 impl PreciseCacheAware {
     /// The policy with `config`.
     pub fn new(config: Config) -> Self {
         PreciseCacheAware {
+            balance: Balance {
+                abs_threshold: config.balance_abs_threshold,
+                rel_threshold: config.balance_rel_threshold,
+            },
+            affinity: Affinity::new(config.max_tree_size),
             config,
-            ties: TieBreak::default(),
         }
-    }
-
-    fn is_imbalanced(&self, candidates: &[Candidate]) -> bool {
-        let max = candidates.iter().map(|c| c.load).max().unwrap_or(0);
-        let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
-        max - min > self.config.balance_abs_threshold
-            && f64::from(max) > f64::from(min) * self.config.balance_rel_threshold
     }
 
     /// Tokens of prefill `matched` leaves to compute, of `prompt` tokens.
@@ -140,20 +137,20 @@ impl PreciseCacheAware {
 
     /// The decision, without recording it in the approximate index.
     fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
-        let key = TieBreak::key(&req.text_prefix(PREFIX_BYTES));
+        let rank = self.affinity.tie_rank(req);
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         // Ties: the smaller share of what this router sent (cache_aware's
         // "most room"), so new prompts spread over the workers as prompts,
         // not only as requests in flight at that moment; then the rank.
         let sizes = prefix_index::sizes(&ids);
-        let tie = |i: usize| (sizes[i], self.ties.rank(key, candidates[i].id));
+        let tie = |i: usize| (sizes[i], rank(candidates[i].id));
         let least_loaded = || {
             let i = (0..candidates.len())
                 .min_by_key(|&i| (candidates[i].load, tie(i)))
                 .expect("candidates are not empty");
             candidates[i].id
         };
-        if self.is_imbalanced(candidates) {
+        if self.balance.is_imbalanced(candidates) {
             return least_loaded();
         }
         let kv = prefix_index::match_kv(req, &ids);
@@ -207,13 +204,7 @@ impl PreciseCacheAware {
 impl Policy for PreciseCacheAware {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
         let config = Config::from_json(config)?;
-        let info = PolicyInfo {
-            needs_text: true,
-            tick_interval_ms: u32::try_from(config.eviction_interval_secs.saturating_mul(1000))
-                .unwrap_or(u32::MAX),
-            instances: Instances::PerThread,
-            ..PolicyInfo::new("precise_cache_aware")
-        };
+        let info = Affinity::info("precise_cache_aware", config.eviction_interval_secs);
         Ok((PreciseCacheAware::new(config), info))
     }
 
@@ -222,20 +213,16 @@ impl Policy for PreciseCacheAware {
             return Err("no candidates".into());
         }
         let worker = self.choose(req, candidates);
-        if req.text_len() > 0 {
-            prefix_index::insert_request(req, worker);
-        }
+        self.affinity.record(req, worker);
         Ok(worker)
     }
 
     fn workers_changed(&mut self, workers: Vec<WorkerInfo>) {
-        let live: Vec<u32> = workers.iter().map(|w| w.id).collect();
-        prefix_index::retain_workers(&live);
-        self.ties.workers_changed(&workers);
+        self.affinity.workers_changed(&workers);
     }
 
     fn tick(&mut self, _now_ms: u64) {
-        prefix_index::evict(self.config.max_tree_size);
+        self.affinity.evict();
     }
 }
 

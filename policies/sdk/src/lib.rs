@@ -54,6 +54,7 @@ pub mod bindings {
     });
 }
 
+pub mod affinity;
 mod candidates;
 pub mod prefix_index;
 mod request;
