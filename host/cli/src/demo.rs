@@ -216,6 +216,13 @@ async fn run_row(
         progress,
     )
     .await;
+    if !show_progress {
+        eprintln!(
+            "{policy}: {} of {total} requests answered in {:.1} s",
+            report.ok,
+            report.elapsed.as_secs_f64()
+        );
+    }
     for router in routers {
         router.shutdown().await?;
     }

@@ -36,9 +36,11 @@ pub struct Cli {
     /// Router flags (when no subcommand is given).
     #[command(flatten)]
     pub run: wasm_router::config::RouterArgs,
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, global = true, default_value = "info", help_heading = "Logging")]
-    pub log_level: String,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// (`target=level,...`). At error, warn and info, other crates than the
+    /// router log at warn at most [default: info; warn for `demo`].
+    #[arg(long, global = true, help_heading = "Logging")]
+    pub log_level: Option<String>,
     /// Log as JSON lines.
     #[arg(long, global = true, help_heading = "Logging")]
     pub log_json: bool,

@@ -126,9 +126,16 @@ async fn demo(args: crate::demo::DemoArgs) -> anyhow::Result<()> {
 /// anew each day (`wasm-router.YYYY-MM-DD`, as sglang-router writes
 /// `smg.YYYY-MM-DD`), written off the logging thread; the guard flushes it.
 fn init_logging(cli: &Cli) -> Result<Option<WorkerGuard>, String> {
-    let filter = EnvFilter::try_new(&cli.log_level)
-        .map_err(|e| format!("invalid --log-level {:?}: {e}", cli.log_level))?;
-    let mut layers = vec![fmt_layer(cli.log_json, std::io::stderr, true)];
+    let quiet = matches!(cli.command, Some(Command::Demo(_)));
+    let level = cli
+        .log_level
+        .as_deref()
+        .unwrap_or(if quiet { "warn" } else { "info" });
+    let filter = EnvFilter::try_new(log_filter(level))
+        .map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    // Colors only for a person at a terminal, not in a piped or captured log.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut layers = vec![fmt_layer(cli.log_json, std::io::stderr, ansi)];
     let mut guard = None;
     if let Some(dir) = &cli.run.log_dir {
         let file = tracing_appender::rolling::RollingFileAppender::builder()
@@ -150,6 +157,24 @@ fn init_logging(cli: &Cli) -> Result<Option<WorkerGuard>, String> {
         tracing::debug!("logging was already set up");
     }
     Ok(guard)
+}
+
+/// The targets of the router's own log lines: its crates, and the lines
+/// policies write (`policy`).
+const OWN_TARGETS: [&str; 3] = ["wasm_router", "wasm_router_cli", "policy"];
+
+/// The filter for `--log-level`: at error, warn or info the level is the
+/// router's, and other crates' lines (a ZMQ library's connection notes,
+/// say) pass at warn at most; debug and trace, or a tracing directive, are
+/// taken as written.
+pub fn log_filter(level: &str) -> String {
+    let others = match level {
+        "error" => "error",
+        "warn" | "info" => "warn",
+        _ => return level.to_string(),
+    };
+    let own: Vec<String> = OWN_TARGETS.iter().map(|t| format!("{t}={level}")).collect();
+    format!("{others},{}", own.join(","))
 }
 
 /// A formatting layer writing to `writer`: JSON lines, or text (colored

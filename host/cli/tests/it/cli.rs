@@ -254,17 +254,13 @@ fn sigterm_stops_the_router_cleanly() {
     );
 }
 
+/// Issue 30: the demo's first screen is its table; stderr holds its
+/// progress, one line per row, and nothing else.
 #[test]
-fn the_quick_demo_prints_its_table() {
-    let out = router(&[
-        "demo",
-        "--quick",
-        "--time-scale",
-        "0.2",
-        "--log-level",
-        "warn",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+fn the_quick_demo_prints_its_table_and_only_its_progress() {
+    let out = router(&["demo", "--quick", "--time-scale", "0.2"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("cache hit")
@@ -272,6 +268,57 @@ fn the_quick_demo_prints_its_table() {
             && stdout.contains("cache_aware"),
         "{stdout}"
     );
+    let rows = stdout.lines().count() - 2;
+    let progress = stderr
+        .lines()
+        .filter(|l| l.contains(" requests answered in "))
+        .count();
+    assert_eq!(progress, rows, "one progress line per row: {stderr}");
+    assert_eq!(stderr.lines().count(), rows, "{stderr}");
+}
+
+/// Issue 30: at `--log-level info` the router's own lines show, other
+/// crates' do not (the ZMQ publisher's connection notes were about a
+/// hundred lines of the demo's stderr).
+#[test]
+fn at_info_the_demo_logs_no_other_crates_info_lines() {
+    let out = router(&[
+        "demo",
+        "--quick",
+        "--time-scale",
+        "0.2",
+        "--replicas",
+        "2",
+        "--log-level",
+        "info",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let info: Vec<&str> = stderr.lines().filter(|l| l.contains(" INFO ")).collect();
+    assert!(
+        info.iter().any(|l| l.contains(" wasm_router")),
+        "the router's own lines show: {stderr}"
+    );
+    let noise: Vec<&&str> = info
+        .iter()
+        .filter(|l| !l.contains(" wasm_router") && !l.contains(" policy:"))
+        .collect();
+    assert!(noise.is_empty(), "other crates' INFO lines: {noise:?}");
+}
+
+#[test]
+fn a_log_level_keeps_other_crates_at_warn_unless_debugging() {
+    use wasm_router_cli::run::log_filter;
+    assert_eq!(
+        log_filter("info"),
+        "warn,wasm_router=info,wasm_router_cli=info,policy=info"
+    );
+    assert_eq!(
+        log_filter("error"),
+        "error,wasm_router=error,wasm_router_cli=error,policy=error"
+    );
+    assert_eq!(log_filter("debug"), "debug");
+    assert_eq!(log_filter("zeromq=info"), "zeromq=info");
 }
 
 #[test]
