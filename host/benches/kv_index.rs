@@ -116,6 +116,7 @@ fn tokenizing(c: &mut Criterion) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tokenizer = wasm_router::tokenizer::Tokenizer::load(
         &root.join("host/cli/assets/tokenizer/tokenizer.json"),
+        Default::default(),
     )
     .unwrap();
     let prose = std::fs::read_to_string(root.join("README.md")).unwrap();

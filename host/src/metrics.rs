@@ -56,6 +56,9 @@ pub const KV_EVENTS_ORPHANS: &str = "wasm_router_kv_event_orphans_total";
 pub const KV_INDEX_PAGES: &str = "wasm_router_kv_index_pages";
 /// Workers whose KV events the router follows.
 pub const KV_FOLLOWED: &str = "wasm_router_kv_event_workers";
+/// Workers that answered they publish no KV events the router can follow
+/// (`--kv-events`): precise routing sees only what was sent to them.
+pub const KV_SILENT: &str = "wasm_router_kv_event_workers_silent";
 /// `BlockStored` events the index refused (shape, page size, full).
 pub const KV_EVENTS_REFUSED: &str = "wasm_router_kv_events_refused_total";
 

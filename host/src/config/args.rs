@@ -317,16 +317,18 @@ pub struct RouterArgs {
     /// Chat template: not supported (the workers apply their own).
     #[arg(long, help_heading = "Tokenizer")]
     pub chat_template: Option<String>,
-    /// Tokenizer cache, level 0: not supported yet.
+    /// Tokenizer cache of whole texts: always on here (accepted for
+    /// sglang-router's command lines).
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l0: bool,
-    /// Tokenizer cache, level 0 entries: not supported yet.
+    /// Whole texts the tokenizer cache keeps (0: none).
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l0_max_entries: Option<u64>,
-    /// Tokenizer cache, level 1: not supported yet.
+    /// Tokenizer cache of prompt prefixes: always on here (accepted for
+    /// sglang-router's command lines).
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_enable_l1: bool,
-    /// Tokenizer cache, level 1 bytes: not supported yet.
+    /// Bytes of prompt-prefix tokens the tokenizer cache keeps (0: none).
     #[arg(long, help_heading = "Tokenizer")]
     pub tokenizer_cache_l1_max_memory: Option<u64>,
     /// Reasoning parser: not supported (a gateway feature).

@@ -32,7 +32,7 @@ pub use defaults::show_defaults;
 pub use kv_events::{KvEndpoint, endpoint_from_config};
 pub use policy::{
     DEFAULT_CALL_DEADLINE, DEFAULT_MAINTENANCE_DEADLINE, DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TICK_DEADLINE, Limits, PolicySlot, default_cache_dir,
+    DEFAULT_TICK_DEADLINE, Limits, PolicySlot, TokenizerCache, default_cache_dir,
 };
 pub use requests::{QueueConfig, RetryConfig};
 pub use security::{AdminKey, ClientTls, JwtConfig, ServerTls};
@@ -119,6 +119,8 @@ pub struct Config {
     pub policy_cache_dir: Option<PathBuf>,
     /// The router's tokenizer.json (`--tokenizer-path`, `--model-path`).
     pub tokenizer: Option<PathBuf>,
+    /// Its caches of routing tokenizations.
+    pub tokenizer_cache: TokenizerCache,
     /// Largest request body.
     pub max_payload_size: usize,
     /// Origins allowed by CORS; empty: any (`--cors-allowed-origins`).

@@ -55,6 +55,43 @@ impl Default for Limits {
     }
 }
 
+/// The router's caches of routing tokenizations
+/// (`--tokenizer-cache-l0-max-entries`, `--tokenizer-cache-l1-max-memory`):
+/// whole texts, and chunks of their prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenizerCache {
+    /// Whole texts kept.
+    pub l0_entries: usize,
+    /// Bytes of prefix chunks kept.
+    pub l1_bytes: usize,
+}
+
+impl Default for TokenizerCache {
+    fn default() -> Self {
+        TokenizerCache {
+            l0_entries: d::TOKENIZER_CACHE_L0_MAX_ENTRIES as usize,
+            l1_bytes: d::TOKENIZER_CACHE_L1_MAX_MEMORY as usize,
+        }
+    }
+}
+
+/// The tokenizer caches' sizes. Always on: they serve the router's own
+/// tokenization for KV matching (sglang-router's `--tokenizer-cache-enable-*`
+/// are accepted and change nothing).
+pub(super) fn tokenizer_cache(s: &RouterArgs) -> TokenizerCache {
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    TokenizerCache {
+        l0_entries: size(
+            s.tokenizer_cache_l0_max_entries
+                .unwrap_or(d::TOKENIZER_CACHE_L0_MAX_ENTRIES),
+        ),
+        l1_bytes: size(
+            s.tokenizer_cache_l1_max_memory
+                .unwrap_or(d::TOKENIZER_CACHE_L1_MAX_MEMORY),
+        ),
+    }
+}
+
 /// Which of a router's policies: the main one (of regular workers, or of
 /// decode workers in PD mode) or PD mode's prefill policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,7 +82,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
     }
 
     let discovery = "give the workers with --worker-urls (or --prefill/--decode), or add them at run time with POST /workers";
-    let tokenizer = "the tokenizer is not cached (issue 18 builds its caches)";
     for (setting, given, why) in [
         ("--service-discovery", s.service_discovery, discovery),
         ("--selector", !s.selector.is_empty(), discovery),
@@ -108,32 +107,6 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
             "--decode-selector",
             !s.decode_selector.is_empty(),
             discovery,
-        ),
-        (
-            "--tokenizer-cache-enable-l0",
-            s.tokenizer_cache_enable_l0,
-            tokenizer,
-        ),
-        (
-            "--tokenizer-cache-l0-max-entries",
-            differs(
-                s.tokenizer_cache_l0_max_entries,
-                d::TOKENIZER_CACHE_L0_MAX_ENTRIES,
-            ),
-            tokenizer,
-        ),
-        (
-            "--tokenizer-cache-enable-l1",
-            s.tokenizer_cache_enable_l1,
-            tokenizer,
-        ),
-        (
-            "--tokenizer-cache-l1-max-memory",
-            differs(
-                s.tokenizer_cache_l1_max_memory,
-                d::TOKENIZER_CACHE_L1_MAX_MEMORY,
-            ),
-            tokenizer,
         ),
         (
             "--enable-trace",

@@ -399,6 +399,33 @@ fn sglang_router_flags_are_accepted_at_their_defaults() {
     assert_eq!(c.duration_buckets, Some(vec![0.1, 1.0, 10.0]));
 }
 
+/// Issue 31: sglang-router's tokenizer cache flags size the router's
+/// routing caches (on whether or not they are enabled by flag).
+#[test]
+fn tokenizer_cache_flags_size_the_routing_caches() {
+    let c = parse_flags(&[
+        "--tokenizer-cache-enable-l0",
+        "--tokenizer-cache-l0-max-entries",
+        "5",
+        "--tokenizer-cache-enable-l1",
+        "--tokenizer-cache-l1-max-memory",
+        "1024",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.tokenizer_cache,
+        TokenizerCache {
+            l0_entries: 5,
+            l1_bytes: 1024
+        }
+    );
+    let c = parse_flags(&[]).unwrap();
+    assert_eq!(
+        c.tokenizer_cache.l1_bytes as u64,
+        defaults::TOKENIZER_CACHE_L1_MAX_MEMORY
+    );
+}
+
 /// `--jwt-*` as sglang-router takes them, and the mistakes said by name.
 #[test]
 fn jwt_flags_make_a_verifier_config() {
@@ -499,7 +526,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--redis-url", "redis://r"], false),
         (&["--service-discovery"], true),
         (&["--selector", "app=sglang"], true),
-        (&["--tokenizer-cache-enable-l0"], true),
         (&["--enable-trace"], true),
         (&["--otlp-traces-endpoint", "collector:4317"], true),
     ] {

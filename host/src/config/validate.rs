@@ -56,6 +56,7 @@ impl Config {
                 policy::default_cache_dir()
             },
             tokenizer: policy::tokenizer_file(&s)?,
+            tokenizer_cache: policy::tokenizer_cache(&s),
             max_payload_size: requests::max_payload_size(&s)?,
             cors_allowed_origins: requests::cors_allowed_origins(&s)?,
             duration_buckets: requests::duration_buckets(&s)?,

@@ -59,8 +59,10 @@ pub async fn follow_workers(
     client: reqwest::Client,
     subscriptions: Arc<Subscriptions>,
 ) {
-    // Every worker that answered (publishing or not).
+    // Every worker that answered (publishing or not), and those of them
+    // that publish nothing the router can follow.
     let mut asked: HashSet<u32> = HashSet::new();
+    let mut silent: HashSet<u32> = HashSet::new();
     loop {
         let Some(workers) = registry.upgrade().map(|r| r.all()) else {
             return;
@@ -75,6 +77,7 @@ pub async fn follow_workers(
             let stays = current.contains_key(id);
             if !stays {
                 subscriptions.forget(*id);
+                silent.remove(id);
             }
             stays
         });
@@ -95,12 +98,19 @@ pub async fn follow_workers(
             .await;
         for (id, url, answer) in found {
             let Some(endpoint) = answer else { continue };
-            if let Some(endpoint) = endpoint {
-                tracing::info!(worker = %url, publisher = %endpoint.publisher, "following its KV events");
-                subscriptions.follow(id, endpoint);
+            match endpoint {
+                Some(endpoint) => {
+                    tracing::info!(worker = %url, publisher = %endpoint.publisher, "following its KV events");
+                    subscriptions.follow(id, endpoint);
+                }
+                None => {
+                    tracing::warn!(worker = %url, "it publishes no KV events: policies that match KV pages know of it only what this router sent it (start it with --kv-events-config, or give its kv_events_config when adding it)");
+                    silent.insert(id);
+                }
             }
             asked.insert(id);
         }
+        metrics::gauge!(crate::metrics::KV_SILENT).set(silent.len() as f64);
         metrics::gauge!(crate::metrics::KV_INDEX_PAGES).set(subscriptions.index().len() as f64);
         metrics::gauge!(crate::metrics::KV_FOLLOWED).set(subscriptions.len() as f64);
         tokio::time::sleep(FOLLOW_EVERY).await;

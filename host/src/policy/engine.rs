@@ -69,6 +69,11 @@ impl PolicyEngine {
         self
     }
 
+    /// What its policies read of the workers' KV caches.
+    pub fn kv(&self) -> &super::imports::KvView {
+        self.shelf.kv()
+    }
+
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -14,6 +14,20 @@ pub enum LoadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A policy that matches prompts against the workers' KV caches
+    /// (`prefix-index.match-kv`) in a router that cannot: it follows no
+    /// events, or has no tokenizer to tokenize requests before the call.
+    #[error(
+        "policy {name} matches prompts against the workers' KV caches (prefix-index.match-kv), but this router {why}: start it with {missing}"
+    )]
+    KvNotFollowed {
+        /// The policy's name.
+        name: String,
+        /// What the router lacks.
+        why: &'static str,
+        /// The flags that give it.
+        missing: &'static str,
+    },
     /// A name that is neither a built-in policy nor an existing file.
     #[error("unknown policy {0:?}: use one of {builtins} or a path to a .wasm file", builtins = super::builtin::names().join(", "))]
     Unknown(String),

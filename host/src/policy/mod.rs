@@ -100,7 +100,8 @@ pub struct RouteRequest<'a> {
     pub text: &'a str,
     /// The routing text's tokens, when the router tokenized it before the
     /// call (`--kv-events` with a tokenizer); `prefix-index.match-kv`
-    /// matches them. Without them it tokenizes the text's start itself.
+    /// matches them. Without them nothing matches: a policy call never
+    /// tokenizes.
     pub tokens: Option<&'a [u32]>,
     /// `x-routing-key` (or `x-smg-routing-key`) header.
     pub routing_key: Option<&'a str>,
@@ -226,7 +227,8 @@ pub struct Reads {
     /// `request.header`: the router lends the client's headers.
     pub headers: bool,
     /// `prefix-index.match-kv`: the router tokenizes the routing text
-    /// before the call (with `--kv-events` and a tokenizer).
+    /// before the call, and refuses the policy unless it follows KV events
+    /// and has a tokenizer.
     pub kv_matches: bool,
 }
 

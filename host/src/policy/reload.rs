@@ -143,10 +143,21 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Errors of a reload, as text: they go to logs, metrics and `GET /policies`.
+/// Load the wanted policy; a policy that matches KV pages only where the
+/// router can match them. Errors as text: they go to logs, metrics and
+/// `GET /policies`.
 fn load(engine: &PolicyEngine, wanted: &Wanted, limits: Limits) -> Result<WasmPolicy, String> {
     let source = PolicySource::parse(&wanted.policy).map_err(|e| e.to_string())?;
-    WasmPolicy::load(engine, source, &wanted.config, limits).map_err(|e| e.to_string())
+    let policy =
+        WasmPolicy::load(engine, source, &wanted.config, limits).map_err(|e| e.to_string())?;
+    let info = policy.info();
+    if info.reads.kv_matches {
+        engine
+            .kv()
+            .check_matchable(&info.name)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(policy)
 }
 
 impl PolicyManager {

@@ -202,7 +202,11 @@ pub async fn read_body(s: &AppState, body: Body, deadline: Instant) -> Result<By
 /// connections of this serving thread nor count against the policy's call
 /// deadline. The text comes back with them; a text the tokenizer refuses
 /// has none (the policy then sees no match).
-async fn tokenize_for_kv(s: &AppState, reads: bool, text: String) -> (String, Option<Vec<u32>>) {
+async fn tokenize_for_kv(
+    s: &AppState,
+    reads: bool,
+    text: String,
+) -> (String, Option<std::sync::Arc<[u32]>>) {
     let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
         return (text, None);
     };
@@ -218,8 +222,7 @@ async fn tokenize_for_kv(s: &AppState, reads: bool, text: String) -> (String, Op
     let copy = text.clone();
     let tokens = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        // With special tokens, as a worker tokenizes a /generate prompt.
-        tokenizer.encode(&copy, true).ok()
+        tokenizer.encode_for_routing(&copy).ok()
     })
     .await
     .ok()

@@ -82,7 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let kv = KvView {
         index: config.kv_events.then(Arc::default),
         tokenizer: match &config.tokenizer {
-            Some(path) => Some(Arc::new(Tokenizer::load(path)?)),
+            Some(path) => Some(Arc::new(Tokenizer::load(path, config.tokenizer_cache)?)),
             None => None,
         },
     };

@@ -202,7 +202,10 @@ pub async fn start(args: SimArgs, in_process: bool) -> anyhow::Result<SimHandle>
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let addr = listener.local_addr()?;
     let tokenizer = match &args.tokenizer {
-        Some(path) => Some(wasm_router::tokenizer::Tokenizer::load(path)?),
+        Some(path) => Some(wasm_router::tokenizer::Tokenizer::load(
+            path,
+            Default::default(),
+        )?),
         None => None,
     };
     let kv_events = match args.kv_events_port {

@@ -14,6 +14,18 @@ async fn every_builtin_routes_requests_by_name() {
     for name in builtin::names() {
         let mut a = args(&ws.iter().collect::<Vec<_>>());
         a.policy = Some(name.to_string());
+        if name == "precise_cache_aware" {
+            // It matches KV pages: the router must follow events and
+            // tokenize (the mock workers publish none: it routes on what
+            // it sent).
+            a.kv_events = true;
+            a.tokenizer_path = Some(
+                crate::fixtures::workspace()
+                    .join("host/cli/assets/tokenizer/tokenizer.json")
+                    .display()
+                    .to_string(),
+            );
+        }
         let r = router(a).await;
         for i in 0..8 {
             let worker = generate(&r, &format!("{name} {i}")).await;

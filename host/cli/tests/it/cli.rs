@@ -274,7 +274,12 @@ fn the_quick_demo_prints_its_table_and_only_its_progress() {
         .filter(|l| l.contains(" requests answered in "))
         .count();
     assert_eq!(progress, rows, "one progress line per row: {stderr}");
-    assert_eq!(stderr.lines().count(), rows, "{stderr}");
+    // A busy machine may make a policy miss its deadline: warnings show.
+    let other: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains(" requests answered in ") && !l.contains(" WARN "))
+        .collect();
+    assert!(other.is_empty(), "{other:?}");
 }
 
 /// Issue 30: at `--log-level info` the router's own lines show, other

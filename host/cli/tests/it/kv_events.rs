@@ -310,6 +310,53 @@ async fn the_router_follows_what_its_workers_announce() {
     r.shutdown().await.unwrap();
 }
 
+/// Issue 31: a worker that publishes no events is named in the log and
+/// counted on /metrics, not silently left to the approximate index.
+#[tokio::test]
+async fn a_worker_without_events_is_counted() {
+    let url = announcing_worker(r#"{"publisher": "null"}"#.into()).await;
+    let args = wasm_router::config::RouterArgs {
+        worker_urls: vec![url],
+        kv_events: true,
+        ..crate::mock::args(&[])
+    };
+    let r = crate::mock::router(args).await;
+    let metrics = format!("http://{}/metrics", r.metrics_addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = crate::mock::get_text(&metrics).await;
+        if text.contains("wasm_router_kv_event_workers_silent 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.shutdown().await.unwrap();
+}
+
+/// Issue 31: a policy that matches KV pages in a router that follows no
+/// events was served by its fallback path (tokenizing inside its call, and
+/// missing its deadline); now the router refuses to start, and says which
+/// flag is missing.
+#[tokio::test]
+async fn precise_routing_without_kv_events_is_refused_at_start() {
+    let tokenizer = crate::fixtures::workspace().join("host/cli/assets/tokenizer/tokenizer.json");
+    let args = wasm_router::config::RouterArgs {
+        policy: Some("precise_cache_aware".into()),
+        tokenizer_path: Some(tokenizer.display().to_string()),
+        ..crate::mock::args(&[])
+    };
+    let config = wasm_router::config::Config::load(&args).unwrap();
+    let Err(error) = wasm_router::server::start(config).await else {
+        panic!("the router started");
+    };
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("precise_cache_aware") && message.contains("with --kv-events"),
+        "{message}"
+    );
+}
+
 /// A worker whose `/get_server_info` says nothing of its events (as vLLM's)
 /// is followed at the endpoint `POST /workers` gives; a config the router
 /// cannot follow, or would not use (no `--kv-events`), is refused in the
@@ -384,6 +431,7 @@ fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
 
     let tokenizer = wasm_router::tokenizer::Tokenizer::load(
         &crate::fixtures::workspace().join("host/cli/assets/tokenizer/tokenizer.json"),
+        Default::default(),
     )
     .unwrap();
     let text = "You are a careful assistant who answers questions about routing \
@@ -429,7 +477,11 @@ fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
         .unwrap()
     };
     let candidates = crate::fixtures::idle(&[1, 2, 3]);
-    let req = crate::fixtures::request(text, None);
+    // Tokenized before the call, as the router does.
+    let req = wasm_router::policy::RouteRequest {
+        tokens: Some(&tokens),
+        ..crate::fixtures::request(text, None)
+    };
     assert_eq!(router().select(&req, &candidates).unwrap().worker, 2);
     // Worker 2's cache is cleared: for a router that did not just send it
     // the text, worker 1's one page makes it the cheapest (worker 3, whose

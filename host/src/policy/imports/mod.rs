@@ -22,7 +22,6 @@ mod tests;
 
 pub use log::{LOG_BURST, LOG_PER_SECOND, MAX_LOG_FIELD};
 pub use metrics::{MAX_LABEL_VALUES, MAX_METRICS, METRIC_PREFIX};
-pub use prefix_index::MAX_KV_TOKENIZE_BYTES;
 pub use state::{MAX_STATE_BYTES, MAX_STATE_KEY, MAX_STATE_KEYS, MAX_STATE_VALUE, Store};
 
 use std::collections::HashMap;
@@ -54,14 +53,38 @@ fn saturating_micros(d: std::time::Duration) -> u32 {
 }
 
 /// What `prefix-index.match-kv` reads: the index the workers' KV events
-/// feed, and the tokenizer requests are matched with.
+/// feed, matched with the tokens the router gave the request before the
+/// call (never tokenized inside it: that would count against the policy's
+/// deadline).
 #[derive(Debug, Clone, Default)]
 pub struct KvView {
     /// The precise index (`--kv-events`); `None`: no worker is followed.
     pub index: Option<Arc<crate::index::Precise>>,
-    /// The router's tokenizer (`--tokenizer-path`); `None`: requests have
-    /// no tokens, and match nothing.
+    /// The router's tokenizer (`--tokenizer-path`), which tokenizes
+    /// requests for policies that match KV pages; `None`: requests carry no
+    /// tokens.
     pub tokenizer: Option<Arc<crate::tokenizer::Tokenizer>>,
+}
+
+impl KvView {
+    /// Refuse policy `name`, which matches KV pages, when this router
+    /// could not give it matches: it must follow events and tokenize.
+    pub fn check_matchable(&self, name: &str) -> Result<(), super::LoadError> {
+        let (why, missing) = match (&self.index, &self.tokenizer) {
+            (Some(_), Some(_)) => return Ok(()),
+            (None, None) => (
+                "follows no KV events and has no tokenizer",
+                "--kv-events and --tokenizer-path (or --model-path)",
+            ),
+            (None, Some(_)) => ("follows no KV events", "--kv-events"),
+            (Some(_), None) => ("has no tokenizer", "--tokenizer-path (or --model-path)"),
+        };
+        Err(super::LoadError::KvNotFollowed {
+            name: name.to_string(),
+            why,
+            missing,
+        })
+    }
 }
 
 /// Every policy key's [`PolicyHost`], for as long as the engine lives.
@@ -78,6 +101,11 @@ impl HostShelf {
             hosts: Mutex::default(),
             kv,
         }
+    }
+
+    /// What its policies read of the workers' KV caches.
+    pub fn kv(&self) -> &KvView {
+        &self.kv
     }
 
     /// The host side of policy `key`, made on first use.

@@ -8,15 +8,6 @@ use super::Host;
 use crate::policy::bindings::v2::wasm_router::policy::prefix_index;
 use crate::policy::lent::RequestData;
 
-/// Bytes of a routing text that `prefix-index.match-kv` tokenizes when the
-/// router has not tokenized the request before the call (a caller of the
-/// engine that gives no [`RouteRequest::tokens`](super::RouteRequest)): it
-/// runs inside the policy's call deadline, and tokenizing costs about
-/// 0.2-0.3 ms per KiB (BENCHMARKS.md). Past this, pages are matched on the
-/// text's first part only, and its token count is estimated at the same
-/// rate.
-pub const MAX_KV_TOKENIZE_BYTES: usize = 8 << 10;
-
 impl prefix_index::Host for Host {
     fn match_request(
         &mut self,
@@ -59,37 +50,14 @@ impl prefix_index::Host for Host {
 
     fn match_kv(&mut self, _: Resource<RequestData>, workers: Vec<u32>) -> prefix_index::KvPrefix {
         let kv = &self.policy.kv;
-        let text = self.request.text.as_str();
-        let (tokens, prompt_tokens) = match &self.request.tokens {
-            Some(tokens) => (
-                std::borrow::Cow::Borrowed(tokens.as_slice()),
-                tokens.len() as u64,
-            ),
-            None => {
-                let mut cut = text.len().min(MAX_KV_TOKENIZE_BYTES);
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                // With special tokens, as a worker tokenizes a /generate
-                // prompt.
-                let tokens = match &kv.tokenizer {
-                    Some(tokenizer) if cut > 0 => {
-                        tokenizer.encode(&text[..cut], true).unwrap_or_default()
-                    }
-                    _ => Vec::new(),
-                };
-                let count = if cut < text.len() && cut > 0 {
-                    (tokens.len() as f64 * text.len() as f64 / cut as f64) as u64
-                } else {
-                    tokens.len() as u64
-                };
-                (std::borrow::Cow::Owned(tokens), count)
-            }
-        };
+        // The tokens the router gave the request before the call; none (no
+        // tokenizer, or a text the tokenizer refused): nothing matches.
+        let tokens: &[u32] = self.request.tokens.as_deref().unwrap_or_default();
+        let prompt_tokens = tokens.len();
         let matches = match &kv.index {
             None => vec![None; workers.len()],
             Some(index) => {
-                let found = index.matched(&tokens, &workers);
+                let found = index.matched(tokens, &workers);
                 workers
                     .iter()
                     .zip(found)

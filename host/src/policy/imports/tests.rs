@@ -169,31 +169,16 @@ fn a_policy_key_is_the_file_stem() {
     assert_eq!(policy_key(&PolicySource::Builtin("random")), "random");
 }
 
-/// `match-kv` given no tokens tokenizes the first 8 KiB only, matches pages
-/// there, and estimates the prompt's tokens past them at their rate; given
-/// the request's tokens, it counts and matches them all.
+/// Issue 31: `match-kv` never tokenizes inside the policy's call. Given
+/// no tokens it matches nothing and counts none; given the request's
+/// tokens, it counts and matches them all.
 #[test]
-fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_its_tokens() {
+fn match_kv_matches_the_tokens_given_and_tokenizes_nothing() {
     use crate::index::{Medium, Precise, StoredPages};
-    let tokenizer = crate::tokenizer::Tokenizer::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/cli/assets/tokenizer/tokenizer.json"
-    )))
-    .unwrap();
-    // English up to the cut, then text at a very different rate of tokens
-    // per byte: an estimate and a full count then disagree.
-    let sentence = "Routers follow the workers' caches through their events. ";
-    let mut text = sentence.repeat(MAX_KV_TOKENIZE_BYTES / sentence.len() + 1);
-    text.truncate(MAX_KV_TOKENIZE_BYTES);
-    text.push_str(&"漢字のテキスト".repeat(800));
-    let head = tokenizer
-        .encode(&text[..MAX_KV_TOKENIZE_BYTES], true)
-        .unwrap();
-    let all = tokenizer.encode(&text, true).unwrap();
-    let full = all.len() as f64;
+    let tokens: Vec<u32> = (0..40).collect();
     let index = Arc::new(Precise::default());
-    let pages = head.len() / 16;
-    let hashes: Vec<u64> = (0..pages as u64).collect();
+    let hashes: Vec<u64> = (0..2).collect();
+    index.follow(1);
     index
         .store(
             1,
@@ -201,7 +186,7 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
                 medium: Medium::Gpu,
                 parent: None,
                 hashes: &hashes,
-                tokens: &head[..pages * 16],
+                tokens: &tokens[..32],
                 block_size: 16,
                 seed: 0,
             },
@@ -209,35 +194,75 @@ fn match_kv_tokenizes_a_long_text_in_part_and_estimates_the_rest_unless_given_it
         .unwrap();
     let shelf = HostShelf::with_kv(KvView {
         index: Some(index),
-        tokenizer: Some(Arc::new(tokenizer)),
+        tokenizer: None,
     });
     let mut host = Host::new(shelf.get("p"));
-    let req = generate(&text);
-    let (lent, _) = host.lend(&req, &[]);
     use prefix_index::Host as _;
+    let req = generate("a text the router did not tokenize");
+    let (lent, _) = host.lend(&req, &[]);
     let found = host.match_kv(lent, vec![1, 2]);
-    let whole = head.len() as f64 * text.len() as f64 / MAX_KV_TOKENIZE_BYTES as f64;
-    assert!(
-        (f64::from(found.prompt_tokens) - whole).abs() < 2.0,
-        "{} tokens, estimated {whole}",
-        found.prompt_tokens
-    );
-    assert!(
-        (whole - full).abs() > full / 4.0,
-        "the test's tail must tokenize at another rate ({whole} against {full})"
-    );
-    assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
-    assert!(found.matches[1].is_none(), "worker 2 is not followed");
-    // Tokenized before the call (the router does, with `--kv-events`): the
-    // whole text's tokens are counted and matched, no estimate.
+    assert_eq!(found.prompt_tokens, 0);
+    assert_eq!(found.matches[0].map(|m| m.gpu), Some(0));
     let req = RouteRequest {
-        tokens: Some(&all),
+        tokens: Some(&tokens),
         ..req
     };
     let (lent, _) = host.lend(&req, &[]);
     let found = host.match_kv(lent, vec![1, 2]);
-    assert_eq!(f64::from(found.prompt_tokens), full);
-    assert_eq!(found.matches[0].map(|m| m.gpu), Some(pages as u32 * 16));
+    assert_eq!(found.prompt_tokens, 40);
+    assert_eq!(found.matches[0].map(|m| m.gpu), Some(32));
+    assert!(found.matches[1].is_none(), "worker 2 is not followed");
+}
+
+/// Issue 31: a policy that matches KV pages is refused by a router that
+/// could not match them, naming the flags that are missing.
+#[test]
+fn a_router_without_events_or_tokenizer_says_which_flag_is_missing() {
+    let tokenizer = Arc::new(
+        crate::tokenizer::Tokenizer::load(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/cli/assets/tokenizer/tokenizer.json"
+            )),
+            Default::default(),
+        )
+        .unwrap(),
+    );
+    let index = Some(Arc::new(crate::index::Precise::default()));
+    for (kv, missing) in [
+        (KvView::default(), Some("--kv-events and --tokenizer-path")),
+        (
+            KvView {
+                index: None,
+                tokenizer: Some(tokenizer.clone()),
+            },
+            Some("with --kv-events"),
+        ),
+        (
+            KvView {
+                index: index.clone(),
+                tokenizer: None,
+            },
+            Some("with --tokenizer-path"),
+        ),
+        (
+            KvView {
+                index,
+                tokenizer: Some(tokenizer),
+            },
+            None,
+        ),
+    ] {
+        match (kv.check_matchable("precise"), missing) {
+            (Ok(()), None) => {}
+            (Err(e), Some(flag)) => {
+                let message = e.to_string();
+                assert!(message.contains(flag), "{flag:?} not in {message}");
+                assert!(message.contains("precise"), "{message}");
+            }
+            (result, missing) => panic!("{result:?} for {missing:?}"),
+        }
+    }
 }
 
 /// A `/generate` request with routing text `text`, nothing else known.
