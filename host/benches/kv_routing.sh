@@ -11,6 +11,11 @@
 # shown: one run's placement of a few dozen prompts is a roll of the dice.
 # Prints a Markdown table, then the issue's ratios.
 #
+# Routers run on the cores ROUTER_CPUS names (0 unless set), the workers
+# and the client on WORKER_CPUS (1): a router's CPU then shows as its own
+# cost, not as slower workers. Each row reports the routers' CPU seconds
+# during the run (all replicas, from /proc) and per request.
+#
 #   ./host/benches/kv_routing.sh
 #
 # WORKLOADS, REPLICAS and ROWS (space-separated) narrow a run, e.g.
@@ -25,6 +30,16 @@ sglang_router_venv
 
 tokenizer=host/cli/assets/tokenizer/tokenizer.json
 results=$(mktemp)
+on_routers=(taskset -c "${ROUTER_CPUS:-0}")
+on_workers=(taskset -c "${WORKER_CPUS:-1}")
+tick=$(getconf CLK_TCK)
+
+# CPU time, in clock ticks, of the processes $@ so far.
+cpu_ticks() {
+    local total=0 p
+    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$total"
+}
 
 # Four workers of $1 cache tokens each, publishing KV events: sets workers.
 start_fleet() {
@@ -33,7 +48,7 @@ start_fleet() {
     for _ in 1 2 3 4; do
         local p e
         p=$(free_port); e=$(free_port)
-        "$router" sim-worker --port "$p" --cache-tokens "$1" --tokenizer "$tokenizer" \
+        "${on_workers[@]}" "$router" sim-worker --port "$p" --cache-tokens "$1" --tokenizer "$tokenizer" \
             --kv-events-port "$e" --log-level warn & pids+=($!); fleet_pids+=($!)
         wait_port "$p"
         workers+=("http://127.0.0.1:$p")
@@ -67,13 +82,13 @@ start_replicas() {
         local port metrics
         port=$(free_port); metrics=$(free_port)
         if [ "$1" = sglang-router ]; then
-            "$venv/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$port" --policy "$2" \
+            "${on_routers[@]}" "$venv/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$port" --policy "$2" \
                 --worker-urls "${workers[@]}" --prometheus-port "$metrics" --log-level warn >/dev/null 2>&1 &
         elif [ "$2" = precise_cache_aware ]; then
-            "$router" --port "$port" --prometheus-port "$metrics" --policy "$2" --worker-urls "${workers[@]}" \
+            "${on_routers[@]}" "$router" --port "$port" --prometheus-port "$metrics" --policy "$2" --worker-urls "${workers[@]}" \
                 --kv-events --tokenizer-path "$tokenizer" --log-level warn &
         else
-            "$router" --port "$port" --prometheus-port "$metrics" --policy "$2" --worker-urls "${workers[@]}" \
+            "${on_routers[@]}" "$router" --port "$port" --prometheus-port "$metrics" --policy "$2" --worker-urls "${workers[@]}" \
                 --log-level warn &
         fi
         pids+=($!); replica_pids+=($!)
@@ -85,8 +100,8 @@ start_replicas() {
 }
 stop_replicas() { for _ in "${replica_pids[@]}"; do stop_last; done; }
 
-echo "| workload | cache tokens per worker | router | policy | replicas | cache hit rate | makespan | TTFT p50 | TTFT p99 | failed (all runs) |"
-echo "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| workload | cache tokens per worker | router | policy | replicas | cache hit rate | makespan | TTFT p50 | TTFT p99 | router CPU | CPU per request | failed (all runs) |"
+echo "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for workload in ${WORKLOADS:-shared-prefix zipf multi-turn eviction}; do
     # A system prompt of 2,400 characters is about 1,840 tokens here: eight
     # groups fill 15k tokens, which 12k-token caches hold when each worker
@@ -106,8 +121,11 @@ for workload in ${WORKLOADS:-shared-prefix zipf multi-turn eviction}; do
             for _ in $(seq "${REPEATS:-3}"); do
                 for w in "${workers[@]}"; do curl -s -X POST "$w/flush_cache" >/dev/null; done
                 start_replicas "$router_kind" "$policy" "$replicas"
-                runs+=("$("$router" bench --url "${urls[@]}" --workload "$kind" "${shape[@]}" \
-                    --max-secs 120 --worker-metrics "${workers[@]}" --log-level warn)")
+                before=$(cpu_ticks "${replica_pids[@]}")
+                run=$("${on_workers[@]}" "$router" bench --url "${urls[@]}" --workload "$kind" "${shape[@]}" \
+                    --max-secs 120 --worker-metrics "${workers[@]}" --log-level warn)
+                cpu=$(( $(cpu_ticks "${replica_pids[@]}") - before ))
+                runs+=("$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["router_cpu_secs"] = int(sys.argv[2]) / int(sys.argv[3]); print(json.dumps(r))' "$run" "$cpu" "$tick")")
                 stop_replicas
             done
             python3 - "$workload" "$cache" "$router_kind" "$policy" "$replicas" "$results" "${runs[@]}" <<'PY'
@@ -116,10 +134,13 @@ w, cache, r, p, n, out, *runs = sys.argv[1:]
 runs = [json.loads(x) for x in runs]
 med = lambda key: statistics.median(x[key] for x in runs)
 row = dict(workload=w, router=r, policy=p, replicas=int(n), hit=med("cache_hit_rate"),
-           makespan=med("elapsed_secs"), failed=sum(x["failed"] for x in runs))
+           makespan=med("elapsed_secs"), failed=sum(x["failed"] for x in runs),
+           cpu=med("router_cpu_secs"),
+           cpu_per_request=statistics.median(x["router_cpu_secs"] / x["requests"] for x in runs))
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"| {w} | {cache} | {r} | {p} | {n} | {row['hit']*100:.1f}% | {row['makespan']:.2f} s "
-      f"| {med('ttft_p50_ms'):.1f} ms | {med('ttft_p99_ms'):.1f} ms | {row['failed']} |", flush=True)
+      f"| {med('ttft_p50_ms'):.1f} ms | {med('ttft_p99_ms'):.1f} ms | {row['cpu']:.2f} s "
+      f"| {row['cpu_per_request']*1e3:.2f} ms | {row['failed']} |", flush=True)
 PY
         done
     done
@@ -131,6 +152,17 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def get(w, r, p, n):
     return next(x for x in rows if (x["workload"], x["router"], x["policy"], x["replicas"]) == (w, r, p, n))
+print()
+print("| workload | replicas | precise CPU per request / cache_aware's |")
+print("| --- | ---: | ---: |")
+for x in rows:
+    if (x["router"], x["policy"]) != ("wasm-router", "precise_cache_aware"):
+        continue
+    try:
+        ca = get(x["workload"], "wasm-router", "cache_aware", x["replicas"])
+    except StopIteration:
+        continue
+    print(f"| {x['workload']} | {x['replicas']} | {x['cpu_per_request'] / ca['cpu_per_request']:.2f}x |")
 print()
 print("| workload | precise x4 hit / sglang-router x1 hit | precise x4 makespan / sglang-router x1 makespan | precise x1 makespan / sglang-router x1 makespan | precise x1 hit / sglang-router x1 hit |")
 print("| --- | ---: | ---: | ---: | ---: |")

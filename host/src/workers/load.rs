@@ -1,7 +1,12 @@
-//! The load monitor: every `--worker-load-check-interval` seconds, each
-//! worker's own `/get_load` answer is read, so that policies see load the
-//! router did not send (other routers, queued work). A candidate's load is
-//! then the higher of the router's in-flight count and the worker's report.
+//! The load monitor: each worker's own `/get_load` answer is read, so that
+//! policies see load the router did not send (other replicas' requests,
+//! queued work). A candidate's load is then the higher of the router's
+//! in-flight count and the worker's report. While the router forwards
+//! requests, the workers are read every [`busy_interval`] (100 ms for a
+//! few workers, longer for hundreds, at most [`ASK_AT_ONCE`] asked at
+//! once): a worker's queue moves in the time of a prefill, and behind
+//! several replicas this is the only way a replica learns what the others
+//! sent. Idle, every `--worker-load-check-interval` seconds.
 //!
 //! Two answer shapes are read: `{"load": N}`, and SGLang's list per
 //! data-parallel rank, `[{"dp_rank": R, "num_reqs": N, "num_waiting_reqs": W}]`
@@ -24,6 +29,24 @@ use super::Registry;
 
 /// How long one `/get_load` may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shortest time between two rounds of reads, while requests flow.
+pub const BUSY_INTERVAL_MIN: Duration = Duration::from_millis(100);
+
+/// What each worker adds to the busy interval, so that a router in front of
+/// hundreds of workers asks them less often (500 ms for 100, 5 s for 1,000).
+const BUSY_INTERVAL_PER_WORKER: Duration = Duration::from_millis(5);
+
+/// Workers asked at once.
+pub const ASK_AT_ONCE: usize = 32;
+
+/// The time between rounds while requests flow, for `workers` workers, at
+/// most `idle`.
+pub fn busy_interval(workers: usize, idle: Duration) -> Duration {
+    let per_worker =
+        BUSY_INTERVAL_PER_WORKER.saturating_mul(u32::try_from(workers).unwrap_or(u32::MAX));
+    per_worker.max(BUSY_INTERVAL_MIN).min(idle)
+}
 
 #[derive(Debug, Deserialize)]
 struct RankLoad {
@@ -96,46 +119,71 @@ async fn capacity(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> 
     Some(saturate(info.max_total_num_tokens?.saturating_mul(ranks)))
 }
 
-/// Read every worker's `/get_load` every `interval`, forever (the task is
+/// Read every worker's `/get_load`: every [`busy_interval`] while the
+/// router forwards requests, every `idle` otherwise, forever (the task is
 /// aborted at shutdown).
-pub async fn run(registry: Arc<Registry>, client: reqwest::Client, interval: Duration) {
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub async fn run(registry: Arc<Registry>, client: reqwest::Client, idle: Duration) {
     loop {
-        every.tick().await;
+        let round = tokio::time::Instant::now();
+        let forwarded = registry.forwarded();
         let urls = registry.urls();
-        let asks = urls.iter().map(|url| {
-            let ask = client
-                .get(format!("{url}/get_load"))
-                .timeout(TIMEOUT)
-                .send();
-            async move {
-                match ask.await {
-                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                    _ => None,
-                }
+        read_round(&registry, &client, &urls).await;
+        // Until the next round: the busy interval if requests were
+        // forwarded meanwhile (looked at in busy steps), else `idle`.
+        let step = busy_interval(urls.len(), idle);
+        let mut next = round + step;
+        loop {
+            tokio::time::sleep_until(next).await;
+            if registry.forwarded() != forwarded || round.elapsed() >= idle {
+                break;
             }
-        });
-        let answers = futures_util::future::join_all(asks).await;
-        let mut unsized_workers = Vec::new();
-        for (url, answer) in urls.iter().zip(answers) {
-            for worker in registry.all_at(url) {
-                let report = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
-                if report.is_some_and(|r| r.kv_tokens.is_some()) && worker.kv_capacity().is_none() {
-                    unsized_workers.push(worker.clone());
-                }
-                worker.set_reported(report);
-            }
+            next += step;
         }
-        // Once per worker (until it answers): its cache does not change size.
-        let learned = unsized_workers
-            .iter()
-            .map(|w| capacity(&client, &w.url, w.dp_rank));
-        let sizes = futures_util::future::join_all(learned).await;
-        for (worker, size) in unsized_workers.iter().zip(sizes) {
-            if let Some(tokens) = size {
-                worker.set_kv_capacity(tokens);
+    }
+}
+
+/// The `/get_load` answer of the worker at `url`; `None` if it gave none.
+async fn ask_load(client: reqwest::Client, url: String) -> Option<Value> {
+    let answer = client
+        .get(format!("{url}/get_load"))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    if !answer.status().is_success() {
+        return None;
+    }
+    answer.json().await.ok()
+}
+
+/// One round: every worker asked, at most [`ASK_AT_ONCE`] at a time, its
+/// report recorded; a worker that reports KV tokens asked its cache size
+/// once.
+async fn read_round(registry: &Registry, client: &reqwest::Client, urls: &[String]) {
+    use futures_util::StreamExt;
+    let answers: Vec<Option<Value>> = futures_util::stream::iter(urls.to_vec())
+        .map(|url| ask_load(client.clone(), url))
+        .buffered(ASK_AT_ONCE)
+        .collect()
+        .await;
+    let mut unsized_workers = Vec::new();
+    for (url, answer) in urls.iter().zip(answers) {
+        for worker in registry.all_at(url) {
+            let report = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
+            if report.is_some_and(|r| r.kv_tokens.is_some()) && worker.kv_capacity().is_none() {
+                unsized_workers.push(worker.clone());
             }
+            worker.set_reported(report);
+        }
+    }
+    // Once per worker (until it answers): its cache does not change size.
+    let learned = unsized_workers
+        .iter()
+        .map(|w| capacity(client, &w.url, w.dp_rank));
+    let sizes = futures_util::future::join_all(learned).await;
+    for (worker, size) in unsized_workers.iter().zip(sizes) {
+        if let Some(tokens) = size {
+            worker.set_kv_capacity(tokens);
         }
     }
 }
@@ -147,6 +195,19 @@ mod tests {
 
     fn load(answer: &Value, dp_rank: Option<u32>) -> Option<u32> {
         reported(answer, dp_rank).map(|r| r.load)
+    }
+
+    #[test]
+    fn the_busy_interval_grows_with_the_fleet_up_to_the_idle_one() {
+        let idle = Duration::from_secs(10);
+        assert_eq!(busy_interval(4, idle), BUSY_INTERVAL_MIN);
+        assert_eq!(busy_interval(100, idle), Duration::from_millis(500));
+        assert_eq!(busy_interval(1000, idle), Duration::from_secs(5));
+        assert_eq!(busy_interval(10_000, idle), idle);
+        assert_eq!(
+            busy_interval(4, Duration::from_millis(50)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]

@@ -213,6 +213,11 @@ impl Worker {
         self.model.store(Arc::new(model));
     }
 
+    /// Requests ever forwarded to it by this router.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
     /// Count a request as in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

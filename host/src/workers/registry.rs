@@ -186,6 +186,16 @@ impl Registry {
         self.workers.load().iter().find(|w| w.url == url).cloned()
     }
 
+    /// Requests forwarded so far to the workers registered now: changes
+    /// while requests flow (the load monitor reads it).
+    pub fn forwarded(&self) -> u64 {
+        self.workers
+            .load()
+            .iter()
+            .map(|w| w.processed())
+            .fold(0, u64::wrapping_add)
+    }
+
     /// The workers' URLs, each once (a worker has one entry per
     /// data-parallel rank with `--dp-aware`).
     pub fn urls(&self) -> Vec<String> {

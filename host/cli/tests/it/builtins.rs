@@ -115,3 +115,35 @@ async fn power_of_two_sees_the_load_workers_report() {
     }
     r.shutdown().await.unwrap();
 }
+
+/// Issue 31: while requests flow, the workers' own load is read every
+/// 100 ms or so, not every `--worker-load-check-interval`: another
+/// replica's burst on a worker shows within a request or two.
+#[tokio::test]
+async fn the_workers_load_is_read_often_while_requests_flow() {
+    let ws = [
+        MockWorker::start("a", "m").await,
+        MockWorker::start("b", "m").await,
+    ];
+    let mut a = args(&ws.iter().collect::<Vec<_>>());
+    a.worker_load_check_interval = Some(3600);
+    let r = router(a).await;
+    let reported = async || {
+        crate::mock::get_json(&format!("http://{}/workers", r.addr)).await["workers"][0]
+            ["reported_load"]
+            .clone()
+    };
+    // The round at start read no load; idle, the next is an hour away.
+    ws[0].b.load.store(40, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_ne!(reported().await, 40, "read while idle");
+    // Traffic: the next rounds come at the busy interval.
+    let mut i = 0;
+    eventually("the burst is seen", async || {
+        i += 1;
+        generate(&r, &format!("r{i}")).await.unwrap();
+        reported().await == 40
+    })
+    .await;
+    r.shutdown().await.unwrap();
+}
