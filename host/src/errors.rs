@@ -122,15 +122,8 @@ impl ApiError {
     }
 }
 
-/// Marks a response the router answered itself with an [`ApiError`] (not
-/// a worker's answer passed on), for the metrics of errors by code.
-#[derive(Debug, Clone, Copy)]
-pub struct RouterAnswer;
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status(), Json(self.to_json())).into_response();
-        resp.extensions_mut().insert(RouterAnswer);
-        resp
+        (self.status(), Json(self.to_json())).into_response()
     }
 }

@@ -1,19 +1,23 @@
 //! The request's way in, from a client's bytes to the worker: every step
-//! before forwarding, in the order a request takes them.
+//! before forwarding, in the order a request takes them ([`inference`]).
 //!
-//! 1. [`count`] (a layer): its route's request counter and duration
-//!    histogram, whatever the answer.
-//! 2. [`deadline`] (a layer): its time (`--request-timeout-secs`) starts
-//!    at arrival, queueing included.
-//! 3. [`admit`] (a layer): a slot of the concurrency limit, or a place in
-//!    its queue; the slot is held until the response body ends.
-//! 4. [`serve`], the handler: the body read once, bounded in size and time
-//!    ([`read_body`]); only what a policy asks for extracted from it
-//!    ([`crate::extract`]); the routing text tokenized when a policy
-//!    matches KV pages; then the prepared [`Forward`] goes to one worker
+//! 1. Its time (`--request-timeout-secs`) starts at arrival, queueing
+//!    included.
+//! 2. Admission: a slot of the concurrency limit, or a place in its queue
+//!    ([`crate::admission`]); the response body holds the slot until it
+//!    ends.
+//! 3. The body, read once, bounded in size and time ([`read_body`]); only
+//!    what a policy asks for extracted from it ([`crate::extract`]); the
+//!    routing text tokenized when a policy matches KV pages.
+//! 4. The prepared [`Forward`] goes to one worker
 //!    ([`super::forward_to_worker`]) or a prefill/decode pair
 //!    ([`super::pd::forward_to_pair`]), which splice in the fields the
 //!    router adds (`data_parallel_rank`, the PD bootstrap).
+//! 5. The route's request counter and duration histogram, whatever the
+//!    answer.
+//!
+//! One function rather than a tower layer per step: three `from_fn` layers
+//! cost 6-8% more router CPU per request (BENCHMARKS.md, design round 2).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,77 +25,54 @@ use std::sync::atomic::Ordering;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use tower_http::request_id::RequestId;
 
 use super::{Forward, forward_to_worker, pd};
-use crate::errors::{ApiError, RouterAnswer};
+use crate::errors::ApiError;
 use crate::policy::{Loaded, PolicyInfo, Route};
 use crate::state::AppState;
 use crate::{extract, metrics as m};
 
-/// When a request's time is up: set by [`deadline`] at its arrival.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
-
-impl Deadline {
-    /// The deadline [`deadline`] set, or one starting now for a request
-    /// that did not pass the layer (in-process tests).
-    pub fn of(req: &Request, s: &AppState) -> Instant {
-        req.extensions()
-            .get::<Deadline>()
-            .map_or_else(|| Instant::now() + s.config.request_timeout, |d| d.0)
-    }
-}
-
-/// Layer: count the request under `route` and time it to its response's
-/// head. An error the router answered itself also counts by its code.
-pub async fn count(route: Route, req: Request, next: Next) -> Response {
+/// The handler of the inference routes: the whole way in, counted.
+pub async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let deadline = started + s.config.request_timeout;
+    let resp = match &s.admission {
+        None => serve(&s, route, req, deadline).await,
+        Some(admission) => match admission.admit().await {
+            Ok(slot) => serve(&s, route, req, deadline)
+                .await
+                .map(|resp| slot.hold_until_end(resp)),
+            Err(e) => Err(e),
+        },
+    };
+    let resp = resp.unwrap_or_else(|e| {
+        let code = e.status().as_str().to_owned();
+        metrics::counter!(m::ERRORS, "route" => route.label(), "code" => code).increment(1);
+        e.into_response()
+    });
     let handles = m::for_route(route);
-    let status = resp.status();
-    if status == StatusCode::OK {
+    if resp.status() == StatusCode::OK {
         handles.ok.increment(1);
     } else {
-        let code = status.as_str().to_owned();
-        metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => code.clone())
-            .increment(1);
-        if resp.extensions().get::<RouterAnswer>().is_some() {
-            metrics::counter!(m::ERRORS, "route" => route.label(), "code" => code).increment(1);
-        }
+        let status = resp.status().as_str().to_owned();
+        metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => status).increment(1);
     }
     handles.duration.record(started.elapsed());
     resp
 }
 
-/// Layer: the request's [`Deadline`], from its arrival.
-pub async fn deadline(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let at = Instant::now() + s.config.request_timeout;
-    req.extensions_mut().insert(Deadline(at));
-    next.run(req).await
-}
-
-/// Layer: admission (`--max-concurrent-requests`, the queue, the rate
-/// limit). The slot is held by the response body until it ends or the
-/// client goes away; only admitted requests read their body.
-pub async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(admission) = &s.admission else {
-        return next.run(req).await;
-    };
-    match admission.admit().await {
-        Ok(slot) => slot.hold_until_end(next.run(req).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// The handler of the inference routes: read, extract, prepare, forward.
-pub async fn serve(s: Arc<AppState>, route: Route, req: Request) -> Result<Response, ApiError> {
-    let deadline = Deadline::of(&req, &s);
+/// Read, extract, prepare, forward, by `deadline`.
+async fn serve(
+    s: &AppState,
+    route: Route,
+    req: Request,
+    deadline: Instant,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let body = read_body(&s, body, deadline).await?;
+    let body = read_body(s, body, deadline).await?;
     let policy = Loaded::from(&s.policy);
     let prefill_policy = s
         .prefill_policies
@@ -109,7 +90,7 @@ pub async fn serve(s: Arc<AppState>, route: Route, req: Request) -> Result<Respo
     } else {
         String::new()
     };
-    let (text, tokens) = tokenize_for_kv(&s, either(|i| i.reads.kv_matches), text).await;
+    let (text, tokens) = tokenize_for_kv(s, either(|i| i.reads.kv_matches), text).await;
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()
         .find_map(|h| parts.headers.get(*h)?.to_str().ok());
@@ -139,6 +120,11 @@ pub async fn serve(s: Arc<AppState>, route: Route, req: Request) -> Result<Respo
             pd::forward_to_pair(config, upstream, registry, policies, forward, &peek).await
         }
     }
+}
+
+/// When a request that starts now is out of time.
+pub fn deadline(s: &AppState) -> Instant {
+    Instant::now() + s.config.request_timeout
 }
 
 /// The id the request-id layer gave the request.

@@ -21,7 +21,7 @@ use crate::config::Role;
 use crate::errors::ApiError;
 use crate::policy::Route;
 use crate::proxy;
-use crate::proxy::ingress::{self, Deadline, request_id};
+use crate::proxy::ingress::{self, request_id};
 use crate::state::AppState;
 use crate::upstream;
 use crate::{admin, auth};
@@ -35,13 +35,10 @@ pub use start::{Running, start};
 /// All routes.
 pub fn app(state: Arc<AppState>) -> Router {
     let guarded = Router::new()
-        .route("/generate", inference(&state, Route::Generate))
-        .route("/v1/completions", inference(&state, Route::Completions))
-        .route(
-            "/v1/chat/completions",
-            inference(&state, Route::ChatCompletions),
-        )
-        .route("/v1/embeddings", inference(&state, Route::Embeddings))
+        .route("/generate", inference(Route::Generate))
+        .route("/v1/completions", inference(Route::Completions))
+        .route("/v1/chat/completions", inference(Route::ChatCompletions))
+        .route("/v1/embeddings", inference(Route::Embeddings))
         .route("/v1/models", get(models::models))
         .route("/v1/tokenize", post(tokenize::tokenize))
         .route("/v1/detokenize", post(tokenize::detokenize))
@@ -49,10 +46,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/get_model_info", get(to_one_worker))
         .route("/health_generate", any(to_one_worker))
         .route("/get_loads", get(admin::get_loads))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            ingress::deadline,
-        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
@@ -89,17 +82,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// An inference route: its metrics, then admission, then the way in
-/// ([`ingress`]).
-fn inference(state: &Arc<AppState>, route: Route) -> MethodRouter<Arc<AppState>> {
-    post(move |State(s), req| ingress::serve(s, route, req))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            ingress::admit,
-        ))
-        .layer(middleware::from_fn(move |req, next| {
-            ingress::count(route, req, next)
-        }))
+/// An inference route: the way in ([`ingress::inference`]).
+fn inference(route: Route) -> MethodRouter<Arc<AppState>> {
+    post(move |s, req| ingress::inference(s, route, req))
 }
 
 /// Browser access (CORS), as sglang-router 0.3.2 answers it: without
@@ -196,7 +181,7 @@ async fn readiness(State(s): State<Arc<AppState>>) -> Response {
 /// Informational routes: the least-loaded healthy worker answers.
 async fn to_one_worker(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let worker = s.registry.least_loaded().ok_or(ApiError::NoHealthyWorker)?;
-    let deadline = Deadline::of(&req, &s);
+    let deadline = ingress::deadline(&s);
     let (parts, body) = req.into_parts();
     let body = ingress::read_body(&s, body, deadline).await?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

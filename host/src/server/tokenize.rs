@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::errors::ApiError;
-use crate::proxy::ingress::{Deadline, read_body};
+use crate::proxy::ingress::{deadline, read_body};
 use crate::state::AppState;
 use crate::tokenizer::Tokenizer;
 
@@ -53,7 +53,7 @@ fn loaded(s: &AppState) -> Result<&Tokenizer, ApiError> {
 /// The request's JSON, read as the inference routes read theirs: within
 /// `--max-payload-size` and the request's time.
 async fn parse<T: serde::de::DeserializeOwned>(s: &AppState, req: Request) -> Result<T, ApiError> {
-    let deadline = Deadline::of(&req, s);
+    let deadline = deadline(s);
     let body = read_body(s, req.into_body(), deadline).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
