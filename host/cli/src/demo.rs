@@ -36,8 +36,10 @@ pub struct DemoArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// KV cache of each simulated worker, in tokens.
-    #[arg(long, default_value_t = 2500)]
+    /// KV cache of each simulated worker, in tokens: about four of the
+    /// eight system prompts, so the fleet holds them all only when each
+    /// prompt keeps to one worker.
+    #[arg(long, default_value_t = 8000)]
     pub cache_tokens: usize,
     /// Multiply simulated GPU times (smaller is faster).
     #[arg(long, default_value_t = 1.0)]
