@@ -118,15 +118,17 @@ async fn add(
         ApiError::BadRequest(format!("expected {{\"url\": \"http://HOST:PORT\"}}: {e}"))
     })?;
     let added = register(&s, body).await?;
-    let ids: Vec<_> = added.iter().map(|w| w.id).collect();
+    // Ids are strings, as sglang-router gives them (a client testing
+    // `if worker_id:` refuses a numeric 0).
+    let ids: Vec<String> = added.iter().map(|w| w.id.to_string()).collect();
     let location = format!("/workers/{}", ids[0]);
     // One id per data-parallel rank with --dp-aware; `id` is the first.
-    // `worker_id` (a string) and `message` are sglang-router 0.3.2's
-    // names, which its clients read.
+    // `worker_id` and `message` are sglang-router 0.3.2's names, which its
+    // clients read.
     let reply = json!({
         "id": ids[0],
         "ids": ids,
-        "worker_id": ids[0].to_string(),
+        "worker_id": ids[0],
         "url": added[0].url,
         "status": "accepted",
         "location": location,
@@ -162,15 +164,16 @@ async fn show(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!(view)))
 }
 
-async fn remove(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// `DELETE /workers/{id}`: 202 Accepted, as sglang-router answers (the
+/// worker takes no new request; those in flight finish).
+async fn remove(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let worker = s
         .registry
         .remove(id)
         .ok_or_else(|| ApiError::NotFound(format!("no worker with id {id}")))?;
-    Ok(Json(
-        json!({"id": id, "url": worker.url, "status": "removed"}),
-    ))
+    let reply = json!({"id": id.to_string(), "url": worker.url, "status": "removed"});
+    Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
 async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
@@ -238,7 +241,7 @@ pub async fn get_loads(State(s): S) -> Json<Value> {
                 Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
                 _ => None,
             };
-            json!({"id": w.id, "url": w.url, "in_flight": w.load(), "worker_load": reported})
+            json!({"id": w.id.to_string(), "url": w.url, "in_flight": w.load(), "worker_load": reported})
         }
     });
     Json(json!({"workers": futures_util::future::join_all(calls).await}))

@@ -258,6 +258,25 @@ def test_worker_admin_answers_carry_sglang_routers_field_names(routers, worker):
     assert shared <= keys["wasm-router worker"]
 
 
+def test_worker_ids_are_strings_and_a_removal_is_accepted_as_there(routers, worker):
+    """Issue 32: a client doing `if worker_id:` refused our numeric 0, and
+    expected sglang-router's 202 for a removal."""
+    for name, url in routers.items():
+        added = worker.replace("127.0.0.1", "localhost")
+        requests.post(url + "/workers", json={"url": added}, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            listed = requests.get(url + "/workers", timeout=30).json()["workers"]
+            mine = [w["id"] for w in listed if w["url"] == added]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        ids = [w["id"] for w in listed]
+        assert mine and all(isinstance(i, str) and i for i in ids), (name, listed)
+        r = requests.delete(url + "/workers/" + mine[0], timeout=30)
+        assert r.status_code == 202, (name, r.status_code, r.text)
+
+
 def test_bodies_reach_workers_as_sent_where_sglang_router_rewrites_them(routers):
     """sglang-router 0.3.2 parses the body into its request type and sends
     that: its defaults added, fields it does not know dropped. This router

@@ -109,6 +109,9 @@ fn read_report(cell: &AtomicU64) -> Option<u32> {
 /// `worker_type`, `is_healthy`), which its clients read.
 #[derive(Debug, Serialize)]
 pub struct WorkerView {
+    /// A string, as sglang-router gives it: clients test `if worker_id:`,
+    /// which a numeric 0 fails.
+    #[serde(serialize_with = "as_string")]
     id: WorkerId,
     url: String,
     model: String,
@@ -129,6 +132,11 @@ pub struct WorkerView {
     #[serde(skip_serializing_if = "Option::is_none")]
     reported_load: Option<u32>,
     processed: u64,
+}
+
+/// A worker id as the admin API shows it: a string.
+fn as_string<S: serde::Serializer>(id: &WorkerId, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_str(id)
 }
 
 impl WorkerView {

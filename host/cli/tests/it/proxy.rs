@@ -477,9 +477,12 @@ async fn workers_are_added_and_removed_at_runtime() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     let added: Value = resp.json().await.unwrap();
-    let id = added["id"].as_u64().unwrap();
+    // Ids are strings, as sglang-router 0.3.2 gives them (issue 32: a
+    // client testing `if worker_id:` refused a numeric 0).
+    let id = added["id"].as_str().unwrap().to_string();
+    assert!(!id.is_empty());
     // sglang-router 0.3.2's names, beside ours (issue 16).
-    assert_eq!(added["worker_id"], id.to_string());
+    assert_eq!(added["worker_id"], id.as_str());
     assert_eq!(added["status"], "accepted");
     let worker_id = added["worker_id"].as_str().unwrap();
     eventually("b is healthy", async || {
@@ -510,6 +513,7 @@ async fn workers_are_added_and_removed_at_runtime() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // 202 Accepted, as sglang-router answers a removal.
     assert_eq!(
         http()
             .delete(format!("{base}/workers/{id}"))
@@ -517,7 +521,7 @@ async fn workers_are_added_and_removed_at_runtime() {
             .await
             .unwrap()
             .status(),
-        200
+        202
     );
     assert_eq!(
         http()

@@ -125,28 +125,89 @@ async fn admin_routes_answer_loopback_clients_over_https() {
 
 /// An HTTPS worker that requires a client certificate signed by the CA.
 async fn mtls_worker(pki: &Pki) -> String {
+    https_worker(pki, true).await
+}
+
+/// A self-signed certificate marked as a CA, for 127.0.0.1, as `openssl
+/// req -x509` makes them: its certificate and key files.
+fn self_signed(name: &str) -> (PathBuf, PathBuf) {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pki-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("self.crt"), dir.join("self.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// Issue 32: a worker serving a self-signed certificate (marked as a CA,
+/// as `openssl req -x509` makes them) given as `--ca-cert-paths` is routed
+/// (webpki refuses a CA as a server's own certificate: it was a 503); a
+/// worker with another self-signed certificate is not.
+#[tokio::test]
+async fn a_self_signed_worker_certificate_given_as_the_ca_is_trusted_and_no_other() {
+    let trusted = self_signed("self-signed");
+    let other = self_signed("other-self-signed");
+    let pki = Pki {
+        ca: trusted.0.clone(),
+        server: trusted.clone(),
+        client: trusted.clone(),
+    };
+    let url = https_worker(&pki, false).await;
+    let mut a = crate::mock::args(&[]);
+    a.worker_urls = vec![url.clone()];
+    a.ca_cert_paths = vec![trusted.0.clone()];
+    let r = router(a).await;
+    let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
+    assert_eq!(
+        (status, body["worker"].as_str()),
+        (200, Some("mtls")),
+        "{body}"
+    );
+    r.shutdown().await.unwrap();
+
+    let mut a = crate::mock::args(&[]);
+    a.worker_urls = vec![url];
+    a.ca_cert_paths = vec![other.0];
+    a.disable_health_check = true;
+    let mut config = wasm_router::config::Config::load(&a).unwrap();
+    config.policy_cache_dir = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"));
+    let r = wasm_router::server::start(config).await.unwrap();
+    let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
+    assert_eq!(status, 502, "{body}");
+    r.shutdown().await.unwrap();
+}
+
+/// An HTTPS worker with a certificate from the CA, asking for a client
+/// certificate from it when `mutual`.
+async fn https_worker(pki: &Pki, mutual: bool) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
         .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
     let certs: Vec<_> = CertificateDer::pem_file_iter(&pki.server.0)
         .unwrap()
         .map(Result::unwrap)
         .collect();
     let key = PrivateKeyDer::from_pem_file(&pki.server.1).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
         .unwrap();
+    let builder = if mutual {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
@@ -175,6 +236,22 @@ async fn mutual_tls_to_a_worker_works_with_the_client_certificate() {
     a.ca_cert_paths = vec![pki.ca.clone()];
     a.client_cert_path = Some(pki.client.0.clone());
     a.client_key_path = Some(pki.client.1.clone());
+    let r = router(a).await;
+    let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
+    assert_eq!((status, body["worker"].as_str()), (200, Some("mtls")));
+    r.shutdown().await.unwrap();
+}
+
+/// Issue 32: a worker serving HTTPS with a certificate from the CA of
+/// `--ca-cert-paths`, asking no client certificate, is healthy and routed
+/// (it was a 503 `no_healthy_worker`).
+#[tokio::test]
+async fn an_https_worker_with_a_certificate_from_the_given_ca_is_routed() {
+    let pki = pki("server-auth");
+    let url = https_worker(&pki, false).await;
+    let mut a = crate::mock::args(&[]);
+    a.worker_urls = vec![url];
+    a.ca_cert_paths = vec![pki.ca.clone()];
     let r = router(a).await;
     let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
     assert_eq!((status, body["worker"].as_str()), (200, Some("mtls")));
