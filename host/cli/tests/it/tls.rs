@@ -170,15 +170,23 @@ async fn a_self_signed_worker_certificate_given_as_the_ca_is_trusted_and_no_othe
     );
     r.shutdown().await.unwrap();
 
+    assert_unreachable(url, other.0).await;
+}
+
+/// A router trusting `ca` cannot reach the HTTPS worker at `url`: a
+/// request is a 502 `upstream_unreachable`.
+async fn assert_unreachable(url: String, ca: PathBuf) {
     let mut a = crate::mock::args(&[]);
     a.worker_urls = vec![url];
-    a.ca_cert_paths = vec![other.0];
+    a.ca_cert_paths = vec![ca];
     a.disable_health_check = true;
+    // Not `router()`: it waits for the model, which this worker never tells.
     let mut config = wasm_router::config::Config::load(&a).unwrap();
     config.policy_cache_dir = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"));
     let r = wasm_router::server::start(config).await.unwrap();
     let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
     assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_unreachable");
     r.shutdown().await.unwrap();
 }
 
@@ -262,18 +270,7 @@ async fn an_https_worker_with_a_certificate_from_the_given_ca_is_routed() {
 async fn without_the_client_certificate_the_worker_is_unreachable() {
     let pki = pki("no-client-cert");
     let url = mtls_worker(&pki).await;
-    let mut a = crate::mock::args(&[]);
-    a.worker_urls = vec![url];
-    a.ca_cert_paths = vec![pki.ca.clone()];
-    a.disable_health_check = true;
-    // Not `router()`: it waits for the model, which this worker never tells.
-    let mut config = wasm_router::config::Config::load(&a).unwrap();
-    config.policy_cache_dir = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"));
-    let r = wasm_router::server::start(config).await.unwrap();
-    let (status, body) = crate::mock::post_json(&r, "/generate", json!({"text": "x"})).await;
-    assert_eq!(status, 502, "{body}");
-    assert_eq!(body["error"]["code"], "upstream_unreachable");
-    r.shutdown().await.unwrap();
+    assert_unreachable(url, pki.ca.clone()).await;
 }
 
 #[test]
