@@ -1,5 +1,6 @@
 //! The one place that owns wasmtime: engine settings, the epoch ticker that
-//! enforces call deadlines, memory limits, and the compiled-artifact cache.
+//! enforces call deadlines (`ticker.rs`), memory limits, and the
+//! compiled-artifact cache.
 //! Every wasmtime setting is here, each with its reason; the limits a
 //! user sets (deadlines, memory) are [`crate::config::Limits`].
 
@@ -14,15 +15,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, OptLevel};
 
 use super::imports::{HostShelf, PolicyHost};
-
-/// How often the epoch advances. Deadlines are whole multiples of it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// A deadline as epoch ticks, rounded up, at least one.
-pub fn ticks(deadline: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    (deadline.as_nanos().div_ceil(tick)).max(1) as u64
-}
+use super::ticker::{Awake, Ticker};
 
 /// A wasmtime engine configured for policies, with its epoch ticker and an
 /// optional on-disk cache of compiled components. Cheap to clone.
@@ -33,6 +26,8 @@ pub struct PolicyEngine {
     /// What the host keeps for each policy (`state`, metrics, log limits):
     /// as long-lived as the engine, so reloads and rebuilt instances find it.
     shelf: Arc<HostShelf>,
+    /// Advances the epoch while calls run.
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -54,11 +49,12 @@ impl PolicyEngine {
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
         let engine = Engine::new(&config)?;
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
         Ok(PolicyEngine {
             engine,
             cache_dir: cache_dir.map(Arc::from),
             shelf: Arc::default(),
+            ticker,
         })
     }
 
@@ -77,6 +73,17 @@ impl PolicyEngine {
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Give `store`'s next calls `deadline` from now: the epoch advances
+    /// until the returned guard drops (see [`Ticker`]).
+    pub fn arm<T>(&self, store: &mut wasmtime::Store<T>, deadline: Duration) -> Awake {
+        self.ticker.arm(store, deadline)
+    }
+
+    /// Whether the epoch ticker sleeps now (no call for a while).
+    pub fn ticker_asleep(&self) -> bool {
+        self.ticker.is_asleep()
     }
 
     /// What the host keeps for the policy with key `key`
@@ -135,20 +142,4 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()
     file.write_all(bytes)?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// Advance the engine's epoch every [`EPOCH_TICK`] on a thread that holds
-/// only a weak reference, so it ends when the last engine clone is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("policy-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawn the policy epoch thread");
 }

@@ -7,7 +7,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::{v1, v2};
-use super::engine::{PolicyEngine, ticks};
+use super::engine::PolicyEngine;
 use super::imports::PolicyHost;
 use super::sandbox::{MemoryLimitHit, StoreState};
 use super::{
@@ -84,7 +84,7 @@ impl Pre {
             }
             let pre = v2::RoutingPolicyPre::new(pre).map_err(|e| exports_mismatch(version, e))?;
             let mut store = new_store(engine, name, limits, host);
-            store.set_epoch_deadline(ticks(limits.maintenance_deadline));
+            let _awake = engine.arm(&mut store, limits.maintenance_deadline);
             let instance = guarded(|| pre.instantiate(&mut store)).map_err(start_fault(name))?;
             let found = guarded(|| {
                 instance
@@ -109,7 +109,7 @@ impl Pre {
         // Call `contract-version` before the typed bindings, which would
         // fail with a less helpful type error for another version.
         let mut store = new_store(engine, name, limits, host);
-        store.set_epoch_deadline(ticks(limits.maintenance_deadline));
+        let _awake = engine.arm(&mut store, limits.maintenance_deadline);
         let instance = pre.instantiate(&mut store).map_err(start_fault(name))?;
         let func = instance
             .get_typed_func::<(), (String,)>(&mut store, "contract-version")
@@ -189,7 +189,7 @@ impl Live {
         limits: Limits,
     ) -> Result<(Live, PolicyInfo), LoadError> {
         let mut store = new_store(engine, name, limits, host);
-        store.set_epoch_deadline(ticks(limits.maintenance_deadline));
+        let _awake = engine.arm(&mut store, limits.maintenance_deadline);
         let refused = |message| LoadError::InitRefused {
             name: name.to_string(),
             message: cap_message(message),

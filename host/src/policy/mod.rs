@@ -24,6 +24,7 @@ mod native;
 pub mod reload;
 mod sandbox;
 mod source;
+mod ticker;
 mod wasm;
 pub mod watch;
 

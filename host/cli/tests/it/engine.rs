@@ -70,6 +70,25 @@ fn an_infinite_loop_hits_the_deadline_and_the_fallback_serves() {
     assert_recovers(&p);
 }
 
+/// The epoch ticker sleeps when no call has run for a while (an idle
+/// router wakes no thread a thousand times a second); a call arms it again,
+/// so a spin after a quiet spell still meets its deadline.
+#[test]
+fn after_a_quiet_spell_the_ticker_sleeps_and_a_spin_still_meets_its_deadline() {
+    let engine = crate::fixtures::engine();
+    let p = WasmPolicy::load(
+        &engine,
+        PolicySource::File(hostile(None)),
+        "{}",
+        Limits::default(),
+    )
+    .unwrap();
+    wait_until("the ticker sleeps", || engine.ticker_asleep());
+    let decision = select(&p, "loop").unwrap();
+    assert_eq!(decision.fallback, Some(PolicyFault::PolicyDeadline));
+    assert_eq!(p.faults(), 1);
+}
+
 #[test]
 fn each_fault_is_named() {
     let p = hostile_policy();

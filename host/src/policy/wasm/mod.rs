@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use wasmtime::component::Linker;
 
-use super::engine::{PolicyEngine, sha256_hex, ticks};
+use super::engine::{PolicyEngine, sha256_hex};
 use super::imports::{PolicyHost, policy_key};
 use super::instance::{Live, Pre, cap_message, classify};
 
@@ -390,7 +390,7 @@ impl Shared {
             // Under the one slot's lock already: no contention of its own.
             self.dirty.store(true, Ordering::Relaxed);
         }
-        live.store.set_epoch_deadline(ticks(deadline));
+        let _awake = self.engine.arm(&mut live.store, deadline);
         f(live).map_err(|error| {
             let fault = classify(&error);
             slot.live = None;

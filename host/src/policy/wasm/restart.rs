@@ -7,7 +7,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{Shared, lock};
-use crate::policy::engine::ticks;
 use crate::policy::instance::{Live, cap_message, classify};
 use crate::policy::{LoadError, PolicyFault};
 
@@ -69,13 +68,15 @@ impl Shared {
         // Held to the swap: a change of workers meanwhile waits, then
         // reaches the installed instance.
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        live.store
-            .set_epoch_deadline(ticks(self.limits.maintenance_deadline));
+        let awake = self
+            .engine
+            .arm(&mut live.store, self.limits.maintenance_deadline);
         live.workers_changed(&workers)
             .map_err(|e| LoadError::StartFault {
                 name: name.clone(),
                 fault: classify(&e),
             })?;
+        drop(awake);
         let restored = self.restore_checkpoint(at, &mut live, &name)?;
         lock(&self.slots[at].slot).live = Some(live);
         tracing::info!(policy = %self.info.name, restored, "policy instance restarted");
@@ -101,8 +102,9 @@ impl Shared {
         let Some(state) = held.as_deref() else {
             return Ok(false);
         };
-        live.store
-            .set_epoch_deadline(ticks(self.limits.maintenance_deadline));
+        let _awake = self
+            .engine
+            .arm(&mut live.store, self.limits.maintenance_deadline);
         match live.restore(state) {
             Ok(Ok(())) => Ok(true),
             Ok(Err(message)) => {
