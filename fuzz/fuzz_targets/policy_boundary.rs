@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         model: "",
         text: &text,
         tokens: None,
+        prompt_tokens: None,
         routing_key: Some("echo"),
         headers: None,
         stream: false,

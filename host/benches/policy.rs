@@ -78,6 +78,7 @@ fn request<'a>(
         model: "",
         text,
         tokens: None,
+        prompt_tokens: None,
         routing_key,
         headers: None,
         stream: false,

@@ -401,6 +401,25 @@ impl Precise {
         })
     }
 
+    /// Whether some worker holds every whole page of `tokens`, the start of
+    /// a prompt: only then can the pages after them match. The router
+    /// tokenizes a prompt on only while this holds.
+    pub fn holds_every_page_of(&self, tokens: &[u32]) -> bool {
+        let sizes: Vec<(WorkerId, u32)> = {
+            let held = self.workers.read().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .map(|(&w, p)| (w, p.lock().unwrap_or_else(|e| e.into_inner()).block_size))
+                .filter(|&(_, block_size)| block_size > 0)
+                .collect()
+        };
+        let ids: Vec<WorkerId> = sizes.iter().map(|&(w, _)| w).collect();
+        let len = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        self.matched(tokens, &ids)
+            .iter()
+            .zip(&sizes)
+            .any(|(m, &(_, block_size))| m.disk >= len / block_size * block_size)
+    }
+
     /// Each of `workers`' matched prefix of the base-model request `tokens`,
     /// in their order. A worker that holds no pages matches nothing.
     pub fn matched(&self, tokens: &[u32], workers: &[WorkerId]) -> Vec<Matched> {

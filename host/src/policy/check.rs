@@ -47,6 +47,7 @@ pub fn check(
         model: "",
         text: "router policy check: a test prompt",
         tokens: None,
+        prompt_tokens: None,
         routing_key: None,
         headers: None,
         stream: false,

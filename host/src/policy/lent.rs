@@ -14,6 +14,8 @@ pub struct RequestData {
     pub(super) text: String,
     /// `Some` when the router tokenized the text before the call.
     pub(super) tokens: Option<Vec<u32>>,
+    /// The whole text's token count when `tokens` is its start only.
+    pub(super) prompt_tokens: Option<u32>,
     pub(super) routing_key: Option<String>,
     /// The client's headers when they were lent; empty otherwise.
     pub(super) headers: axum::http::HeaderMap,
@@ -29,6 +31,7 @@ impl Default for RequestData {
             model: String::new(),
             text: String::new(),
             tokens: None,
+            prompt_tokens: None,
             routing_key: None,
             headers: axum::http::HeaderMap::new(),
             stream: false,
@@ -65,6 +68,7 @@ impl RequestData {
         }
         self.stream = r.stream;
         self.max_new_tokens = r.max_new_tokens;
+        self.prompt_tokens = r.prompt_tokens;
     }
 }
 

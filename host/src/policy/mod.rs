@@ -102,8 +102,12 @@ pub struct RouteRequest<'a> {
     /// The routing text's tokens, when the router tokenized it before the
     /// call (`--kv-events` with a tokenizer); `prefix-index.match-kv`
     /// matches them. Without them nothing matches: a policy call never
-    /// tokenizes.
+    /// tokenizes. They may be the text's start only (past it no worker
+    /// holds the pages): then `prompt_tokens` counts the whole.
     pub tokens: Option<&'a [u32]>,
+    /// The whole routing text's tokens, when `tokens` is its start only
+    /// (estimated); `None`: as many as `tokens`.
+    pub prompt_tokens: Option<u32>,
     /// `x-routing-key` (or `x-smg-routing-key`) header.
     pub routing_key: Option<&'a str>,
     /// The client's headers, for a policy that reads them

@@ -33,6 +33,7 @@ use super::{Forward, forward_to_worker, pd};
 use crate::errors::ApiError;
 use crate::policy::{Loaded, PolicyInfo, Route};
 use crate::state::AppState;
+use crate::tokenizer::Routed;
 use crate::{extract, metrics as m};
 
 /// The handler of the inference routes: the whole way in, counted.
@@ -103,7 +104,11 @@ async fn serve(
         seq: s.seq.fetch_add(1, Ordering::Relaxed),
         model: peek.model.as_deref().unwrap_or(""),
         text: &text,
-        tokens: tokens.as_deref(),
+        tokens: tokens.as_ref().map(|t| &t.tokens[..]),
+        prompt_tokens: tokens
+            .as_ref()
+            .filter(|t| t.total != t.tokens.len())
+            .map(|t| u32::try_from(t.total).unwrap_or(u32::MAX)),
         routing_key,
         stream: peek.streams(),
         max_new_tokens: peek.max_new_tokens(),
@@ -182,22 +187,25 @@ pub async fn read_body(s: &AppState, body: Body, deadline: Instant) -> Result<By
 /// The routing text's tokens, for `prefix-index.match-kv`, when the router
 /// follows the workers' KV events, has a tokenizer, and a policy of this
 /// request calls `match-kv` (`reads`: its component imports it; so
-/// cache_aware's requests are not tokenized). Tokenized on the
-/// blocking pool, one per core at a time (`tokenize_slots`): a long prompt
-/// takes milliseconds (BENCHMARKS.md), which must neither stall the other
-/// connections of this serving thread nor count against the policy's call
-/// deadline. The text comes back with them; a text the tokenizer refuses
-/// has none (the policy then sees no match).
-async fn tokenize_for_kv(
-    s: &AppState,
-    reads: bool,
-    text: String,
-) -> (String, Option<std::sync::Arc<[u32]>>) {
-    let (Some(tokenizer), Some(_)) = (&s.tokenizer, &s.kv_events) else {
+/// cache_aware's requests are not tokenized). Only as far as some worker
+/// holds every page so far: past that no page can match, and the rest is
+/// counted, not tokenized. From the tokenizer's caches on this thread when
+/// they hold all that is needed; else tokenized on the blocking pool, one
+/// per core at a time (`tokenize_slots`): a long prompt takes milliseconds
+/// (BENCHMARKS.md), which must neither stall the other connections of this
+/// serving thread nor count against the policy's call deadline. The text
+/// comes back with them; a text the tokenizer refuses has none (the policy
+/// then sees no match).
+async fn tokenize_for_kv(s: &AppState, reads: bool, text: String) -> (String, Option<Routed>) {
+    let (Some(tokenizer), Some(events)) = (&s.tokenizer, &s.kv_events) else {
         return (text, None);
     };
     if !reads || text.is_empty() {
         return (text, None);
+    }
+    let index = events.index().clone();
+    if let Some(kept) = tokenizer.cached_for_routing(&text, |ids| index.holds_every_page_of(ids)) {
+        return (text, Some(kept));
     }
     // Never closed, so a permit always comes. It goes with the work: a
     // client that leaves meanwhile does not free the slot early.
@@ -208,7 +216,9 @@ async fn tokenize_for_kv(
     let copy = text.clone();
     let tokens = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        tokenizer.encode_for_routing(&copy).ok()
+        tokenizer
+            .encode_for_routing(&copy, |ids| index.holds_every_page_of(ids))
+            .ok()
     })
     .await
     .ok()

@@ -50,6 +50,8 @@ pub struct Forward<'a> {
     pub text: &'a str,
     /// Its tokens, when the router tokenized it for the precise index.
     pub tokens: Option<&'a [u32]>,
+    /// The whole text's token count when `tokens` is its start only.
+    pub prompt_tokens: Option<u32>,
     /// Routing key header.
     pub routing_key: Option<&'a str>,
     /// Whether the client asked for a stream.
@@ -190,6 +192,7 @@ fn pick_now(
         model: req.model,
         text: req.text,
         tokens: req.tokens,
+        prompt_tokens: req.prompt_tokens,
         routing_key: req.routing_key,
         headers: policy.info().reads.headers.then_some(req.headers),
         stream: req.stream,
@@ -312,6 +315,7 @@ mod tests {
             model: "",
             text: "",
             tokens: None,
+            prompt_tokens: None,
             routing_key: None,
             stream: false,
             max_new_tokens: None,

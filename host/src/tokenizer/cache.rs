@@ -254,40 +254,89 @@ impl TokenCache {
 
     /// The tokens of `text` with special tokens: from L0, else joined from
     /// L1's chunks, tokenizing (`encode(text, special)`) only the chunks
-    /// not kept; then kept in both.
-    pub fn tokens<E, Err>(&self, text: &str, encode: E) -> Result<Arc<[u32]>, Err>
+    /// not kept, and only while `go_on(tokens so far)` says the rest may
+    /// still matter (the workers hold every page so far); a text cut short
+    /// there gets its count estimated. Whole texts are kept in both levels.
+    pub fn tokens<E, Err>(
+        &self,
+        text: &str,
+        encode: E,
+        mut go_on: impl FnMut(&[u32]) -> bool,
+    ) -> Result<Routed, Err>
     where
         E: Fn(&str, bool) -> Result<Vec<u32>, Err>,
     {
         let key = xxh3_64(text.as_bytes());
         if let Some(hit) = self.whole.get(key) {
-            return Ok(hit);
+            return Ok(Routed::whole(hit));
         }
-        let tokens: Arc<[u32]> = match &self.plan {
-            None => encode(text, true)?.into(),
-            Some(plan) => {
-                let mut ids = plan.before.clone();
-                let mut chain = CHUNK_SEED;
-                let mut start = 0;
-                for cut in cuts(text) {
-                    chain = xxh3_64_with_seed(&text.as_bytes()[start..cut], chain);
-                    match self.chunks.get(chain) {
-                        Some(kept) => ids.extend_from_slice(&kept),
-                        None => {
-                            let fresh: Arc<[u32]> = encode(&text[start..cut], false)?.into();
-                            ids.extend_from_slice(&fresh);
-                            self.chunks.insert(chain, fresh);
-                        }
-                    }
-                    start = cut;
-                }
-                ids.extend(encode(&text[start..], false)?);
-                ids.extend_from_slice(&plan.after);
-                ids.into()
-            }
+        let Some(plan) = &self.plan else {
+            let tokens: Arc<[u32]> = encode(text, true)?.into();
+            self.whole.insert(key, tokens.clone());
+            return Ok(Routed::whole(tokens));
         };
+        let mut ids = plan.before.clone();
+        let mut chain = CHUNK_SEED;
+        let mut start = 0;
+        for cut in cuts(text) {
+            chain = xxh3_64_with_seed(&text.as_bytes()[start..cut], chain);
+            match self.chunks.get(chain) {
+                Some(kept) => ids.extend_from_slice(&kept),
+                None if !go_on(&ids) => return Ok(plan.cut_short(ids, text, start)),
+                None => {
+                    let fresh: Arc<[u32]> = encode(&text[start..cut], false)?.into();
+                    ids.extend_from_slice(&fresh);
+                    self.chunks.insert(chain, fresh);
+                }
+            }
+            start = cut;
+        }
+        if !go_on(&ids) {
+            return Ok(plan.cut_short(ids, text, start));
+        }
+        ids.extend(encode(&text[start..], false)?);
+        ids.extend_from_slice(&plan.after);
+        let tokens: Arc<[u32]> = ids.into();
         self.whole.insert(key, tokens.clone());
-        Ok(tokens)
+        Ok(Routed::whole(tokens))
+    }
+}
+
+/// A routing text's tokens: all of them, or its start when the rest could
+/// match no worker's pages, with the whole count then estimated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The tokens of the text, or of its start.
+    pub tokens: Arc<[u32]>,
+    /// How many tokens the whole text has (estimated when `tokens` is its
+    /// start only).
+    pub total: usize,
+}
+
+impl Routed {
+    fn whole(tokens: Arc<[u32]>) -> Routed {
+        Routed {
+            total: tokens.len(),
+            tokens,
+        }
+    }
+}
+
+impl ChunkPlan {
+    /// `ids`, the tokens of `text[..start]`, as a text cut short: the rest
+    /// counted at the start's rate of tokens per byte.
+    fn cut_short(&self, ids: Vec<u32>, text: &str, start: usize) -> Routed {
+        let content = ids.len() - self.before.len();
+        let rest = if start == 0 || content == 0 {
+            // Nothing to take a rate from: a BPE token is about 4 bytes.
+            (text.len() - start).div_ceil(4)
+        } else {
+            ((text.len() - start) as f64 * content as f64 / start as f64).round() as usize
+        };
+        Routed {
+            total: ids.len() + rest + self.after.len(),
+            tokens: ids.into(),
+        }
     }
 }
 
@@ -338,13 +387,13 @@ mod tests {
             bytes(t, s)
         };
         let first = format!("{system}first question");
-        let tokens = cache.tokens(&first, counting).unwrap();
-        assert_eq!(&tokens[..], &bytes(&first, true).unwrap()[..]);
+        let tokens = cache.tokens(&first, counting, |_| true).unwrap();
+        assert_eq!(&tokens.tokens[..], &bytes(&first, true).unwrap()[..]);
         assert_eq!(*encoded.borrow(), first.len());
         *encoded.borrow_mut() = 0;
         let second = format!("{system}another question, longer");
-        let tokens = cache.tokens(&second, counting).unwrap();
-        assert_eq!(&tokens[..], &bytes(&second, true).unwrap()[..]);
+        let tokens = cache.tokens(&second, counting, |_| true).unwrap();
+        assert_eq!(&tokens.tokens[..], &bytes(&second, true).unwrap()[..]);
         let fresh = *encoded.borrow();
         assert!(
             fresh < 2 * CHUNK_BYTES + 30,
@@ -352,8 +401,42 @@ mod tests {
             second.len()
         );
         *encoded.borrow_mut() = 0;
-        cache.tokens(&second, counting).unwrap();
+        cache.tokens(&second, counting, |_| true).unwrap();
         assert_eq!(*encoded.borrow(), 0, "a whole text seen before");
+    }
+
+    /// Issue 31: past the point where no worker holds the pages, the rest
+    /// of a text is not tokenized; its count is estimated, and the partial
+    /// tokens are not kept as the whole text's.
+    #[test]
+    fn a_text_is_tokenized_only_as_far_as_asked() {
+        let plan = ChunkPlan::probe(|t, s| bytes(t, s).ok(), &[]).unwrap();
+        let cache = TokenCache::new(
+            CacheSizes {
+                l0_entries: 100,
+                l1_bytes: 1 << 20,
+            },
+            Some(plan),
+        );
+        let text = "words of a prompt ".repeat(60);
+        let encoded = std::cell::RefCell::new(0usize);
+        let counting = |t: &str, s: bool| {
+            *encoded.borrow_mut() += t.len();
+            bytes(t, s)
+        };
+        // Only the first chunk: then "no worker holds these pages".
+        let routed = cache.tokens(&text, counting, |ids| ids.len() <= 1).unwrap();
+        assert!(*encoded.borrow() < 2 * CHUNK_BYTES, "{}", encoded.borrow());
+        assert!(routed.tokens.len() < text.len() / 2);
+        let whole = bytes(&text, true).unwrap().len();
+        assert_eq!(routed.total, whole, "one token per byte, estimated exactly");
+        assert_eq!(
+            &routed.tokens[..],
+            &bytes(&text, true).unwrap()[..routed.tokens.len()]
+        );
+        // Asked for all of it, it is tokenized whole (the first chunk kept).
+        let routed = cache.tokens(&text, counting, |_| true).unwrap();
+        assert_eq!(routed.tokens.len(), whole);
     }
 
     #[test]

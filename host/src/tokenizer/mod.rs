@@ -8,11 +8,11 @@
 //! prefixes ([`cache`]).
 
 use std::path::Path;
-use std::sync::Arc;
 
 pub mod cache;
 
 use crate::config::TokenizerCache;
+pub use cache::Routed;
 use cache::{ChunkPlan, TokenCache};
 
 /// A loaded tokenizer, and the cache of its routing tokenizations.
@@ -79,10 +79,25 @@ impl Tokenizer {
     }
 
     /// The token ids of a routing text, with special tokens as a worker
-    /// tokenizes a `/generate` prompt, from the cache where it can.
-    pub fn encode_for_routing(&self, text: &str) -> Result<Arc<[u32]>, CodecError> {
+    /// tokenizes a `/generate` prompt, from the cache where it can, and
+    /// only as long as `go_on(ids so far)` (see [`cache::TokenCache::tokens`]).
+    pub fn encode_for_routing(
+        &self,
+        text: &str,
+        go_on: impl FnMut(&[u32]) -> bool,
+    ) -> Result<Routed, CodecError> {
         self.cache
-            .tokens(text, |text, special| self.encode(text, special))
+            .tokens(text, |text, special| self.encode(text, special), go_on)
+    }
+
+    /// [`Tokenizer::encode_for_routing`] from the caches alone, without
+    /// tokenizing anything: `None` when a chunk it needs is not kept.
+    pub fn cached_for_routing(
+        &self,
+        text: &str,
+        go_on: impl FnMut(&[u32]) -> bool,
+    ) -> Option<Routed> {
+        self.cache.tokens(text, |_, _| Err(()), go_on).ok()
     }
 
     /// Whether routing tokenizations reuse a text's known prefix (the
@@ -136,9 +151,11 @@ mod tests {
             let text = format!("{system}{question}");
             let whole = tokenizer.encode(&text, true).unwrap();
             for _ in 0..2 {
-                let routed = tokenizer.encode_for_routing(&text).unwrap();
-                assert_eq!(&routed[..], &whole[..], "{question}");
+                let routed = tokenizer.encode_for_routing(&text, |_| true).unwrap();
+                assert_eq!(&routed.tokens[..], &whole[..], "{question}");
             }
+            let cached = tokenizer.cached_for_routing(&text, |_| true).unwrap();
+            assert_eq!(&cached.tokens[..], &whole[..], "kept whole: {question}");
         }
     }
 }

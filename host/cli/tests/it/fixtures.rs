@@ -178,6 +178,7 @@ pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<
         model: "",
         text,
         tokens: None,
+        prompt_tokens: None,
         routing_key,
         headers: None,
         stream: false,

@@ -200,3 +200,31 @@ fn an_engine_hash_reused_for_other_tokens_replaces_its_page() {
     assert!(index.is_empty());
     assert_eq!(gpu(&index.matched(&prompt()[4..], &[1])), [0]);
 }
+
+/// Issue 31: the router tokenizes a prompt on only while some worker
+/// holds every whole page so far.
+#[test]
+fn pages_past_the_held_ones_can_match_only_while_every_page_is_held() {
+    let index = Precise::default();
+    let all = prompt();
+    assert!(
+        !index.holds_every_page_of(&all[..3]),
+        "no worker holds pages"
+    );
+    store_three(&index, 1, 100);
+    assert!(index.holds_every_page_of(&all[..3]), "less than a page");
+    assert!(
+        index.holds_every_page_of(&all[..12]),
+        "the three held pages"
+    );
+    assert!(
+        index.holds_every_page_of(&all[..14]),
+        "and part of the next"
+    );
+    assert!(
+        !index.holds_every_page_of(&all),
+        "the fourth page is held by none"
+    );
+    let other: Vec<u32> = (100..112).collect();
+    assert!(!index.holds_every_page_of(&other), "another prompt");
+}

@@ -50,10 +50,14 @@ impl prefix_index::Host for Host {
 
     fn match_kv(&mut self, _: Resource<RequestData>, workers: Vec<u32>) -> prefix_index::KvPrefix {
         let kv = &self.policy.kv;
-        // The tokens the router gave the request before the call; none (no
-        // tokenizer, or a text the tokenizer refused): nothing matches.
+        // The tokens the router gave the request before the call, or their
+        // start (the rest counted in `prompt_tokens`); none (no tokenizer,
+        // or a text the tokenizer refused): nothing matches.
         let tokens: &[u32] = self.request.tokens.as_deref().unwrap_or_default();
-        let prompt_tokens = tokens.len();
+        let prompt_tokens = self
+            .request
+            .prompt_tokens
+            .map_or(tokens.len(), |n| n as usize);
         let matches = match &kv.index {
             None => vec![None; workers.len()],
             Some(index) => {

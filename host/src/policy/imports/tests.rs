@@ -212,6 +212,17 @@ fn match_kv_matches_the_tokens_given_and_tokenizes_nothing() {
     assert_eq!(found.prompt_tokens, 40);
     assert_eq!(found.matches[0].map(|m| m.gpu), Some(32));
     assert!(found.matches[1].is_none(), "worker 2 is not followed");
+    // The text's start only (no worker held more): matched as far as it
+    // goes, counted as the whole.
+    let req = RouteRequest {
+        tokens: Some(&tokens[..32]),
+        prompt_tokens: Some(500),
+        ..req
+    };
+    let (lent, _) = host.lend(&req, &[]);
+    let found = host.match_kv(lent, vec![1, 2]);
+    assert_eq!(found.prompt_tokens, 500);
+    assert_eq!(found.matches[0].map(|m| m.gpu), Some(32));
 }
 
 /// Issue 31: a policy that matches KV pages is refused by a router that
@@ -273,6 +284,7 @@ fn generate(text: &str) -> RouteRequest<'_> {
         model: "",
         text,
         tokens: None,
+        prompt_tokens: None,
         routing_key: None,
         headers: None,
         stream: false,
