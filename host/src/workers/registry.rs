@@ -199,13 +199,13 @@ impl Registry {
     /// The workers' URLs, each once (a worker has one entry per
     /// data-parallel rank with `--dp-aware`).
     pub fn urls(&self) -> Vec<String> {
-        let mut urls: Vec<String> = Vec::new();
-        for w in self.workers.load().iter() {
-            if !urls.contains(&w.url) {
-                urls.push(w.url.clone());
-            }
-        }
-        urls
+        let workers = self.workers.load();
+        let mut seen = std::collections::HashSet::with_capacity(workers.len());
+        workers
+            .iter()
+            .filter(|w| seen.insert(w.url.as_str()))
+            .map(|w| w.url.clone())
+            .collect()
     }
 
     /// Every entry of a URL: one, or one per data-parallel rank.
@@ -292,6 +292,25 @@ mod tests {
 
     fn ids(ws: Vec<Arc<Worker>>) -> Vec<u32> {
         ws.iter().map(|w| w.id).collect()
+    }
+
+    #[test]
+    fn urls_are_each_once_in_the_order_registered() {
+        let r = registry(&["m", "m"]);
+        let ranked = WorkerSpec::regular("http://127.0.0.1:9100");
+        for rank in 0..3 {
+            r.register(ranked.at_rank(rank)).unwrap();
+        }
+        r.add("http://127.0.0.1:9200").unwrap();
+        assert_eq!(
+            r.urls(),
+            [
+                "http://127.0.0.1:9000",
+                "http://127.0.0.1:9001",
+                "http://127.0.0.1:9100",
+                "http://127.0.0.1:9200"
+            ]
+        );
     }
 
     #[test]
