@@ -144,16 +144,7 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, idle: Duratio
 
 /// The `/get_load` answer of the worker at `url`; `None` if it gave none.
 async fn ask_load(client: reqwest::Client, url: String) -> Option<Value> {
-    let answer = client
-        .get(format!("{url}/get_load"))
-        .timeout(TIMEOUT)
-        .send()
-        .await
-        .ok()?;
-    if !answer.status().is_success() {
-        return None;
-    }
-    answer.json().await.ok()
+    super::get_json(&client, &url, "/get_load", TIMEOUT).await
 }
 
 /// One round: every worker asked, at most [`ASK_AT_ONCE`] at a time, its

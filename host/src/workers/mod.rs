@@ -21,16 +21,27 @@ use serde::Serialize;
 use crate::config::{Labels, WorkerSpec};
 use crate::policy::{WorkerId, WorkerInfo};
 
-/// The `/get_server_info` of the worker at `url`, read as `T`; `None` when
-/// it does not answer within `timeout`, answers with an error status, or
-/// with something else.
+/// The `/get_server_info` of the worker at `url`, read as `T`; `None` as
+/// for [`get_json`].
 pub async fn server_info<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
 ) -> Option<T> {
+    get_json(client, url, "/get_server_info", timeout).await
+}
+
+/// `GET {url}{path}` of a worker, read as `T`; `None` when it does not
+/// answer within `timeout`, answers with an error status, or with
+/// something else.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<T> {
     client
-        .get(format!("{url}/get_server_info"))
+        .get(format!("{url}{path}"))
         .timeout(timeout)
         .send()
         .await
