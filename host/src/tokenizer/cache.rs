@@ -352,6 +352,19 @@ mod tests {
         Ok(ids)
     }
 
+    /// A cache cutting texts for [`bytes`], whose plan puts its BOS first.
+    fn byte_cache() -> TokenCache {
+        let plan = ChunkPlan::probe(|t, s| bytes(t, s).ok(), &[]).unwrap();
+        assert_eq!(plan.before, vec![1]);
+        TokenCache::new(
+            CacheSizes {
+                l0_entries: 100,
+                l1_bytes: 1 << 20,
+            },
+            Some(plan),
+        )
+    }
+
     #[test]
     fn cuts_fall_on_spaces_between_words_past_each_chunk() {
         let text = "word ".repeat(200);
@@ -371,15 +384,7 @@ mod tests {
 
     #[test]
     fn a_known_prefix_is_not_tokenized_again() {
-        let plan = ChunkPlan::probe(|t, s| bytes(t, s).ok(), &[]).unwrap();
-        assert_eq!(plan.before, vec![1]);
-        let cache = TokenCache::new(
-            CacheSizes {
-                l0_entries: 100,
-                l1_bytes: 1 << 20,
-            },
-            Some(plan),
-        );
+        let cache = byte_cache();
         let system = "You are a router. ".repeat(60);
         let encoded = std::cell::RefCell::new(0usize);
         let counting = |t: &str, s: bool| {
@@ -410,14 +415,7 @@ mod tests {
     /// tokens are not kept as the whole text's.
     #[test]
     fn a_text_is_tokenized_only_as_far_as_asked() {
-        let plan = ChunkPlan::probe(|t, s| bytes(t, s).ok(), &[]).unwrap();
-        let cache = TokenCache::new(
-            CacheSizes {
-                l0_entries: 100,
-                l1_bytes: 1 << 20,
-            },
-            Some(plan),
-        );
+        let cache = byte_cache();
         let text = "words of a prompt ".repeat(60);
         let encoded = std::cell::RefCell::new(0usize);
         let counting = |t: &str, s: bool| {
