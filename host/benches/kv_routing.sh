@@ -11,6 +11,14 @@
 # shown: one run's placement of a few dozen prompts is a roll of the dice.
 # Prints a Markdown table, then the issue's ratios.
 #
+# The workers prefill one request at a time (`--serial-prefill`), as a
+# GPU's compute is shared: a request's time to first token is the prefill
+# queued ahead of it plus its own, so where a router sends it shows in
+# time, not only in hits. SERIAL_PREFILL=0 lets prefills overlap (the
+# runs before issue 31's third step). SIM_ROUTER names the binary that
+# runs the workers (ROUTER's unless set), to compare an older router on
+# the same workers.
+#
 # Routers run on the cores ROUTER_CPUS names (0 unless set), the workers
 # and the client on WORKER_CPUS (1): a router's CPU then shows as its own
 # cost, not as slower workers. Each row reports the routers' CPU seconds
@@ -29,6 +37,9 @@ source host/benches/common.sh
 sglang_router_venv
 
 tokenizer=host/cli/assets/tokenizer/tokenizer.json
+sim=${SIM_ROUTER:-$router}
+serial=()
+[ "${SERIAL_PREFILL:-1}" = 1 ] && serial=(--serial-prefill)
 results=$(mktemp)
 on_routers=(taskset -c "${ROUTER_CPUS:-0}")
 on_workers=(taskset -c "${WORKER_CPUS:-1}")
@@ -48,8 +59,8 @@ start_fleet() {
     for _ in 1 2 3 4; do
         local p e
         p=$(free_port); e=$(free_port)
-        "${on_workers[@]}" "$router" sim-worker --port "$p" --cache-tokens "$1" --tokenizer "$tokenizer" \
-            --kv-events-port "$e" --log-level warn & pids+=($!); fleet_pids+=($!)
+        "${on_workers[@]}" "$sim" sim-worker --port "$p" --cache-tokens "$1" --tokenizer "$tokenizer" \
+            --kv-events-port "$e" "${serial[@]}" --log-level warn & pids+=($!); fleet_pids+=($!)
         wait_port "$p"
         workers+=("http://127.0.0.1:$p")
     done
@@ -135,7 +146,7 @@ runs = [json.loads(x) for x in runs]
 med = lambda key: statistics.median(x[key] for x in runs)
 row = dict(workload=w, router=r, policy=p, replicas=int(n), hit=med("cache_hit_rate"),
            makespan=med("elapsed_secs"), failed=sum(x["failed"] for x in runs),
-           cpu=med("router_cpu_secs"),
+           cpu=med("router_cpu_secs"), ttft_p50=med("ttft_p50_ms"), ttft_p99=med("ttft_p99_ms"),
            cpu_per_request=statistics.median(x["router_cpu_secs"] / x["requests"] for x in runs))
 open(out, "a").write(json.dumps(row) + "\n")
 print(f"| {w} | {cache} | {r} | {p} | {n} | {row['hit']*100:.1f}% | {row['makespan']:.2f} s "
@@ -164,8 +175,8 @@ for x in rows:
         continue
     print(f"| {x['workload']} | {x['replicas']} | {x['cpu_per_request'] / ca['cpu_per_request']:.2f}x |")
 print()
-print("| workload | precise x4 hit / sglang-router x1 hit | precise x4 makespan / sglang-router x1 makespan | precise x1 makespan / sglang-router x1 makespan | precise x1 hit / sglang-router x1 hit |")
-print("| --- | ---: | ---: | ---: | ---: |")
+print("| workload | precise x4 hit / sglang-router x1 hit | precise x4 makespan / sglang-router x1 makespan | precise x4 TTFT p99 / sglang-router x1 TTFT p99 | precise x1 makespan / sglang-router x1 makespan | precise x1 hit / sglang-router x1 hit |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for w in sorted({x["workload"] for x in rows}, key=[x["workload"] for x in rows].index):
     try:
         base = get(w, "sglang-router", "cache_aware", 1)
@@ -174,5 +185,6 @@ for w in sorted({x["workload"] for x in rows}, key=[x["workload"] for x in rows]
     except StopIteration:  # a narrowed run (ROWS, REPLICAS)
         continue
     print(f"| {w} | {p4['hit']/base['hit']:.2f}x | {p4['makespan']/base['makespan']:.2f}x "
+          f"| {p4['ttft_p99']/base['ttft_p99']:.2f}x "
           f"| {p1['makespan']/base['makespan']:.2f}x | {p1['hit']/base['hit']:.2f}x |")
 PY

@@ -85,10 +85,10 @@ fn placed(endpoint: &str, host: &str, rank: u32) -> Result<String, String> {
     let (at, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| format!("KV event endpoint {endpoint} has no port"))?;
-    let port: u32 = port
-        .parse()
+    let port = port
+        .parse::<u32>()
         .ok()
-        .filter(|p| p + rank <= u32::from(u16::MAX))
+        .filter(|&p| p + rank <= u32::from(u16::MAX))
         .ok_or_else(|| format!("KV event endpoint {endpoint}: bad port for rank {rank}"))?;
     let at = match at {
         "*" | "0.0.0.0" | "[::]" | "::" => host,

@@ -238,25 +238,28 @@ impl Live {
         })
     }
 
-    /// Call `select`.
+    /// Call `select`: the pick, and the prompt tokens it holds in its KV
+    /// cache when the policy asked `prefix-index.match-kv`.
     pub(super) fn select(
         &mut self,
         req: &RouteRequest<'_>,
         candidates: &[Candidate],
-    ) -> wasmtime::Result<Result<u32, String>> {
+    ) -> wasmtime::Result<Result<(u32, Option<u32>), String>> {
         let store = &mut self.store;
-        guarded(|| match &self.exports {
+        let answer = guarded(|| match &self.exports {
             Exports::V1(p) => {
                 let request = v1::Request::from(req);
                 let offered: Vec<v1::Candidate> = candidates.iter().map(Into::into).collect();
-                p.call_select(store, &request, &offered)
+                p.call_select(&mut *store, &request, &offered)
             }
             Exports::V2(p) => {
                 let (request, offered) = store.data_mut().host.lend(req, candidates);
                 p.wasm_router_policy_policy()
-                    .call_select(store, request, offered)
+                    .call_select(&mut *store, request, offered)
             }
-        })
+        })?;
+        let host = &store.data().host;
+        Ok(answer.map(|id| (id, host.cached_tokens(id))))
     }
 
     /// Call `on-complete`.

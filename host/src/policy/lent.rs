@@ -21,6 +21,9 @@ pub struct RequestData {
     pub(super) headers: axum::http::HeaderMap,
     pub(super) stream: bool,
     pub(super) max_new_tokens: Option<u32>,
+    /// What `prefix-index.match-kv` found during the call: (worker, prompt
+    /// tokens in its GPU cache) for each worker whose events it follows.
+    pub(super) kv_cached: Vec<(u32, u32)>,
 }
 
 impl Default for RequestData {
@@ -36,6 +39,7 @@ impl Default for RequestData {
             headers: axum::http::HeaderMap::new(),
             stream: false,
             max_new_tokens: None,
+            kv_cached: Vec::new(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl RequestData {
         self.stream = r.stream;
         self.max_new_tokens = r.max_new_tokens;
         self.prompt_tokens = r.prompt_tokens;
+        self.kv_cached.clear();
     }
 }
 

@@ -146,6 +146,19 @@ pub struct Candidate {
     pub kv_tokens: Option<u32>,
     /// How many tokens its KV cache holds, once the router learned it.
     pub kv_capacity: Option<u32>,
+    /// The prefill this router sent it whose answer has not begun
+    /// ([`crate::workers::Worker::prefill_ahead`]).
+    pub prefill_ahead: PrefillWork,
+}
+
+/// Prefill work queued at a worker: requests, and the prompt tokens they
+/// must compute (those not in its KV cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrefillWork {
+    /// Requests.
+    pub requests: u32,
+    /// Their prompt tokens to compute, estimated at routing.
+    pub tokens: u32,
 }
 
 impl Candidate {
@@ -265,6 +278,9 @@ pub struct Decision {
     pub worker: WorkerId,
     /// Set when the policy could not decide and the native fallback did.
     pub fallback: Option<PolicyFault>,
+    /// The prompt tokens the chosen worker holds in its KV cache, as
+    /// `prefix-index.match-kv` told the policy, when it asked.
+    pub cached_tokens: Option<u32>,
 }
 
 /// The seam between the data plane and routing.

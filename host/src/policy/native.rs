@@ -61,6 +61,7 @@ impl Policy for LeastLoad {
         Ok(Decision {
             worker,
             fallback: None,
+            cached_tokens: None,
         })
     }
 

@@ -18,7 +18,7 @@ use crate::errors::ApiError;
 use crate::metrics as m;
 use crate::policy::{AttemptError, LeastLoad, Loaded, Policy, Route, RouteRequest, SelectError};
 use crate::upstream::Upstream;
-use crate::workers::{Registry, Worker};
+use crate::workers::{InFlight, Registry, Worker};
 
 pub mod ingress;
 mod logprobs;
@@ -143,11 +143,51 @@ pub async fn forward_to_worker(
             }
         };
         drop((in_flight, feedback));
-        if let Some(end) = retries.failed(worker, failure).await {
+        if let Some(end) = retries.failed(worker.worker, failure).await {
             return end;
         }
     }
     retries.exhausted()
+}
+
+/// A worker a policy picked, and the prompt tokens it must compute for the
+/// request: estimated, those the policy's KV match found in its cache left
+/// out ([`crate::policy::Decision::cached_tokens`]).
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub(crate) worker: Arc<Worker>,
+    prefill_tokens: u32,
+}
+
+impl Picked {
+    fn new(worker: Arc<Worker>, req: &Forward<'_>, cached_tokens: Option<u32>) -> Self {
+        // Four characters a token when the router did not tokenize; none
+        // when it did not extract the text (the policy reads none).
+        let prompt = req.prompt_tokens.unwrap_or_else(|| match req.tokens {
+            Some(tokens) => u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+            None => u32::try_from(req.text.len() / 4).unwrap_or(u32::MAX),
+        });
+        Picked {
+            worker,
+            prefill_tokens: prompt.saturating_sub(cached_tokens.unwrap_or(0)),
+        }
+    }
+
+    /// Count the request in flight there, and its prefill ahead of later
+    /// requests until its answer begins.
+    pub(crate) fn start_request(&self) -> InFlight {
+        let mut in_flight = self.worker.start_request();
+        in_flight.expect_prefill(self.prefill_tokens);
+        in_flight
+    }
+}
+
+impl std::ops::Deref for Picked {
+    type Target = Arc<Worker>;
+
+    fn deref(&self) -> &Arc<Worker> {
+        &self.worker
+    }
 }
 
 /// Ask `policy` to pick one of the `role` workers that may take `req`,
@@ -159,7 +199,7 @@ pub(crate) async fn pick(
     role: Role,
     req: &Forward<'_>,
     excluded: &[u32],
-) -> Result<Option<Arc<Worker>>, ApiError> {
+) -> Result<Option<Picked>, ApiError> {
     loop {
         match pick_now(registry, policy, role, req, excluded) {
             Err(Busy) => policy.until_ready().await,
@@ -178,7 +218,7 @@ fn pick_now(
     role: Role,
     req: &Forward<'_>,
     excluded: &[u32],
-) -> Result<Result<Option<Arc<Worker>>, ApiError>, Busy> {
+) -> Result<Result<Option<Picked>, ApiError>, Busy> {
     let workers = match registry.candidates(req.model, role, excluded) {
         Ok(workers) if workers.is_empty() => return Ok(Ok(None)),
         Ok(workers) => workers,
@@ -206,7 +246,8 @@ fn pick_now(
     };
     m::policy_decision().record(asked.elapsed());
     if let Some(worker) = workers.iter().find(|w| w.id == decision.worker) {
-        return Ok(Ok(Some(worker.clone())));
+        let picked = Picked::new(worker.clone(), req, decision.cached_tokens);
+        return Ok(Ok(Some(picked)));
     }
     // Every implementation is checked here, not only Wasm ones.
     let name = &policy.info().name;
@@ -215,7 +256,8 @@ fn pick_now(
         .increment(1);
     let picked = LeastLoad::default()
         .pick(&candidates)
-        .and_then(|id| workers.into_iter().find(|w| w.id == id));
+        .and_then(|id| workers.into_iter().find(|w| w.id == id))
+        .map(|worker| Picked::new(worker, req, None));
     Ok(Ok(picked))
 }
 
@@ -275,6 +317,7 @@ mod tests {
             Ok(Decision {
                 worker: 999,
                 fallback: None,
+                cached_tokens: None,
             })
         }
         fn on_complete(&self, _: &Outcome) {}
@@ -300,7 +343,7 @@ mod tests {
         let picked = pick(&registry, &stray, Role::Regular, &req, &[])
             .await
             .unwrap();
-        assert_eq!(picked.map(|w| w.id), Some(worker.id));
+        assert_eq!(picked.map(|p| p.id), Some(worker.id));
     }
 
     /// A `/generate` request, number `seq`, with a minute to go.
@@ -375,6 +418,7 @@ mod tests {
             Ok(Decision {
                 worker,
                 fallback: None,
+                cached_tokens: None,
             })
         }
         fn on_complete(&self, outcome: &Outcome) {

@@ -93,7 +93,8 @@ pub async fn forward_to_pair(
             }
         };
         let prefill_in_flight = prefill.start_request();
-        let decode_in_flight = decode.start_request();
+        // The decode worker computes no prefill: it takes the KV cache.
+        let decode_in_flight = Worker::start_request(&decode);
         let attempt = retries.attempt();
         let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, attempt, &prefill);
         let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, attempt, &decode);
@@ -177,7 +178,7 @@ pub async fn forward_to_pair(
                 return failed_answer(response, worker.role).await;
             }
         };
-        if let Some(end) = retries.failed(worker, failure).await {
+        if let Some(end) = retries.failed(worker.worker, failure).await {
             return end;
         }
     }

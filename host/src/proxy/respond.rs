@@ -234,7 +234,12 @@ where
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.first_byte.get_or_insert_with(std::time::Instant::now);
+                    if this.first_byte.is_none() {
+                        this.first_byte = Some(std::time::Instant::now());
+                        if let Some(held) = this.held.as_mut() {
+                            held.in_flight.answer_began();
+                        }
+                    }
                     if let Some(feedback) = this.held.as_mut().and_then(|h| h.feedback.as_mut()) {
                         feedback.scan(data);
                     }

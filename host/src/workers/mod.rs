@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Labels, WorkerSpec};
-use crate::policy::{WorkerId, WorkerInfo};
+use crate::policy::{PrefillWork, WorkerId, WorkerInfo};
 
 /// The `/get_server_info` of the worker at `url`, read as `T`; `None` as
 /// for [`get_json`].
@@ -67,6 +67,11 @@ pub struct Worker {
     discovering: AtomicBool,
     /// Requests in flight from this router.
     in_flight: AtomicU32,
+    /// Of those, the ones whose answer has not begun (no body byte yet),
+    /// and their prompt tokens that it must compute, as estimated at
+    /// routing ([`InFlight::expect_prefill`]).
+    prefill_requests: AtomicU32,
+    prefill_tokens: AtomicU64,
     /// The worker's own load from `/get_load` ([`load`]); [`NO_REPORT`]
     /// when it gave none.
     reported_load: AtomicU64,
@@ -142,6 +147,8 @@ pub struct WorkerView {
     load: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     reported_load: Option<u32>,
+    /// [`Worker::prefill_ahead`].
+    prefill_ahead: PrefillWork,
     processed: u64,
 }
 
@@ -161,6 +168,15 @@ impl Worker {
     /// Requests in flight.
     pub fn load(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The prefill this router sent it whose answer has not begun: what is
+    /// ahead of a new request there, as far as this router knows.
+    pub fn prefill_ahead(&self) -> PrefillWork {
+        PrefillWork {
+            requests: self.prefill_requests.load(Ordering::Relaxed),
+            tokens: u32::try_from(self.prefill_tokens.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+        }
     }
 
     /// The load it reported at the last `/get_load` check, if any.
@@ -242,7 +258,11 @@ impl Worker {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.in_flight_gauge.increment(1.0);
-        InFlight(self.clone(), Instant::now())
+        InFlight {
+            worker: self.clone(),
+            sent: Instant::now(),
+            prefill: None,
+        }
     }
 
     /// Record one health check result; returns the new health if it flipped.
@@ -293,6 +313,7 @@ impl Worker {
             },
             load: self.load(),
             reported_load: self.reported_load(),
+            prefill_ahead: self.prefill_ahead(),
             processed: self.processed.load(Ordering::Relaxed),
         }
     }
@@ -341,12 +362,43 @@ fn micros(cell: &AtomicU64) -> Option<Duration> {
 /// Holds a worker's in-flight count up while alive, and knows when the
 /// request was sent.
 #[derive(Debug)]
-pub struct InFlight(Arc<Worker>, Instant);
+pub struct InFlight {
+    worker: Arc<Worker>,
+    sent: Instant,
+    /// The prompt tokens counted in the worker's prefill ahead until the
+    /// answer begins; `None` when not counted (or no more).
+    prefill: Option<u32>,
+}
 
 impl InFlight {
     /// The worker.
     pub fn worker(&self) -> &Arc<Worker> {
-        &self.0
+        &self.worker
+    }
+
+    /// Count the request in the worker's [`Worker::prefill_ahead`], with
+    /// `tokens` of its prompt to compute, until its answer begins
+    /// ([`InFlight::answer_began`]) or it ends. A response that is not
+    /// streamed begins at its end: its prefill counts until then.
+    pub fn expect_prefill(&mut self, tokens: u32) {
+        if self.prefill.is_none() {
+            self.worker.prefill_requests.fetch_add(1, Ordering::Relaxed);
+            self.worker
+                .prefill_tokens
+                .fetch_add(u64::from(tokens), Ordering::Relaxed);
+            self.prefill = Some(tokens);
+        }
+    }
+
+    /// The answer's first body byte arrived: the request is past its
+    /// prefill.
+    pub fn answer_began(&mut self) {
+        if let Some(tokens) = self.prefill.take() {
+            self.worker.prefill_requests.fetch_sub(1, Ordering::Relaxed);
+            self.worker
+                .prefill_tokens
+                .fetch_sub(u64::from(tokens), Ordering::Relaxed);
+        }
     }
 
     /// The worker served the request successfully, its first byte at
@@ -355,26 +407,52 @@ impl InFlight {
     pub fn served(&self, first_byte: Option<Instant>) {
         let now = Instant::now();
         fold(
-            &self.0.ttft_ewma_us,
-            first_byte.unwrap_or(now).saturating_duration_since(self.1),
+            &self.worker.ttft_ewma_us,
+            first_byte
+                .unwrap_or(now)
+                .saturating_duration_since(self.sent),
         );
         fold(
-            &self.0.latency_ewma_us,
-            now.saturating_duration_since(self.1),
+            &self.worker.latency_ewma_us,
+            now.saturating_duration_since(self.sent),
         );
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.in_flight_gauge.decrement(1.0);
+        self.answer_began();
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.worker.in_flight_gauge.decrement(1.0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefill_counts_ahead_until_the_answer_begins_or_the_request_ends() {
+        let registry = Registry::new(None, true);
+        let worker = registry.add("http://127.0.0.1:9000").unwrap();
+        let work = |w: &Worker| (w.prefill_ahead().requests, w.prefill_ahead().tokens);
+        let mut first = worker.start_request();
+        first.expect_prefill(300);
+        let mut second = worker.start_request();
+        second.expect_prefill(50);
+        // Counted once, however often it is said.
+        second.expect_prefill(50);
+        assert_eq!(work(&worker), (2, 350));
+        first.answer_began();
+        first.answer_began();
+        assert_eq!(work(&worker), (1, 50));
+        assert_eq!(worker.load(), 2);
+        // A request that ends (or fails) before its answer begins.
+        drop(second);
+        assert_eq!(work(&worker), (0, 0));
+        drop(first);
+        assert_eq!((work(&worker), worker.load()), ((0, 0), 0));
+    }
 
     #[test]
     fn a_moving_average_starts_at_its_first_sample_and_moves_an_eighth() {

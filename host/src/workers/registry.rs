@@ -136,6 +136,8 @@ impl Registry {
             reported_queued: AtomicU64::new(NO_REPORT),
             reported_kv_tokens: AtomicU64::new(NO_REPORT),
             kv_capacity: AtomicU64::new(NO_REPORT),
+            prefill_requests: AtomicU32::new(0),
+            prefill_tokens: AtomicU64::new(0),
             ttft_ewma_us: AtomicU64::new(NO_REPORT),
             latency_ewma_us: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
@@ -261,6 +263,7 @@ impl Registry {
                 latency_ewma: w.latency_ewma(),
                 kv_tokens: w.reported_kv_tokens(),
                 kv_capacity: w.kv_capacity(),
+                prefill_ahead: w.prefill_ahead(),
             })
             .collect()
     }

@@ -8,12 +8,18 @@
 //! 1. If the load is imbalanced (cache_aware's rule and thresholds:
 //!    `max - min > balance_abs_threshold` and `max > min *
 //!    balance_rel_threshold`), the least-loaded candidate wins.
-//! 2. Otherwise each candidate gets a cost, in tokens of prefill, in the
-//!    spirit of Dynamo's KV router: the prompt tokens it would have to
-//!    compute (those not in its GPU cache; tokens it holds in host memory
-//!    count `cpu_cost`, on disk `disk_cost`) plus `load_weight` times its
-//!    load times the prompt's tokens (each request ahead of this one is
-//!    taken to cost a prefill of this size). The cheapest wins.
+//! 2. Otherwise each candidate gets a cost: the time to first token it
+//!    predicts, in tokens of prefill (a GPU computes prompt tokens at one
+//!    rate, so the time is the tokens to compute before and for this
+//!    request). That is the prompt tokens it would have to compute (those
+//!    not in its GPU cache; tokens it holds in host memory count
+//!    `cpu_cost`, on disk `disk_cost`) plus `load_weight` times the
+//!    prefill ahead of the request there: what this router sent it whose
+//!    answer has not begun (`prefill-ahead`, its uncached tokens), and the
+//!    requests the worker itself reports waiting beyond those (other
+//!    replicas' requests: `queued`), each taken at the mean prefill of
+//!    this router's own requests waiting anywhere (replicas behind one
+//!    balancer see the same traffic). The cheapest wins.
 //!
 //! Ties (a new prompt over equally loaded workers, most often) go to the
 //! worker with the smallest share of the approximate index below (as
@@ -49,7 +55,12 @@ pub struct Config {
     pub balance_abs_threshold: u32,
     /// Relative load ratio above which load balancing overrides the cache.
     pub balance_rel_threshold: f64,
-    /// Weight of a worker's queued work against uncached prefill.
+    /// Weight of the prefill ahead of the request at a worker against its
+    /// own uncached prefill. 1 would predict the request's own time to
+    /// first token; below 1 (0.3) also counts what a miss costs the
+    /// requests after it: moving off the worker that holds a prompt to
+    /// save a little wait spreads the prompt's group, and each copy is a
+    /// prefill more (BENCHMARKS.md, issue 31).
     pub load_weight: f64,
     /// Cost of a token held in host memory, against computing it (1).
     pub cpu_cost: f64,
@@ -66,7 +77,7 @@ impl Default for Config {
         Config {
             balance_abs_threshold: 64,
             balance_rel_threshold: 1.5,
-            load_weight: 0.1,
+            load_weight: 0.3,
             cpu_cost: 0.2,
             disk_cost: 0.5,
             eviction_interval_secs: 60,
@@ -136,7 +147,7 @@ impl PreciseCacheAware {
     }
 
     /// The decision, without recording it in the approximate index.
-    fn choose(&self, req: &Request<'_>, candidates: &[Candidate]) -> u32 {
+    fn choose(&self, req: &Request<'_>, candidates: &Candidates<'_>) -> u32 {
         let rank = self.affinity.tie_rank(req);
         let ids: Vec<u32> = candidates.iter().map(|c| c.id).collect();
         // Ties: the smaller share of what this router sent (cache_aware's
@@ -172,7 +183,22 @@ impl PreciseCacheAware {
                 _ => 0,
             }
         };
-        let cost = |c: &Candidate, matched: Option<prefix_index::KvMatch>| {
+        // The prefill ahead of the request at each candidate, in tokens.
+        let (ahead, queued) = (candidates.prefill_ahead(), candidates.queued());
+        let (requests, tokens) = ahead.iter().fold((0u64, 0u64), |(r, t), a| {
+            (r + u64::from(a.requests), t + u64::from(a.tokens))
+        });
+        let mean = if requests == 0 {
+            0.0
+        } else {
+            tokens as f64 / requests as f64
+        };
+        let work_ahead = |i: usize| -> f64 {
+            let own = ahead[i];
+            let others = queued[i].unwrap_or(0).saturating_sub(own.requests);
+            f64::from(own.tokens) + f64::from(others) * mean
+        };
+        let cost = |i: usize, c: &Candidate, matched: Option<prefix_index::KvMatch>| {
             let recent = sent(c.id);
             let matched = match matched {
                 Some(m) => prefix_index::KvMatch {
@@ -186,14 +212,13 @@ impl PreciseCacheAware {
                     disk: recent,
                 },
             };
-            self.uncached(prompt, matched)
-                + self.config.load_weight * f64::from(c.load) * f64::from(prompt)
+            self.uncached(prompt, matched) + self.config.load_weight * work_ahead(i)
         };
         let i = candidates
             .iter()
             .zip(kv.matches)
             .enumerate()
-            .map(|(i, (c, matched))| (cost(c, matched), tie(i), i))
+            .map(|(i, (c, matched))| (cost(i, c, matched), tie(i), i))
             .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
             .expect("candidates are not empty")
             .2;

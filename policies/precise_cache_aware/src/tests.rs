@@ -48,16 +48,58 @@ fn the_worker_holding_the_most_of_the_prompt_wins() {
     assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 0)])), 1);
 }
 
+/// Two idle candidates, 1 and 2, with `ahead` (requests, tokens) of this
+/// router's prefill and `queued` waiting requests the workers report.
+fn ahead(ahead: [(u32, u32); 2], queued: [Option<u32>; 2]) -> Candidates<'static> {
+    loaded(&[(1, 0), (2, 0)]).with_prefill_ahead(&ahead, &queued)
+}
+
 #[test]
-fn queued_work_outweighs_a_small_cache_advantage_only() {
-    let mut p = policy();
-    // Worker 2 holds 10% more but has two requests ahead: 0.1 * 2 * 1000
-    // tokens of queued work against 100 tokens saved.
+fn the_predicted_time_to_first_token_wins_not_the_cache_alone() {
+    // A weight of 1: a token ahead costs as much as one to compute.
+    let mut p = PreciseCacheAware::init(r#"{"load_weight": 1.0}"#)
+        .unwrap()
+        .0;
+    // Worker 2 holds 100 tokens more, but 300 tokens of prefill are ahead
+    // of the request there: 200 to compute against 100 + 300.
     script_kv(1000, &[(1, on_gpu(800)), (2, on_gpu(900))]);
-    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 2)])), 1);
-    // Holding all of it against nothing is worth one request ahead.
+    assert_eq!(
+        pick(&mut p, "prompt", &ahead([(0, 0), (1, 300)], [None, None])),
+        1
+    );
+    // Holding all of it is worth 500 tokens ahead, not 1000.
     script_kv(1000, &[(1, on_gpu(0)), (2, on_gpu(1000))]);
-    assert_eq!(pick(&mut p, "prompt", &loaded(&[(1, 0), (2, 1)])), 2);
+    assert_eq!(
+        pick(&mut p, "prompt", &ahead([(0, 0), (1, 500)], [None, None])),
+        2
+    );
+    assert_eq!(
+        pick(&mut p, "prompt", &ahead([(0, 0), (1, 1200)], [None, None])),
+        1
+    );
+    // Requests other replicas queued there (the worker reports 3 waiting,
+    // this router sent it one) count at the mean of this router's own
+    // waiting prefills (1 of 600 tokens): 1000 against 600 + 2 x 600.
+    let others =
+        |ahead_2: (u32, u32), queued_2| ahead([(0, 0), ahead_2], [Some(0), Some(queued_2)]);
+    assert_eq!(pick(&mut p, "prompt", &others((1, 600), 3)), 1);
+    // Its own requests are not counted twice: the one waiting is this
+    // router's, so 1000 against 600.
+    assert_eq!(pick(&mut p, "prompt", &others((1, 600), 1)), 2);
+    // Knowing nothing of their size (this router has none waiting), the
+    // others are not guessed at.
+    assert_eq!(pick(&mut p, "prompt", &others((0, 0), 5)), 2);
+}
+
+#[test]
+fn by_default_a_token_ahead_weighs_less_than_one_to_compute() {
+    let mut p = policy();
+    // Worker 2 holds all 1000 tokens: 0.3 x 3000 ahead is less than 1000
+    // to compute on worker 1, 0.3 x 4000 is more.
+    script_kv(1000, &[(1, on_gpu(0)), (2, on_gpu(1000))]);
+    let busy = |tokens| ahead([(0, 0), (2, tokens)], [None, None]);
+    assert_eq!(pick(&mut p, "prompt", &busy(3000)), 2);
+    assert_eq!(pick(&mut p, "prompt", &busy(4000)), 1);
 }
 
 #[test]

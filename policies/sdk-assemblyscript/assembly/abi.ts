@@ -67,6 +67,8 @@ export declare function candidatesTtftEwmaUs(handle: i32, ret: usize): void;
 export declare function candidatesLatencyEwmaUs(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.kv-usage")
 export declare function candidatesKvUsage(handle: i32, ret: usize): void;
+@external("wasm-router:policy/types@0.2.0", "[method]candidates.prefill-ahead")
+export declare function candidatesPrefillAhead(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.weights")
 export declare function candidatesWeights(handle: i32, ret: usize): void;
 @external("wasm-router:policy/types@0.2.0", "[method]candidates.label")

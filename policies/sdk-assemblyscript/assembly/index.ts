@@ -214,6 +214,8 @@ export class Candidates {
   private latencyColumn: StaticArray<i64> | null = null;
   private weightColumn: u32[] | null = null;
   private kvUsageColumn: StaticArray<f32> | null = null;
+  /** `prefill-ahead`'s records, flat: requests and tokens of each candidate. */
+  private prefillAheadColumn: u32[] | null = null;
 
   /** `handle` is the borrowed `candidates` of the canonical ABI. */
   constructor(readonly handle: i32) {}
@@ -334,6 +336,32 @@ export class Candidates {
       this.kvUsageColumn = column;
     }
     return column[i];
+  }
+
+  /**
+   * The requests this router sent candidate `i` whose answer has not begun
+   * (no body byte yet): with `prefillAheadTokens`, the prefill ahead of a
+   * new request there, as far as this router knows (other replicas'
+   * requests are in `queued`, the worker's own count).
+   */
+  prefillAheadRequests(i: i32): u32 {
+    return this.prefillAhead()[2 * i];
+  }
+
+  /** Their prompt tokens that candidate `i` must compute (not in its KV cache when routed). */
+  prefillAheadTokens(i: i32): u32 {
+    return this.prefillAhead()[2 * i + 1];
+  }
+
+  private prefillAhead(): u32[] {
+    let column = this.prefillAheadColumn;
+    if (column === null) {
+      abi.candidatesPrefillAhead(this.handle, IMPORT_AREA);
+      // A record of two u32 is two u32 in memory: lift the list flat.
+      column = liftU32s(load<u32>(IMPORT_AREA), 2 * load<u32>(IMPORT_AREA, 4));
+      this.prefillAheadColumn = column;
+    }
+    return column;
   }
 
   /** Candidate `i`'s share of traffic relative to the others, as its worker entry gave it (1 unless given). */

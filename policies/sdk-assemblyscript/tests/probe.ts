@@ -70,7 +70,8 @@ class Probe extends Policy {
           candidates.inFlight(i).toString() + "," + candidates.reportedLoad(i).toString() + "," +
           candidates.queued(i).toString() + "," + (candidates.halfOpen(i) ? "1" : "0") + "," +
           candidates.ttftEwmaUs(i).toString() + "," + candidates.latencyEwmaUs(i).toString() + "," +
-          candidates.kvUsage(i).toString() + ";";
+          candidates.kvUsage(i).toString() + "," + candidates.prefillAheadRequests(i).toString() + "," +
+          candidates.prefillAheadTokens(i).toString() + ";";
       }
       return Pick.refuse(columns);
     }

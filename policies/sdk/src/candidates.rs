@@ -3,7 +3,7 @@
 use std::cell::OnceCell;
 use std::ops::Deref;
 
-use crate::bindings::wasm_router::policy::types::Candidates as HostCandidates;
+use crate::bindings::wasm_router::policy::types::{Candidates as HostCandidates, PrefillWork};
 
 /// A worker that may take the request, with its load: what most policies
 /// decide on. More about each is on [`Candidates`].
@@ -44,6 +44,7 @@ pub struct Candidates<'a> {
     latency_ewma_us: OnceCell<Vec<Option<u32>>>,
     weights: OnceCell<Vec<u32>>,
     kv_usage: OnceCell<Vec<Option<f32>>>,
+    prefill_ahead: OnceCell<Vec<PrefillWork>>,
     /// Native unit tests' labels: (key, a value per candidate).
     labels: Vec<(String, Vec<Option<String>>)>,
 }
@@ -61,6 +62,7 @@ impl<'a> Candidates<'a> {
             latency_ewma_us: OnceCell::new(),
             weights: OnceCell::new(),
             kv_usage: OnceCell::new(),
+            prefill_ahead: OnceCell::new(),
             labels: Vec::new(),
         }
     }
@@ -165,6 +167,44 @@ impl<'a> Candidates<'a> {
         assert!(
             self.kv_usage.set(usage.to_vec()).is_ok(),
             "the KV usage was read already"
+        );
+        self
+    }
+
+    /// The requests this router sent each one whose answer has not begun,
+    /// with the prompt tokens they must compute: the prefill ahead of a new
+    /// request there, as far as this router knows (other replicas' requests
+    /// are in [`Candidates::queued`], the worker's own count).
+    pub fn prefill_ahead(&self) -> &[PrefillWork] {
+        self.prefill_ahead.get_or_init(|| match self.host {
+            Some(h) => h.prefill_ahead(),
+            None => vec![
+                PrefillWork {
+                    requests: 0,
+                    tokens: 0
+                };
+                self.list.len()
+            ],
+        })
+    }
+
+    /// Native unit tests: the prefill ahead the router would give, one
+    /// `(requests, tokens)` pair per candidate, in order; the workers'
+    /// `queued` counts with it.
+    ///
+    /// # Panics
+    ///
+    /// If either was read already, or there is not one per candidate.
+    pub fn with_prefill_ahead(self, ahead: &[(u32, u32)], queued: &[Option<u32>]) -> Self {
+        assert_eq!(ahead.len(), self.list.len(), "one pair per candidate");
+        assert_eq!(queued.len(), self.list.len(), "one count per candidate");
+        let ahead = ahead
+            .iter()
+            .map(|&(requests, tokens)| PrefillWork { requests, tokens })
+            .collect();
+        assert!(
+            self.prefill_ahead.set(ahead).is_ok() && self.queued.set(queued.to_vec()).is_ok(),
+            "the prefill ahead or the queues were read already"
         );
         self
     }
@@ -275,5 +315,16 @@ mod tests {
         assert_eq!(given.kv_usage(), [None, None]);
         let used = Candidates::from([Candidate::idle(1, 0)]).with_kv_usage(&[Some(0.5)]);
         assert_eq!(used.kv_usage(), [Some(0.5)]);
+        assert_eq!(used.prefill_ahead()[0].tokens, 0);
+        let ahead =
+            Candidates::from([Candidate::idle(1, 0)]).with_prefill_ahead(&[(2, 300)], &[Some(3)]);
+        assert_eq!(
+            (
+                ahead.prefill_ahead()[0].requests,
+                ahead.prefill_ahead()[0].tokens
+            ),
+            (2, 300)
+        );
+        assert_eq!(ahead.queued(), [Some(3)]);
     }
 }

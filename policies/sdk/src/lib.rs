@@ -61,7 +61,7 @@ mod request;
 pub mod tie_break;
 
 pub use bindings::wasm_router::policy::types::{
-    ErrorKind, Instances, Outcome, PolicyInfo, Role, Route, WorkerInfo,
+    ErrorKind, Instances, Outcome, PolicyInfo, PrefillWork, Role, Route, WorkerInfo,
 };
 /// The host's imports: structured logs, metrics and the host-held key-value
 /// store (see `wit/policy.wit`); the prefix index is [`prefix_index`].

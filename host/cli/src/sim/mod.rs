@@ -60,6 +60,12 @@ pub struct SimArgs {
     /// Requests running at once; more wait in a FIFO queue.
     #[arg(long, default_value_t = 16)]
     pub max_running: usize,
+    /// Prefill one request at a time, in arrival order, as a GPU's compute
+    /// is shared: a request's time to first token is then the prefill of
+    /// the work queued ahead of it plus its own. Without it, prefills of
+    /// running requests overlap freely (only `--max-running` queues).
+    #[arg(long)]
+    pub serial_prefill: bool,
     /// Output tokens when the request does not say.
     #[arg(long, default_value_t = 16)]
     pub output_tokens: usize,
@@ -160,6 +166,8 @@ pub struct Sim {
     args: SimArgs,
     cache: Mutex<PrefixCache>,
     slots: Semaphore,
+    /// The prefill engine, taken in arrival order (`--serial-prefill`).
+    prefill_engine: tokio::sync::Mutex<()>,
     /// Counters, for `/metrics` and tests.
     pub counters: Counters,
     /// Prefill: rooms waiting for their KV pull.
@@ -217,6 +225,7 @@ pub async fn start(args: SimArgs, in_process: bool) -> anyhow::Result<SimHandle>
     let sim = Arc::new(Sim {
         cache: Mutex::new(PrefixCache::new(args.block_size, args.cache_tokens)),
         slots: Semaphore::new(args.max_running.max(1)),
+        prefill_engine: tokio::sync::Mutex::new(()),
         counters: Counters {
             by_rank: (0..args.dp_size).map(|_| AtomicU64::new(0)).collect(),
             ..Counters::default()

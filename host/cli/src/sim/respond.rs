@@ -208,8 +208,10 @@ async fn serve(s: Arc<Sim>, body: Bytes, shape: Shape) -> Response {
     Json(full_body(&s, &job, shape, lookup)).into_response()
 }
 
-/// Wait for a batch slot, look the prompt up in the cache, and spend the
-/// prefill time of what was not cached.
+/// Wait for a batch slot (and with `--serial-prefill` for the prefill
+/// engine: the request counts as queued until its prefill starts), look the
+/// prompt up in the cache, and spend the prefill time of what was not
+/// cached.
 async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
     s.counters.queued.fetch_add(1, Ordering::Relaxed);
     let slot = s
@@ -217,6 +219,11 @@ async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
         .acquire()
         .await
         .expect("the batch semaphore is never closed");
+    let engine = if s.args.serial_prefill {
+        Some(s.prefill_engine.lock().await)
+    } else {
+        None
+    };
     s.counters.queued.fetch_sub(1, Ordering::Relaxed);
     s.counters.running.fetch_add(1, Ordering::Relaxed);
     let mut running = Running {
@@ -236,6 +243,7 @@ async fn prefill<'a>(s: &'a Sim, text: &str) -> (Running<'a>, Lookup) {
         .cached_tokens
         .fetch_add(lookup.cached_tokens as u64, Ordering::Relaxed);
     tokio::time::sleep(s.prefill_time(lookup)).await;
+    drop(engine);
     (running, lookup)
 }
 

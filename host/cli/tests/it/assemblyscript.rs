@@ -5,8 +5,8 @@
 
 use wasm_router::config::Role;
 use wasm_router::policy::{
-    AttemptError, Candidate, Instances, LoadError, Outcome, Policy, PolicySource, Route,
-    RouteRequest, SelectError, WasmPolicy, WorkerInfo,
+    AttemptError, Candidate, Instances, LoadError, Outcome, Policy, PolicySource, PrefillWork,
+    Route, RouteRequest, SelectError, WasmPolicy, WorkerInfo,
 };
 
 use crate::fixtures::{
@@ -113,6 +113,10 @@ fn every_candidate_column_crosses() {
             latency_ewma: Some(std::time::Duration::from_secs(5000)),
             kv_tokens: Some(3000),
             kv_capacity: Some(12_000),
+            prefill_ahead: PrefillWork {
+                requests: 2,
+                tokens: 4_000_000,
+            },
         },
         Candidate {
             id: 4_000_000_000,
@@ -126,13 +130,14 @@ fn every_candidate_column_crosses() {
             // A token count without a known capacity is no usage.
             kv_tokens: Some(5),
             kv_capacity: None,
+            prefill_ahead: PrefillWork::default(),
         },
     ];
     assert_eq!(
         ask(&p, &keyed("columns", "", ""), &candidates),
         // 5,000 s is past u32 microseconds: the router saturates it. 3,000
         // of 12,000 tokens is a usage of 0.25; tokens without a capacity, none.
-        "7,9,3,9,4,0,1500,4294967295,0.25;4000000000,2,2,-1,-1,1,-1,-1,-1.0;"
+        "7,9,3,9,4,0,1500,4294967295,0.25,2,4000000;4000000000,2,2,-1,-1,1,-1,-1,-1.0,0,0;"
     );
 }
 
@@ -550,10 +555,13 @@ async fn a_workers_reported_kv_usage_reaches_the_policy() {
     let mut answer = String::new();
     crate::mock::eventually("the router reads the usage", async || {
         answer = ask_over_http(&r, "columns", &[]).await.1;
-        answer.contains(",0.25;")
+        answer.contains(",0.25,0,0;")
     })
     .await;
-    assert!(answer.contains(",-1.0;"), "b reports no tokens: {answer}");
+    assert!(
+        answer.contains(",-1.0,0,0;"),
+        "b reports no tokens: {answer}"
+    );
     r.shutdown().await.unwrap();
 }
 

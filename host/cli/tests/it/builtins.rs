@@ -117,6 +117,60 @@ async fn power_of_two_sees_the_load_workers_report() {
 }
 
 /// Issue 31: while requests flow, the workers' own load is read every
+/// A streamed request counts in its worker's prefill ahead (what
+/// `candidates.prefill-ahead` gives policies, and `GET /workers` shows)
+/// from its routing to its first chunk, with its prompt's tokens (4
+/// characters a token: this router does not tokenize).
+#[tokio::test]
+async fn a_request_counts_as_prefill_ahead_until_its_answer_begins() {
+    let worker = wasm_router_cli::sim::start(
+        wasm_router_cli::sim::SimArgs {
+            serial_prefill: true,
+            prefill_us_per_token: 5_000,
+            decode_us_per_token: 100_000,
+            output_tokens: 40,
+            stream_pieces: 40,
+            ..Default::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let mut a = args(&[]);
+    a.worker_urls = vec![worker.url()];
+    // A policy that reads the text: the router counts its tokens.
+    a.policy = Some("cache_aware".into());
+    let r = router(a).await;
+    let ahead = async || {
+        crate::mock::get_json(&format!("http://{}/workers", r.addr)).await["workers"][0]
+            ["prefill_ahead"]
+            .clone()
+    };
+    assert_eq!(
+        ahead().await,
+        serde_json::json!({"requests": 0, "tokens": 0})
+    );
+    // 400 characters: 100 tokens, 500 ms of prefill.
+    let mut stream = crate::mock::http()
+        .post(format!("http://{}/generate", r.addr))
+        .json(&serde_json::json!({"text": "p".repeat(400), "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        ahead().await,
+        serde_json::json!({"requests": 1, "tokens": 100})
+    );
+    assert!(stream.chunk().await.unwrap().is_some_and(|c| !c.is_empty()));
+    // Decoding (40 tokens at 100 ms): past its prefill, still in flight.
+    eventually("the answer began", async || ahead().await["requests"] == 0).await;
+    assert_eq!(ahead().await["tokens"], 0);
+    drop(stream);
+    r.shutdown().await.unwrap();
+    worker.stop();
+}
+
 /// 100 ms or so, not every `--worker-load-check-interval`: another
 /// replica's burst on a worker shows within a request or two.
 #[tokio::test]

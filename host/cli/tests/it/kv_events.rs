@@ -482,12 +482,28 @@ fn precise_cache_aware_routes_to_the_pages_the_events_stored() {
         tokens: Some(&tokens),
         ..crate::fixtures::request(text, None)
     };
-    assert_eq!(router().select(&req, &candidates).unwrap().worker, 2);
+    let decision = router().select(&req, &candidates).unwrap();
+    assert_eq!(decision.worker, 2);
+    // What it holds goes with the pick: the router counts only the rest as
+    // the prefill it sent there.
+    assert_eq!(decision.cached_tokens, Some(full as u32));
+    // The time to first token wins, not the cache alone: with four times
+    // the prompt's length of prefill ahead there (weighed 0.3 by default),
+    // worker 1 (one page) is quicker.
+    let mut busy = candidates.clone();
+    busy[1].prefill_ahead = wasm_router::policy::PrefillWork {
+        requests: 3,
+        tokens: 4 * tokens.len() as u32,
+    };
+    let decision = router().select(&req, &busy).unwrap();
+    assert_eq!((decision.worker, decision.cached_tokens), (1, Some(PAGE)));
     // Worker 2's cache is cleared: for a router that did not just send it
     // the text, worker 1's one page makes it the cheapest (worker 3, whose
     // events are not followed, was never sent the text).
     index.clear(2);
-    assert_eq!(router().select(&req, &candidates).unwrap().worker, 1);
+    let decision = router().select(&req, &candidates).unwrap();
+    assert_eq!(decision.worker, 1);
+    assert_eq!(decision.cached_tokens, Some(PAGE));
 }
 
 /// The whole loop with simulated workers: each tokenizes, pages and

@@ -142,6 +142,57 @@ async fn get_load_counts_the_kv_tokens_of_running_requests() {
     w.stop();
 }
 
+/// `--serial-prefill`: a GPU's prefill compute is shared, so a second
+/// prompt waits for the first one's prefill, and counts as waiting
+/// (`num_waiting_reqs`) meanwhile.
+#[tokio::test]
+async fn serial_prefill_queues_a_prompt_behind_the_one_in_prefill() {
+    let w = sim::start(
+        SimArgs {
+            serial_prefill: true,
+            prefill_us_per_token: 2_000,
+            output_tokens: 1,
+            ..SimArgs::default()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    // 160 tokens each, different texts: 320 ms of prefill apiece.
+    let start = std::time::Instant::now();
+    let send = |c: char| {
+        let url = format!("{}/generate", w.url());
+        tokio::spawn(async move {
+            let (status, _) = post(&url, json!({"text": c.to_string().repeat(640)})).await;
+            (status, start.elapsed())
+        })
+    };
+    let first = send('a');
+    let load = async || crate::mock::get_json(&format!("{}/get_load", w.url())).await;
+    crate::mock::eventually("the first prompt is in prefill", async || {
+        load().await[0]["num_reqs"] == 1
+    })
+    .await;
+    let second = send('b');
+    let mut seen = Value::Null;
+    crate::mock::eventually("the second prompt waits", async || {
+        seen = load().await;
+        seen[0]["num_reqs"] == 2
+    })
+    .await;
+    assert_eq!(seen[0]["num_waiting_reqs"], 1, "{seen}");
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!((first.0, second.0), (200, 200));
+    // Both prefills, one after the other (sleeps are never shorter than
+    // asked); overlapping, it would end about 320 ms after it was sent.
+    assert!(
+        second.1 >= std::time::Duration::from_millis(640),
+        "{:?}",
+        second.1
+    );
+    w.stop();
+}
+
 #[tokio::test]
 async fn prefill_time_grows_with_uncached_tokens() {
     let w = sim::start(

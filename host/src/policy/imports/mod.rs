@@ -207,6 +207,14 @@ impl Host {
         }));
     }
 
+    /// The prompt tokens `worker` holds in its KV cache, as the last
+    /// `select`'s `prefix-index.match-kv` found them; `None` when it did
+    /// not ask, or the router follows no events of that worker.
+    pub(super) fn cached_tokens(&self, worker: u32) -> Option<u32> {
+        let cached = &self.request.kv_cached;
+        cached.iter().find(|(w, _)| *w == worker).map(|&(_, n)| n)
+    }
+
     /// Lend `req` and `candidates` to the next `select`.
     pub(super) fn lend(
         &mut self,

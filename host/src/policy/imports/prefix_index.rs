@@ -62,6 +62,13 @@ impl prefix_index::Host for Host {
             None => vec![None; workers.len()],
             Some(index) => {
                 let found = index.matched(tokens, &workers);
+                let cached = &mut self.request.kv_cached;
+                cached.clear();
+                for (&w, m) in workers.iter().zip(&found) {
+                    if index.follows(w) {
+                        cached.push((w, m.gpu));
+                    }
+                }
                 workers
                     .iter()
                     .zip(found)

@@ -117,6 +117,13 @@ impl types::HostCandidates for Host {
         })
     }
 
+    fn prefill_ahead(&mut self, _: Resource<CandidatesData>) -> Vec<types::PrefillWork> {
+        self.candidates.column(|c| types::PrefillWork {
+            requests: c.prefill_ahead.requests,
+            tokens: c.prefill_ahead.tokens,
+        })
+    }
+
     fn weights(&mut self, _: Resource<CandidatesData>) -> Vec<u32> {
         let known = &self.workers;
         self.candidates

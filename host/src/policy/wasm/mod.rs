@@ -449,6 +449,7 @@ impl Shared {
         Ok(Decision {
             worker,
             fallback: Some(fault),
+            cached_tokens: None,
         })
     }
 }
@@ -487,14 +488,15 @@ impl Policy for WasmPolicy {
             live.select(req, candidates)
         });
         match answer {
-            Ok(Ok(id)) if candidates.iter().any(|c| c.id == id) => {
+            Ok(Ok((id, cached_tokens))) if candidates.iter().any(|c| c.id == id) => {
                 slot.consecutive_faults = 0;
                 Ok(Decision {
                     worker: id,
                     fallback: None,
+                    cached_tokens,
                 })
             }
-            Ok(Ok(id)) => {
+            Ok(Ok((id, _))) => {
                 drop(slot);
                 let fault = PolicyFault::NotACandidate(id);
                 shared.record_fault(&fault);
