@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth;
-use crate::config::{Labels, Role, WorkerEntry, WorkerSpec, validate_worker_entry};
+use crate::config::{Labels, Role, Source, WorkerEntry, WorkerSpec, validate_worker_entry};
 use crate::errors::ApiError;
 use crate::state::AppState;
 use crate::workers::{Worker, health};
@@ -98,6 +98,7 @@ async fn register(s: &AppState, w: WorkerUrl) -> Result<Vec<Arc<Worker>>, ApiErr
     let spec = WorkerSpec {
         role,
         bootstrap_port: w.bootstrap_port,
+        source: Source::Admin,
         ..regular
     };
     health::enroll(
@@ -168,12 +169,23 @@ async fn show(State(s): S, Path(id): Path<String>) -> Result<Json<Value>, ApiErr
 /// worker takes no new request; those in flight finish).
 async fn remove(State(s): S, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let found = s.registry.get(id);
+    let found = found.ok_or_else(|| ApiError::NotFound(format!("no worker with id {id}")))?;
+    refuse_discovered(&found)?;
     let worker = s
         .registry
         .remove(id)
         .ok_or_else(|| ApiError::NotFound(format!("no worker with id {id}")))?;
     let reply = json!({"id": id.to_string(), "url": worker.url, "status": "removed"});
     Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
+}
+
+/// A discovered worker is removed by changing its pod, not by an admin.
+fn refuse_discovered(worker: &Worker) -> Result<(), ApiError> {
+    match &worker.source {
+        Source::Pod(pod) => Err(ApiError::DiscoveredWorker(worker.name(), pod.clone())),
+        _ => Ok(()),
+    }
 }
 
 async fn add_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String, ApiError> {
@@ -187,6 +199,7 @@ async fn remove_legacy(State(s): S, Query(q): Query<WorkerUrl>) -> Result<String
     if entries.is_empty() {
         return Err(ApiError::NotFound(format!("no worker with url {url}")));
     }
+    entries.iter().try_for_each(|w| refuse_discovered(w))?;
     for worker in entries {
         s.registry.remove(worker.id);
     }

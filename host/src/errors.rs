@@ -41,6 +41,11 @@ pub enum ApiError {
     /// A worker with that URL is already registered.
     #[error("worker {0} is already registered")]
     WorkerExists(String),
+    /// An admin asked to remove a worker that service discovery keeps.
+    #[error(
+        "worker {0} was discovered from Kubernetes pod {1}: it leaves when the pod stops being ready, is deleted or loses the selector's labels; change the pod, not the router"
+    )]
+    DiscoveredWorker(String, String),
     /// No healthy worker could take the request.
     #[error("no healthy worker is available for this request")]
     NoHealthyWorker,
@@ -78,7 +83,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::QueueTimeout | ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::WorkerExists(_) => StatusCode::CONFLICT,
+            ApiError::WorkerExists(_) | ApiError::DiscoveredWorker(..) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NoHealthyWorker | ApiError::PolicyDeclined(_) | ApiError::ShuttingDown => {
@@ -103,6 +108,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
             ApiError::QueueFull => ("rate_limit_error", "queue_full"),
             ApiError::WorkerExists(_) => ("invalid_request_error", "worker_exists"),
+            ApiError::DiscoveredWorker(..) => ("invalid_request_error", "worker_discovered"),
             ApiError::NoHealthyWorker => ("service_unavailable", "no_healthy_worker"),
             ApiError::PolicyDeclined(_) => ("service_unavailable", "policy_declined"),
             ApiError::ShuttingDown => ("service_unavailable", "shutting_down"),

@@ -17,6 +17,7 @@ pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod discovery;
 pub mod errors;
 pub mod events;
 pub mod extract;

@@ -59,6 +59,13 @@ pub const KV_FOLLOWED: &str = "wasm_router_kv_event_workers";
 /// Workers that answered they publish no KV events the router can follow
 /// (`--kv-events`): precise routing sees only what was sent to them.
 pub const KV_SILENT: &str = "wasm_router_kv_event_workers_silent";
+/// Workers service discovery keeps from Kubernetes pods, by role.
+pub const DISCOVERY_WORKERS: &str = "wasm_router_discovery_workers";
+/// 1 while service discovery's watch of the API server works, 0 while it
+/// cannot reach it (the last known workers keep serving), by role.
+pub const DISCOVERY_API_UP: &str = "wasm_router_discovery_api_up";
+/// Errors of service discovery's list or watch, by role.
+pub const DISCOVERY_ERRORS: &str = "wasm_router_discovery_errors_total";
 /// `BlockStored` events the index refused (shape, page size, full).
 pub const KV_EVENTS_REFUSED: &str = "wasm_router_kv_events_refused_total";
 

@@ -135,6 +135,15 @@ def test_flags_at_sglang_router_defaults_are_accepted(theirs):
     assert refused == []
 
 
+def test_service_discovery_flags_are_supported_as_sglang_router_spells_them():
+    _native.check(["--service-discovery", "--selector", "app=sglang", "tier=gpu",
+                   "--service-discovery-port", "30000", "--service-discovery-namespace", "llm"])
+    _native.check(["--pd-disaggregation", "--service-discovery",
+                   "--prefill-selector", "app=prefill", "--decode-selector", "app=decode"])
+    with pytest.raises(ValueError, match="--selector"):
+        _native.check(["--service-discovery"])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

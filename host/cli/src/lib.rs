@@ -73,6 +73,9 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Run a simulated SGLang worker (KV cache, prefill, decode, batching).
     SimWorker(crate::sim::SimArgs),
+    /// Run a Kubernetes API server that serves pods only (list and watch),
+    /// for trying and measuring service discovery; pods are set over HTTP.
+    SimKubeApi(crate::sim::kube_api::KubeApiArgs),
     /// Simulated fleet + router + shared-prefix workload, for each built-in policy.
     Demo(crate::demo::DemoArgs),
     /// Replay a seeded workload against a URL; print a JSON report.

@@ -46,6 +46,7 @@ where
         }
         Some(Command::Policy(PolicyCommand::Componentize(args))) => policy_componentize(&args),
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
+        Some(Command::SimKubeApi(args)) => block_on(sim_kube_api(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),
         Some(Command::Bench(args)) => block_on(async move {
             println!("{}", crate::bench::run(&args).await?);
@@ -111,6 +112,16 @@ async fn sim_worker(args: crate::sim::SimArgs) -> anyhow::Result<()> {
     let stop = ShutdownSignal::install()?;
     let handle = crate::sim::start(args, false).await?;
     tracing::info!("simulated worker on {}", handle.url());
+    stop.wait().await?;
+    Ok(())
+}
+
+async fn sim_kube_api(args: crate::sim::kube_api::KubeApiArgs) -> anyhow::Result<()> {
+    let stop = ShutdownSignal::install()?;
+    let api = std::sync::Arc::default();
+    let handle = crate::sim::kube_api::serve((args.host, args.port).into(), api).await?;
+    // Scripts read the address from this line.
+    println!("sim-kube-api on {}", handle.url());
     stop.wait().await?;
     Ok(())
 }

@@ -274,22 +274,28 @@ pub struct RouterArgs {
     /// (wasm-router.YYYY-MM-DD).
     #[arg(long, help_heading = "Logging")]
     pub log_dir: Option<PathBuf>,
-    /// Kubernetes service discovery: not supported yet.
+    /// Find workers as Kubernetes pods (list, then watch, of the API
+    /// server): a pod that matches the selector and is Running and Ready
+    /// is a worker at http://POD_IP:PORT until it is not. The client is
+    /// configured in the cluster from the service account, else from
+    /// KUBECONFIG or ~/.kube/config.
     #[arg(long, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery: bool,
-    /// Service discovery's label selector (key=value ...): not supported yet.
+    /// The worker pods' labels, key=value ... (a pod must have them all).
     #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub selector: Vec<String>,
-    /// Port of discovered worker pods: not supported yet.
+    /// The port discovered pods serve on.
     #[arg(long, value_parser = port_number, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery_port: Option<u16>,
-    /// Namespace watched by service discovery: not supported yet.
+    /// The namespace whose pods are watched; every namespace when not
+    /// given (the router then needs a ClusterRole).
     #[arg(long, help_heading = "Service Discovery (Kubernetes)")]
     pub service_discovery_namespace: Option<String>,
-    /// PD mode's prefill pod selector: not supported yet.
+    /// PD mode: the prefill pods' labels, key=value ...; a prefill pod's
+    /// bootstrap port is its annotation sglang.ai/bootstrap-port.
     #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub prefill_selector: Vec<String>,
-    /// PD mode's decode pod selector: not supported yet.
+    /// PD mode: the decode pods' labels, key=value ....
     #[arg(long, num_args = 1.., help_heading = "Service Discovery (Kubernetes)")]
     pub decode_selector: Vec<String>,
     /// Bucket bounds, in seconds, of the request-duration and

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 mod args;
 pub mod defaults;
+mod discovery;
 mod kv_events;
 mod policy;
 mod requests;
@@ -29,6 +30,7 @@ mod workers;
 
 pub use args::{RouterArgs, WorkerEntry};
 pub use defaults::show_defaults;
+pub use discovery::{BOOTSTRAP_PORT_ANNOTATION, Discovery, Selector};
 pub use kv_events::{KvEndpoint, endpoint_from_config};
 pub use policy::{
     DEFAULT_CALL_DEADLINE, DEFAULT_MAINTENANCE_DEADLINE, DEFAULT_MEMORY_LIMIT,
@@ -38,7 +40,7 @@ pub use requests::{QueueConfig, RetryConfig};
 pub use security::{AdminKey, ClientTls, JwtConfig, ServerTls};
 use validate::readable;
 pub use workers::{
-    BreakerConfig, HealthConfig, Labels, PdConfig, Role, WorkerSpec, validate_worker_entry,
+    BreakerConfig, HealthConfig, Labels, PdConfig, Role, Source, WorkerSpec, validate_worker_entry,
     validate_worker_url,
 };
 
@@ -103,6 +105,9 @@ pub struct Config {
     pub workers: Vec<WorkerSpec>,
     /// PD mode, with its workers; `None` for the regular mode.
     pub pd: Option<PdConfig>,
+    /// Workers found as Kubernetes pods (`--service-discovery`), beside
+    /// the ones given.
+    pub discovery: Option<Discovery>,
     /// Expand workers per data-parallel rank.
     pub dp_aware: bool,
     /// Follow the workers' KV cache events (`--kv-events`).

@@ -81,33 +81,7 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         });
     }
 
-    let discovery = "give the workers with --worker-urls (or --prefill/--decode), or add them at run time with POST /workers";
     for (setting, given, why) in [
-        ("--service-discovery", s.service_discovery, discovery),
-        ("--selector", !s.selector.is_empty(), discovery),
-        (
-            "--service-discovery-port",
-            differs(
-                s.service_discovery_port.map(u64::from),
-                u64::from(d::SERVICE_DISCOVERY_PORT),
-            ),
-            discovery,
-        ),
-        (
-            "--service-discovery-namespace",
-            s.service_discovery_namespace.is_some(),
-            discovery,
-        ),
-        (
-            "--prefill-selector",
-            !s.prefill_selector.is_empty(),
-            discovery,
-        ),
-        (
-            "--decode-selector",
-            !s.decode_selector.is_empty(),
-            discovery,
-        ),
         (
             "--enable-trace",
             s.enable_trace,

@@ -524,8 +524,6 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         (&["--postgres-db-url", "postgres://db"], false),
         (&["--oracle-pool-max", "4"], false),
         (&["--redis-url", "redis://r"], false),
-        (&["--service-discovery"], true),
-        (&["--selector", "app=sglang"], true),
         (&["--enable-trace"], true),
         (&["--otlp-traces-endpoint", "collector:4317"], true),
     ] {
@@ -546,6 +544,76 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--max-concurrent-requests"), "{err}");
+}
+
+/// Service discovery's flags as sglang-router's: a selector of key=value
+/// pairs; PD mode's two selectors; a misuse named with what to give.
+#[test]
+fn service_discovery_takes_sglang_routers_flags_and_names_what_is_missing() {
+    let config = parse_flags(&[
+        "--service-discovery",
+        "--selector",
+        "app=sglang",
+        "tier=gpu",
+        "--service-discovery-namespace",
+        "llm",
+    ])
+    .unwrap();
+    let discovery = config.discovery.unwrap();
+    assert_eq!(
+        discovery.selector.get("tier").map(String::as_str),
+        Some("gpu")
+    );
+    assert_eq!(discovery.selector.len(), 2);
+    assert_eq!(
+        (discovery.port, discovery.namespace.as_deref()),
+        (80, Some("llm"))
+    );
+    assert!(parse_flags(&[]).unwrap().discovery.is_none());
+    let pd = parse_flags(&[
+        "--pd-disaggregation",
+        "--service-discovery",
+        "--prefill-selector",
+        "app=prefill",
+        "--decode-selector",
+        "app=decode",
+        "--service-discovery-port",
+        "30000",
+    ])
+    .unwrap();
+    let discovery = pd.discovery.unwrap();
+    assert_eq!(discovery.port, 30000);
+    assert!(discovery.selector.is_empty() && pd.pd.unwrap().workers.is_empty());
+    for (argv, names) in [
+        (&["--service-discovery"][..], "--selector"),
+        (&["--selector", "app=sglang"], "needs --service-discovery"),
+        (
+            &["--service-discovery", "--selector", "app"],
+            "not key=value",
+        ),
+        (
+            &[
+                "--service-discovery",
+                "--selector",
+                "a=b",
+                "--decode-selector",
+                "c=d",
+            ],
+            "need --pd-disaggregation",
+        ),
+        (
+            &[
+                "--pd-disaggregation",
+                "--service-discovery",
+                "--prefill-selector",
+                "a=b",
+            ],
+            "needs both",
+        ),
+    ] {
+        let err = parse_flags(argv).unwrap_err().to_string();
+        assert!(err.contains(names), "{argv:?}: {err}");
+    }
 }
 
 /// Each default is one constant: the help shows it, once, from there.

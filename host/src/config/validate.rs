@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, ConfigError, RouterArgs, defaults as d, invalid, policy, requests, security, workers,
+    Config, ConfigError, RouterArgs, defaults as d, discovery, invalid, policy, requests, security,
+    workers,
 };
 
 impl Config {
@@ -15,6 +16,7 @@ impl Config {
     pub(super) fn validate(s: RouterArgs) -> Result<Config, ConfigError> {
         super::sglang::check(&s)?;
         let workers = workers::regular_workers(&s)?;
+        let discovery = discovery::discovery(&s)?;
         let policy = s.policy.clone().unwrap_or_else(|| d::POLICY.into());
         let pd = if s.pd_disaggregation {
             if !workers.is_empty() {
@@ -23,7 +25,7 @@ impl Config {
                     "PD mode takes its workers from --prefill and --decode, not --worker-urls or [[workers]]",
                 ));
             }
-            Some(workers::pd_config(&s, &policy)?)
+            Some(workers::pd_config(&s, &policy, discovery.is_some())?)
         } else {
             if !s.prefill.is_empty() || !s.decode.is_empty() {
                 return Err(invalid("--prefill/--decode", "need --pd-disaggregation"));
@@ -39,6 +41,7 @@ impl Config {
             listen: SocketAddr::new(s.host.unwrap_or(d::HOST), s.port.unwrap_or(d::PORT)),
             workers,
             pd,
+            discovery,
             dp_aware: s.dp_aware,
             kv_events: s.kv_events,
             worker_load_check_interval: Some(

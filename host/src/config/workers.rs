@@ -57,6 +57,32 @@ pub struct WorkerSpec {
     pub weight: u32,
     /// Its labels, as given.
     pub labels: Arc<Labels>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Where a worker came from: `GET /workers` shows it, and a discovered
+/// worker leaves with its pod only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The router's flags or config file.
+    #[default]
+    Given,
+    /// `POST /workers` (or `/add_worker`).
+    Admin,
+    /// Service discovery: the pod `namespace/name`.
+    Pod(String),
+}
+
+impl Source {
+    /// Its name in `GET /workers`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Source::Given => "config",
+            Source::Admin => "api",
+            Source::Pod(_) => "kubernetes",
+        }
+    }
 }
 
 impl WorkerSpec {
@@ -70,6 +96,7 @@ impl WorkerSpec {
             kv_events_config: None,
             weight: 1,
             labels: Arc::default(),
+            source: Source::Given,
         }
     }
 
@@ -234,12 +261,18 @@ pub(super) fn breaker(s: &RouterArgs) -> Result<Option<BreakerConfig>, ConfigErr
 }
 
 /// PD mode's workers and prefill policy, from flags (winning) or the file.
-pub(super) fn pd_config(s: &RouterArgs, policy: &str) -> Result<PdConfig, ConfigError> {
+/// PD mode's settings; `discovered`: service discovery finds the workers,
+/// so none need be given.
+pub(super) fn pd_config(
+    s: &RouterArgs,
+    policy: &str,
+    discovered: bool,
+) -> Result<PdConfig, ConfigError> {
     let prefill = parse_prefill(&s.prefill)?;
-    if prefill.is_empty() || s.decode.is_empty() {
+    if !discovered && (prefill.is_empty() || s.decode.is_empty()) {
         return Err(invalid(
             "--prefill/--decode",
-            "PD mode needs at least one prefill and one decode worker",
+            "PD mode needs at least one prefill and one decode worker (or --service-discovery)",
         ));
     }
     let mut workers = Vec::with_capacity(prefill.len() + s.decode.len());

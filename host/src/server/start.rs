@@ -139,6 +139,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .await?;
     }
+    if let Some(discovery) = &state.config.discovery {
+        let enroll = crate::discovery::Enroll {
+            registry: registry.clone(),
+            client: state.client.clone(),
+            dp_aware: state.config.dp_aware,
+            health: state.config.health.clone(),
+        };
+        let kv_events = state.config.kv_events;
+        background.extend(crate::discovery::start(discovery, kv_events, enroll).await?);
+    }
     if state
         .config
         .queue

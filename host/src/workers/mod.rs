@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::config::{Labels, WorkerSpec};
+use crate::config::{Labels, Source, WorkerSpec};
 use crate::policy::{PrefillWork, WorkerId, WorkerInfo};
 
 /// The `/get_server_info` of the worker at `url`, read as `T`; `None` as
@@ -142,6 +142,11 @@ pub struct WorkerView {
     weight: u32,
     #[serde(skip_serializing_if = "Labels::is_empty")]
     labels: Labels,
+    /// Where it came from ([`crate::config::Source::label`]).
+    source: &'static str,
+    /// Its pod (`namespace/name`), when discovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<String>,
     healthy: bool,
     circuit_breaker: &'static str,
     load: u32,
@@ -305,6 +310,11 @@ impl Worker {
             dp_rank: self.dp_rank,
             weight: self.weight,
             labels: Labels::clone(&self.labels),
+            source: self.source.label(),
+            pod: match &self.source {
+                Source::Pod(pod) => Some(pod.clone()),
+                _ => None,
+            },
             healthy: self.is_healthy(),
             circuit_breaker: match self.breaker.state() {
                 BreakerState::Closed => "closed",

@@ -11,6 +11,7 @@
 //! ([`pd`]).
 
 pub mod cache;
+pub mod kube_api;
 pub mod kv_events;
 pub mod pd;
 mod respond;

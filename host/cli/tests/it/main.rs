@@ -6,6 +6,7 @@ mod cache_aware;
 mod chaos;
 mod cli;
 mod contract;
+mod discovery;
 mod engine;
 mod examples;
 mod fixtures;

@@ -38,7 +38,7 @@ const CLIENTS: usize = 16;
 const MAX_REQUESTS_PER_CLIENT: u64 = 1_000_000;
 
 /// A child process killed when dropped.
-struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
