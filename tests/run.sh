@@ -56,14 +56,30 @@ toolchain() {
     rustup component add rustfmt clippy
 }
 
-nodejs() {
-    if ! command -v npm >/dev/null; then
+# Node.js and npm build the AssemblyScript policies; Prometheus' server
+# scrapes a router in host/cli/tests/it/prometheus.rs.
+debian_packages() {
+    local missing=()
+    command -v npm >/dev/null || missing+=(nodejs npm)
+    command -v prometheus >/dev/null || missing+=(prometheus)
+    if [ "${#missing[@]}" -gt 0 ]; then
         local sudo=""
         [ "$(id -u)" = 0 ] || sudo=sudo
         $sudo apt-get update
-        $sudo apt-get install -y nodejs npm
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
     fi
     node --version
+    prometheus --version 2>&1 | sed -n 1p
+}
+
+# The Kubernetes manifests against the API schemas of the oldest version
+# the router's client speaks (1.33), offline, rejecting unknown fields.
+manifests() {
+    [ -x target/k8s-venv/bin/kubernetes-validate ] || {
+        python3 -m venv target/k8s-venv
+        target/k8s-venv/bin/pip install --quiet kubernetes-validate==1.37.0
+    }
+    target/k8s-venv/bin/kubernetes-validate --strict --quiet -k 1.33.0 deploy/kubernetes/*.yaml
 }
 
 reference_policies() {
@@ -111,7 +127,8 @@ fuzz() {
 }
 
 step "toolchain: wasm32-wasip2 target, rustfmt, clippy" toolchain
-step "Node.js and npm, for the AssemblyScript policies" nodejs
+step "Debian packages: Node.js and npm (AssemblyScript policies), Prometheus (scrape test)" debian_packages
+step "Kubernetes manifests validate against the API schemas" manifests
 step "reference policies are rebuilt from source and match the committed files" reference_policies
 step "format and lints" lints
 step "tests" cargo test --locked --workspace

@@ -17,6 +17,7 @@ mod kv_events;
 mod layout;
 mod mock;
 mod pd;
+mod prometheus;
 mod proxy;
 mod reload;
 mod round_robin;
