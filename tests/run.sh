@@ -113,7 +113,9 @@ wheel() {
     target/py-build/bin/maturin build --locked --quiet -m python/Cargo.toml -o target/wheels
     python3 -m venv target/py-venv
     # msgspec and pyzmq: the KV event publishers' own libraries (test_kv_events.py).
-    target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai msgspec pyzmq
+    # grpcio and opentelemetry-proto: the OTLP receiver of test_traces.py.
+    target/py-venv/bin/pip install --quiet target/wheels/wasm_router-*.whl pytest requests openai msgspec pyzmq \
+        grpcio opentelemetry-proto
     target/py-venv/bin/python -m pytest python/tests -q
 }
 

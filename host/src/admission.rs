@@ -12,12 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use axum::body::{Body, Bytes};
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::QueueConfig;
@@ -45,33 +40,7 @@ impl Slot {
     /// `response`, its body holding this slot until it ends or is dropped
     /// (the client went away).
     pub fn hold_until_end(self, response: Response) -> Response {
-        response.map(|body| Body::new(Holding { body, _slot: self }))
-    }
-}
-
-/// A response body and the admission slot it holds.
-struct Holding {
-    body: Body,
-    _slot: Slot,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        crate::hold::hold_until_end(response, self)
     }
 }
 

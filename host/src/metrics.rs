@@ -59,6 +59,9 @@ pub const KV_FOLLOWED: &str = "wasm_router_kv_event_workers";
 /// Workers that answered they publish no KV events the router can follow
 /// (`--kv-events`): precise routing sees only what was sent to them.
 pub const KV_SILENT: &str = "wasm_router_kv_event_workers_silent";
+/// Finished trace spans not exported: the export queue was full, or the
+/// collector refused or could not be reached (`--enable-trace`).
+pub const TRACE_SPANS_DROPPED: &str = "wasm_router_trace_spans_dropped_total";
 /// Workers service discovery keeps from Kubernetes pods, by role.
 pub const DISCOVERY_WORKERS: &str = "wasm_router_discovery_workers";
 /// 1 while service discovery's watch of the API server works, 0 while it

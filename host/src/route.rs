@@ -29,4 +29,16 @@ impl Route {
             Route::Other => "other",
         }
     }
+
+    /// Its server span's name in traces: method and route, as
+    /// OpenTelemetry's HTTP conventions name them.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Route::Generate => "POST /generate",
+            Route::Completions => "POST /v1/completions",
+            Route::ChatCompletions => "POST /v1/chat/completions",
+            Route::Embeddings => "POST /v1/embeddings",
+            Route::Other => "POST",
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     /// (`--kv-events`).
     pub kv_events: Option<Arc<crate::events::Subscriptions>>,
     pub(crate) admission: Option<Admission>,
+    /// The tracer, with `--enable-trace`.
+    pub(crate) traces: Option<crate::traces::Traces>,
     /// Tokenizations running at once ([`crate::server`]'s requests for the
     /// precise index): one per core, so a burst of long prompts queues
     /// here instead of growing the blocking pool to hundreds of threads.
@@ -61,8 +63,13 @@ impl AppState {
         kv: KvView,
     ) -> anyhow::Result<Self> {
         let client = client_with_tls(&config.client_tls)?;
+        let traces = match &config.otlp_traces {
+            Some(endpoint) => Some(crate::traces::Traces::start(endpoint)?),
+            None => None,
+        };
         Ok(AppState {
             admission: config.queue.map(Admission::new),
+            traces,
             jwt: config
                 .jwt
                 .clone()

@@ -393,10 +393,13 @@ pub struct RouterArgs {
     /// History in Redis: not supported.
     #[arg(long, help_heading = "Redis Database")]
     pub redis_retention_days: Option<u64>,
-    /// OpenTelemetry tracing: not supported yet.
+    /// Export OpenTelemetry traces (OTLP over gRPC): a span per request,
+    /// its policy decision and each attempt at a worker; a client's
+    /// traceparent is continued and the worker gets the attempt's.
     #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub enable_trace: bool,
-    /// OpenTelemetry collector: not supported yet.
+    /// The OpenTelemetry collector traces go to (HOST:PORT) with
+    /// --enable-trace.
     #[arg(long, help_heading = "Tracing (OpenTelemetry)")]
     pub otlp_traces_endpoint: Option<String>,
     /// Keys of the admin routes as id:name:role:key, role admin (may

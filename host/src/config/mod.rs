@@ -65,12 +65,10 @@ pub enum ConfigError {
     },
     /// A setting of sglang-router's that this router does not offer, given
     /// a value other than its default.
-    #[error("{setting} is not supported{}: {why}", yet_word(.yet))]
+    #[error("{setting} is not supported: {why}")]
     Unsupported {
         /// The flag.
         setting: &'static str,
-        /// `true`: a later release will build it.
-        yet: bool,
         /// Why, or what to use instead.
         why: &'static str,
     },
@@ -82,10 +80,6 @@ pub enum ConfigError {
         /// Why, and what is accepted.
         reason: String,
     },
-}
-
-fn yet_word(yet: &bool) -> &'static str {
-    if *yet { " yet" } else { "" }
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -108,6 +102,9 @@ pub struct Config {
     /// Workers found as Kubernetes pods (`--service-discovery`), beside
     /// the ones given.
     pub discovery: Option<Discovery>,
+    /// Where to export OpenTelemetry traces (`--enable-trace`: the
+    /// collector's `--otlp-traces-endpoint`); `None`: no tracing.
+    pub otlp_traces: Option<String>,
     /// Expand workers per data-parallel rank.
     pub dp_aware: bool,
     /// Follow the workers' KV cache events (`--kv-events`).

@@ -196,3 +196,31 @@ pub(super) fn duration_buckets(s: &RouterArgs) -> Result<Option<Vec<f64>>, Confi
     }
     Ok((!buckets.is_empty()).then(|| buckets.clone()))
 }
+
+/// The OTLP/gRPC collector traces go to, with `--enable-trace`
+/// (`HOST:PORT`, or an `http://` URL); an endpoint other than the default
+/// without `--enable-trace` is a mistake, named.
+pub(super) fn otlp_traces(s: &RouterArgs) -> Result<Option<String>, ConfigError> {
+    let endpoint = s.otlp_traces_endpoint.as_deref();
+    if !s.enable_trace {
+        if endpoint.is_some_and(|e| e != d::OTLP_TRACES_ENDPOINT) {
+            return Err(invalid("--otlp-traces-endpoint", "needs --enable-trace"));
+        }
+        return Ok(None);
+    }
+    let endpoint = endpoint.unwrap_or(d::OTLP_TRACES_ENDPOINT);
+    let address = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let port = address
+        .rsplit_once(':')
+        .map(|(_, p)| p.trim_end_matches('/'));
+    if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+        return Err(invalid(
+            "--otlp-traces-endpoint",
+            format!("{endpoint:?} is not HOST:PORT (e.g. localhost:4317)"),
+        ));
+    }
+    Ok(Some(endpoint.to_string()))
+}

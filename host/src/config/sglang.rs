@@ -1,7 +1,7 @@
 //! sglang-router 0.3.2's launcher flags that this router accepts only at
 //! their defaults: those of gateway features it does not offer (conversation
-//! history and its databases, MCP, chat templates, parsers, MiniLB), and
-//! those not built yet. Given another value, each is refused with one line
+//! history and its databases, MCP, chat templates, parsers, MiniLB).
+//! Given another value, each is refused with one line
 //! naming it (exit 2), rather than being silently ignored. README.md's flag
 //! table lists them with the reasons.
 
@@ -11,15 +11,13 @@ const GATEWAY: &str = "wasm-router is a load balancer, not a gateway: the worker
 
 /// Refuse every such flag given a value other than sglang-router's default.
 pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
-    let unsupported = |setting, yet, why| ConfigError::Unsupported { setting, yet, why };
-    let gateway = |setting| unsupported(setting, false, GATEWAY);
-    let not_yet = |setting, why| unsupported(setting, true, why);
+    let unsupported = |setting, why| ConfigError::Unsupported { setting, why };
+    let gateway = |setting| unsupported(setting, GATEWAY);
     let differs = |given: Option<u64>, default: u64| given.is_some_and(|v| v != default);
 
     if s.mini_lb {
         return Err(unsupported(
             "--mini-lb",
-            false,
             "the router itself is the load balancer (--pd-disaggregation for PD)",
         ));
     }
@@ -81,23 +79,5 @@ pub(super) fn check(s: &RouterArgs) -> Result<(), ConfigError> {
         });
     }
 
-    for (setting, given, why) in [
-        (
-            "--enable-trace",
-            s.enable_trace,
-            "request ids are forwarded and logged",
-        ),
-        (
-            "--otlp-traces-endpoint",
-            s.otlp_traces_endpoint
-                .as_deref()
-                .is_some_and(|e| e != d::OTLP_TRACES_ENDPOINT),
-            "request ids are forwarded and logged",
-        ),
-    ] {
-        if given {
-            return Err(not_yet(setting, why));
-        }
-    }
     Ok(())
 }

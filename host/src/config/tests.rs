@@ -514,27 +514,20 @@ fn tokenizer_flags_name_a_local_file() {
 /// What this router does not offer is refused by name, not ignored.
 #[test]
 fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
-    for (argv, yet) in [
-        (&["--mini-lb"][..], false),
-        (&["--chat-template", "t.jinja"], false),
-        (&["--tool-call-parser", "json"], false),
-        (&["--reasoning-parser", "deepseek-r1"], false),
-        (&["--mcp-config-path", "mcp.yaml"], false),
-        (&["--history-backend", "postgres"], false),
-        (&["--postgres-db-url", "postgres://db"], false),
-        (&["--oracle-pool-max", "4"], false),
-        (&["--redis-url", "redis://r"], false),
-        (&["--enable-trace"], true),
-        (&["--otlp-traces-endpoint", "collector:4317"], true),
+    for argv in [
+        &["--mini-lb"][..],
+        &["--chat-template", "t.jinja"],
+        &["--tool-call-parser", "json"],
+        &["--reasoning-parser", "deepseek-r1"],
+        &["--mcp-config-path", "mcp.yaml"],
+        &["--history-backend", "postgres"],
+        &["--postgres-db-url", "postgres://db"],
+        &["--oracle-pool-max", "4"],
+        &["--redis-url", "redis://r"],
     ] {
         let err = parse_flags(argv).unwrap_err().to_string();
-        let wanted = if yet {
-            "is not supported yet"
-        } else {
-            "is not supported:"
-        };
         assert!(
-            err.starts_with(argv[0]) && err.contains(wanted),
+            err.starts_with(argv[0]) && err.contains("is not supported:"),
             "{argv:?}: {err}"
         );
     }
@@ -544,6 +537,33 @@ fn sglang_router_flags_this_router_does_not_offer_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--max-concurrent-requests"), "{err}");
+}
+
+/// Tracing as sglang-router's flags say: off unless enabled, its default
+/// collector, and an endpoint that is not HOST:PORT named.
+#[test]
+fn tracing_is_off_unless_enabled_and_its_endpoint_is_host_and_port() {
+    assert_eq!(parse_flags(&[]).unwrap().otlp_traces, None);
+    let on = parse_flags(&["--enable-trace"]).unwrap();
+    assert_eq!(on.otlp_traces.as_deref(), Some("localhost:4317"));
+    let given = parse_flags(&["--enable-trace", "--otlp-traces-endpoint", "collector:4317"]);
+    assert_eq!(
+        given.unwrap().otlp_traces.as_deref(),
+        Some("collector:4317")
+    );
+    for (argv, names) in [
+        (
+            &["--otlp-traces-endpoint", "collector:4317"][..],
+            "needs --enable-trace",
+        ),
+        (
+            &["--enable-trace", "--otlp-traces-endpoint", "collector"],
+            "HOST:PORT",
+        ),
+    ] {
+        let err = parse_flags(argv).unwrap_err().to_string();
+        assert!(err.contains(names), "{argv:?}: {err}");
+    }
 }
 
 /// Service discovery's flags as sglang-router's: a selector of key=value

@@ -42,6 +42,7 @@ impl Config {
             workers,
             pd,
             discovery,
+            otlp_traces: requests::otlp_traces(&s)?,
             dp_aware: s.dp_aware,
             kv_events: s.kv_events,
             worker_load_check_interval: Some(

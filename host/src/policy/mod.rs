@@ -323,6 +323,12 @@ pub trait Policy: Send + Sync {
     fn until_ready(&self) -> ReadyWait<'_> {
         Box::pin(std::future::ready(()))
     }
+
+    /// The hex sha256 of the component, for a Wasm policy (traces name the
+    /// exact policy that decided).
+    fn component_sha256(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What [`Policy::until_ready`] returns.
@@ -390,5 +396,9 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 
     fn until_ready(&self) -> ReadyWait<'_> {
         (**self).until_ready()
+    }
+
+    fn component_sha256(&self) -> Option<&str> {
+        (**self).component_sha256()
     }
 }

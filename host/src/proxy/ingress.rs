@@ -40,10 +40,14 @@ use crate::{extract, metrics as m};
 pub async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let deadline = started + s.config.request_timeout;
+    let trace = s.traces.as_ref().map(|t| {
+        let id = id_of(req.extensions());
+        t.request(req.headers(), route, id)
+    });
     let resp = match &s.admission {
-        None => serve(&s, route, req, deadline).await,
+        None => serve(&s, route, req, deadline, trace.as_ref()).await,
         Some(admission) => match admission.admit().await {
-            Ok(slot) => serve(&s, route, req, deadline)
+            Ok(slot) => serve(&s, route, req, deadline, trace.as_ref())
                 .await
                 .map(|resp| slot.hold_until_end(resp)),
             Err(e) => Err(e),
@@ -62,7 +66,14 @@ pub async fn inference(State(s): State<Arc<AppState>>, route: Route, req: Reques
         metrics::counter!(m::REQUESTS, "route" => route.label(), "status" => status).increment(1);
     }
     handles.duration.record(started.elapsed());
-    resp
+    match trace {
+        None => resp,
+        Some(span) => {
+            // The span ends with the response's body.
+            span.status(resp.status().as_u16());
+            crate::hold::hold_until_end(resp, span)
+        }
+    }
 }
 
 /// Read, extract, prepare, forward, by `deadline`.
@@ -71,6 +82,7 @@ async fn serve(
     route: Route,
     req: Request,
     deadline: Instant,
+    trace: Option<&crate::traces::RequestSpan>,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let body = read_body(s, body, deadline).await?;
@@ -113,7 +125,11 @@ async fn serve(
         stream: peek.streams(),
         max_new_tokens: peek.max_new_tokens(),
         deadline,
+        trace,
     };
+    if let Some(span) = trace {
+        span.model(forward.model);
+    }
     match prefill_policy {
         None => forward_to_worker(&s.config, &s.upstream, &s.registry, policy, forward).await,
         Some(prefill) => {
@@ -134,8 +150,11 @@ pub fn deadline(s: &AppState) -> Instant {
 
 /// The id the request-id layer gave the request.
 pub fn request_id(parts: &axum::http::request::Parts) -> &str {
-    parts
-        .extensions
+    id_of(&parts.extensions)
+}
+
+fn id_of(extensions: &axum::http::Extensions) -> &str {
+    extensions
         .get::<RequestId>()
         .and_then(|r| r.header_value().to_str().ok())
         .unwrap_or("")

@@ -60,6 +60,8 @@ pub struct Forward<'a> {
     pub max_new_tokens: Option<u32>,
     /// When the request's time (`--request-timeout-secs`) is up.
     pub deadline: tokio::time::Instant,
+    /// Its trace span, with `--enable-trace`.
+    pub trace: Option<&'a crate::traces::RequestSpan>,
 }
 
 impl Forward<'_> {
@@ -105,27 +107,25 @@ pub async fn forward_to_worker(
         };
         let in_flight = worker.start_request();
         let mut feedback = Feedback::wanted(&policy, req.seq, retries.attempt(), &worker);
+        let attempt = req.trace.map(|t| t.attempt(&worker.url, retries.attempt()));
+        let mut headers = headers.clone();
+        if let Some(span) = &attempt {
+            span.inject(&mut headers);
+        }
         let sent = Instant::now();
         let url = format!("{}{}", worker.url, req.path_and_query);
-        let send = upstream.send(
-            Method::POST,
-            &url,
-            headers.clone(),
-            body_for(&worker, &req.body),
-        );
+        let send = upstream.send(Method::POST, &url, headers, body_for(&worker, &req.body));
         let answer = tokio::time::timeout_at(req.attempt_deadline(config), send).await;
-        let failure = match answer {
-            Err(_elapsed) => {
-                Feedback::failed(&mut feedback, 0, AttemptError::Timeout);
-                Failure::Timeout
-            }
-            Ok(Err(cause)) => {
-                Feedback::failed(&mut feedback, 0, AttemptError::Connect);
-                Failure::Unreachable(cause)
-            }
+        let (failure, status, error) = match answer {
+            Err(_elapsed) => (Failure::Timeout, 0, Some(AttemptError::Timeout)),
+            Ok(Err(cause)) => (Failure::Unreachable(cause), 0, Some(AttemptError::Connect)),
             Ok(Ok(response)) if retries.retries(response.status().as_u16()) => {
-                Feedback::answered(&mut feedback, response.status().as_u16());
-                Failure::Status(response)
+                let status = response.status().as_u16();
+                (
+                    Failure::Status(response),
+                    status,
+                    Some(AttemptError::Status),
+                )
             }
             Ok(Ok(response)) => {
                 let status = response.status();
@@ -134,15 +134,27 @@ pub async fn forward_to_worker(
                     .record(!status.is_server_error(), Instant::now());
                 m::for_route(req.route).ttfb.record(sent.elapsed());
                 Feedback::answered(&mut feedback, status.as_u16());
+                if let Some(span) = &attempt {
+                    span.ended(status.as_u16(), None);
+                }
                 let held = Held {
                     in_flight,
                     feedback,
+                    attempt,
                 };
                 let timeouts = req.body_timeouts(config);
                 return Ok(stream_back(response, req.request_id, held, timeouts));
             }
         };
-        drop((in_flight, feedback));
+        match error {
+            Some(AttemptError::Status) => Feedback::answered(&mut feedback, status),
+            Some(error) => Feedback::failed(&mut feedback, status, error),
+            None => {}
+        }
+        if let Some(span) = &attempt {
+            span.ended(status, error);
+        }
+        drop((in_flight, feedback, attempt));
         if let Some(end) = retries.failed(worker.worker, failure).await {
             return end;
         }
@@ -226,6 +238,10 @@ fn pick_now(
     };
     let candidates = Registry::as_candidates(&workers);
     let asked = Instant::now();
+    let asked_at = req
+        .trace
+        .filter(|t| t.recording())
+        .map(|_| std::time::SystemTime::now());
     let request = RouteRequest {
         id: req.seq,
         route: req.route,
@@ -244,7 +260,21 @@ fn pick_now(
         Err(SelectError::NoCandidates) => return Ok(Err(ApiError::NoHealthyWorker)),
         Err(SelectError::Declined(message)) => return Ok(Err(ApiError::PolicyDeclined(message))),
     };
-    m::policy_decision().record(asked.elapsed());
+    let took = asked.elapsed();
+    m::policy_decision().record(took);
+    if let (Some(span), Some(started)) = (req.trace, asked_at) {
+        let picked = workers.iter().find(|w| w.id == decision.worker);
+        span.decision(crate::traces::DecisionRecord {
+            policy: &policy.info().name,
+            digest: policy.component_sha256(),
+            candidates: candidates.len(),
+            picked: picked.map(|w| w.url.as_str()),
+            matched_tokens: decision.cached_tokens,
+            fallback: decision.fallback.as_ref().map(ToString::to_string),
+            started,
+            took,
+        });
+    }
     if let Some(worker) = workers.iter().find(|w| w.id == decision.worker) {
         let picked = Picked::new(worker.clone(), req, decision.cached_tokens);
         return Ok(Ok(Some(picked)));
@@ -363,6 +393,7 @@ mod tests {
             stream: false,
             max_new_tokens: None,
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            trace: None,
         }
     }
 

@@ -80,9 +80,21 @@ pub async fn forward_to_pair(
         };
         let body = with_fields(&req.body, &bootstrap_fields(&prefill, peek.batch_size()));
         let attempt_deadline = req.attempt_deadline(config);
-        let send = |worker: &Worker| {
+        let attempt = retries.attempt();
+        // Each half is an attempt span of its own; they end with the
+        // attempt's answers (the decode's body is not followed).
+        let spans = req.trace.map(|t| {
+            (
+                t.attempt(&prefill.url, attempt),
+                t.attempt(&decode.url, attempt),
+            )
+        });
+        let send = |worker: &Worker, span: Option<&crate::traces::AttemptSpan>| {
             let url = format!("{}{}", worker.url, req.path_and_query);
-            let (headers, body) = (headers.clone(), body_for(worker, &body));
+            let (mut headers, body) = (headers.clone(), body_for(worker, &body));
+            if let Some(span) = span {
+                span.inject(&mut headers);
+            }
             async move {
                 let call = upstream.send(Method::POST, &url, headers, body);
                 match tokio::time::timeout_at(attempt_deadline, call).await {
@@ -95,7 +107,6 @@ pub async fn forward_to_pair(
         let prefill_in_flight = prefill.start_request();
         // The decode worker computes no prefill: it takes the KV cache.
         let decode_in_flight = Worker::start_request(&decode);
-        let attempt = retries.attempt();
         let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, attempt, &prefill);
         let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, attempt, &decode);
         let sent = Instant::now();
@@ -103,8 +114,8 @@ pub async fn forward_to_pair(
         // and a prefill worker may hold its answer until the transfer ends.
         // Whichever half fails first ends the attempt; dropping the other
         // call cancels it.
-        let prefill_call = send(&prefill);
-        let decode_call = send(&decode);
+        let prefill_call = send(&prefill, spans.as_ref().map(|s| &s.0));
+        let decode_call = send(&decode, spans.as_ref().map(|s| &s.1));
         tokio::pin!(prefill_call, decode_call);
         let (mut prefill_answer, mut decode_answer) = (None::<Answer>, None::<Answer>);
         loop {
@@ -124,17 +135,29 @@ pub async fn forward_to_pair(
                 break;
             }
         }
-        for (feedback, answer) in [
-            (&mut prefill_feedback, &prefill_answer),
-            (&mut decode_feedback, &decode_answer),
+        let (prefill_span, decode_span) = spans.unzip();
+        for (feedback, answer, span) in [
+            (&mut prefill_feedback, &prefill_answer, &prefill_span),
+            (&mut decode_feedback, &decode_answer, &decode_span),
         ] {
-            match answer {
-                Some(Ok(response)) => Feedback::answered(feedback, response.status().as_u16()),
-                Some(Err(Failure::Timeout)) => Feedback::failed(feedback, 0, AttemptError::Timeout),
-                Some(Err(_)) => Feedback::failed(feedback, 0, AttemptError::Connect),
-                None => Feedback::failed(feedback, 0, AttemptError::Cancelled),
+            let (status, error) = match answer {
+                Some(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    Feedback::answered(feedback, status);
+                    (status, (status >= 400).then_some(AttemptError::Status))
+                }
+                Some(Err(Failure::Timeout)) => (0, Some(AttemptError::Timeout)),
+                Some(Err(_)) => (0, Some(AttemptError::Connect)),
+                None => (0, Some(AttemptError::Cancelled)),
+            };
+            if let (Some(error), 0) = (error, status) {
+                Feedback::failed(feedback, 0, error);
+            }
+            if let Some(span) = span {
+                span.ended(status, error);
             }
         }
+        drop((prefill_span, decode_span));
         let succeeded =
             |answer: &Option<Answer>| matches!(answer, Some(Ok(r)) if r.status().is_success());
         let (prefill_ok, decode_ok) = (succeeded(&prefill_answer), succeeded(&decode_answer));
@@ -211,6 +234,7 @@ async fn respond(config: &Config, req: &Forward<'_>, peek: &Peek<'_>, pair: Pair
         let held = Held {
             in_flight: decode.in_flight,
             feedback: decode.feedback,
+            attempt: None,
         };
         return stream_back(decode.response, req.request_id, held, timeouts);
     }
@@ -242,6 +266,7 @@ async fn respond(config: &Config, req: &Forward<'_>, peek: &Peek<'_>, pair: Pair
         let held = Held {
             in_flight: decode.in_flight,
             feedback: decode.feedback,
+            attempt: None,
         };
         return respond_with((status, headers), body, held, timeouts);
     }

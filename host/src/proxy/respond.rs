@@ -53,10 +53,11 @@ pub(crate) struct Timeouts {
 }
 
 /// What a response body holds until it ends: the worker's in-flight count,
-/// the policy's feedback.
+/// the policy's feedback, the attempt's trace span.
 pub(crate) struct Held {
     pub in_flight: InFlight,
     pub feedback: Option<Feedback>,
+    pub attempt: Option<crate::traces::AttemptSpan>,
 }
 
 /// The client's response: the worker's status and headers, and its body
@@ -157,17 +158,21 @@ impl<B> Tracked<B> {
         let Some(Held {
             in_flight,
             mut feedback,
+            attempt,
         }) = self.held.take()
         else {
             return;
         };
+        if let (Some(span), Some((status, error))) = (&attempt, failure) {
+            span.ended(status, Some(error));
+        }
         match failure {
             Some((status, error)) => Feedback::failed(&mut feedback, status, error),
             None if self.success => in_flight.served(self.first_byte),
             None => {}
         }
         // The policy hears of the end after the worker's count went down.
-        drop((in_flight, feedback));
+        drop((in_flight, feedback, attempt));
     }
 
     /// The body is out of time: cut it off with `error`.
@@ -238,6 +243,9 @@ where
                         this.first_byte = Some(std::time::Instant::now());
                         if let Some(held) = this.held.as_mut() {
                             held.in_flight.answer_began();
+                            if let Some(span) = &held.attempt {
+                                span.first_byte();
+                            }
                         }
                     }
                     if let Some(feedback) = this.held.as_mut().and_then(|h| h.feedback.as_mut()) {
@@ -411,6 +419,7 @@ mod tests {
         let held = Held {
             in_flight: worker.start_request(),
             feedback: None,
+            attempt: None,
         };
         let response = respond_with((StatusCode::OK, headers), body, held, timeouts);
         (response, worker)

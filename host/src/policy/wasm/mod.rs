@@ -455,6 +455,10 @@ impl Shared {
 }
 
 impl Policy for WasmPolicy {
+    fn component_sha256(&self) -> Option<&str> {
+        Some(&self.shared.sha256)
+    }
+
     fn info(&self) -> &PolicyInfo {
         &self.shared.info
     }
