@@ -12,13 +12,18 @@
 //! data-parallel rank, `[{"dp_rank": R, "num_reqs": N, "num_waiting_reqs": W}]`
 //! (N, which SGLang counts running and waiting requests in, of the entry
 //! of rank R, or summed over ranks for a worker that is not expanded by
-//! rank; W of them waiting). A worker that does not answer has no report.
+//! rank; W of them waiting). A worker without `/get_load` (vLLM) is read
+//! from its Prometheus `/metrics`: `vllm:num_requests_running` plus
+//! `vllm:num_requests_waiting`, W the latter ([`from_vllm_metrics`]); which
+//! of the two a worker answers is remembered, so each round asks it once.
+//! A worker that answers neither has no report.
 //!
 //! SGLang's entries also carry `num_tokens`, the tokens its requests hold in
 //! the KV cache (queued prompts included); with the cache's size,
 //! `max_total_num_tokens` of `/get_server_info` (asked once, the first time
 //! a worker reports tokens), policies see each worker's KV usage.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,11 +128,13 @@ async fn capacity(client: &reqwest::Client, url: &str, dp_rank: Option<u32>) -> 
 /// router forwards requests, every `idle` otherwise, forever (the task is
 /// aborted at shutdown).
 pub async fn run(registry: Arc<Registry>, client: reqwest::Client, idle: Duration) {
+    let mut endpoints = HashMap::new();
     loop {
         let round = tokio::time::Instant::now();
         let forwarded = registry.forwarded();
         let urls = registry.urls();
-        read_round(&registry, &client, &urls).await;
+        endpoints.retain(|url, _| urls.contains(url));
+        read_round(&registry, &client, &urls, &mut endpoints).await;
         // Until the next round: the busy interval if requests were
         // forwarded meanwhile (looked at in busy steps), else `idle`.
         let step = busy_interval(urls.len(), idle);
@@ -142,25 +149,125 @@ pub async fn run(registry: Arc<Registry>, client: reqwest::Client, idle: Duratio
     }
 }
 
-/// The `/get_load` answer of the worker at `url`; `None` if it gave none.
-async fn ask_load(client: reqwest::Client, url: String) -> Option<Value> {
-    super::get_json(&client, &url, "/get_load", TIMEOUT).await
+/// What a worker reports its load on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/get_load` (SGLang, or `{"load": N}`).
+    GetLoad,
+    /// Prometheus `/metrics` with vLLM's gauges.
+    VllmMetrics,
 }
 
-/// One round: every worker asked, at most [`ASK_AT_ONCE`] at a time, its
-/// report recorded; a worker that reports KV tokens asked its cache size
-/// once.
-async fn read_round(registry: &Registry, client: &reqwest::Client, urls: &[String]) {
+/// A worker's answer.
+enum Answer {
+    GetLoad(Value),
+    Vllm(Report),
+}
+
+/// Ask the worker at `url` for its load on `known` (the endpoint it
+/// answered last), else on both in turn; the answer and where it came.
+async fn ask_load(
+    client: reqwest::Client,
+    url: String,
+    known: Option<Endpoint>,
+) -> Option<(Answer, Endpoint)> {
+    let order = match known {
+        Some(Endpoint::VllmMetrics) => [Endpoint::VllmMetrics, Endpoint::GetLoad],
+        _ => [Endpoint::GetLoad, Endpoint::VllmMetrics],
+    };
+    for endpoint in order {
+        let answer = match endpoint {
+            Endpoint::GetLoad => super::get_json(&client, &url, "/get_load", TIMEOUT)
+                .await
+                .map(Answer::GetLoad),
+            Endpoint::VllmMetrics => vllm_metrics(&client, &url).await.map(Answer::Vllm),
+        };
+        if let Some(answer) = answer {
+            return Some((answer, endpoint));
+        }
+    }
+    None
+}
+
+/// The load in the worker's `/metrics`, if they are vLLM's.
+async fn vllm_metrics(client: &reqwest::Client, url: &str) -> Option<Report> {
+    let response = client
+        .get(format!("{url}/metrics"))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?;
+    from_vllm_metrics(&response.text().await.ok()?)
+}
+
+/// vLLM's requests running and waiting in Prometheus text (summed over
+/// their label sets: a server may serve several models); `None` when the
+/// text has neither gauge.
+pub fn from_vllm_metrics(text: &str) -> Option<Report> {
+    let (mut running, mut waiting, mut seen) = (0.0f64, 0.0f64, false);
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once([' ', '{']) else {
+            continue;
+        };
+        let slot = match name {
+            "vllm:num_requests_running" => &mut running,
+            "vllm:num_requests_waiting" => &mut waiting,
+            _ => continue,
+        };
+        // `name{labels} value [timestamp]` or `name value [timestamp]`.
+        let value = match line.as_bytes().get(name.len()) {
+            Some(b'{') => value.split_once('}').map_or("", |(_, v)| v),
+            _ => value,
+        };
+        let number = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(n) = number.filter(|n| n.is_finite() && *n >= 0.0) {
+            *slot += n;
+            seen = true;
+        }
+    }
+    let count = |n: f64| saturate(n as u64);
+    seen.then(|| Report {
+        load: count(running + waiting),
+        queued: Some(count(waiting)),
+        kv_tokens: None,
+    })
+}
+
+/// One round: every worker asked, at most [`ASK_AT_ONCE`] at a time, on
+/// the endpoint it answered last (`endpoints`), its report recorded; a
+/// worker that reports KV tokens asked its cache size once.
+async fn read_round(
+    registry: &Registry,
+    client: &reqwest::Client,
+    urls: &[String],
+    endpoints: &mut HashMap<String, Endpoint>,
+) {
     use futures_util::StreamExt;
-    let answers: Vec<Option<Value>> = futures_util::stream::iter(urls.to_vec())
-        .map(|url| ask_load(client.clone(), url))
+    let asks: Vec<(String, Option<Endpoint>)> = urls
+        .iter()
+        .map(|url| (url.clone(), endpoints.get(url).copied()))
+        .collect();
+    let answers: Vec<Option<(Answer, Endpoint)>> = futures_util::stream::iter(asks)
+        .map(|(url, known)| ask_load(client.clone(), url, known))
         .buffered(ASK_AT_ONCE)
         .collect()
         .await;
     let mut unsized_workers = Vec::new();
     for (url, answer) in urls.iter().zip(answers) {
+        if let Some((_, endpoint)) = &answer {
+            endpoints.insert(url.clone(), *endpoint);
+        }
         for worker in registry.all_at(url) {
-            let report = answer.as_ref().and_then(|a| reported(a, worker.dp_rank));
+            let report = match &answer {
+                Some((Answer::GetLoad(value), _)) => reported(value, worker.dp_rank),
+                Some((Answer::Vllm(report), _)) => Some(*report),
+                None => None,
+            };
             if report.is_some_and(|r| r.kv_tokens.is_some()) && worker.kv_capacity().is_none() {
                 unsized_workers.push(worker.clone());
             }
@@ -198,6 +305,26 @@ mod tests {
         assert_eq!(
             busy_interval(4, Duration::from_millis(50)),
             Duration::from_millis(50)
+        );
+    }
+
+    #[test]
+    fn vllms_gauges_are_read_from_its_prometheus_text() {
+        let text = "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+            # TYPE vllm:num_requests_running gauge\n\
+            vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0\n\
+            vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 2.0\n\
+            vllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} 1.0\n\
+            vllm:num_requests_waiting_by_reason{reason=\"x\"} 9.0\n\
+            vllm:gpu_cache_usage_perc 0.5\n";
+        let report = from_vllm_metrics(text).unwrap();
+        assert_eq!((report.load, report.queued), (6, Some(3)));
+        assert_eq!(from_vllm_metrics("sim_requests_total 4\n"), None);
+        let bare = from_vllm_metrics("vllm:num_requests_running 2 1700000000\n").unwrap();
+        assert_eq!(
+            (bare.load, bare.queued),
+            (2, Some(0)),
+            "a timestamp is not the value"
         );
     }
 

@@ -171,6 +171,36 @@ async fn a_request_counts_as_prefill_ahead_until_its_answer_begins() {
     worker.stop();
 }
 
+/// A vLLM worker has no `/get_load`: its load is read from its Prometheus
+/// `/metrics`, running plus waiting requests.
+#[tokio::test]
+async fn a_vllm_workers_load_is_read_from_its_metrics() {
+    use axum::routing::get;
+    let metrics = "# TYPE vllm:num_requests_running gauge\n\
+        vllm:num_requests_running{model_name=\"m\"} 4.0\n\
+        vllm:num_requests_waiting{model_name=\"m\"} 3.0\n";
+    let models = || async { axum::Json(serde_json::json!({"data": [{"id": "m"}]})) };
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(move || async move { metrics }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut a = args(&[]);
+    a.worker_urls = vec![format!("http://{addr}")];
+    a.worker_load_check_interval = Some(1);
+    let r = router(a).await;
+    let reported = async || {
+        crate::mock::get_json(&format!("http://{}/workers", r.addr)).await["workers"][0]
+            ["reported_load"]
+            .clone()
+    };
+    eventually("the load is read", async || reported().await == 7).await;
+    r.shutdown().await.unwrap();
+    server.abort();
+}
+
 /// 100 ms or so, not every `--worker-load-check-interval`: another
 /// replica's burst on a worker shows within a request or two.
 #[tokio::test]
