@@ -28,6 +28,12 @@ sglang_router_venv() {
     "$venv/bin/python" -c 'import sglang_router' 2>/dev/null || "$venv/bin/pip" install -q sglang-router==0.3.2
 }
 
+# smg 1.13 (sglang-router's successor) in its own venv under target/.
+smg_venv() {
+    smg=target/smg-venv/bin/smg
+    [ -x "$smg" ] || { python3 -m venv target/smg-venv && target/smg-venv/bin/pip install -q smg==1.13.0; }
+}
+
 need_wrk() { command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; }
 
 # Two instant upstreams (`router sim-worker --fixed-response`): sets up1,

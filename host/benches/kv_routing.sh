@@ -4,7 +4,9 @@
 # (4 `router sim-worker`s paging prompts with the repository's BPE
 # tokenizer and publishing SGLang's KV events) and the same seeded
 # workloads through sglang-router 0.3.2 cache_aware, wasm-router
-# cache_aware and wasm-router precise_cache_aware. Requests alternate
+# cache_aware and wasm-router precise_cache_aware; ROWS may add smg 1.13's
+# cache_aware alone (smg:cache_aware) or with its mesh joining the
+# replicas (smg-mesh:cache_aware). Requests alternate
 # between the replicas, as behind an L4 balancer. The cache hit rate comes
 # from the workers' own counters; makespan is the time to serve the whole
 # workload. Each row is run REPEATS times (3 unless set) and its medians
@@ -35,6 +37,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source host/benches/common.sh
 sglang_router_venv
+smg_venv
 
 tokenizer=host/cli/assets/tokenizer/tokenizer.json
 sim=${SIM_ROUTER:-$router}
@@ -85,14 +88,28 @@ wait_following() {
     exit 1
 }
 
-# Start $3 replicas of router kind $1 with policy $2: sets urls.
+# Start $3 replicas of router kind $1 with policy $2: sets urls. Kinds:
+# sglang-router, smg (1.13, each replica on its own), smg-mesh (the
+# replicas joined in smg's mesh, each told the others' mesh ports),
+# wasm-router.
 start_replicas() {
     urls=()
     replica_pids=()
-    for _ in $(seq "$3"); do
-        local port metrics
+    local mesh_ports=() i
+    for _ in $(seq "$3"); do mesh_ports+=("$(free_port)"); done
+    for i in $(seq 0 $(($3 - 1))); do
+        local port metrics peers=()
         port=$(free_port); metrics=$(free_port)
-        if [ "$1" = sglang-router ]; then
+        if [ "$1" = smg ] || [ "$1" = smg-mesh ]; then
+            local mesh=()
+            if [ "$1" = smg-mesh ]; then
+                for p in "${mesh_ports[@]}"; do [ "$p" = "${mesh_ports[$i]}" ] || peers+=("127.0.0.1:$p"); done
+                mesh=(--enable-mesh --mesh-host 127.0.0.1 --mesh-port "${mesh_ports[$i]}")
+                [ "${#peers[@]}" -gt 0 ] && mesh+=(--mesh-peer-urls "${peers[@]}")
+            fi
+            "${on_routers[@]}" "$smg" launch --host 127.0.0.1 --port "$port" --policy "$2" \
+                --worker-urls "${workers[@]}" --prometheus-port "$metrics" --log-level warn "${mesh[@]}" >/dev/null 2>&1 &
+        elif [ "$1" = sglang-router ]; then
             "${on_routers[@]}" "$venv/bin/python" -m sglang_router.launch_router --host 127.0.0.1 --port "$port" --policy "$2" \
                 --worker-urls "${workers[@]}" --prometheus-port "$metrics" --log-level warn >/dev/null 2>&1 &
         elif [ "$2" = precise_cache_aware ]; then

@@ -174,18 +174,26 @@ fn init_logging(cli: &Cli) -> Result<Option<WorkerGuard>, String> {
 /// policies write (`policy`).
 const OWN_TARGETS: [&str; 3] = ["wasm_router", "wasm_router_cli", "policy"];
 
+/// Crates whose failures the router reports itself, once: kube logs an
+/// error at every retry while the API server is away (service discovery
+/// says so once, and counts them in its metrics).
+const REPORTED_FOR: [&str; 2] = ["kube_client", "kube_runtime"];
+
 /// The filter for `--log-level`: at error, warn or info the level is the
 /// router's, and other crates' lines (a ZMQ library's connection notes,
-/// say) pass at warn at most; debug and trace, or a tracing directive, are
-/// taken as written.
+/// say) pass at warn at most, and those the router reports for
+/// ([`REPORTED_FOR`]) not at all; debug and trace, or a tracing directive,
+/// are taken as written.
 pub fn log_filter(level: &str) -> String {
     let others = match level {
         "error" => "error",
         "warn" | "info" => "warn",
         _ => return level.to_string(),
     };
-    let own: Vec<String> = OWN_TARGETS.iter().map(|t| format!("{t}={level}")).collect();
-    format!("{others},{}", own.join(","))
+    let own = OWN_TARGETS.iter().map(|t| format!("{t}={level}"));
+    let quiet = REPORTED_FOR.iter().map(|t| format!("{t}=off"));
+    let directives: Vec<String> = own.chain(quiet).collect();
+    format!("{others},{}", directives.join(","))
 }
 
 /// A formatting layer writing to `writer`: JSON lines, or text (colored

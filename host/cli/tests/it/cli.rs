@@ -314,13 +314,14 @@ fn at_info_the_demo_logs_no_other_crates_info_lines() {
 #[test]
 fn a_log_level_keeps_other_crates_at_warn_unless_debugging() {
     use wasm_router_cli::run::log_filter;
+    let quiet = "kube_client=off,kube_runtime=off";
     assert_eq!(
         log_filter("info"),
-        "warn,wasm_router=info,wasm_router_cli=info,policy=info"
+        format!("warn,wasm_router=info,wasm_router_cli=info,policy=info,{quiet}")
     );
     assert_eq!(
         log_filter("error"),
-        "error,wasm_router=error,wasm_router_cli=error,policy=error"
+        format!("error,wasm_router=error,wasm_router_cli=error,policy=error,{quiet}")
     );
     assert_eq!(log_filter("debug"), "debug");
     assert_eq!(log_filter("zeromq=info"), "zeromq=info");
