@@ -12,7 +12,6 @@
 //! batches over OTLP/gRPC. Without `--enable-trace` there is no tracer and
 //! the request path only tests an `Option`.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -137,7 +136,7 @@ pub struct DecisionRecord<'a> {
     pub matched_tokens: Option<u32>,
     /// Why the native fallback decided, if it did.
     pub fallback: Option<String>,
-    /// When the policy was asked, and how long it took.
+    /// When the policy was asked.
     pub started: SystemTime,
     /// How long the decision took.
     pub took: Duration,
@@ -342,7 +341,6 @@ impl SpanProcessor for Queue {
 /// Export what the queue holds, a batch at a time: when [`BATCH`] spans
 /// are there or the oldest has waited [`LINGER`].
 async fn export(exporter: opentelemetry_otlp::SpanExporter, mut rx: mpsc::Receiver<SpanData>) {
-    let exporter = Arc::new(exporter);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let Some(first) = rx.recv().await else {
