@@ -322,7 +322,7 @@ fn list_or_watch(api: &KubeApi, namespace: Option<String>, q: ListQuery) -> Resp
     let timeout = Duration::from_secs(q.timeout_seconds.unwrap_or(300).min(300));
     let mut disconnect = api.disconnect.subscribe();
     disconnect.mark_unchanged();
-    let stream = async_stream(
+    let stream = watch_events(
         backlog, live, version, namespace, selector, timeout, disconnect,
     );
     Response::builder()
@@ -333,7 +333,7 @@ fn list_or_watch(api: &KubeApi, namespace: Option<String>, q: ListQuery) -> Resp
 
 /// The events of one watch: the backlog, then live changes and a BOOKMARK
 /// every second, until the timeout, a disconnect or a lag.
-fn async_stream(
+fn watch_events(
     backlog: Vec<Change>,
     mut live: broadcast::Receiver<Change>,
     mut version: u64,
@@ -378,10 +378,10 @@ fn async_stream(
             }
         }
     });
-    tokio_stream(rx)
+    receiver_stream(rx)
 }
 
-fn tokio_stream(
+fn receiver_stream(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
