@@ -69,6 +69,11 @@ pub fn check(
     };
     let info = policy.info();
     let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let how = if info.reads.declared {
+        "declared"
+    } else {
+        "from its imports"
+    };
     let mut out = String::new();
     let _ok = writeln!(out, "ok: {label}")
         .and_then(|_| writeln!(out, "  contract:       {}", policy.contract()))
@@ -76,8 +81,14 @@ pub fn check(
         .and_then(|_| writeln!(out, "  needs text:     {}", yes_no(info.needs_text)))
         .and_then(|_| writeln!(out, "  wants feedback: {}", yes_no(info.wants_feedback)))
         .and_then(|_| writeln!(out, "  instances:      {}", info.instances.label()))
-        .and_then(|_| writeln!(out, "  reads headers:  {}", yes_no(info.reads.headers)))
-        .and_then(|_| writeln!(out, "  reads KV match: {}", yes_no(info.reads.kv_matches)))
+        .and_then(|_| {
+            let headers = yes_no(info.reads.headers);
+            writeln!(out, "  reads headers:  {headers} ({how})")
+        })
+        .and_then(|_| {
+            let kv = yes_no(info.reads.kv_matches);
+            writeln!(out, "  reads KV match: {kv} ({how})")
+        })
         .and_then(|_| match info.tick_interval {
             Some(every) => writeln!(out, "  tick every:     {every:?}"),
             None => writeln!(out, "  tick every:     never"),

@@ -23,7 +23,8 @@ const V2_EXPORT: &str = "wasm-router:policy/policy@";
 pub(super) enum Pre {
     /// `wit/0.1.0/policy.wit`.
     V1(v1::PolicyPre<StoreState>),
-    /// `wit/policy.wit`, with what its imports say it reads.
+    /// `wit/policy.wit`, with what its imports say it reads (what it
+    /// declares in `init`, if it does, overrides that).
     V2(v2::RoutingPolicyPre<StoreState>, Reads),
 }
 
@@ -32,8 +33,9 @@ pub(super) enum Pre {
 const TYPES_IMPORT: &str = "wasm-router:policy/types@";
 const PREFIX_INDEX_IMPORT: &str = "wasm-router:policy/prefix-index@";
 
-/// What `component` reads that the router prepares per call: whether it
-/// imports `request.header` and `prefix-index.match-kv`.
+/// What `component` reads that the router prepares per call, as far as its
+/// imports tell: whether it imports `request.header` and
+/// `prefix-index.match-kv`. A declaration (`needs.declare`) overrides it.
 fn reads(engine: &PolicyEngine, component: &Component) -> Reads {
     let engine = engine.engine();
     let ty = component.component_type();
@@ -51,6 +53,7 @@ fn reads(engine: &PolicyEngine, component: &Component) -> Reads {
     Reads {
         headers: imports(TYPES_IMPORT, "[method]request.header"),
         kv_matches: imports(PREFIX_INDEX_IMPORT, "match-kv"),
+        declared: false,
     }
 }
 
@@ -211,8 +214,9 @@ impl Live {
                 })
                 .map_err(start_fault(name))?
                 .map_err(refused)?;
+                let reads = store.data_mut().host.end_init().unwrap_or(*reads);
                 let info = PolicyInfo {
-                    reads: *reads,
+                    reads,
                     ..declared.into()
                 };
                 (Exports::V2(policy), info)

@@ -232,14 +232,15 @@ pub struct PolicyInfo {
     /// One instance per thread, or one shared.
     pub instances: Instances,
     /// What the policy reads that the router prepares only for policies
-    /// that read it: known from the component's imports, not declared.
+    /// that read it: as it declared in `init`, else as its imports tell.
     pub reads: Reads,
 }
 
-/// What a component imports that costs the router work before each call,
-/// so that it does that work only for a policy that can use it. Read from
-/// the component's imports at load (toolchains import only the functions a
-/// policy calls); 0.1 components and native policies read neither.
+/// What a policy reads that costs the router work before each call, so that
+/// it does that work only for a policy that uses it. Declared in `init`
+/// (`needs.declare`), else read from the component's imports at load
+/// (toolchains like Rust's import only the functions a policy calls); 0.1
+/// components and native policies read neither.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reads {
     /// `request.header`: the router lends the client's headers.
@@ -248,6 +249,9 @@ pub struct Reads {
     /// before the call, and refuses the policy unless it follows KV events
     /// and has a tokenizer.
     pub kv_matches: bool,
+    /// Whether the policy declared these (`needs.declare`) rather than
+    /// having them read from its imports.
+    pub declared: bool,
 }
 
 /// How many instances of a policy run (contract 0.2 lets the policy say;

@@ -60,6 +60,12 @@ pub mod prefix_index;
 mod request;
 pub mod tie_break;
 
+/// What a policy reads that the router prepares per request, declared in
+/// [`Policy::init`] with `needs::declare(needs::Reads::HEADERS)`. A Rust
+/// build imports only the functions a policy calls, and the router reads
+/// the same from the imports of a policy that does not declare; declaring
+/// is for toolchains whose bindings import every function.
+pub use bindings::wasm_router::policy::needs;
 pub use bindings::wasm_router::policy::types::{
     ErrorKind, Instances, Outcome, PolicyInfo, PrefillWork, Role, Route, WorkerInfo,
 };

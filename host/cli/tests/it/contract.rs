@@ -29,11 +29,63 @@ fn what_a_component_reads_comes_from_its_imports() {
         reads("precise_cache_aware"),
         Reads {
             headers: false,
-            kv_matches: true
+            kv_matches: true,
+            declared: false,
         }
     );
     let early = load(&engine, PolicySource::File(contract_0_1("round_robin")));
     assert_eq!(early.info().reads, Reads::default(), "0.1 reads neither");
+}
+
+/// A declaration in `init` (`needs.declare`) overrides what the imports
+/// tell: the hostile fixture imports `request.header`, and is lent the
+/// client's headers unless it declares that it reads nothing.
+#[tokio::test]
+async fn a_declared_need_overrides_the_imports() {
+    let file = hostile(None);
+    let engine = engine();
+    let loaded = |config| {
+        let source = PolicySource::File(file.clone());
+        WasmPolicy::load(&engine, source, config, generous_limits())
+            .expect("the policy loads")
+            .info()
+            .reads
+    };
+    let guessed = Reads {
+        headers: true,
+        kv_matches: false,
+        declared: false,
+    };
+    assert_eq!(loaded("{}"), guessed);
+    let declared = Reads {
+        headers: false,
+        kv_matches: false,
+        declared: true,
+    };
+    assert_eq!(loaded(r#"{"declare-nothing": true}"#), declared);
+
+    let w = MockWorker::start("a", "m").await;
+    for (config, seen) in [
+        ("{}", r#"x-tenant=Some(\"acme\")"#),
+        (r#"{"declare-nothing": true}"#, "x-tenant=None"),
+    ] {
+        let mut a = args(&[&w]);
+        a.policy = Some(file.display().to_string());
+        a.policy_table = serde_json::from_str(config).unwrap();
+        let r = router(a).await;
+        let answer = http()
+            .post(format!("http://{}/generate", r.addr))
+            .header("x-routing-key", "header")
+            .header("x-tenant", "acme")
+            .json(&json!({"text": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(seen), "config {config}: {text}");
+        r.shutdown().await.unwrap();
+    }
 }
 
 fn load(engine: &wasm_router::policy::PolicyEngine, source: PolicySource) -> WasmPolicy {

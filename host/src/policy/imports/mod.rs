@@ -1,7 +1,7 @@
 //! What the host gives contract-0.2 policies, one file per import: the
 //! getters of the `request` and `candidates` they are lent (`request.rs`),
-//! and `log`, `metrics`, `state` and `prefix-index` (`log.rs`,
-//! `metrics.rs`, `state.rs`, `prefix_index.rs`).
+//! and `log`, `metrics`, `state`, `prefix-index` and `needs` (`log.rs`,
+//! `metrics.rs`, `state.rs`, `prefix_index.rs`, `needs.rs`).
 //!
 //! `log`'s rate limit, the metric registry, the key-value store and the
 //! prefix index ([`crate::index::Approximate`]) belong
@@ -14,6 +14,7 @@
 
 mod log;
 mod metrics;
+mod needs;
 mod prefix_index;
 mod request;
 mod state;
@@ -172,6 +173,10 @@ pub struct Host {
     /// workers' static attributes by id, from the last `workers-changed`
     /// (so a `select` copies none of them unless the policy asks).
     workers: HashMap<WorkerId, Attributes>,
+    /// What the instance declared it reads (`needs.declare`) during `init`.
+    declared: Option<super::Reads>,
+    /// Whether `init` has returned: later declarations are ignored.
+    initialised: bool,
 }
 
 /// What a worker was registered with that does not change while it is.
@@ -191,6 +196,8 @@ impl Host {
             metrics: HashMap::new(),
             cached_metrics: 0,
             workers: HashMap::new(),
+            declared: None,
+            initialised: false,
         }
     }
 
