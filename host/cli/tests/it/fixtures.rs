@@ -68,6 +68,12 @@ pub fn session_affinity() -> PathBuf {
     build_component("session-affinity", "session_affinity", "example", &[])
 }
 
+/// The cache-affine example in Rust (examples/cache-affine/rust), built
+/// from source.
+pub fn cache_affine_rust() -> PathBuf {
+    build_component("cache-affine", "cache_affine", "example", &[])
+}
+
 /// The AssemblyScript glue's probe policy
 /// (policies/sdk-assemblyscript/tests/probe.ts), built with npm.
 pub fn assemblyscript_probe() -> PathBuf {

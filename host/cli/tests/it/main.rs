@@ -14,6 +14,7 @@ mod hostile;
 mod instances;
 mod jwt;
 mod kv_events;
+mod languages;
 mod layout;
 mod mock;
 mod pd;
