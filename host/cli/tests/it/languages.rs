@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use wasm_router::policy::{Candidate, Policy, PolicySource, Reads, WasmPolicy, WorkerInfo};
 
@@ -15,40 +15,53 @@ use crate::fixtures::{engine, generous_limits, request, workspace};
 enum Lang {
     Rust,
     Python,
+    JavaScript,
+    TypeScript,
+}
+
+impl Lang {
+    /// Its directory under examples/cache-affine.
+    fn dir(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::JavaScript => "javascript",
+            Lang::TypeScript => "typescript",
+        }
+    }
 }
 
 /// The example built in `lang`, as `cache_affine_<lang>.wasm`: a file stem
 /// of its own, so each build has its own prefix index in the router.
 fn cache_affine(lang: Lang) -> PathBuf {
-    static RUST: OnceLock<PathBuf> = OnceLock::new();
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    match lang {
-        Lang::Rust => RUST
-            .get_or_init(|| {
-                let built = crate::fixtures::cache_affine_rust();
-                let out = tmp.join("cache_affine_rust.wasm");
-                std::fs::copy(built, &out).unwrap();
-                out
-            })
-            .clone(),
-        Lang::Python => PYTHON
-            .get_or_init(|| {
-                let out = tmp.join("cache_affine_python.wasm");
-                build_script("examples/cache-affine/python/build.sh", &out, "python");
-                out
-            })
-            .clone(),
-    }
+    static BUILT: [OnceLock<PathBuf>; 4] = [const { OnceLock::new() }; 4];
+    BUILT[lang as usize]
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("cache_affine_{}.wasm", lang.dir()));
+            match lang {
+                Lang::Rust => {
+                    std::fs::copy(crate::fixtures::cache_affine_rust(), &out).unwrap();
+                }
+                _ => build_script(lang, &out),
+            }
+            out
+        })
+        .clone()
 }
 
-/// Run an example's `build.sh` with `OUT=out` (its toolchain in a venv or
-/// node_modules under the test's target directory).
-fn build_script(script: &str, out: &Path, toolchain: &str) {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let status = Command::new(workspace().join(script))
+/// Run the example's `build.sh` with `OUT=out`: Python's toolchain goes to
+/// a venv under the test's target directory, npm's to the example's
+/// node_modules.
+fn build_script(lang: Lang, out: &Path) {
+    // The npm builds copy the SDK in with its `prepare`: one at a time.
+    static NPM: Mutex<()> = Mutex::new(());
+    let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
+    let script = format!("examples/cache-affine/{}/build.sh", lang.dir());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    let status = Command::new(workspace().join(&script))
         .env("OUT", out)
-        .env("VENV", tmp.join(format!("{toolchain}-venv")))
+        .env("VENV", venv)
         .status()
         .unwrap_or_else(|e| panic!("run {script}: {e}"));
     assert!(status.success(), "{script} failed");
@@ -139,4 +152,14 @@ fn same_picks_as_rust(lang: Lang) {
 #[test]
 fn the_python_example_picks_what_the_rust_one_picks() {
     same_picks_as_rust(Lang::Python);
+}
+
+#[test]
+fn the_javascript_example_picks_what_the_rust_one_picks() {
+    same_picks_as_rust(Lang::JavaScript);
+}
+
+#[test]
+fn the_typescript_example_picks_what_the_rust_one_picks() {
+    same_picks_as_rust(Lang::TypeScript);
 }
