@@ -56,12 +56,20 @@ toolchain() {
     rustup component add rustfmt clippy
 }
 
-# Node.js and npm build the AssemblyScript policies; Prometheus' server
-# scrapes a router in host/cli/tests/it/prometheus.rs.
+# Node.js and npm build the AssemblyScript and JavaScript policies; clang,
+# lld, wasi-libc and the wasm32 compiler runtime the C ones; venv the
+# Python one's toolchain (componentize-py, from PyPI in its build.sh);
+# Prometheus' server scrapes a router in host/cli/tests/it/prometheus.rs.
 debian_packages() {
     local missing=()
     command -v npm >/dev/null || missing+=(nodejs npm)
     command -v prometheus >/dev/null || missing+=(prometheus)
+    command -v clang >/dev/null || missing+=(clang)
+    command -v wasm-ld >/dev/null || missing+=(lld)
+    [ -e /usr/lib/wasm32-wasi/libc.a ] || missing+=(wasi-libc)
+    compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" >/dev/null ||
+        missing+=(libclang-rt-dev-wasm32)
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
     if [ "${#missing[@]}" -gt 0 ]; then
         local sudo=""
         [ "$(id -u)" = 0 ] || sudo=sudo

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod bench;
+pub mod bindings;
 pub mod demo;
 pub mod run;
 pub mod scaffold;
@@ -90,9 +91,13 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Create a policy project that builds, from the templates.
     New(crate::scaffold::NewArgs),
-    /// Wrap a core module that follows the contract's canonical ABI (such as
-    /// an AssemblyScript build) into a policy component.
+    /// Wrap a core module that follows the contract's canonical ABI (an
+    /// AssemblyScript build, or a C build against `policy bindings`) into
+    /// a policy component.
     Componentize(ComponentizeArgs),
+    /// Write the contract's bindings and the SDK for a language the router
+    /// builds for (C), so no bindings generator needs installing.
+    Bindings(crate::bindings::BindingsArgs),
 }
 
 /// `router policy componentize`

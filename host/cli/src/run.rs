@@ -45,6 +45,13 @@ where
             })
         }
         Some(Command::Policy(PolicyCommand::Componentize(args))) => policy_componentize(&args),
+        Some(Command::Policy(PolicyCommand::Bindings(args))) => {
+            crate::bindings::write(&args).map(|files| {
+                for file in files {
+                    println!("wrote {}", file.display());
+                }
+            })
+        }
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::SimKubeApi(args)) => block_on(sim_kube_api(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),

@@ -1,8 +1,15 @@
 //! `router policy componentize`: wrap a core module that follows the
-//! canonical ABI of the policy contract (as the AssemblyScript glue in
-//! `policies/sdk-assemblyscript` does) into a component the router loads.
+//! canonical ABI of the policy contract into a component the router loads.
 //!
-//! Four steps, all in-process with the wasm-tools crates:
+//! A module whose bindings wit-bindgen generated (C, Go) carries the
+//! contract in a `component-type` custom section, with the contract's
+//! spelling of its exports: it is encoded as it is. Its WASI preview 1
+//! imports (wasi-libc, Go's runtime) are adapted to the preview 2 the
+//! router gives policies, with wasmtime's reactor adapter (what `wasm-tools
+//! component new --adapt` does).
+//!
+//! A module from the AssemblyScript glue (`policies/sdk-assemblyscript`)
+//! carries nothing; four steps, all in-process with the wasm-tools crates:
 //! 1. Tell the contract from the signature of the module's `select`: 0.2.0
 //!    (`wit/policy.wit`) lends the request and candidates as two handles,
 //!    0.1.0 (`wit/0.1.0/policy.wit`, the glue before 0.2) passes eleven
@@ -69,13 +76,16 @@ pub enum ComponentizeError {
     Invalid(String),
     /// The module does not match the contract.
     #[error(
-        "the module does not implement policy contract 0.2.0 (wit/policy.wit) or 0.1.0: {0:#}; export the functions of the contract (AssemblyScript: re-export \"wasm-router-policy/assembly/exports\")"
+        "the module does not implement policy contract 0.2.0 (wit/policy.wit) or 0.1.0: {0:#}; export the functions of the contract (AssemblyScript: re-export \"wasm-router-policy/assembly/exports\"; C: link the `routing_policy_component_type.o` that `router policy bindings --lang c` writes)"
     )]
     Contract(anyhow::Error),
 }
 
 /// Turn a core module's bytes into a policy component's bytes.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
+    if carries_its_contract(core)? {
+        return encode(core);
+    }
     let contract = contract_of(core)?;
     let mut resolve = Resolve::default();
     let package = resolve
@@ -89,11 +99,45 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
     let mut module = rename_exports(core, &spellings)?;
     wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF16)
         .map_err(ComponentizeError::Contract)?;
+    encode(&module)
+}
+
+/// `wasm-tools component new --adapt`: the module with its embedded
+/// contract, WASI preview 1 adapted if it imports it.
+fn encode(module: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    };
     ComponentEncoder::default()
         .validate(true)
-        .module(&module)
+        .module(module)
+        .and_then(|encoder| {
+            encoder.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
         .and_then(|mut encoder| encoder.encode())
         .map_err(ComponentizeError::Contract)
+}
+
+/// Whether a core module carries its contract (a `component-type` custom
+/// section, as wit-bindgen's generated bindings embed), and so needs no
+/// renaming or embedding.
+fn carries_its_contract(core: &[u8]) -> Result<bool, ComponentizeError> {
+    for payload in Parser::new(0).parse_all(core) {
+        match payload.map_err(|e| ComponentizeError::Invalid(e.to_string()))? {
+            Payload::Version {
+                encoding: Encoding::Component,
+                ..
+            } => return Err(ComponentizeError::AlreadyComponent),
+            Payload::CustomSection(section) if section.name().starts_with("component-type") => {
+                return Ok(true);
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// The contract of a core module, from the number of parameters of its

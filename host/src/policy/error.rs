@@ -121,6 +121,12 @@ pub enum PolicyFault {
     /// `select` returned an id that is not among the candidates.
     #[error("policy picked worker {0}, which is not a candidate")]
     NotACandidate(u32),
+    /// A call returned with a borrowed handle (the request, the
+    /// candidates) not dropped: the component model traps it.
+    #[error(
+        "policy returned from a call still holding a borrowed handle (the request or the candidates): drop both before returning (C: build against `router policy bindings --lang c`, whose bindings drop them for you; by hand: `wasm_router_policy_types_request_drop_borrow` and `..._candidates_drop_borrow`)"
+    )]
+    BorrowLeft,
     /// The instance is being rebuilt after an earlier fault.
     #[error("policy is restarting after a fault")]
     PolicyRestarting,
@@ -134,6 +140,7 @@ impl PolicyFault {
             PolicyFault::PolicyMemoryLimit => "memory_limit",
             PolicyFault::PolicyTrap(_) => "trap",
             PolicyFault::NotACandidate(_) => "not_a_candidate",
+            PolicyFault::BorrowLeft => "borrow_left",
             PolicyFault::PolicyRestarting => "restarting",
         }
     }

@@ -170,10 +170,17 @@ pub(super) fn new_store(
     store
 }
 
+/// wasmtime's words (an untyped error) for a call that returned with a
+/// borrowed handle left; `host/cli/tests/it/languages.rs` keeps them true.
+const BORROW_LEFT: &str = "borrow handles still remain at the end of the call";
+
 /// Name a call's failure.
 pub(super) fn classify(error: &wasmtime::Error) -> PolicyFault {
     if error.chain().any(|e| e.is::<MemoryLimitHit>()) {
         return PolicyFault::PolicyMemoryLimit;
+    }
+    if error.chain().any(|e| e.to_string().contains(BORROW_LEFT)) {
+        return PolicyFault::BorrowLeft;
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PolicyFault::PolicyDeadline,

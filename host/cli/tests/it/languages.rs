@@ -17,6 +17,7 @@ enum Lang {
     Python,
     JavaScript,
     TypeScript,
+    C,
 }
 
 impl Lang {
@@ -27,6 +28,7 @@ impl Lang {
             Lang::Python => "python",
             Lang::JavaScript => "javascript",
             Lang::TypeScript => "typescript",
+            Lang::C => "c",
         }
     }
 }
@@ -34,7 +36,7 @@ impl Lang {
 /// The example built in `lang`, as `cache_affine_<lang>.wasm`: a file stem
 /// of its own, so each build has its own prefix index in the router.
 fn cache_affine(lang: Lang) -> PathBuf {
-    static BUILT: [OnceLock<PathBuf>; 4] = [const { OnceLock::new() }; 4];
+    static BUILT: [OnceLock<PathBuf>; 5] = [const { OnceLock::new() }; 5];
     BUILT[lang as usize]
         .get_or_init(|| {
             let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -52,7 +54,7 @@ fn cache_affine(lang: Lang) -> PathBuf {
 
 /// Run the example's `build.sh` with `OUT=out`: Python's toolchain goes to
 /// a venv under the test's target directory, npm's to the example's
-/// node_modules.
+/// node_modules; C's build uses this router's `policy bindings`.
 fn build_script(lang: Lang, out: &Path) {
     // The npm builds copy the SDK in with its `prepare`: one at a time.
     static NPM: Mutex<()> = Mutex::new(());
@@ -62,6 +64,7 @@ fn build_script(lang: Lang, out: &Path) {
     let status = Command::new(workspace().join(&script))
         .env("OUT", out)
         .env("VENV", venv)
+        .env("ROUTER", env!("CARGO_BIN_EXE_router"))
         .status()
         .unwrap_or_else(|e| panic!("run {script}: {e}"));
     assert!(status.success(), "{script} failed");
@@ -162,4 +165,65 @@ fn the_javascript_example_picks_what_the_rust_one_picks() {
 #[test]
 fn the_typescript_example_picks_what_the_rust_one_picks() {
     same_picks_as_rust(Lang::TypeScript);
+}
+
+#[test]
+fn the_c_example_picks_what_the_rust_one_picks() {
+    same_picks_as_rust(Lang::C);
+}
+
+/// A C policy on the raw bindings (no autodrop) that returns from `select`
+/// with its borrowed handles left: `policy check` refuses it and says
+/// what to do, not a bare trap.
+#[test]
+fn a_policy_that_keeps_a_borrowed_handle_is_refused_with_what_to_do() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("leaky-borrow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve
+        .push_file(workspace().join("wit/policy.wit"))
+        .unwrap();
+    let world = resolve
+        .select_world(&[package], Some("routing-policy"))
+        .unwrap();
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)
+        .unwrap();
+    for (name, bytes) in files.iter() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let fixture = workspace().join("host/cli/tests/fixtures/leaky_borrow.c");
+    let core = dir.join("core.wasm");
+    let status = Command::new("clang")
+        .args([
+            "--target=wasm32-wasi",
+            "--sysroot=/usr",
+            "-mexec-model=reactor",
+            "-O2",
+        ])
+        .arg("-I")
+        .arg(&dir)
+        .arg(&fixture)
+        .arg(dir.join("routing_policy.c"))
+        .arg(dir.join("routing_policy_component_type.o"))
+        .arg("-o")
+        .arg(&core)
+        .status()
+        .expect("run clang (tests/run.sh installs clang, lld, wasi-libc)");
+    assert!(status.success(), "clang failed on {}", fixture.display());
+    let component =
+        wasm_router::policy::componentize::componentize(&std::fs::read(&core).unwrap()).unwrap();
+    let file = dir.join("leaky_borrow.wasm");
+    std::fs::write(&file, component).unwrap();
+
+    let refused = wasm_router::policy::check::check(&engine(), PolicySource::File(file), "{}")
+        .expect_err("a select that leaves its borrows is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("still holding a borrowed handle")
+            && message.contains("router policy bindings --lang c"),
+        "{message}"
+    );
 }
