@@ -1,5 +1,7 @@
 //! `router policy new`: a working policy project from the templates in
-//! `examples/templates/`, so a user starts from something that builds.
+//! `examples/templates/` (Rust, AssemblyScript) or from the cache-affine
+//! example of its language (`examples/cache-affine/`, renamed and pointed
+//! at the SDK), so a user starts from something that builds.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,14 @@ pub enum Lang {
     Rust,
     /// AssemblyScript, with the glue package in policies/sdk-assemblyscript.
     Assemblyscript,
+    /// Python, with policies/sdk-python (componentize-py).
+    Python,
+    /// JavaScript, with policies/sdk-js (componentize-js).
+    Javascript,
+    /// TypeScript, with policies/sdk-js and tsc.
+    Typescript,
+    /// C, with the bindings and SDK `router policy bindings` writes.
+    C,
 }
 
 impl Lang {
@@ -20,6 +30,9 @@ impl Lang {
         match self {
             Lang::Rust => "policies/sdk",
             Lang::Assemblyscript => "policies/sdk-assemblyscript",
+            Lang::Python => "policies/sdk-python",
+            Lang::Javascript | Lang::Typescript => "policies/sdk-js",
+            Lang::C => "policies/sdk-c",
         }
     }
 
@@ -37,6 +50,45 @@ impl Lang {
                 ("build.sh", AS_BUILD, true),
                 (".gitignore", AS_GITIGNORE, false),
             ],
+            Lang::Python => &[
+                ("app.py", PY_APP, false),
+                ("build.sh", PY_BUILD, true),
+                (".gitignore", PY_GITIGNORE, false),
+                ("README.md", README, false),
+            ],
+            Lang::Javascript => &[
+                ("app.js", JS_APP, false),
+                ("package.json", JS_PACKAGE, false),
+                ("build.sh", JS_BUILD, true),
+                (".gitignore", NPM_GITIGNORE, false),
+                ("README.md", README, false),
+            ],
+            Lang::Typescript => &[
+                ("app.ts", TS_APP, false),
+                ("package.json", TS_PACKAGE, false),
+                ("tsconfig.json", TS_CONFIG, false),
+                ("build.sh", TS_BUILD, true),
+                (".gitignore", NPM_GITIGNORE, false),
+                ("README.md", README, false),
+            ],
+            Lang::C => &[
+                ("app.c", C_APP, false),
+                ("build.sh", C_BUILD, true),
+                (".gitignore", C_GITIGNORE, false),
+                ("README.md", README, false),
+            ],
+        }
+    }
+
+    /// The source file a user edits, and how its build is run.
+    fn readme_fill(self) -> (&'static str, &'static str) {
+        match self {
+            Lang::Rust => ("src/lib.rs", "cargo build --release --target wasm32-wasip2"),
+            Lang::Assemblyscript => ("assembly/index.ts", "./build.sh"),
+            Lang::Python => ("app.py", "./build.sh"),
+            Lang::Javascript => ("app.js", "./build.sh"),
+            Lang::Typescript => ("app.ts", "./build.sh"),
+            Lang::C => ("app.c", "ROUTER=router ./build.sh"),
         }
     }
 
@@ -46,6 +98,13 @@ impl Lang {
             Lang::Rust => "build it with `cargo build --release --target wasm32-wasip2` there",
             Lang::Assemblyscript => {
                 "build it with `./build.sh` there (needs npm and this router on PATH)"
+            }
+            Lang::Python => "build it with `./build.sh` there (needs python3 and PyPI)",
+            Lang::Javascript | Lang::Typescript => {
+                "build it with `./build.sh` there (needs Node.js 18+ and npm)"
+            }
+            Lang::C => {
+                "build it with `./build.sh` there (needs this router on PATH; installs clang and wasi-libc when root)"
             }
         }
     }
@@ -78,6 +137,22 @@ const AS_INDEX: &str = include_str!("../../../examples/templates/assemblyscript/
 const AS_BUILD: &str = include_str!("../../../examples/templates/assemblyscript/build.sh.tmpl");
 const AS_GITIGNORE: &str =
     include_str!("../../../examples/templates/assemblyscript/gitignore.tmpl");
+// The other languages start from the cache-affine example (see `fill`).
+const PY_APP: &str = include_str!("../../../examples/cache-affine/python/app.py");
+const PY_BUILD: &str = include_str!("../../../examples/cache-affine/python/build.sh");
+const PY_GITIGNORE: &str = include_str!("../../../examples/cache-affine/python/.gitignore");
+const JS_APP: &str = include_str!("../../../examples/cache-affine/javascript/app.js");
+const JS_PACKAGE: &str = include_str!("../../../examples/cache-affine/javascript/package.json");
+const JS_BUILD: &str = include_str!("../../../examples/cache-affine/javascript/build.sh");
+const NPM_GITIGNORE: &str = include_str!("../../../examples/cache-affine/javascript/.gitignore");
+const TS_APP: &str = include_str!("../../../examples/cache-affine/typescript/app.ts");
+const TS_PACKAGE: &str = include_str!("../../../examples/cache-affine/typescript/package.json");
+const TS_CONFIG: &str = include_str!("../../../examples/cache-affine/typescript/tsconfig.json");
+const TS_BUILD: &str = include_str!("../../../examples/cache-affine/typescript/build.sh");
+const C_APP: &str = include_str!("../../../examples/cache-affine/c/app.c");
+const C_BUILD: &str = include_str!("../../../examples/cache-affine/c/build.sh");
+const C_GITIGNORE: &str = include_str!("../../../examples/cache-affine/c/.gitignore");
+const README: &str = include_str!("../../../examples/templates/README.md.tmpl");
 
 /// Create the project; returns its directory.
 pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
@@ -105,11 +180,21 @@ pub fn create(args: &NewArgs) -> anyhow::Result<PathBuf> {
     })?;
     let root = args.dir.join(name);
     anyhow::ensure!(!root.exists(), "{} already exists", root.display());
+    let lib = name.replace('-', "_");
+    let (source, build) = args.lang.readme_fill();
     let fill = |template: &str| {
         template
+            // An example made a template: its SDK, output and names.
+            .replace(&format!("../../../{in_checkout}"), "{{sdk}}")
+            .replace("cache_affine.wasm", "{{name}}.wasm")
+            .replace("\"cache_affine\"", "\"{{lib}}\"")
+            .replace("cache-affine-js", "{{name}}")
+            .replace("cache-affine-ts", "{{name}}")
             .replace("{{name}}", name)
-            .replace("{{lib}}", &name.replace('-', "_"))
+            .replace("{{lib}}", &lib)
             .replace("{{sdk}}", &sdk.display().to_string())
+            .replace("{{source}}", source)
+            .replace("{{build}}", build)
     };
     for (path, template, executable) in args.lang.files() {
         let path = root.join(path);

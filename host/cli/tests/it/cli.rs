@@ -408,3 +408,53 @@ fn policy_new_assemblyscript_builds_and_passes_check() {
     );
     assert!(project.join("my-as-policy.wasm").is_file());
 }
+
+/// `policy new` for the languages that start from the cache-affine
+/// example: each project builds `NAME.wasm` with its own build.sh, and the
+/// policy carries the project's name. (JavaScript shares TypeScript's SDK
+/// and build, and the examples' own test builds it.)
+#[test]
+fn policy_new_python_typescript_and_c_build_and_pass_check() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("new-lang-policies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for lang in ["python", "typescript", "c"] {
+        let name = format!("my-{lang}-policy");
+        let out = router(&[
+            "policy",
+            "new",
+            "--lang",
+            lang,
+            &name,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        let project = dir.join(&name);
+        assert!(project.join("README.md").is_file(), "{lang}: a README");
+        let built = Command::new(project.join("build.sh"))
+            .env("ROUTER", env!("CARGO_BIN_EXE_router"))
+            // A venv of its own: the examples' test may be making theirs.
+            .env("VENV", dir.join("python-venv"))
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{lang}: the scaffolded project builds: {}",
+            text(&built.stderr)
+        );
+        let file = project.join(format!("{name}.wasm"));
+        let checked = router(&["policy", "check", file.to_str().unwrap()]);
+        assert!(
+            checked.status.success(),
+            "{lang}: {}",
+            text(&checked.stderr)
+        );
+        let lib = name.replace('-', "_");
+        assert!(
+            text(&checked.stdout).contains(&format!("name:           {lib}")),
+            "{lang}: {}",
+            text(&checked.stdout)
+        );
+    }
+}
