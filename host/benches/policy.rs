@@ -1,6 +1,7 @@
 //! Decision cost per `select`, native beside Wasm, the session-affinity
-//! example in Rust beside AssemblyScript, and `select` throughput from two
-//! threads against one. Results go to BENCHMARKS.md.
+//! example in Rust beside AssemblyScript, the cache-affine example in every
+//! language, and `select` throughput from two threads against one. Results
+//! go to BENCHMARKS.md.
 //!
 //! Run: `./examples/build.sh && cargo bench -p wasm-router --bench policy`
 //! (without the examples built, their comparison is skipped with a note).
@@ -195,6 +196,44 @@ fn bench_examples(c: &mut Criterion, engine: &PolicyEngine) {
     group.finish();
 }
 
+/// The cache-affine example (examples/cache-affine) in each language, as
+/// examples/build.sh builds it: `select` over 8 and 64 candidates, on 1 KB
+/// prompts that share system prompts (so the prefix index matches).
+fn bench_languages(c: &mut Criterion, engine: &PolicyEngine) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/examples");
+    let prompts = prompts(1 << 10);
+    let mut group = c.benchmark_group("select/cache_affine");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for lang in ["rust", "c", "python", "javascript", "typescript"] {
+        let file = dir.join(format!("cache_affine_{lang}.wasm"));
+        if !file.is_file() {
+            println!(
+                "skipping cache_affine in {lang}: {} is missing (run ./examples/build.sh)",
+                file.display()
+            );
+            continue;
+        }
+        let p = WasmPolicy::load(engine, PolicySource::File(file), "{}", Limits::default())
+            .expect("example loads");
+        for n in CANDIDATES {
+            let candidates: Vec<policy::Candidate> = (0..n as u32)
+                .map(|id| policy::Candidate::idle(id, id % 3))
+                .collect();
+            group.bench_function(BenchmarkId::new(lang, format!("{n}cands/1KB")), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % prompts.len();
+                    let req = request(i as u64, Route::Generate, &prompts[i], None);
+                    black_box(p.select(&req, &candidates).unwrap().worker)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// `select` throughput of `policy` from `threads` threads at once, each making
 /// [`SCALING_CALLS`] calls: calls per second over all threads.
 fn throughput(policy: &WasmPolicy, threads: usize) -> f64 {
@@ -242,5 +281,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_select(&mut c, &engine);
     bench_examples(&mut c, &engine);
+    bench_languages(&mut c, &engine);
     c.final_summary();
 }

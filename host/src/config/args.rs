@@ -225,6 +225,11 @@ pub struct RouterArgs {
     /// Linear memory a policy may use, in MiB.
     #[arg(long, help_heading = "Routing Policy")]
     pub policy_memory_limit_mb: Option<usize>,
+    /// Instances of a per-thread policy: one per core (at least 2) unless
+    /// set; a heavy runtime (Python, JavaScript) on many cores may want
+    /// fewer. Shared policies run one.
+    #[arg(long, help_heading = "Routing Policy")]
+    pub policy_instances: Option<usize>,
     /// Do not cache compiled policies on disk.
     #[arg(long, help_heading = "Routing Policy")]
     pub no_policy_cache: bool,

@@ -42,6 +42,8 @@ pub struct Limits {
     pub tick_deadline: Duration,
     /// Maximum linear memory, in bytes.
     pub memory: usize,
+    /// Instances of a per-thread policy; `None`: one per core, at least 2.
+    pub instances: Option<usize>,
 }
 
 impl Default for Limits {
@@ -51,6 +53,7 @@ impl Default for Limits {
             maintenance_deadline: DEFAULT_MAINTENANCE_DEADLINE,
             tick_deadline: DEFAULT_TICK_DEADLINE,
             memory: DEFAULT_MEMORY_LIMIT,
+            instances: None,
         }
     }
 }
@@ -163,7 +166,8 @@ pub(super) fn init_config(s: &RouterArgs) -> Result<String, ConfigError> {
     Ok(Value::Object(config).to_string())
 }
 
-/// `--policy-call-deadline-ms` and `--policy-memory-limit-mb`.
+/// `--policy-call-deadline-ms`, `--policy-memory-limit-mb` and
+/// `--policy-instances`.
 pub(super) fn limits(s: &RouterArgs) -> Result<Limits, ConfigError> {
     let call_deadline = s
         .policy_call_deadline_ms
@@ -180,9 +184,13 @@ pub(super) fn limits(s: &RouterArgs) -> Result<Limits, ConfigError> {
             "must be between 1 and 4096",
         ));
     }
+    if s.policy_instances == Some(0) {
+        return Err(invalid("--policy-instances", "must be at least 1"));
+    }
     Ok(Limits {
         call_deadline: Duration::from_millis(call_deadline),
         memory: memory_mb << 20,
+        instances: s.policy_instances,
         ..Limits::default()
     })
 }

@@ -3,12 +3,14 @@
 //! declares what it reads, and picks what the Rust build picks.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use wasm_router::policy::{Candidate, Policy, PolicySource, Reads, WasmPolicy, WorkerInfo};
 
 use crate::fixtures::{engine, generous_limits, request, workspace};
+use crate::mock::{MockWorker, eventually, http};
+use crate::soak::{Proc, free_port, rss_kb};
 
 /// A language the example is written in.
 #[derive(Debug, Clone, Copy)]
@@ -225,5 +227,73 @@ fn a_policy_that_keeps_a_borrowed_handle_is_refused_with_what_to_do() {
         message.contains("still holding a borrowed handle")
             && message.contains("router policy bindings --lang c"),
         "{message}"
+    );
+}
+
+/// The router's RSS in KB with `policy` at `instances` (per-thread)
+/// instances, after a few requests to `worker`; compiled forms come from
+/// `cache`, warmed first (compiling in-process would leave the compiler's
+/// memory with the allocator).
+async fn router_rss(policy: &str, instances: usize, worker: &str, cache: &Path) -> u64 {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_router"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--prometheus-port", &free_port().to_string()])
+        .args(["--policy", policy, "--worker-urls", worker])
+        .args(["--policy-instances", &instances.to_string()])
+        .args(["--log-level", "warn"])
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the router");
+    let router = Proc(child);
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the router listens", async || {
+        http().get(format!("{url}/health")).send().await.is_ok()
+    })
+    .await;
+    for i in 0..20 {
+        let answer = http()
+            .post(format!("{url}/generate"))
+            .json(
+                &serde_json::json!({"text": format!("You are a helpful assistant. Question {i}")}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{policy} routes");
+    }
+    rss_kb(router.0.id())
+}
+
+/// Per-thread instances of a heavy runtime share its compiled code and map
+/// its initial memory copy-on-write: with the Python example, the second
+/// instance adds far less to the router's RSS than the first.
+#[tokio::test]
+async fn a_second_python_instance_costs_far_less_than_the_first() {
+    let file = cache_affine(Lang::Python);
+    let policy = file.to_str().unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rss-cache");
+    for warm in [policy, "round_robin"] {
+        let checked = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(["policy", "check", warm])
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .unwrap();
+        assert!(checked.status.success(), "policy check {warm}");
+    }
+    let w = MockWorker::start("a", "m").await;
+    let base = router_rss("round_robin", 1, &w.url, &cache).await;
+    let one = router_rss(policy, 1, &w.url, &cache).await;
+    let two = router_rss(policy, 2, &w.url, &cache).await;
+    let (first, second) = (one.saturating_sub(base), two.saturating_sub(one));
+    assert!(
+        first > 10 << 10,
+        "the first Python instance costs megabytes ({first} KB): is the measure right?"
+    );
+    assert!(
+        second * 4 < first,
+        "a second instance added {second} KB against the first's {first} KB"
     );
 }

@@ -199,7 +199,7 @@ impl WasmPolicy {
         let (first, info) = Live::start(&pre, engine, &host, &name, config, limits)?;
         let count = match info.instances {
             Instances::Shared => 1,
-            Instances::PerThread => per_thread_slots(),
+            Instances::PerThread => limits.instances.unwrap_or_else(per_thread_slots),
         };
         let mut slots = vec![Cell::new(first)];
         for _ in 1..count {
