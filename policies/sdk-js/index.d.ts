@@ -96,15 +96,15 @@ export interface Candidate {
 export declare class Candidates {
   all(): Candidate[];
   readonly length: number;
-  readonly ids: number[];
-  readonly loads: number[];
-  readonly inFlight: number[];
+  readonly ids: Uint32Array;
+  readonly loads: Uint32Array;
+  readonly inFlight: Uint32Array;
   readonly reportedLoads: (number | undefined)[];
   readonly queued: (number | undefined)[];
   readonly halfOpen: boolean[];
   readonly ttftEwmaUs: (number | undefined)[];
   readonly latencyEwmaUs: (number | undefined)[];
-  readonly weights: number[];
+  readonly weights: Uint32Array;
   readonly kvUsage: (number | undefined)[];
   readonly prefillAhead: PrefillWork[];
   label(key: string): (string | undefined)[];
@@ -158,11 +158,12 @@ export declare namespace prefixIndex {
     promptTokens: number;
     matches: (KvMatch | undefined)[];
   }
-  function matchRequest(req: LentRequest, workers: number[]): PrefixMatch;
+  type Workers = Uint32Array | number[];
+  function matchRequest(req: LentRequest, workers: Workers): PrefixMatch;
   function insertRequest(req: LentRequest, worker: number): void;
-  function sizes(workers: number[]): bigint[];
+  function sizes(workers: Workers): BigUint64Array;
   function evict(maxChars: bigint): void;
-  function retainWorkers(workers: number[]): void;
+  function retainWorkers(workers: Workers): void;
   function clear(): void;
-  function matchKv(req: LentRequest, workers: number[]): KvPrefix;
+  function matchKv(req: LentRequest, workers: Workers): KvPrefix;
 }

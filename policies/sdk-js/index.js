@@ -98,7 +98,9 @@ export class Request {
 
 /** The workers that may take the request (never none), lent for one
  * `select` only; each column crosses when first read, one array each, in
- * the order of `ids`. */
+ * the order of `ids` (numbers as the typed arrays the bindings give: a
+ * copy into a plain Array costs microseconds per candidate in the
+ * interpreter). */
 export class Candidates {
   #lent;
   #cache = new Map();
@@ -112,19 +114,19 @@ export class Candidates {
   /** Every candidate as `{ id, load }`. */
   all() {
     const loads = this.loads;
-    return this.ids.map((id, i) => ({ id, load: loads[i] }));
+    return Array.from(this.ids, (id, i) => ({ id, load: loads[i] }));
   }
   get length() {
     return this.ids.length;
   }
   get ids() {
-    return this.#get("ids", () => Array.from(this.#lent.ids()));
+    return this.#get("ids", () => this.#lent.ids());
   }
   get loads() {
-    return this.#get("loads", () => Array.from(this.#lent.loads()));
+    return this.#get("loads", () => this.#lent.loads());
   }
   get inFlight() {
-    return this.#get("inFlight", () => Array.from(this.#lent.inFlight()));
+    return this.#get("inFlight", () => this.#lent.inFlight());
   }
   get reportedLoads() {
     return this.#get("reportedLoads", () => this.#lent.reportedLoads());
@@ -142,7 +144,7 @@ export class Candidates {
     return this.#get("latencyEwmaUs", () => this.#lent.latencyEwmaUs());
   }
   get weights() {
-    return this.#get("weights", () => Array.from(this.#lent.weights()));
+    return this.#get("weights", () => this.#lent.weights());
   }
   get kvUsage() {
     return this.#get("kvUsage", () => this.#lent.kvUsage());
