@@ -83,10 +83,36 @@ pub enum ComponentizeError {
 
 /// Turn a core module's bytes into a policy component's bytes.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
-    if carries_its_contract(core)? {
-        return encode(core);
+    match what_it_carries(core)? {
+        Carries::Contract => return encode(core),
+        Carries::Spelling => {
+            // wit-bindgen's Go bindings: the contract's export names and
+            // UTF-8 strings, nothing embedded.
+            let (resolve, world) = world_of(Contract::V0_2);
+            let mut module = core.to_vec();
+            wit_component::embed_component_metadata(
+                &mut module,
+                &resolve,
+                world,
+                StringEncoding::UTF8,
+            )
+            .map_err(ComponentizeError::Contract)?;
+            return encode(&module);
+        }
+        Carries::Nothing => {}
     }
     let contract = contract_of(core)?;
+    let (resolve, world) = world_of(contract);
+    let spellings = core_spellings(&resolve, world);
+
+    let mut module = rename_exports(core, &spellings)?;
+    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF16)
+        .map_err(ComponentizeError::Contract)?;
+    encode(&module)
+}
+
+/// `contract`'s world, parsed from the copy compiled into the router.
+fn world_of(contract: Contract) -> (Resolve, wit_parser::WorldId) {
     let mut resolve = Resolve::default();
     let package = resolve
         .push_str("policy.wit", contract.wit())
@@ -94,12 +120,7 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
     let world = resolve
         .select_world(&[package], Some(contract.world()))
         .expect("the contract defines its world");
-    let spellings = core_spellings(&resolve, world);
-
-    let mut module = rename_exports(core, &spellings)?;
-    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF16)
-        .map_err(ComponentizeError::Contract)?;
-    encode(&module)
+    (resolve, world)
 }
 
 /// `wasm-tools component new --adapt`: the module with its embedded
@@ -121,10 +142,21 @@ fn encode(module: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
         .map_err(ComponentizeError::Contract)
 }
 
-/// Whether a core module carries its contract (a `component-type` custom
-/// section, as wit-bindgen's generated bindings embed), and so needs no
-/// renaming or embedding.
-fn carries_its_contract(core: &[u8]) -> Result<bool, ComponentizeError> {
+/// What a core module carries of the contract.
+enum Carries {
+    /// The contract itself, in a `component-type` custom section (what
+    /// wit-bindgen's C bindings embed): nothing to rename or embed.
+    Contract,
+    /// The contract's spelling of its exports
+    /// (`wasm-router:policy/policy@0.2.0#select`, as wit-bindgen's Go
+    /// bindings export them), the contract not embedded.
+    Spelling,
+    /// Neither (the AssemblyScript glue).
+    Nothing,
+}
+
+fn what_it_carries(core: &[u8]) -> Result<Carries, ComponentizeError> {
+    let mut spelled = false;
     for payload in Parser::new(0).parse_all(core) {
         match payload.map_err(|e| ComponentizeError::Invalid(e.to_string()))? {
             Payload::Version {
@@ -132,12 +164,22 @@ fn carries_its_contract(core: &[u8]) -> Result<bool, ComponentizeError> {
                 ..
             } => return Err(ComponentizeError::AlreadyComponent),
             Payload::CustomSection(section) if section.name().starts_with("component-type") => {
-                return Ok(true);
+                return Ok(Carries::Contract);
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(|e| ComponentizeError::Invalid(e.to_string()))?;
+                    spelled |= export.name == "wasm-router:policy/policy@0.2.0#select";
+                }
             }
             _ => {}
         }
     }
-    Ok(false)
+    Ok(if spelled {
+        Carries::Spelling
+    } else {
+        Carries::Nothing
+    })
 }
 
 /// The contract of a core module, from the number of parameters of its

@@ -249,20 +249,30 @@ async fn router_rss(policy: &str, instances: usize, worker: &str, cache: &Path) 
         .expect("start the router");
     let router = Proc(child);
     let url = format!("http://127.0.0.1:{port}");
-    eventually("the router listens", async || {
-        http().get(format!("{url}/health")).send().await.is_ok()
-    })
-    .await;
-    for i in 0..20 {
-        let answer = http()
+    let generate = async |i: u32| {
+        let body =
+            serde_json::json!({"text": format!("You are a helpful assistant. Question {i}")});
+        match http()
             .post(format!("{url}/generate"))
-            .json(
-                &serde_json::json!({"text": format!("You are a helpful assistant. Question {i}")}),
-            )
+            .json(&body)
             .send()
             .await
-            .unwrap();
-        assert_eq!(answer.status(), 200, "{policy} routes");
+        {
+            Ok(answer) => Ok((answer.status(), answer.text().await.unwrap_or_default())),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    // The first answer once the router listens and its worker is healthy.
+    eventually("the router routes", async || {
+        generate(0).await.is_ok_and(|(status, _)| status == 200)
+    })
+    .await;
+    for i in 1..20 {
+        let answer = generate(i).await;
+        assert!(
+            answer.as_ref().is_ok_and(|(status, _)| *status == 200),
+            "{policy}: {answer:?}"
+        );
     }
     rss_kb(router.0.id())
 }
