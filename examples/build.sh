@@ -19,7 +19,7 @@ cargo build --locked --quiet --release -p wasm-router-cli --bin router
 export ROUTER="$root/$target/release/router"
 examples/assemblyscript-policy/build.sh >/dev/null
 cp examples/assemblyscript-policy/session_affinity_as.wasm "$out/"
-for lang in python javascript typescript c; do
+for lang in python javascript typescript c go; do
     OUT="$root/$out/cache_affine_$lang.wasm" "examples/cache-affine/$lang/build.sh" >/dev/null
 done
 ls -l "$out"

@@ -55,7 +55,7 @@ echo "router with round_robin: RSS $((base / 1024)) MB"
 echo
 echo "| language | component | first compile | start, warm cache | RSS, 1st instance | RSS, 2nd instance | 2nd/1st |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-for lang in rust c python javascript typescript; do
+for lang in rust c go python javascript typescript; do
     file="$dir/cache_affine_$lang.wasm"
     [ -f "$file" ] || { echo "missing $file: run ./examples/build.sh" >&2; exit 1; }
     size=$(wc -c <"$file")

@@ -206,7 +206,7 @@ fn bench_languages(c: &mut Criterion, engine: &PolicyEngine) {
     group
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    for lang in ["rust", "c", "python", "javascript", "typescript"] {
+    for lang in ["rust", "c", "go", "python", "javascript", "typescript"] {
         let file = dir.join(format!("cache_affine_{lang}.wasm"));
         if !file.is_file() {
             println!(

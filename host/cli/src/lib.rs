@@ -96,7 +96,7 @@ pub enum PolicyCommand {
     /// a policy component.
     Componentize(ComponentizeArgs),
     /// Write the contract's bindings and the SDK for a language the router
-    /// builds for (C), so no bindings generator needs installing.
+    /// builds for (C, Go), so no bindings generator needs installing.
     Bindings(crate::bindings::BindingsArgs),
 }
 

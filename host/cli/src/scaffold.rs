@@ -22,6 +22,8 @@ pub enum Lang {
     Typescript,
     /// C, with the bindings and SDK `router policy bindings` writes.
     C,
+    /// Go, with the bindings and SDK `router policy bindings` writes.
+    Go,
 }
 
 impl Lang {
@@ -33,6 +35,7 @@ impl Lang {
             Lang::Python => "policies/sdk-python",
             Lang::Javascript | Lang::Typescript => "policies/sdk-js",
             Lang::C => "policies/sdk-c",
+            Lang::Go => "policies/sdk-go",
         }
     }
 
@@ -77,6 +80,12 @@ impl Lang {
                 (".gitignore", C_GITIGNORE, false),
                 ("README.md", README, false),
             ],
+            Lang::Go => &[
+                ("app.go", GO_APP, false),
+                ("build.sh", GO_BUILD, true),
+                (".gitignore", GO_GITIGNORE, false),
+                ("README.md", README, false),
+            ],
         }
     }
 
@@ -89,6 +98,7 @@ impl Lang {
             Lang::Javascript => ("app.js", "./build.sh"),
             Lang::Typescript => ("app.ts", "./build.sh"),
             Lang::C => ("app.c", "ROUTER=router ./build.sh"),
+            Lang::Go => ("app.go", "ROUTER=router ./build.sh"),
         }
     }
 
@@ -105,6 +115,9 @@ impl Lang {
             }
             Lang::C => {
                 "build it with `./build.sh` there (needs this router on PATH; installs clang and wasi-libc when root)"
+            }
+            Lang::Go => {
+                "build it with `./build.sh` there (needs this router on PATH; takes Go 1.25+ from PyPI if PATH has none)"
             }
         }
     }
@@ -152,6 +165,9 @@ const TS_BUILD: &str = include_str!("../../../examples/cache-affine/typescript/b
 const C_APP: &str = include_str!("../../../examples/cache-affine/c/app.c");
 const C_BUILD: &str = include_str!("../../../examples/cache-affine/c/build.sh");
 const C_GITIGNORE: &str = include_str!("../../../examples/cache-affine/c/.gitignore");
+const GO_APP: &str = include_str!("../../../examples/cache-affine/go/app.go");
+const GO_BUILD: &str = include_str!("../../../examples/cache-affine/go/build.sh");
+const GO_GITIGNORE: &str = include_str!("../../../examples/cache-affine/go/.gitignore");
 const README: &str = include_str!("../../../examples/templates/README.md.tmpl");
 
 /// Create the project; returns its directory.

