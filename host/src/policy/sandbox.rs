@@ -7,8 +7,10 @@
 //! `block_on`, which panics inside a runtime; [`add_to_linker`] therefore
 //! replaces the calls a guest makes to print (stdout/stderr writes and
 //! drops) with non-blocking ones, and makes waiting (`wasi:io/poll`, used by
-//! `sleep`) a trap: a policy must never hold a router thread. Any other host
-//! call that panics is caught by the caller as a fault.
+//! `sleep`) a trap: a policy must never hold a router thread. A poll that
+//! needs no wait (a zero timeout, as Go's runtime polls when its collector
+//! restarts the world) answers what is ready. Any other host call that
+//! panics is caught by the caller as a fault.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -73,9 +75,21 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     let mut poll = linker.instance(&format!("wasi:io/poll@{WASI_IO}"))?;
     poll.func_wrap(
         "poll",
-        |_store: StoreContextMut<'_, StoreState>,
-         (_pollables,): (Vec<Resource<DynPollable>>,)|
-         -> wasmtime::Result<(Vec<u32>,)> { Err(may_not_wait()) },
+        |mut store: StoreContextMut<'_, StoreState>,
+         (pollables,): (Vec<Resource<DynPollable>>,)|
+         -> wasmtime::Result<(Vec<u32>,)> {
+            let table = &mut store.data_mut().table;
+            let mut ready = Vec::new();
+            for (i, pollable) in (0u32..).zip(&pollables) {
+                if ready_now(table, pollable)? {
+                    ready.push(i);
+                }
+            }
+            if ready.is_empty() {
+                return Err(may_not_wait());
+            }
+            Ok((ready,))
+        },
     )?;
     poll.func_wrap(
         "[method]pollable.block",
@@ -84,6 +98,28 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
          -> wasmtime::Result<()> { Err(may_not_wait()) },
     )?;
     Ok(())
+}
+
+/// Whether `pollable` is ready without waiting. `pollable.ready` answers at
+/// once, never pending; asked twice, since a deadline already past first
+/// yields to the scheduler once (wasmtime-wasi's clocks).
+fn ready_now(
+    table: &mut ResourceTable,
+    pollable: &Resource<DynPollable>,
+) -> wasmtime::Result<bool> {
+    use wasmtime_wasi_io::bindings::wasi::io::poll::HostPollable;
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    for _ in 0..2 {
+        let borrowed = Resource::<DynPollable>::new_borrow(pollable.rep());
+        let answer = std::pin::pin!(HostPollable::ready(table, borrowed)).poll(&mut cx);
+        match answer {
+            Poll::Ready(Ok(true)) => return Ok(true),
+            Poll::Ready(Ok(false)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 fn may_not_wait() -> wasmtime::Error {

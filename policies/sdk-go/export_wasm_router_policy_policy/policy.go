@@ -7,6 +7,7 @@ import (
 	"wit_component/wasmrouter"
 	types "wit_component/wasm_router_policy_types"
 
+	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
@@ -25,8 +26,13 @@ func WorkersChanged(workers []types.WorkerInfo) {
 }
 
 func Select(req *types.Request, candidates *types.Candidates) witTypes.Result[uint32, string] {
+	wasmrouter.Collect()
 	r, c := wasmrouter.Lend(req, candidates)
 	defer wasmrouter.Release(r, c)
+	// What the router copied in during the call (the columns read) stays
+	// pinned until unpinned; the bindings unpin in init, workers-changed
+	// and restore only, so a policy that only selects would never free it.
+	defer witRuntime.Unpin()
 	pick, err := wasmrouter.Registered().Select(r, c)
 	if err != nil {
 		return witTypes.Err[uint32, string](err.Error())

@@ -32,6 +32,9 @@
 package wasmrouter
 
 import (
+	"runtime"
+	"runtime/debug"
+
 	needs "wit_component/wasm_router_policy_needs"
 	prefix "wit_component/wasm_router_policy_prefix_index"
 	types "wit_component/wasm_router_policy_types"
@@ -86,7 +89,31 @@ func (Defaults) Restore([]byte) error              { return nil }
 var registered Policy
 
 // Register makes p the component's policy; call it from an init function.
-func Register(p Policy) { registered = p }
+// It also takes the collector's timing out of the host's allocations (see
+// Collect).
+func Register(p Policy) {
+	registered = p
+	debug.SetGCPercent(-1)
+}
+
+// CollectEvery is how many calls run between two collections.
+const CollectEvery = 256
+
+var calls int
+
+// Collect runs the garbage collector every CollectEvery calls, at the start
+// of a call, where the policy may call out of the component. With Go's own
+// pacing, an allocation could start a collection or return memory to the
+// system, and both read the clock through WASI; inside `cabi_realloc`,
+// while the router copies a value in, the component model forbids calls
+// out, and the instance traps. So the pacer is off (Register) and
+// collections happen here.
+func Collect() {
+	calls++
+	if calls%CollectEvery == 0 {
+		runtime.GC()
+	}
+}
 
 // Registered is the registered policy, for the export glue.
 func Registered() Policy {

@@ -316,3 +316,21 @@ async fn a_second_python_instance_costs_far_less_than_the_first() {
         "a second instance added {second} KB against the first's {first} KB"
     );
 }
+
+/// Go's runtime reads the clock when its collector runs or its heap grows;
+/// inside `cabi_realloc`, while the router copies a value in, the component
+/// model forbids that call, and the instance traps (every few hundred
+/// calls before the SDK took collections out of allocation and unpinned
+/// what each call copied in). Many calls in a row, none may fall back.
+#[test]
+fn the_go_example_runs_many_calls_without_a_fault() {
+    let p = load(&cache_affine(Lang::Go));
+    p.workers_changed(&workers(&[0, 1, 2, 3, 4, 5, 6, 7]));
+    let candidates: Vec<Candidate> = (0..8).map(|id| Candidate::idle(id, id % 3)).collect();
+    for i in 0..20_000u32 {
+        let text = format!("system prompt {} question {i}", i % 16);
+        let decision = p.select(&request(&text, None), &candidates).unwrap();
+        assert_eq!(decision.fallback, None, "call {i}: {:?}", p.last_fault());
+    }
+    assert_eq!(p.faults(), 0);
+}
