@@ -33,6 +33,7 @@ OUR_EXTRAS = {
     "--log-json",
     "--policy-call-deadline-ms",
     "--policy-memory-limit-mb",
+    "--policy-instances",
     "--no-policy-cache",
     "--no-watch",
     "--kv-events",
