@@ -90,6 +90,19 @@ class Decline(Exception):
     with its fallback and starts a fresh instance."""
 
 
+def _lazy(name: str, doc: Optional[str] = None) -> property:
+    """A property that asks the lent handle's getter `name` once per call
+    and keeps the answer."""
+
+    def get(self):
+        cache = self._cache
+        if name not in cache:
+            cache[name] = getattr(self._lent, name)()
+        return cache[name]
+
+    return property(get, doc=doc)
+
+
 class Request:
     """The request being routed, lent for one `select` only. Each attribute
     crosses from the router when first read, and is kept for the call."""
@@ -100,43 +113,14 @@ class Request:
         self._lent = lent
         self._cache = {}
 
-    def _get(self, name, fetch):
-        if name not in self._cache:
-            self._cache[name] = fetch()
-        return self._cache[name]
-
-    @property
-    def id(self) -> int:
-        return self._get("id", self._lent.id)
-
-    @property
-    def route(self) -> types.Route:
-        return self._get("route", self._lent.route)
-
-    @property
-    def model(self) -> str:
-        return self._get("model", self._lent.model)
-
-    @property
-    def text(self) -> str:
-        """The routing text; empty unless the policy declared `needs_text`."""
-        return self._get("text", self._lent.text)
-
-    @property
-    def text_length(self) -> int:
-        return self._get("text_length", self._lent.text_length)
-
-    @property
-    def routing_key(self) -> Optional[str]:
-        return self._get("routing_key", self._lent.routing_key)
-
-    @property
-    def stream(self) -> bool:
-        return self._get("stream", self._lent.stream)
-
-    @property
-    def max_new_tokens(self) -> Optional[int]:
-        return self._get("max_new_tokens", self._lent.max_new_tokens)
+    id = _lazy("id")
+    route = _lazy("route")
+    model = _lazy("model")
+    text = _lazy("text", "The routing text; empty unless the policy declared `needs_text`.")
+    text_length = _lazy("text_length")
+    routing_key = _lazy("routing_key", "`x-routing-key`; None when absent.")
+    stream = _lazy("stream")
+    max_new_tokens = _lazy("max_new_tokens")
 
     def text_prefix(self, min_bytes: int) -> str:
         """The text's shortest prefix of at least `min_bytes` bytes."""
@@ -175,60 +159,23 @@ class Candidates:
         self._lent = lent
         self._cache = {}
 
-    def _get(self, name, fetch):
-        if name not in self._cache:
-            self._cache[name] = fetch()
-        return self._cache[name]
-
     def __iter__(self) -> Iterator[Candidate]:
         return (Candidate(i, load) for i, load in zip(self.ids, self.loads))
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
-    def ids(self) -> List[int]:
-        return self._get("ids", self._lent.ids)
-
-    @property
-    def loads(self) -> List[int]:
-        return self._get("loads", self._lent.loads)
-
-    @property
-    def in_flight(self) -> List[int]:
-        return self._get("in_flight", self._lent.in_flight)
-
-    @property
-    def reported_loads(self) -> List[Optional[int]]:
-        return self._get("reported_loads", self._lent.reported_loads)
-
-    @property
-    def queued(self) -> List[Optional[int]]:
-        return self._get("queued", self._lent.queued)
-
-    @property
-    def half_open(self) -> List[bool]:
-        return self._get("half_open", self._lent.half_open)
-
-    @property
-    def ttft_ewma_us(self) -> List[Optional[int]]:
-        return self._get("ttft_ewma_us", self._lent.ttft_ewma_us)
-
-    @property
-    def latency_ewma_us(self) -> List[Optional[int]]:
-        return self._get("latency_ewma_us", self._lent.latency_ewma_us)
-
-    @property
-    def weights(self) -> List[int]:
-        return self._get("weights", self._lent.weights)
-
-    @property
-    def kv_usage(self) -> List[Optional[float]]:
-        return self._get("kv_usage", self._lent.kv_usage)
-
-    @property
-    def prefill_ahead(self) -> List[types.PrefillWork]:
-        return self._get("prefill_ahead", self._lent.prefill_ahead)
+    ids = _lazy("ids")
+    loads = _lazy("loads", "The higher of the router's in-flight count and the worker's own.")
+    in_flight = _lazy("in_flight")
+    reported_loads = _lazy("reported_loads")
+    queued = _lazy("queued")
+    half_open = _lazy("half_open")
+    ttft_ewma_us = _lazy("ttft_ewma_us")
+    latency_ewma_us = _lazy("latency_ewma_us")
+    weights = _lazy("weights")
+    kv_usage = _lazy("kv_usage")
+    prefill_ahead = _lazy("prefill_ahead")
 
     def label(self, key: str) -> List[Optional[str]]:
         """Each candidate's value of label `key` (None where it has none)."""
