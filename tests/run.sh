@@ -137,7 +137,7 @@ fuzz() {
 }
 
 step "toolchain: wasm32-wasip2 target, rustfmt, clippy" toolchain
-step "Debian packages: Node.js and npm (AssemblyScript policies), Prometheus (scrape test)" debian_packages
+step "Debian packages: Node.js and npm (AssemblyScript, JavaScript), clang and wasi-libc (C), venv (Python), Prometheus" debian_packages
 step "Kubernetes manifests validate against the API schemas" manifests
 step "reference policies are rebuilt from source and match the committed files" reference_policies
 step "format and lints" lints
