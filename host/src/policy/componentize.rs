@@ -1,9 +1,10 @@
 //! `router policy componentize`: wrap a core module that follows the
 //! canonical ABI of the policy contract into a component the router loads.
 //!
-//! A module whose bindings wit-bindgen generated (C, Go) carries the
-//! contract in a `component-type` custom section, with the contract's
-//! spelling of its exports: it is encoded as it is. Its WASI preview 1
+//! A module whose bindings wit-bindgen generated exports the contract's
+//! spelling of its functions: C's also carries the contract in a
+//! `component-type` custom section and is encoded as it is; Go's does not,
+//! so the contract is embedded, with UTF-8 strings. Its WASI preview 1
 //! imports (wasi-libc, Go's runtime) are adapted to the preview 2 the
 //! router gives policies, with wasmtime's reactor adapter (what `wasm-tools
 //! component new --adapt` does).
@@ -83,36 +84,14 @@ pub enum ComponentizeError {
 
 /// Turn a core module's bytes into a policy component's bytes.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>, ComponentizeError> {
-    match what_it_carries(core)? {
+    // The contract to embed, with its string encoding, and whether the
+    // exports need the contract's spelling.
+    let (contract, encoding, rename) = match what_it_carries(core)? {
         Carries::Contract => return encode(core),
-        Carries::Spelling => {
-            // wit-bindgen's Go bindings: the contract's export names and
-            // UTF-8 strings, nothing embedded.
-            let (resolve, world) = world_of(Contract::V0_2);
-            let mut module = core.to_vec();
-            wit_component::embed_component_metadata(
-                &mut module,
-                &resolve,
-                world,
-                StringEncoding::UTF8,
-            )
-            .map_err(ComponentizeError::Contract)?;
-            return encode(&module);
-        }
-        Carries::Nothing => {}
-    }
-    let contract = contract_of(core)?;
-    let (resolve, world) = world_of(contract);
-    let spellings = core_spellings(&resolve, world);
-
-    let mut module = rename_exports(core, &spellings)?;
-    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF16)
-        .map_err(ComponentizeError::Contract)?;
-    encode(&module)
-}
-
-/// `contract`'s world, parsed from the copy compiled into the router.
-fn world_of(contract: Contract) -> (Resolve, wit_parser::WorldId) {
+        // wit-bindgen's Go bindings: UTF-8 strings, the contract's names.
+        Carries::Spelling => (Contract::V0_2, StringEncoding::UTF8, false),
+        Carries::Nothing => (contract_of(core)?, StringEncoding::UTF16, true),
+    };
     let mut resolve = Resolve::default();
     let package = resolve
         .push_str("policy.wit", contract.wit())
@@ -120,7 +99,14 @@ fn world_of(contract: Contract) -> (Resolve, wit_parser::WorldId) {
     let world = resolve
         .select_world(&[package], Some(contract.world()))
         .expect("the contract defines its world");
-    (resolve, world)
+    let mut module = if rename {
+        rename_exports(core, &core_spellings(&resolve, world))?
+    } else {
+        core.to_vec()
+    };
+    wit_component::embed_component_metadata(&mut module, &resolve, world, encoding)
+        .map_err(ComponentizeError::Contract)?;
+    encode(&module)
 }
 
 /// `wasm-tools component new --adapt`: the module with its embedded
