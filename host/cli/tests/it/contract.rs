@@ -3,14 +3,12 @@
 //! `metrics`) hold what 0.2 policies keep, across faults and reloads, and
 //! cap a policy that floods them.
 
-use wasm_router::config::Role;
 use wasm_router::policy::imports::{MAX_METRICS, MAX_STATE_VALUE};
-use wasm_router::policy::{
-    Candidate, Policy, PolicySource, Reads, SelectError, WasmPolicy, WorkerInfo,
-};
+use wasm_router::policy::{Candidate, Policy, PolicySource, Reads, SelectError, WasmPolicy};
 
 use crate::fixtures::{
     contract_0_1, contract_0_2_early, engine, generous_limits, hostile, idle, request, wait_until,
+    workers,
 };
 use serde_json::json;
 
@@ -90,19 +88,6 @@ async fn a_declared_need_overrides_the_imports() {
 
 fn load(engine: &wasm_router::policy::PolicyEngine, source: PolicySource) -> WasmPolicy {
     WasmPolicy::load(engine, source, "{}", generous_limits()).expect("the policy loads")
-}
-
-fn workers(ids: &[u32]) -> Vec<WorkerInfo> {
-    ids.iter()
-        .map(|&id| WorkerInfo {
-            id,
-            url: format!("http://127.0.0.1:{}", 9000 + id),
-            model: "m".into(),
-            role: Role::Regular,
-            dp_rank: None,
-            ..Default::default()
-        })
-        .collect()
 }
 
 /// The picks of `policy` over a scripted sequence: prompts that share

@@ -6,7 +6,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasm_router::config::Limits;
-use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest};
+use wasm_router::config::Role;
+use wasm_router::policy::{Candidate, PolicyEngine, Route, RouteRequest, WorkerInfo};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -190,6 +191,20 @@ pub fn request<'a>(text: &'a str, routing_key: Option<&'a str>) -> RouteRequest<
         stream: false,
         max_new_tokens: None,
     }
+}
+
+/// Regular workers with these ids, serving model `m`, for `workers-changed`.
+pub fn workers(ids: &[u32]) -> Vec<WorkerInfo> {
+    ids.iter()
+        .map(|&id| WorkerInfo {
+            id,
+            url: format!("http://127.0.0.1:{}", 9000 + id),
+            model: "m".into(),
+            role: Role::Regular,
+            dp_rank: None,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Idle candidates with these ids.

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use wasm_router::policy::{Candidate, Policy, PolicySource, Reads, WasmPolicy, WorkerInfo};
+use wasm_router::policy::{Candidate, Policy, PolicySource, Reads, WasmPolicy};
 
-use crate::fixtures::{engine, generous_limits, request, workspace};
+use crate::fixtures::{engine, generous_limits, request, workers, workspace};
 use crate::mock::{MockWorker, eventually, http};
 use crate::soak::{Proc, free_port, rss_kb};
 
@@ -81,15 +81,16 @@ fn load(file: &Path) -> WasmPolicy {
     WasmPolicy::load(&engine(), source, "{}", generous_limits()).expect("the example loads")
 }
 
-fn workers(ids: &[u32]) -> Vec<WorkerInfo> {
-    ids.iter()
-        .map(|&id| WorkerInfo {
-            id,
-            url: format!("http://127.0.0.1:{}", 9000 + id),
-            model: "m".into(),
-            ..Default::default()
-        })
-        .collect()
+/// The candidates of scripted call `i`: four workers, one of them gone
+/// half way.
+fn scripted_ids(i: u32) -> &'static [u32] {
+    if i < 45 { &[1, 2, 3, 4] } else { &[1, 2, 4] }
+}
+
+/// Worker `id`'s load at scripted call `i`: within the slack of 4 most of
+/// the time, past it every seventh call.
+fn scripted_load(id: u32, i: u32) -> u32 {
+    (id * 5 + i * 3) % if i % 7 == 6 { 30 } else { 6 }
 }
 
 /// The picks over a scripted sequence: conversations that grow (their
@@ -103,10 +104,9 @@ fn scripted_picks(policy: &WasmPolicy) -> Vec<u32> {
         if i == 45 {
             policy.workers_changed(&workers(&[1, 2, 4]));
         }
-        let ids: &[u32] = if i < 45 { &[1, 2, 3, 4] } else { &[1, 2, 4] };
-        let candidates: Vec<Candidate> = ids
+        let candidates: Vec<Candidate> = scripted_ids(i)
             .iter()
-            .map(|&id| Candidate::idle(id, (id * 5 + i * 3) % if i % 7 == 6 { 30 } else { 6 }))
+            .map(|&id| Candidate::idle(id, scripted_load(id, i)))
             .collect();
         let talk = &mut conversations[(i % 6) as usize];
         talk.push_str(&format!("turn {i} of conversation {}; ", i % 6));
@@ -125,9 +125,9 @@ fn the_rust_example_follows_the_cache_within_the_load_slack() {
     // The least loaded candidate at each call, for comparison.
     let least: Vec<u32> = (0..90u32)
         .map(|i| {
-            let ids: &[u32] = if i < 45 { &[1, 2, 3, 4] } else { &[1, 2, 4] };
-            *ids.iter()
-                .min_by_key(|&&id| ((id * 5 + i * 3) % if i % 7 == 6 { 30 } else { 6 }, id))
+            *scripted_ids(i)
+                .iter()
+                .min_by_key(|&&id| (scripted_load(id, i), id))
                 .unwrap()
         })
         .collect();

@@ -3,21 +3,12 @@
 //! Needs the `prometheus` binary (`apt-get install prometheus`; the README's
 //! test command installs it).
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 use crate::mock::{eventually, get_json, http};
-use crate::soak::Proc;
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::soak::{Proc, free_port};
 
 fn prometheus_binary() -> &'static str {
     let found = Command::new("prometheus")
