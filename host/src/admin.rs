@@ -1,7 +1,8 @@
 //! Worker administration: `POST/GET /workers`, `GET/DELETE /workers/{id}`,
 //! the SGLang router's older `/add_worker`, `/remove_worker`,
-//! `/list_workers`, the fan-out routes `/flush_cache` and `/get_loads`, and
-//! the policy routes `GET /policies` and `POST /policies/reload`.
+//! `/list_workers`, the fan-out routes `/flush_cache` and `/get_loads`, the
+//! policy routes `GET /policies`, `POST /policies/reload` and `POST
+//! /policies/promote`, and the decision log's `GET /decisions`.
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/flush_cache", post(flush_cache))
         .route("/policies", get(policies))
         .route("/policies/reload", post(reload_policy))
+        .route("/policies/promote", post(promote_policy))
+        .route("/decisions", get(decisions))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_admin,
@@ -262,7 +265,87 @@ pub async fn get_loads(State(s): S) -> Json<Value> {
 
 /// `GET /policies`: what is loaded, and how reloads went.
 async fn policies(State(s): S) -> Json<Value> {
-    Json(json!({"policies": statuses(&s)}))
+    Json(json!({"policies": statuses(&s), "shadows": shadow_statuses(&s)}))
+}
+
+/// Each shadow policy's status and counts.
+fn shadow_statuses(s: &AppState) -> Vec<Value> {
+    let shadows = s.shadows.as_ref().map_or(&[][..], |s| s.all());
+    shadows
+        .iter()
+        .map(|shadow| json!(shadow.status()))
+        .collect()
+}
+
+/// `POST /policies/promote`'s body.
+#[derive(Deserialize)]
+struct Promote {
+    /// The shadow, as given to `--shadow-policy` or by its declared name.
+    shadow: String,
+}
+
+/// `POST /policies/promote {"shadow": NAME}`: make a shadow the live policy
+/// by a reload's build, check and swap; it is no longer asked as a shadow.
+async fn promote_policy(State(s): S, body: Json<Promote>) -> Result<Json<Value>, ApiError> {
+    let Some(shadow) = s
+        .shadows
+        .as_ref()
+        .and_then(|sh| sh.find(&body.shadow))
+        .cloned()
+    else {
+        return Err(ApiError::NotFound(format!(
+            "no shadow policy {}: GET /policies lists them (start the router with --shadow-policy FILE.wasm)",
+            body.shadow
+        )));
+    };
+    let wanted = crate::policy::reload::Wanted {
+        policy: shadow.name.clone(),
+        config: s.config.policy_config.clone(),
+    };
+    let manager = s.policies.clone();
+    let result = tokio::task::spawn_blocking(move || manager.promote(wanted))
+        .await
+        .map_err(|e| ApiError::PolicyReload(format!("promote task failed: {e}")))?;
+    result.map_err(|e| ApiError::PolicyReload(format!("shadow {}: {e}", body.shadow)))?;
+    shadow.retire();
+    Ok(Json(
+        json!({"promoted": shadow.name, "policy": s.policies.status()}),
+    ))
+}
+
+/// `GET /decisions?last=N`'s query.
+#[derive(Deserialize)]
+struct Last {
+    #[serde(default = "hundred")]
+    last: usize,
+}
+
+fn hundred() -> usize {
+    100
+}
+
+/// `GET /decisions?last=N`: the latest decision records (100 unless given,
+/// at most [`crate::lab::log::RECENT`]), oldest first.
+async fn decisions(State(s): S, Query(q): Query<Last>) -> Result<Response, ApiError> {
+    let Some(log) = &s.decisions else {
+        return Err(ApiError::NotFound(
+            "no decision log: start the router with --decision-log PATH (or - for stdout)".into(),
+        ));
+    };
+    let recent = log.recent(q.last);
+    let mut body = String::from("{\"decisions\":[");
+    for (n, record) in recent.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(record);
+    }
+    body.push_str(&format!("],\"dropped\":{}}}", log.dropped()));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// Each policy's status, with the workers it routes to (`serves`: regular,

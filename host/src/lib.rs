@@ -24,6 +24,7 @@ pub mod extract;
 pub mod hold;
 pub mod index;
 pub mod jwt;
+pub mod lab;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -69,6 +69,24 @@ pub const DISCOVERY_WORKERS: &str = "wasm_router_discovery_workers";
 pub const DISCOVERY_API_UP: &str = "wasm_router_discovery_api_up";
 /// Errors of service discovery's list or watch, by role.
 pub const DISCOVERY_ERRORS: &str = "wasm_router_discovery_errors_total";
+/// Decision records written (`--decision-log`).
+pub const DECISIONS_WRITTEN: &str = "wasm_router_decision_records_written_total";
+/// Decision records dropped because the writer was behind.
+pub const DECISIONS_DROPPED: &str = "wasm_router_decision_records_dropped_total";
+/// A shadow policy's answers, by shadow and whether it agreed with the
+/// live pick.
+pub const SHADOW_DECISIONS: &str = "wasm_router_shadow_decisions_total";
+/// A shadow policy's faults, by shadow and kind.
+pub const SHADOW_FAULTS: &str = "wasm_router_shadow_faults_total";
+/// Questions a shadow policy was not asked because it was behind.
+pub const SHADOW_DROPPED: &str = "wasm_router_shadow_dropped_total";
+/// A shadow's picks, by shadow and worker.
+pub const SHADOW_PICKS: &str = "wasm_router_shadow_picks_total";
+/// Prefix (characters, or tokens when requests are tokenized) a shadow's
+/// picks held, summed, by shadow.
+pub const SHADOW_MATCHED: &str = "wasm_router_shadow_matched_total";
+/// The same for the live picks of the requests a shadow answered.
+pub const SHADOW_LIVE_MATCHED: &str = "wasm_router_shadow_live_matched_total";
 /// `BlockStored` events the index refused (shape, page size, full).
 pub const KV_EVENTS_REFUSED: &str = "wasm_router_kv_events_refused_total";
 

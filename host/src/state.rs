@@ -41,6 +41,10 @@ pub struct AppState {
     /// The workers' KV event subscriptions and the precise index they feed
     /// (`--kv-events`).
     pub kv_events: Option<Arc<crate::events::Subscriptions>>,
+    /// Where decision records go (`--decision-log`).
+    pub decisions: Option<crate::lab::DecisionLog>,
+    /// The shadow policies (`--shadow-policy`).
+    pub shadows: Option<Arc<crate::lab::Shadows>>,
     pub(crate) admission: Option<Admission>,
     /// The tracer, with `--enable-trace`.
     pub(crate) traces: Option<crate::traces::Traces>,
@@ -54,13 +58,15 @@ pub struct AppState {
 impl AppState {
     /// State over a registry and the policy managers that feed the seam;
     /// `kv` is what those policies read of the workers' KV caches, which
-    /// the router then follows into `kv.index`.
+    /// the router then follows into `kv.index`; `shadows` are asked after
+    /// the live policy.
     pub fn new(
         config: Config,
         registry: Arc<Registry>,
         policies: Arc<PolicyManager>,
         prefill_policies: Option<Arc<PolicyManager>>,
         kv: KvView,
+        shadows: Option<crate::lab::Shadows>,
     ) -> anyhow::Result<Self> {
         let client = client_with_tls(&config.client_tls)?;
         let traces = match &config.otlp_traces {
@@ -68,6 +74,12 @@ impl AppState {
             None => None,
         };
         Ok(AppState {
+            decisions: config
+                .decision_log
+                .as_ref()
+                .map(crate::lab::DecisionLog::start)
+                .transpose()?,
+            shadows: shadows.map(Arc::new),
             admission: config.queue.map(Admission::new),
             traces,
             jwt: config

@@ -230,6 +230,35 @@ pub struct RouterArgs {
     /// fewer. Shared policies run one.
     #[arg(long, help_heading = "Routing Policy")]
     pub policy_instances: Option<usize>,
+    /// Write a decision record per request as JSON lines to this file
+    /// (`-`: stdout): the request's shape, the candidates as the policy saw
+    /// them, its pick and the outcome. Off the request path: a record that
+    /// finds the writer behind is dropped and counted.
+    #[arg(long, value_name = "PATH", help_heading = "Policy Lab")]
+    pub decision_log: Option<String>,
+    /// Share of requests recorded, between 0 and 1.
+    #[arg(long, help_heading = "Policy Lab")]
+    pub decision_log_sample: Option<f64>,
+    /// The decision log's file is rotated (to PATH.1) past this size, in MiB.
+    #[arg(long, help_heading = "Policy Lab")]
+    pub decision_log_max_mb: Option<u64>,
+    /// Records waiting for the writer at most; more are dropped and counted.
+    #[arg(long, help_heading = "Policy Lab")]
+    pub decision_log_buffer: Option<usize>,
+    /// Put the routing text itself in decision records (else only its
+    /// block keys).
+    #[arg(long, help_heading = "Policy Lab")]
+    pub decision_log_text: bool,
+    /// A policy asked every request's question after the live one, off the
+    /// request path, whose answers are compared and never acted on
+    /// (repeatable; hot-reloaded; `POST /policies/promote` makes one live).
+    #[arg(
+        long,
+        value_name = "FILE.wasm",
+        num_args = 1,
+        help_heading = "Policy Lab"
+    )]
+    pub shadow_policy: Vec<String>,
     /// Do not cache compiled policies on disk.
     #[arg(long, help_heading = "Routing Policy")]
     pub no_policy_cache: bool,

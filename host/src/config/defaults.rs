@@ -77,6 +77,9 @@ defaults! {
     "shutdown_grace_period_secs" => SHUTDOWN_GRACE_PERIOD_SECS: u64 = 180;
     "policy_call_deadline_ms" => POLICY_CALL_DEADLINE_MS: u64 = 10;
     "policy_memory_limit_mb" => POLICY_MEMORY_LIMIT_MB: usize = 512;
+    "decision_log_sample" => DECISION_LOG_SAMPLE: f64 = 1.0;
+    "decision_log_max_mb" => DECISION_LOG_MAX_MB: u64 = 100;
+    "decision_log_buffer" => DECISION_LOG_BUFFER: usize = 4096;
     // sglang-router's flags accepted at their defaults only (`sglang.rs`).
     "service_discovery_port" => SERVICE_DISCOVERY_PORT: u16 = 80;
     "tokenizer_cache_l0_max_entries" => TOKENIZER_CACHE_L0_MAX_ENTRIES: u64 = 10_000;

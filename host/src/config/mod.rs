@@ -19,6 +19,7 @@ mod args;
 pub mod defaults;
 mod discovery;
 mod kv_events;
+mod lab;
 mod policy;
 mod requests;
 mod security;
@@ -32,6 +33,7 @@ pub use args::{RouterArgs, WorkerEntry};
 pub use defaults::show_defaults;
 pub use discovery::{BOOTSTRAP_PORT_ANNOTATION, Discovery, Selector};
 pub use kv_events::{KvEndpoint, endpoint_from_config};
+pub use lab::{DecisionLogConfig, LogTarget};
 pub use policy::{
     DEFAULT_CALL_DEADLINE, DEFAULT_MAINTENANCE_DEADLINE, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TICK_DEADLINE, Limits, PolicySlot, TokenizerCache, default_cache_dir,
@@ -117,6 +119,10 @@ pub struct Config {
     pub policy_config: String,
     /// Limits of policy instances.
     pub policy_limits: Limits,
+    /// Decision records (`--decision-log`); `None`: none written.
+    pub decision_log: Option<DecisionLogConfig>,
+    /// Shadow policies (`--shadow-policy`): names or paths.
+    pub shadows: Vec<String>,
     /// Where compiled policies are cached.
     pub policy_cache_dir: Option<PathBuf>,
     /// The router's tokenizer.json (`--tokenizer-path`, `--model-path`).

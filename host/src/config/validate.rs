@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, ConfigError, RouterArgs, defaults as d, discovery, invalid, policy, requests, security,
-    workers,
+    Config, ConfigError, RouterArgs, defaults as d, discovery, invalid, lab, policy, requests,
+    security, workers,
 };
 
 impl Config {
@@ -54,6 +54,8 @@ impl Config {
             policy,
             policy_config: policy::init_config(&s)?,
             policy_limits: policy::limits(&s)?,
+            decision_log: lab::decision_log(&s)?,
+            shadows: lab::shadows(&s)?,
             policy_cache_dir: if s.no_policy_cache {
                 None
             } else {

@@ -333,6 +333,13 @@ pub trait Policy: Send + Sync {
     fn component_sha256(&self) -> Option<&str> {
         None
     }
+
+    /// The prefix index the host keeps for it (`prefix-index`), for a Wasm
+    /// policy: where decision records and shadows look up matched
+    /// prefixes.
+    fn prefix_index(&self) -> Option<&crate::index::Approximate> {
+        None
+    }
 }
 
 /// What [`Policy::until_ready`] returns.
@@ -404,5 +411,9 @@ impl<P: Policy + ?Sized> Policy for std::sync::Arc<P> {
 
     fn component_sha256(&self) -> Option<&str> {
         (**self).component_sha256()
+    }
+
+    fn prefix_index(&self) -> Option<&crate::index::Approximate> {
+        (**self).prefix_index()
     }
 }

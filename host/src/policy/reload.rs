@@ -124,6 +124,9 @@ pub struct PolicyManager {
 struct State {
     current: Arc<WasmPolicy>,
     wanted: Wanted,
+    /// What [`PolicyManager::promote`] made live: reloads load it instead
+    /// of what `wanted` says, until the router restarts.
+    promoted: Option<Wanted>,
     loaded_at: u64,
     reload_count: u64,
     last_error: Option<String>,
@@ -184,6 +187,7 @@ impl PolicyManager {
             state: Mutex::new(State {
                 current,
                 wanted: first,
+                promoted: None,
                 loaded_at: now_secs(),
                 reload_count: 0,
                 last_error: None,
@@ -211,6 +215,25 @@ impl PolicyManager {
     pub fn reload(&self, force: bool) -> Result<Reloaded, String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.try_reload(force);
+        self.reloaded(result)
+    }
+
+    /// Make `wanted` (a shadow's policy) the one this manager serves, by
+    /// the same build, check and swap as a reload; a failure keeps the old
+    /// one. Later reloads load it again, until the router restarts (put it
+    /// in the config to keep it).
+    pub fn promote(&self, wanted: Wanted) -> Result<Reloaded, String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let before = self.lock().promoted.replace(wanted);
+        let result = self.try_reload(true);
+        if result.is_err() {
+            self.lock().promoted = before;
+        }
+        self.reloaded(result)
+    }
+
+    /// Count, log and keep the outcome of a reload.
+    fn reloaded(&self, result: Result<Reloaded, String>) -> Result<Reloaded, String> {
         let mut state = self.lock();
         match &result {
             Ok(Reloaded::Swapped) => {
@@ -230,7 +253,11 @@ impl PolicyManager {
     }
 
     fn try_reload(&self, force: bool) -> Result<Reloaded, String> {
-        let wanted = (self.wanted)()?;
+        let promoted = self.lock().promoted.clone();
+        let wanted = match promoted {
+            Some(wanted) => wanted,
+            None => (self.wanted)()?,
+        };
         let source = PolicySource::parse(&wanted.policy).map_err(|e| e.to_string())?;
         let bytes = source.read().map_err(|e| e.to_string())?;
         {

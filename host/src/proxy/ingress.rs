@@ -92,13 +92,21 @@ async fn serve(
         .as_ref()
         .map(|m| Loaded::from(&m.active()));
     let peek = extract::peek(&body)?;
+    // The lab: shadows in regular mode, and a record when sampled.
+    let shadows = s.shadows.as_deref().filter(|_| prefill_policy.is_none());
+    let log = s
+        .decisions
+        .as_ref()
+        .filter(|d| prefill_policy.is_none() && d.sampled());
     let either = |wants: fn(&PolicyInfo) -> bool| {
         wants(policy.policy.info())
             || prefill_policy
                 .as_ref()
                 .is_some_and(|p| wants(p.policy.info()))
+            || shadows.is_some_and(|s| s.any_wants(wants))
     };
-    let text = if either(|i| i.needs_text) {
+    // A record keeps the text's block keys, so it needs the text.
+    let text = if either(|i| i.needs_text) || log.is_some() {
         peek.routing_text()?
     } else {
         String::new()
@@ -107,12 +115,20 @@ async fn serve(
     let routing_key = ["x-routing-key", "x-smg-routing-key"]
         .iter()
         .find_map(|h| parts.headers.get(*h)?.to_str().ok());
+    let request_id = request_id(&parts);
+    let live = (log.is_some() || shadows.is_some()).then(|| policy.policy.clone());
+    let lab = live.as_ref().map(|live| crate::lab::Watch {
+        log,
+        shadows,
+        live,
+        request_id,
+    });
     let forward = Forward {
         route,
         path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &parts.headers,
         body: body.clone(),
-        request_id: request_id(&parts),
+        request_id,
         seq: s.seq.fetch_add(1, Ordering::Relaxed),
         model: peek.model.as_deref().unwrap_or(""),
         text: &text,
@@ -126,6 +142,7 @@ async fn serve(
         max_new_tokens: peek.max_new_tokens(),
         deadline,
         trace,
+        lab,
     };
     if let Some(span) = trace {
         span.model(forward.model);

@@ -15,8 +15,12 @@ use bytes::Bytes;
 
 use crate::config::{Config, Role};
 use crate::errors::ApiError;
+use crate::lab::log::Draft;
 use crate::metrics as m;
-use crate::policy::{AttemptError, LeastLoad, Loaded, Policy, Route, RouteRequest, SelectError};
+use crate::policy::{
+    AttemptError, Decision, LeastLoad, Loaded, Policy, PolicyFault, Route, RouteRequest,
+    SelectError,
+};
 use crate::upstream::Upstream;
 use crate::workers::{InFlight, Registry, Worker};
 
@@ -62,6 +66,8 @@ pub struct Forward<'a> {
     pub deadline: tokio::time::Instant,
     /// Its trace span, with `--enable-trace`.
     pub trace: Option<&'a crate::traces::RequestSpan>,
+    /// What the policy lab records and asks of it (regular mode only).
+    pub lab: Option<crate::lab::Watch<'a>>,
 }
 
 impl Forward<'_> {
@@ -93,8 +99,11 @@ pub async fn forward_to_worker(
 ) -> Result<Response, ApiError> {
     let headers = upstream_headers(req.headers, req.request_id);
     let mut retries = Retries::new(config, req.route, req.request_id, req.deadline);
+    // The decision record of the attempt that failed, which the next one
+    // takes over; written as it is if there is no next one.
+    let mut carried: Option<Draft> = None;
     while retries.next().await {
-        let Some(worker) = pick(
+        let Some(mut worker) = pick(
             registry,
             &**policy.policy,
             Role::Regular,
@@ -105,8 +114,14 @@ pub async fn forward_to_worker(
         else {
             break;
         };
+        let draft = worker.draft.take().map(|mut draft| {
+            if let Some(failed) = carried.take() {
+                failed.retried(&mut draft);
+            }
+            draft
+        });
         let in_flight = worker.start_request();
-        let mut feedback = Feedback::wanted(&policy, req.seq, retries.attempt(), &worker);
+        let mut feedback = Feedback::wanted(&policy, req.seq, retries.attempt(), &worker, draft);
         let attempt = req.trace.map(|t| t.attempt(&worker.url, retries.attempt()));
         let mut headers = headers.clone();
         if let Some(span) = &attempt {
@@ -154,6 +169,7 @@ pub async fn forward_to_worker(
         if let Some(span) = &attempt {
             span.ended(status, error);
         }
+        carried = Feedback::take_draft(&mut feedback).or(carried);
         drop((in_flight, feedback, attempt));
         if let Some(end) = retries.failed(worker.worker, failure).await {
             return end;
@@ -169,6 +185,8 @@ pub async fn forward_to_worker(
 pub(crate) struct Picked {
     pub(crate) worker: Arc<Worker>,
     prefill_tokens: u32,
+    /// The request's decision record, when the lab keeps one.
+    pub(crate) draft: Option<Draft>,
 }
 
 impl Picked {
@@ -182,6 +200,7 @@ impl Picked {
         Picked {
             worker,
             prefill_tokens: prompt.saturating_sub(cached_tokens.unwrap_or(0)),
+            draft: None,
         }
     }
 
@@ -275,20 +294,39 @@ fn pick_now(
             took,
         });
     }
-    if let Some(worker) = workers.iter().find(|w| w.id == decision.worker) {
-        let picked = Picked::new(worker.clone(), req, decision.cached_tokens);
-        return Ok(Ok(Some(picked)));
+    let (worker, decision) = match workers.iter().find(|w| w.id == decision.worker) {
+        Some(worker) => (worker.clone(), decision),
+        None => {
+            // Every implementation is checked here, not only Wasm ones.
+            let name = &policy.info().name;
+            tracing::warn!(policy = %name, worker = decision.worker, "the policy picked a worker that is not a candidate; routed by the fallback");
+            metrics::counter!(m::POLICY_FAULTS, "policy" => name.clone(), "kind" => "not_a_candidate")
+                .increment(1);
+            let Some(worker) = LeastLoad::default()
+                .pick(&candidates)
+                .and_then(|id| workers.iter().find(|w| w.id == id))
+            else {
+                return Ok(Ok(None));
+            };
+            let decision = Decision {
+                worker: worker.id,
+                fallback: Some(PolicyFault::NotACandidate(decision.worker)),
+                cached_tokens: None,
+            };
+            (worker.clone(), decision)
+        }
+    };
+    let mut picked = Picked::new(worker, req, decision.cached_tokens);
+    if let Some(lab) = &req.lab {
+        picked.draft = lab.decided(&crate::lab::Decided {
+            req: &request,
+            candidates: &candidates,
+            workers: &workers,
+            decision: &decision,
+            took,
+        });
     }
-    // Every implementation is checked here, not only Wasm ones.
-    let name = &policy.info().name;
-    tracing::warn!(policy = %name, worker = decision.worker, "the policy picked a worker that is not a candidate; routed by the fallback");
-    metrics::counter!(m::POLICY_FAULTS, "policy" => name.clone(), "kind" => "not_a_candidate")
-        .increment(1);
-    let picked = LeastLoad::default()
-        .pick(&candidates)
-        .and_then(|id| workers.into_iter().find(|w| w.id == id))
-        .map(|worker| Picked::new(worker, req, None));
-    Ok(Ok(picked))
+    Ok(Ok(Some(picked)))
 }
 
 /// The body for `worker`: the client's bytes, plus `data_parallel_rank`
@@ -394,6 +432,7 @@ mod tests {
             max_new_tokens: None,
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
             trace: None,
+            lab: None,
         }
     }
 

@@ -107,8 +107,10 @@ pub async fn forward_to_pair(
         let prefill_in_flight = prefill.start_request();
         // The decode worker computes no prefill: it takes the KV cache.
         let decode_in_flight = Worker::start_request(&decode);
-        let mut prefill_feedback = Feedback::wanted(&policies.prefill, req.seq, attempt, &prefill);
-        let mut decode_feedback = Feedback::wanted(&policies.decode, req.seq, attempt, &decode);
+        let mut prefill_feedback =
+            Feedback::wanted(&policies.prefill, req.seq, attempt, &prefill, None);
+        let mut decode_feedback =
+            Feedback::wanted(&policies.decode, req.seq, attempt, &decode, None);
         let sent = Instant::now();
         // Both at once: the decode worker waits for the prefill's KV cache,
         // and a prefill worker may hold its answer until the transfer ends.

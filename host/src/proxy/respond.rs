@@ -20,6 +20,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
 use crate::errors::ApiError;
+use crate::lab::log::Draft;
 use crate::metrics as m;
 use crate::policy::{AttemptError, Loaded, Outcome};
 use crate::upstream;
@@ -297,7 +298,10 @@ impl<B> Drop for Tracked<B> {
 /// failed, or its body ended, was cut off, or lost its client; with the
 /// token counts found in the body.
 pub(crate) struct Feedback {
-    policy: Loaded,
+    /// The policy to report to, when it wants feedback.
+    policy: Option<Loaded>,
+    /// The request's decision record, which takes the outcome too.
+    draft: Option<Draft>,
     outcome: Outcome,
     sent: Instant,
     /// The end of the previous chunk, so a field split across chunks is found.
@@ -308,18 +312,22 @@ impl Feedback {
     const TAIL: usize = 64;
 
     /// Feedback on attempt `attempt` (1-based) of request `seq`, sent to
-    /// `worker` now, if the policy wants it; its status is [`CLIENT_GONE`]
-    /// (dropped with the request) until [`Feedback::answered`] or
-    /// [`Feedback::failed`] says otherwise. It is reported to the instance
-    /// serving when it is dropped.
+    /// `worker` now, if the policy wants it or the request has a decision
+    /// record (`draft`); its status is [`CLIENT_GONE`] (dropped with the
+    /// request) until [`Feedback::answered`] or [`Feedback::failed`] says
+    /// otherwise. It is reported to the instance serving, and the record
+    /// written, when it is dropped.
     pub(crate) fn wanted(
         policy: &Loaded,
         seq: u64,
         attempt: u32,
         worker: &Worker,
+        draft: Option<Draft>,
     ) -> Option<Feedback> {
-        policy.policy.info().wants_feedback.then(|| Feedback {
-            policy: policy.clone(),
+        let report = policy.policy.info().wants_feedback;
+        (report || draft.is_some()).then(|| Feedback {
+            policy: report.then(|| policy.clone()),
+            draft,
             outcome: Outcome {
                 request_id: seq,
                 worker: worker.id,
@@ -350,6 +358,16 @@ impl Feedback {
         }
     }
 
+    /// The attempt failed and the request goes on: its decision record,
+    /// with this attempt's outcome, for the next attempt to take over.
+    pub(crate) fn take_draft(feedback: &mut Option<Feedback>) -> Option<Draft> {
+        let f = feedback.as_mut()?;
+        let mut draft = f.draft.take()?;
+        f.outcome.latency_us = f.sent.elapsed().as_micros() as u64;
+        draft.ended(&f.outcome);
+        Some(draft)
+    }
+
     /// Look for token counts in the next piece of the body; the first
     /// piece's arrival is the time to first byte.
     pub(crate) fn scan(&mut self, chunk: &Bytes) {
@@ -376,7 +394,12 @@ impl Feedback {
 impl Drop for Feedback {
     fn drop(&mut self) {
         self.outcome.latency_us = self.sent.elapsed().as_micros() as u64;
-        self.policy.report(&self.outcome);
+        if let Some(policy) = &self.policy {
+            policy.report(&self.outcome);
+        }
+        if let Some(draft) = &mut self.draft {
+            draft.ended(&self.outcome);
+        }
     }
 }
 
@@ -471,7 +494,8 @@ mod tests {
             Box::new(crate::policy::LeastLoad::default());
         let policy = Loaded::from(&Arc::new(arc_swap::ArcSwap::from_pointee(least_load)));
         let mut f = Feedback {
-            policy,
+            policy: Some(policy),
+            draft: None,
             outcome: Outcome::default(),
             sent: Instant::now(),
             tail: Vec::new(),

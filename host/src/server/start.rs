@@ -94,12 +94,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )),
         None => None,
     };
+    let shadows = {
+        let (config, kv, registry) = (config.clone(), kv.clone(), registry.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::lab::Shadows::start(&config, &kv, || workers_of(&registry))
+        })
+        .await??
+    };
     let state = Arc::new(AppState::new(
         config,
         registry.clone(),
         policies,
         prefill_policies,
         kv,
+        shadows,
     )?);
     let mut watches = Vec::new();
     for (slot, manager) in [(PolicySlot::Main, Some(&state.policies))]
@@ -114,7 +122,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             watches.push(watch::watch(&files, manager.clone())?);
         }
     }
-    let seams: Vec<_> = state.managers().iter().map(|(_, m)| m.active()).collect();
+    let shadows = state.shadows.as_ref().map_or(&[][..], |s| s.all());
+    for shadow in shadows {
+        if let Ok(crate::policy::PolicySource::File(path)) =
+            crate::policy::PolicySource::parse(&shadow.name)
+            && state.config.watch
+        {
+            watches.push(watch::watch(&[path], shadow.manager.clone())?);
+        }
+    }
+    let shadow_seams = shadows.iter().map(|s| s.manager.active());
+    let seams: Vec<_> = state
+        .managers()
+        .iter()
+        .map(|(_, m)| m.active())
+        .chain(shadow_seams)
+        .collect();
     registry.on_change(move |workers| {
         for seam in &seams {
             seam.load().workers_changed(workers);
@@ -182,7 +205,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             subscriptions,
         )));
     }
-    for (_, manager) in state.managers() {
+    let shadow_managers = shadows.iter().map(|s| &s.manager);
+    for manager in state
+        .managers()
+        .into_iter()
+        .map(|(_, m)| m)
+        .chain(shadow_managers)
+    {
         background.push(tokio::spawn(tick(manager.active())));
         background.push(tokio::spawn(checkpoint(manager.active())));
     }
@@ -318,10 +347,16 @@ async fn start_policy(
     let engine = PolicyEngine::new(config.policy_cache_dir.clone())?.with_kv(kv);
     let wanted = reload::wanted_source(config, slot);
     let limits = config.policy_limits;
-    let workers = Box::new(move |f: &mut dyn FnMut(&[WorkerInfo])| registry.with_infos(f));
+    let workers = workers_of(&registry);
     // Compiling takes tens of milliseconds: keep it off the async workers.
     tokio::task::spawn_blocking(move || PolicyManager::start(engine, limits, wanted, workers))
         .await?
+}
+
+/// The registry's workers, as a policy manager reads them.
+fn workers_of(registry: &Arc<Registry>) -> reload::WorkersSource {
+    let registry = registry.clone();
+    Box::new(move |f: &mut dyn FnMut(&[WorkerInfo])| registry.with_infos(f))
 }
 
 /// Call the active policy's `tick` at the interval it asked for.

@@ -14,6 +14,7 @@ mod hostile;
 mod instances;
 mod jwt;
 mod kv_events;
+mod lab;
 mod languages;
 mod layout;
 mod mock;

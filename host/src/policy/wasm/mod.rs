@@ -459,6 +459,10 @@ impl Policy for WasmPolicy {
         Some(&self.shared.sha256)
     }
 
+    fn prefix_index(&self) -> Option<&crate::index::Approximate> {
+        Some(self.index())
+    }
+
     fn info(&self) -> &PolicyInfo {
         &self.shared.info
     }

@@ -1,0 +1,290 @@
+//! The decision log's writer: records go through a bounded channel to one
+//! thread that writes JSON lines (to a file rotated by size, or stdout)
+//! and keeps the latest for `GET /decisions`. A request never waits for
+//! it: a record that finds the channel full is dropped and counted.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use super::record::{DecisionRecord, OutcomeRecord, ShadowAnswer};
+use crate::config::{DecisionLogConfig, LogTarget};
+use crate::metrics as m;
+use crate::policy::Outcome;
+
+/// The latest records `GET /decisions` can serve.
+pub const RECENT: usize = 1024;
+
+/// Where decision records go. Cheap to clone.
+#[derive(Clone)]
+pub struct DecisionLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    to: SyncSender<DecisionRecord>,
+    sample: f64,
+    text: bool,
+    dropped: AtomicU64,
+    /// The latest records, as written, newest last.
+    recent: Mutex<VecDeque<Arc<str>>>,
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl DecisionLog {
+    /// Open the log's file (or stdout) and start its writer thread.
+    pub fn start(config: &DecisionLogConfig) -> anyhow::Result<Self> {
+        let out = Out::open(&config.to, config.max_bytes)?;
+        let (to, from) = std::sync::mpsc::sync_channel(config.buffer);
+        let inner = Arc::new(Inner {
+            to,
+            sample: config.sample,
+            text: config.text,
+            dropped: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+        });
+        let writer = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_all(from, out, writer))?;
+        Ok(DecisionLog { inner })
+    }
+
+    /// Whether to record the request that starts now (`--decision-log-sample`).
+    pub fn sampled(&self) -> bool {
+        self.inner.sample >= 1.0 || fastrand::f64() < self.inner.sample
+    }
+
+    /// Whether records carry the routing text.
+    pub fn with_text(&self) -> bool {
+        self.inner.text
+    }
+
+    /// Records dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The latest `n` records written, oldest first, as JSON.
+    pub fn recent(&self, n: usize) -> Vec<Arc<str>> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
+    fn send(&self, record: DecisionRecord) {
+        match self.inner.to.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::DECISIONS_DROPPED).increment(1);
+            }
+        }
+    }
+}
+
+/// A request's record while it is served: the decision is in, the outcome
+/// comes with its end ([`Draft::ended`]); written when dropped, unless a
+/// retry took it over ([`Draft::retried`]).
+#[derive(Debug)]
+pub struct Draft {
+    /// The record so far.
+    pub record: DecisionRecord,
+    /// Where the shadows' answers arrive, when shadows run.
+    pub shadows: Option<Arc<Mutex<Vec<ShadowAnswer>>>>,
+    log: Option<DecisionLog>,
+}
+
+impl Draft {
+    /// A record of `record`'s decision, to be written to `log`.
+    pub fn new(log: &DecisionLog, record: DecisionRecord) -> Self {
+        Draft {
+            record,
+            shadows: None,
+            log: Some(log.clone()),
+        }
+    }
+
+    /// The attempt ended with `outcome`.
+    pub fn ended(&mut self, outcome: &Outcome) {
+        self.record.outcome = OutcomeRecord::from(outcome);
+    }
+
+    /// The request was retried and `next` records the new decision: it
+    /// takes the count of attempts over, and this one is not written.
+    pub fn retried(mut self, next: &mut Draft) {
+        next.record.attempts = self.record.attempts + 1;
+        self.log = None;
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        if let Some(answers) = &self.shadows {
+            let answers = answers.lock().unwrap_or_else(|e| e.into_inner());
+            self.record.shadows.clone_from(&answers);
+        }
+        log.send(std::mem::take(&mut self.record));
+    }
+}
+
+/// The writer's output.
+enum Out {
+    Stdout(std::io::Stdout),
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+        written: u64,
+        max: u64,
+    },
+}
+
+impl Out {
+    fn open(to: &LogTarget, max: u64) -> anyhow::Result<Self> {
+        Ok(match to {
+            LogTarget::Stdout => Out::Stdout(std::io::stdout()),
+            LogTarget::File(path) => {
+                let file = append(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open the decision log {}: {e} (give a writable file to --decision-log, or - for stdout)",
+                        path.display()
+                    )
+                })?;
+                let written = file.metadata().map_or(0, |m| m.len());
+                Out::File {
+                    path: path.clone(),
+                    file: BufWriter::new(file),
+                    written,
+                    max,
+                }
+            }
+        })
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Out::Stdout(out) => {
+                let mut out = out.lock();
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")
+            }
+            Out::File {
+                path,
+                file,
+                written,
+                max,
+            } => {
+                if *written > 0 && *written + line.len() as u64 + 1 > *max {
+                    file.flush()?;
+                    std::fs::rename(&*path, rotated(path))?;
+                    *file = BufWriter::new(append(path)?);
+                    *written = 0;
+                }
+                file.write_all(line.as_bytes())?;
+                file.write_all(b"\n")?;
+                *written += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Stdout(out) => out.flush(),
+            Out::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+fn append(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// `PATH.1`, where a full log goes.
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// The writer thread: until every sender is gone, write each record and
+/// keep it among the recent ones; flush whenever the channel is empty.
+fn write_all(from: Receiver<DecisionRecord>, mut out: Out, log: std::sync::Weak<Inner>) {
+    let mut failing = false;
+    while let Ok(first) = from.recv() {
+        let mut pending = Some(first);
+        while let Some(record) = pending.take() {
+            pending = from.try_recv().ok();
+            let line: Arc<str> = match serde_json::to_string(&record) {
+                Ok(line) => line.into(),
+                Err(e) => {
+                    tracing::error!("a decision record did not serialize: {e}");
+                    continue;
+                }
+            };
+            let mut result = out.write_line(&line);
+            if pending.is_none() {
+                result = result.and_then(|()| out.flush());
+            }
+            match result {
+                Ok(()) => {
+                    failing = false;
+                    metrics::counter!(m::DECISIONS_WRITTEN).increment(1);
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!("cannot write the decision log: {e}");
+                }
+                Err(_) => {}
+            }
+            let Some(log) = log.upgrade() else { return };
+            let mut recent = log.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_log_is_rotated_to_path_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let mut out = Out::open(&LogTarget::File(path.clone()), 100).unwrap();
+        for n in 0..3 {
+            out.write_line(&format!("{n}{}", "x".repeat(40))).unwrap();
+        }
+        out.flush().unwrap();
+        let old = std::fs::read_to_string(rotated(&path)).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(old.lines().count(), 2);
+        assert!(old.starts_with('0'));
+        assert_eq!(
+            new.lines().collect::<Vec<_>>(),
+            [format!("2{}", "x".repeat(40))]
+        );
+    }
+}
