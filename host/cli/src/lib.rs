@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod bench;
 pub mod bindings;
 pub mod demo;
+pub mod replay;
 pub mod run;
 pub mod scaffold;
 pub mod sim;
@@ -81,6 +82,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Replay a seeded workload against a URL; print a JSON report.
     Bench(crate::bench::BenchArgs),
+    /// Replay a trace (decision records, or Mooncake format) through a
+    /// simulated fleet in process, once per policy; print a row each.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// `router policy ...`

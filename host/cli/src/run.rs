@@ -55,6 +55,7 @@ where
         Some(Command::SimWorker(args)) => block_on(sim_worker(args)),
         Some(Command::SimKubeApi(args)) => block_on(sim_kube_api(args)),
         Some(Command::Demo(args)) => block_on(demo(args)),
+        Some(Command::Replay(args)) => crate::replay::run(&args),
         Some(Command::Bench(args)) => block_on(async move {
             println!("{}", crate::bench::run(&args).await?);
             Ok(())

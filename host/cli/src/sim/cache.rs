@@ -116,6 +116,12 @@ impl PrefixCache {
         lookup
     }
 
+    /// Look a prompt of `prompt_tokens` up by its chained block `keys`
+    /// (a replayed trace's), and cache them all.
+    pub fn process_blocks(&mut self, keys: &[u64], prompt_tokens: usize) -> Lookup {
+        self.process_keys(keys, prompt_tokens).0
+    }
+
     /// Look the chained block `keys` of a prompt of `prompt_tokens` up,
     /// cache them all, and evict: what was found, the positions of the
     /// keys that were not held, and the keys evicted.

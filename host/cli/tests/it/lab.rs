@@ -123,6 +123,40 @@ async fn every_request_has_one_record_with_its_outcome() {
     let newest: DecisionRecord = serde_json::from_value(last[4].clone()).unwrap();
     assert_eq!(&newest, records.last().unwrap());
     r.shutdown().await.unwrap();
+    // `router replay` reads them back: the same requests and prefixes.
+    let args = wasm_router_cli::replay::ReplayArgs {
+        trace: log.clone(),
+        policies: vec!["round_robin".into()],
+        config: "{}".into(),
+        workers: 2,
+        replicas: 1,
+        capacity_tokens: 200_000,
+        prefill_us_per_token: 100,
+        decode_us_per_token: 5_000,
+        batch_slowdown: 0.05,
+        max_running: 16,
+        serial_prefill: false,
+        load_interval_ms: 100,
+        speedup: 1.0,
+        block_tokens: 512,
+        limit: None,
+        json: false,
+    };
+    let trace = wasm_router_cli::replay::read_trace(&log, &args).unwrap();
+    assert_eq!(trace.len(), 200);
+    assert!(
+        trace
+            .iter()
+            .all(|t| t.block_tokens == 16 && !t.blocks.is_empty())
+    );
+    let shared = trace
+        .iter()
+        .filter(|t| t.blocks[0] == trace[0].blocks[0])
+        .count();
+    assert_eq!(
+        shared, 25,
+        "a client's requests share their first block, no one else's"
+    );
 }
 
 /// The writer is stuck (a pipe nobody reads): records beyond the channel

@@ -22,6 +22,7 @@ mod pd;
 mod prometheus;
 mod proxy;
 mod reload;
+mod replay;
 mod round_robin;
 mod sim;
 mod soak;
