@@ -315,16 +315,26 @@ async fn serve_one(
     let stopped = async move {
         let _changed = stop.wait_for(|&stop| stop).await;
     };
+    // TCP_NODELAY on every client connection: without it a stream's first
+    // chunk after the headers waits for the client's delayed ACK (40 ms
+    // on Linux) whenever the worker answers within that time (Nagle).
     let Some(tls) = tls else {
+        use axum::serve::ListenerExt;
+        let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("a client connection keeps Nagle's algorithm: {e}");
+            }
+        });
         return axum::serve(
-            tokio::net::TcpListener::from_std(listener)?,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(stopped)
         .await;
     };
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    let server = axum_server::from_tcp_rustls(listener, config)?;
+    let server = axum_server::from_tcp_rustls(listener, config)?
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()));
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {

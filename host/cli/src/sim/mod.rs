@@ -265,6 +265,14 @@ pub async fn start(args: SimArgs, in_process: bool) -> anyhow::Result<SimHandle>
         .with_state(sim.clone());
     let stopper = sim.clone();
     let task = tokio::spawn(async move {
+        // As SGLang's server (uvicorn) does: no Nagle delay on a stream's
+        // small chunks.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("a connection keeps Nagle's algorithm: {e}");
+            }
+        });
         let serve = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stopper.stop.notified().await });
         if let Err(e) = serve.await {
