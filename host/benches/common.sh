@@ -47,6 +47,23 @@ instant_upstreams() {
     urls="http://127.0.0.1:$up1 http://127.0.0.1:$up2"
 }
 
+# wrk_rate PORT: "req/s|router CPU us per request" of 32 connections for
+# $secs seconds through the router on PORT (the last process started),
+# wrk's script $lua; the CPU from /proc.
+wrk_rate() {
+    local before out hz
+    hz=$(getconf CLK_TCK)
+    before=$(awk '{print $14 + $15}' "/proc/${pids[-1]}/stat")
+    out=$(wrk -t2 -c32 -d"${secs}s" -s "$lua" "http://127.0.0.1:$1/generate")
+    python3 - "$out" "$(( $(awk '{print $14 + $15}' "/proc/${pids[-1]}/stat") - before ))" "$hz" <<'PY'
+import re, sys
+out, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+n = int(re.search(r"(\d+) requests in", out).group(1))
+print(f"{rps:.0f}|{ticks / hz / n * 1e6:.1f}")
+PY
+}
+
 # A wrk script that POSTs /generate with a 52-character prompt: sets lua.
 generate_lua() {
     lua=$(mktemp)

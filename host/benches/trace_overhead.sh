@@ -30,14 +30,11 @@ sink_out=$(mktemp)
 for _ in $(seq 50); do [ -s "$sink_out" ] && break; sleep 0.1; done
 sink_port=$(head -1 "$sink_out")
 
-tick=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 # measure MODE: "req/s|router CPU us per request" of a fresh router:
 # plain, traced (every request), or sampled (OTEL_TRACES_SAMPLER: a tenth
 # of the traces, as the SDK reads it).
 measure() {
-    local port out before extra=() env=()
+    local port extra=() env=()
     port=$(free_port)
     [ "$1" != plain ] && extra=(--enable-trace --otlp-traces-endpoint "127.0.0.1:$sink_port")
     [ "$1" = sampled ] && env=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
@@ -45,15 +42,7 @@ measure() {
     env "${env[@]}" "$router" --port "$port" --prometheus-port "$(free_port)" --policy cache_aware --worker-urls $urls \
         --max-concurrent-requests 0 --log-level warn "${extra[@]}" & pids+=($!)
     wait_port "$port"; sleep 1
-    before=$(cpu_ticks "${pids[-1]}")
-    out=$(wrk -t2 -c32 -d"${secs}s" -s "$lua" "http://127.0.0.1:$port/generate")
-    python3 - "$out" "$(( $(cpu_ticks "${pids[-1]}") - before ))" "$tick" <<'PY'
-import re, sys
-out, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-n = int(re.search(r"(\d+) requests in", out).group(1))
-print(f"{rps:.0f}|{ticks / hz / n * 1e6:.1f}")
-PY
+    wrk_rate "$port"
     stop_last
 }
 

@@ -69,6 +69,10 @@ pub struct ReplayArgs {
     /// Extra decode cost per additional running request, as a fraction.
     #[arg(long, default_value_t = 0.05)]
     pub batch_slowdown: f64,
+    /// Pieces a streamed answer comes in (`sim-worker --stream-pieces`):
+    /// the first right after prefill, the rest decoded.
+    #[arg(long, default_value_t = 4)]
+    pub stream_pieces: u32,
     /// Requests running at once per worker; more wait in a FIFO queue.
     #[arg(long, default_value_t = 16)]
     pub max_running: usize,
@@ -520,7 +524,9 @@ impl Fleet<'_> {
         let batch = worker.running.max(1) as f64;
         let per_token =
             self.args.decode_us_per_token as f64 * (1.0 + self.args.batch_slowdown * (batch - 1.0));
-        let decode = (per_token * f64::from(self.trace[i].output_tokens)) as u64;
+        let output = self.trace[i].output_tokens;
+        let first_piece = output.div_ceil(self.args.stream_pieces.max(1));
+        let decode = (per_token * f64::from(output - first_piece)) as u64;
         if let Some(next) = worker.prefill_queue.pop_front() {
             self.start_prefill(next);
         }

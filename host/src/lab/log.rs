@@ -225,44 +225,65 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The writer thread: until every sender is gone, write each record and
-/// keep it among the recent ones; flush whenever the channel is empty.
-fn write_all(from: Receiver<DecisionRecord>, mut out: Out, log: std::sync::Weak<Inner>) {
-    let mut failing = false;
-    while let Ok(first) = from.recv() {
-        let mut pending = Some(first);
-        while let Some(record) = pending.take() {
-            pending = from.try_recv().ok();
-            let line: Arc<str> = match serde_json::to_string(&record) {
-                Ok(line) => line.into(),
-                Err(e) => {
-                    tracing::error!("a decision record did not serialize: {e}");
-                    continue;
-                }
-            };
-            let mut result = out.write_line(&line);
-            if pending.is_none() {
-                result = result.and_then(|()| out.flush());
+/// The writer thread's state: where lines go, whether writing fails (said
+/// once until it works again), and the log whose recent records it keeps.
+struct Writer {
+    out: Out,
+    failing: bool,
+    log: std::sync::Weak<Inner>,
+}
+
+impl Writer {
+    fn write(&mut self, record: DecisionRecord) {
+        let line: Arc<str> = match serde_json::to_string(&record) {
+            Ok(line) => line.into(),
+            Err(e) => {
+                tracing::error!("a decision record did not serialize: {e}");
+                return;
             }
-            match result {
-                Ok(()) => {
-                    failing = false;
-                    metrics::counter!(m::DECISIONS_WRITTEN).increment(1);
-                }
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::error!("cannot write the decision log: {e}");
-                }
-                Err(_) => {}
+        };
+        let written = self.out.write_line(&line);
+        if written.is_ok() {
+            metrics::counter!(m::DECISIONS_WRITTEN).increment(1);
+        }
+        self.report(written);
+        let Some(log) = self.log.upgrade() else {
+            return;
+        };
+        let mut recent = log.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(line);
+    }
+
+    fn flush(&mut self) {
+        let flushed = self.out.flush();
+        self.report(flushed);
+    }
+
+    fn report(&mut self, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!("cannot write the decision log: {e}");
             }
-            let Some(log) = log.upgrade() else { return };
-            let mut recent = log.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(line);
+            Err(_) => {}
         }
     }
+}
+
+/// The writer thread: until every sender is gone, write each record and
+/// keep it among the recent ones; flush after each batch
+/// ([`super::take_in_batches`]).
+fn write_all(from: Receiver<DecisionRecord>, out: Out, log: std::sync::Weak<Inner>) {
+    let mut writer = Writer {
+        out,
+        failing: false,
+        log,
+    };
+    super::take_in_batches(&from, &mut writer, Writer::write, Writer::flush);
 }
 
 #[cfg(test)]

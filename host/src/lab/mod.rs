@@ -19,6 +19,7 @@ pub use log::DecisionLog;
 pub use record::{BLOCK_BYTES, DecisionRecord, block_keys};
 pub use shadow::Shadows;
 
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,47 @@ use crate::policy::{Candidate, Decision, Policy, RouteRequest};
 use crate::workers::Worker;
 use log::Draft;
 use record::CandidateRecord;
+
+/// How long the lab's threads let work gather before taking it.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Take everything sent on `from`, in batches, until every sender is
+/// gone: `each` item of a batch into `to`, then `batch_done`. A thread that waits for
+/// each item is woken by each sender, a futex call on the request path
+/// per request; this one sleeps [`GATHER`] between batches while work
+/// keeps coming, so senders find nobody to wake, and parks only when a
+/// pause finds nothing new.
+fn take_in_batches<T, S>(
+    from: &Receiver<T>,
+    to: &mut S,
+    each: impl Fn(&mut S, T),
+    batch_done: impl Fn(&mut S),
+) {
+    while let Ok(first) = from.recv() {
+        each(to, first);
+        loop {
+            let mut took = 0;
+            loop {
+                match from.try_recv() {
+                    Ok(item) => {
+                        each(to, item);
+                        took += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        batch_done(to);
+                        return;
+                    }
+                }
+            }
+            batch_done(to);
+            if took == 0 {
+                break;
+            }
+            std::thread::sleep(GATHER);
+        }
+    }
+}
 
 /// What the lab asks of one request, set on its way in.
 #[derive(Clone, Copy)]

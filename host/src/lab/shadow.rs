@@ -120,9 +120,14 @@ impl Shadows {
                 policy: name.clone(),
                 config: config.policy_config.clone(),
             };
+            // Off the request path, on a thread that yields to serving
+            // ones: ten times the live call's deadline, so a shadow
+            // starved of CPU is not taken for a slow one.
+            let live = config.policy_limits;
             let limits = crate::config::Limits {
                 instances: Some(1),
-                ..config.policy_limits
+                call_deadline: (live.call_deadline * 10).min(live.maintenance_deadline),
+                ..live
             };
             let manager = PolicyManager::start(
                 engine,
@@ -332,14 +337,14 @@ impl Shadow {
 }
 
 /// A shadow's thread: answer questions until the shadow is gone.
-fn answer_all(questions: Receiver<Arc<Question>>, shadow: std::sync::Weak<Shadow>) {
+fn answer_all(questions: Receiver<Arc<Question>>, mut shadow: std::sync::Weak<Shadow>) {
     lower_priority();
-    while let Ok(question) = questions.recv() {
-        let Some(shadow) = shadow.upgrade() else {
-            break;
-        };
-        shadow.answer(&question);
-    }
+    let answer = |shadow: &mut std::sync::Weak<Shadow>, question: Arc<Question>| {
+        if let Some(shadow) = shadow.upgrade() {
+            shadow.answer(&question);
+        }
+    };
+    super::take_in_batches(&questions, &mut shadow, answer, |_| {});
 }
 
 /// Give this thread the lowest CPU priority (Linux nice 19, which is per

@@ -134,6 +134,7 @@ async fn every_request_has_one_record_with_its_outcome() {
         prefill_us_per_token: 100,
         decode_us_per_token: 5_000,
         batch_slowdown: 0.05,
+        stream_pieces: 4,
         max_running: 16,
         serial_prefill: false,
         load_interval_ms: 100,

@@ -45,6 +45,7 @@ fn fleet(trace: PathBuf, policies: &[&str]) -> ReplayArgs {
         prefill_us_per_token: 20,
         decode_us_per_token: 500,
         batch_slowdown: 0.05,
+        stream_pieces: 4,
         max_running: 16,
         serial_prefill: true,
         load_interval_ms: 100,
