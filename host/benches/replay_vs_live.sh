@@ -11,7 +11,8 @@
 #   ./host/benches/replay_vs_live.sh
 #
 # POLICIES (space-separated, "round_robin cache_aware" unless set) narrow
-# or widen it; CONCURRENCY is the client's (4 unless set: more, and the
+# or widen it; PREFILL_US is the workers' prefill cost per uncached
+# token (100 us unless set); CONCURRENCY is the client's (4 unless set: more, and the
 # four workers and the client outgrow their one core, whose delays no
 # simulation of the workers' model predicts). Router on core 0, workers
 # and client on core 1. Loopback only; each run is bounded by `router
@@ -22,7 +23,7 @@ source host/benches/common.sh
 on_router=(taskset -c 0)
 on_workers=(taskset -c 1)
 cache_tokens=12000
-prefill_us=100
+prefill_us=${PREFILL_US:-100}
 decode_us=5000
 max_running=16
 dir=$(mktemp -d)

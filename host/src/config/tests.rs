@@ -671,3 +671,58 @@ fn each_default_is_shown_in_the_help_from_its_constant() {
         defaults::REQUEST_TIMEOUT_SECS
     );
 }
+
+/// The policy lab's settings: off unless a log is named, its companions
+/// refused alone, values checked, a shadow named once, and no shadow in PD
+/// mode.
+#[test]
+fn decision_log_and_shadow_settings_are_checked() {
+    assert_eq!(parse_flags(&[]).unwrap().decision_log, None);
+    let on = parse_flags(&["--decision-log", "-", "--decision-log-sample", "0.25"]).unwrap();
+    let log = on.decision_log.unwrap();
+    assert_eq!(log.to, super::LogTarget::Stdout);
+    assert_eq!(
+        (log.sample, log.buffer, log.max_bytes),
+        (0.25, 4096, 100 << 20)
+    );
+    let file = parse_flags(&["--decision-log", "/tmp/d.jsonl"]).unwrap();
+    assert_eq!(
+        file.decision_log.unwrap().to,
+        super::LogTarget::File("/tmp/d.jsonl".into())
+    );
+    let two = parse_flags(&["--shadow-policy", "a.wasm", "--shadow-policy", "random"]).unwrap();
+    assert_eq!(two.shadows, ["a.wasm", "random"]);
+    for (argv, names) in [
+        (
+            &["--decision-log-sample", "0.5"][..],
+            "needs --decision-log",
+        ),
+        (
+            &["--decision-log", "-", "--decision-log-sample", "2"],
+            "between 0 and 1",
+        ),
+        (
+            &["--decision-log", "-", "--decision-log-buffer", "0"],
+            "at least 1",
+        ),
+        (
+            &["--shadow-policy", "a.wasm", "--shadow-policy", "a.wasm"],
+            "given twice",
+        ),
+        (
+            &[
+                "--pd-disaggregation",
+                "--prefill",
+                "http://p:1",
+                "--decode",
+                "http://d:1",
+                "--shadow-policy",
+                "random",
+            ],
+            "PD mode",
+        ),
+    ] {
+        let error = parse_flags(argv).unwrap_err().to_string();
+        assert!(error.contains(names), "{argv:?}: {error}");
+    }
+}

@@ -110,10 +110,9 @@ impl Watch<'_> {
     /// The live policy decided: ask the shadows, and start the request's
     /// record when it is sampled.
     pub fn decided(&self, d: &Decided<'_>) -> Option<Draft> {
-        let draft = self
+        let mut draft = self
             .log
             .map(|log| Draft::new(log, self.record(d, log.with_text())));
-        let mut draft = draft;
         if let Some(shadows) = self.shadows {
             let answers = draft.as_mut().map(|draft| {
                 let answers = Arc::new(Mutex::new(Vec::new()));

@@ -12,6 +12,7 @@
 //! the same file. `POST /policies/promote` makes one live through the live
 //! manager's build-check-swap ([`PolicyManager::promote`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -242,7 +243,7 @@ impl Shadow {
     }
 
     /// Answer `q`, count the answer, and add it to the request's record.
-    fn answer(&self, q: &Question) {
+    fn answer(&self, q: &Question, counters: &mut Counters) {
         let req = RouteRequest {
             id: q.id,
             route: q.route,
@@ -256,31 +257,29 @@ impl Shadow {
             max_new_tokens: q.max_new_tokens,
         };
         let policy = self.manager.active().load_full();
-        let (pick, fault) = match policy.select(&req, &q.candidates) {
+        let pick = match policy.select(&req, &q.candidates) {
             Ok(Decision {
                 fallback: Some(fault),
                 ..
-            }) => (None, fault.kind()),
-            Ok(Decision { worker, .. }) => (Some(worker), ""),
-            Err(SelectError::Busy) => (None, "busy"),
-            Err(SelectError::Declined(_)) => (None, "declined"),
-            Err(SelectError::NoCandidates) => (None, "no_candidates"),
+            }) => Err(fault.kind()),
+            Ok(Decision { worker, .. }) => Ok(worker),
+            Err(SelectError::Busy) => Err("busy"),
+            Err(SelectError::Declined(_)) => Err("declined"),
+            Err(SelectError::NoCandidates) => Err("no_candidates"),
         };
-        let labels = [("shadow", self.name.clone())];
         let s = &self.stats;
         s.asked.fetch_add(1, Ordering::Relaxed);
-        let mut answer = ShadowAnswer {
-            shadow: self.name.clone(),
-            ..ShadowAnswer::default()
-        };
-        match pick {
-            None => {
+        let answer = match pick {
+            Err(fault) => {
                 s.faults.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::SHADOW_FAULTS, "shadow" => self.name.clone(), "kind" => fault)
                     .increment(1);
-                answer.fault = Some(fault.to_string());
+                ShadowAnswer {
+                    fault: Some(fault.to_string()),
+                    ..ShadowAnswer::default()
+                }
             }
-            Some(pick) => {
+            Ok(pick) => {
                 let agreed = pick == q.live;
                 let (matched, live_matched) = (
                     self.matched(q, pick, &policy),
@@ -289,22 +288,23 @@ impl Shadow {
                 s.agreed.fetch_add(u64::from(agreed), Ordering::Relaxed);
                 s.matched.fetch_add(matched, Ordering::Relaxed);
                 s.live_matched.fetch_add(live_matched, Ordering::Relaxed);
-                let url = q
-                    .workers
-                    .iter()
-                    .find(|w| w.id == pick)
-                    .map(|w| w.url.clone());
-                metrics::counter!(m::SHADOW_DECISIONS, "shadow" => self.name.clone(), "agreed" => if agreed { "true" } else { "false" }).increment(1);
-                metrics::counter!(m::SHADOW_MATCHED, &labels).increment(matched);
-                metrics::counter!(m::SHADOW_LIVE_MATCHED, &labels).increment(live_matched);
-                metrics::counter!(m::SHADOW_PICKS, "shadow" => self.name.clone(), "worker" => url.clone().unwrap_or_default()).increment(1);
-                answer.pick = url;
-                answer.agreed = agreed;
-                answer.matched = matched;
-                answer.live_matched = live_matched;
+                let url = q.workers.iter().find(|w| w.id == pick).map(|w| &w.url);
+                counters.count(&self.name, agreed, matched, live_matched);
+                counters.picked(&self.name, pick, url.map_or("", |u| u.as_str()));
+                ShadowAnswer {
+                    pick: url.cloned(),
+                    agreed,
+                    matched,
+                    live_matched,
+                    ..ShadowAnswer::default()
+                }
             }
-        }
+        };
         if let Some(answers) = &q.answers {
+            let answer = ShadowAnswer {
+                shadow: self.name.clone(),
+                ..answer
+            };
             answers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -336,15 +336,53 @@ impl Shadow {
     }
 }
 
+/// A shadow's metric handles, looked up once: a question's counts then
+/// take no registry lookup and no label copies.
+#[derive(Default)]
+struct Counters {
+    /// Agreed, disagreed, matched, live matched; made on first use.
+    answers: Option<[metrics::Counter; 4]>,
+    /// Picks, by worker.
+    picks: HashMap<WorkerId, metrics::Counter>,
+}
+
+impl Counters {
+    fn count(&mut self, shadow: &str, agreed: bool, matched: u64, live_matched: u64) {
+        let [yes, no, mine, live] = self.answers.get_or_insert_with(|| {
+            let name = shadow.to_owned();
+            [
+                metrics::counter!(m::SHADOW_DECISIONS, "shadow" => name.clone(), "agreed" => "true"),
+                metrics::counter!(m::SHADOW_DECISIONS, "shadow" => name.clone(), "agreed" => "false"),
+                metrics::counter!(m::SHADOW_MATCHED, "shadow" => name.clone()),
+                metrics::counter!(m::SHADOW_LIVE_MATCHED, "shadow" => name),
+            ]
+        });
+        if agreed { yes } else { no }.increment(1);
+        mine.increment(matched);
+        live.increment(live_matched);
+    }
+
+    fn picked(&mut self, shadow: &str, worker: WorkerId, url: &str) {
+        self.picks
+            .entry(worker)
+            .or_insert_with(|| {
+                metrics::counter!(m::SHADOW_PICKS, "shadow" => shadow.to_owned(), "worker" => url.to_owned())
+            })
+            .increment(1);
+    }
+}
+
 /// A shadow's thread: answer questions until the shadow is gone.
-fn answer_all(questions: Receiver<Arc<Question>>, mut shadow: std::sync::Weak<Shadow>) {
+fn answer_all(questions: Receiver<Arc<Question>>, shadow: std::sync::Weak<Shadow>) {
     lower_priority();
-    let answer = |shadow: &mut std::sync::Weak<Shadow>, question: Arc<Question>| {
+    let answer = |(shadow, counters): &mut (std::sync::Weak<Shadow>, Counters),
+                  question: Arc<Question>| {
         if let Some(shadow) = shadow.upgrade() {
-            shadow.answer(&question);
+            shadow.answer(&question, counters);
         }
     };
-    super::take_in_batches(&questions, &mut shadow, answer, |_| {});
+    let mut state = (shadow, Counters::default());
+    super::take_in_batches(&questions, &mut state, answer, |_| {});
 }
 
 /// Give this thread the lowest CPU priority (Linux nice 19, which is per
