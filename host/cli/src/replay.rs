@@ -203,6 +203,9 @@ pub struct Row {
     pub makespan_s: f64,
     /// Requests each worker served.
     pub per_worker: Vec<u32>,
+    /// Decisions the native fallback made (the policy faulted or
+    /// declined): replay is deterministic while this is 0.
+    pub fallbacks: u64,
 }
 
 /// `router replay`: one row per policy; the table (or JSON) on stdout,
@@ -234,19 +237,20 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 /// The rows as a table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<28} {:>8} {:>9} {:>12} {:>12} {:>11}  requests per worker\n",
-        "policy", "requests", "hit rate", "TTFT p50 ms", "TTFT p99 ms", "makespan s"
+        "{:<28} {:>8} {:>9} {:>12} {:>12} {:>11} {:>9}  requests per worker\n",
+        "policy", "requests", "hit rate", "TTFT p50 ms", "TTFT p99 ms", "makespan s", "fallbacks"
     );
     for r in rows {
         let per_worker: Vec<String> = r.per_worker.iter().map(u32::to_string).collect();
         out.push_str(&format!(
-            "{:<28} {:>8} {:>9.3} {:>12.1} {:>12.1} {:>11.2}  {}\n",
+            "{:<28} {:>8} {:>9.3} {:>12.1} {:>12.1} {:>11.2} {:>9}  {}\n",
             r.policy,
             r.requests,
             r.hit_rate,
             r.ttft_p50_ms,
             r.ttft_p99_ms,
             r.makespan_s,
+            r.fallbacks,
             per_worker.join(" ")
         ));
     }
@@ -312,6 +316,8 @@ struct Fleet<'a> {
     now: u64,
     /// When the last answer ended.
     end: u64,
+    /// Decisions the fallback made.
+    fallbacks: u64,
 }
 
 /// Replay `trace` through `policy`.
@@ -333,8 +339,12 @@ pub fn replay(
         // Each replica its own host state: its own prefix index.
         let engine = engine.clone().with_kv(Default::default());
         let source = PolicySource::parse(policy)?;
+        // No request waits on a replayed decision: a deadline that a busy
+        // machine cannot trip (which would make the run depend on it), yet
+        // still ends a policy that loops.
         let limits = Limits {
             instances: Some(1),
+            call_deadline: Duration::from_secs(1),
             ..Limits::default()
         };
         let loaded = WasmPolicy::load(&engine, source, &args.config, limits)?;
@@ -372,6 +382,7 @@ pub fn replay(
         seq: 0,
         now: 0,
         end: 0,
+        fallbacks: 0,
     };
     for (i, r) in trace.iter().enumerate() {
         fleet.at(r.at_us, Event::Arrive(i));
@@ -459,11 +470,17 @@ impl Fleet<'_> {
             max_new_tokens: Some(req.output_tokens),
         };
         let worker = match replica.policy.select(&route, &candidates) {
-            Ok(decision) => decision.worker,
+            Ok(decision) => {
+                self.fallbacks += u64::from(decision.fallback.is_some());
+                decision.worker
+            }
             // A policy that declines is routed as the router's fallback would.
-            Err(_) => wasm_router::policy::LeastLoad::default()
-                .pick(&candidates)
-                .unwrap_or(0),
+            Err(_) => {
+                self.fallbacks += 1;
+                wasm_router::policy::LeastLoad::default()
+                    .pick(&candidates)
+                    .unwrap_or(0)
+            }
         };
         let estimate = req.input_tokens;
         let replica = &mut self.replicas[r];
@@ -592,6 +609,7 @@ impl Fleet<'_> {
             ttft_p99_ms: pct(0.99),
             makespan_s: Duration::from_micros(self.end - first).as_secs_f64(),
             per_worker,
+            fallbacks: self.fallbacks,
         }
     }
 }

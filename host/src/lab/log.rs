@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::record::{DecisionRecord, OutcomeRecord, ShadowAnswer};
 use crate::config::{DecisionLogConfig, LogTarget};
@@ -26,7 +27,7 @@ pub struct DecisionLog {
 }
 
 struct Inner {
-    to: SyncSender<DecisionRecord>,
+    to: SyncSender<Finished>,
     sample: f64,
     text: bool,
     dropped: AtomicU64,
@@ -86,7 +87,7 @@ impl DecisionLog {
             .collect()
     }
 
-    fn send(&self, record: DecisionRecord) {
+    fn send(&self, record: Finished) {
         match self.inner.to.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -104,9 +105,37 @@ impl DecisionLog {
 pub struct Draft {
     /// The record so far.
     pub record: DecisionRecord,
-    /// Where the shadows' answers arrive, when shadows run.
-    pub shadows: Option<Arc<Mutex<Vec<ShadowAnswer>>>>,
+    /// The shadows' answers to come, when shadows were asked.
+    pub shadows: Option<Awaited>,
     log: Option<DecisionLog>,
+}
+
+/// The answers of the shadows asked about a request: they come from the
+/// shadows' threads, usually after the request ended, so its record waits
+/// for them at the writer (at most [`SHADOW_GRACE`]).
+#[derive(Debug)]
+pub struct Awaited {
+    /// Where the answers arrive.
+    pub answers: Arc<Mutex<Vec<ShadowAnswer>>>,
+    /// How many will.
+    pub asked: usize,
+}
+
+/// How long a finished record waits at the writer for its shadows'
+/// answers; those later are not in it (the shadows' counts still are).
+pub const SHADOW_GRACE: Duration = Duration::from_millis(100);
+
+impl Awaited {
+    fn all_in(&self) -> bool {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.asked
+    }
+}
+
+/// A request's record, ended, on its way to the writer.
+struct Finished {
+    record: DecisionRecord,
+    awaited: Option<Awaited>,
+    ended: Instant,
 }
 
 impl Draft {
@@ -135,11 +164,11 @@ impl Draft {
 impl Drop for Draft {
     fn drop(&mut self) {
         let Some(log) = self.log.take() else { return };
-        if let Some(answers) = &self.shadows {
-            let answers = answers.lock().unwrap_or_else(|e| e.into_inner());
-            self.record.shadows.clone_from(&answers);
-        }
-        log.send(std::mem::take(&mut self.record));
+        log.send(Finished {
+            record: std::mem::take(&mut self.record),
+            awaited: self.shadows.take(),
+            ended: Instant::now(),
+        });
     }
 }
 
@@ -226,14 +255,52 @@ fn rotated(path: &Path) -> PathBuf {
 }
 
 /// The writer thread's state: where lines go, whether writing fails (said
-/// once until it works again), and the log whose recent records it keeps.
+/// once until it works again), the records waiting for their shadows'
+/// answers, and the log whose recent records it keeps.
 struct Writer {
     out: Out,
     failing: bool,
+    waiting: VecDeque<Finished>,
     log: std::sync::Weak<Inner>,
 }
 
 impl Writer {
+    /// Write `finished` now, or once its shadows answered.
+    fn take(&mut self, finished: Finished) {
+        match &finished.awaited {
+            Some(awaited) if !awaited.all_in() => self.waiting.push_back(finished),
+            _ => self.write_out(finished),
+        }
+    }
+
+    /// Write the waiting records whose answers are in or whose grace is
+    /// over (all of them when `all`), and flush; whether some still wait.
+    fn batch_done(&mut self, all: bool) -> bool {
+        let mut still = VecDeque::with_capacity(self.waiting.len());
+        while let Some(finished) = self.waiting.pop_front() {
+            let ready = all
+                || finished.ended.elapsed() >= SHADOW_GRACE
+                || finished.awaited.as_ref().is_none_or(Awaited::all_in);
+            if ready {
+                self.write_out(finished);
+            } else {
+                still.push_back(finished);
+            }
+        }
+        self.waiting = still;
+        let flushed = self.out.flush();
+        self.report(flushed);
+        !self.waiting.is_empty()
+    }
+
+    fn write_out(&mut self, mut finished: Finished) {
+        if let Some(awaited) = &finished.awaited {
+            let answers = awaited.answers.lock().unwrap_or_else(|e| e.into_inner());
+            finished.record.shadows.clone_from(&answers);
+        }
+        self.write(finished.record);
+    }
+
     fn write(&mut self, record: DecisionRecord) {
         let line: Arc<str> = match serde_json::to_string(&record) {
             Ok(line) => line.into(),
@@ -257,11 +324,6 @@ impl Writer {
         recent.push_back(line);
     }
 
-    fn flush(&mut self) {
-        let flushed = self.out.flush();
-        self.report(flushed);
-    }
-
     fn report(&mut self, result: std::io::Result<()>) {
         match result {
             Ok(()) => self.failing = false,
@@ -277,13 +339,15 @@ impl Writer {
 /// The writer thread: until every sender is gone, write each record and
 /// keep it among the recent ones; flush after each batch
 /// ([`super::take_in_batches`]).
-fn write_all(from: Receiver<DecisionRecord>, out: Out, log: std::sync::Weak<Inner>) {
+fn write_all(from: Receiver<Finished>, out: Out, log: std::sync::Weak<Inner>) {
     let mut writer = Writer {
         out,
         failing: false,
+        waiting: VecDeque::new(),
         log,
     };
-    super::take_in_batches(&from, &mut writer, Writer::write, Writer::flush);
+    super::take_in_batches(&from, &mut writer, Writer::take, |w| w.batch_done(false));
+    writer.batch_done(true);
 }
 
 #[cfg(test)]

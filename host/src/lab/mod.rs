@@ -32,7 +32,9 @@ use record::CandidateRecord;
 const GATHER: Duration = Duration::from_millis(5);
 
 /// Take everything sent on `from`, in batches, until every sender is
-/// gone: `each` item of a batch into `to`, then `batch_done`. A thread that waits for
+/// gone: `each` item of a batch into `to`, then `batch_done`, which says
+/// whether `to` still waits on something (then the pauses go on even
+/// when nothing came). A thread that waits for
 /// each item is woken by each sender, a futex call on the request path
 /// per request; this one sleeps [`GATHER`] between batches while work
 /// keeps coming, so senders find nobody to wake, and parks only when a
@@ -41,7 +43,7 @@ fn take_in_batches<T, S>(
     from: &Receiver<T>,
     to: &mut S,
     each: impl Fn(&mut S, T),
-    batch_done: impl Fn(&mut S),
+    batch_done: impl Fn(&mut S) -> bool,
 ) {
     while let Ok(first) = from.recv() {
         each(to, first);
@@ -60,8 +62,8 @@ fn take_in_batches<T, S>(
                     }
                 }
             }
-            batch_done(to);
-            if took == 0 {
+            let waiting = batch_done(to);
+            if took == 0 && !waiting {
                 break;
             }
             std::thread::sleep(GATHER);
@@ -114,13 +116,19 @@ impl Watch<'_> {
             .log
             .map(|log| Draft::new(log, self.record(d, log.with_text())));
         if let Some(shadows) = self.shadows {
-            let answers = draft.as_mut().map(|draft| {
-                let answers = Arc::new(Mutex::new(Vec::new()));
-                draft.shadows = Some(answers.clone());
-                answers
-            });
+            let answers = draft.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
             let pick = d.decision.worker;
-            shadows.ask(d.req, d.candidates, d.workers, pick, self.live, answers);
+            let asked = shadows.ask(
+                d.req,
+                d.candidates,
+                d.workers,
+                pick,
+                self.live,
+                answers.clone(),
+            );
+            if let (Some(draft), Some(answers)) = (&mut draft, answers) {
+                draft.shadows = Some(log::Awaited { answers, asked });
+            }
         }
         draft
     }

@@ -181,7 +181,8 @@ impl Shadows {
 
     /// Ask every shadow `req` over `candidates` (which are `workers`),
     /// which the live policy answered with `live`; answers go to `answers`
-    /// too, when given. Never waits.
+    /// too, when given. Never waits; how many shadows will answer (those
+    /// whose queue took the question).
     pub fn ask(
         &self,
         req: &RouteRequest<'_>,
@@ -190,7 +191,7 @@ impl Shadows {
         live: WorkerId,
         live_policy: &Arc<Box<dyn Policy>>,
         answers: Option<Arc<Mutex<Vec<ShadowAnswer>>>>,
-    ) {
+    ) -> usize {
         let question = Arc::new(Question {
             id: req.id,
             route: req.route,
@@ -207,9 +208,10 @@ impl Shadows {
             live_policy: live_policy.clone(),
             answers,
         });
+        let mut asked = 0;
         for shadow in self.asked() {
             match shadow.to.try_send(question.clone()) {
-                Ok(()) => {}
+                Ok(()) => asked += 1,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     shadow.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::SHADOW_DROPPED, "shadow" => shadow.name.clone())
@@ -217,6 +219,7 @@ impl Shadows {
                 }
             }
         }
+        asked
     }
 }
 
@@ -382,7 +385,7 @@ fn answer_all(questions: Receiver<Arc<Question>>, shadow: std::sync::Weak<Shadow
         }
     };
     let mut state = (shadow, Counters::default());
-    super::take_in_batches(&questions, &mut state, answer, |_| {});
+    super::take_in_batches(&questions, &mut state, answer, |_| false);
 }
 
 /// Give this thread the lowest CPU priority (Linux nice 19, which is per

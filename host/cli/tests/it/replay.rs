@@ -73,6 +73,7 @@ fn replay_is_deterministic_and_puts_round_robin_below_cache_aware() {
     );
     let first = rows(&args);
     assert_eq!(first, rows(&args), "the same trace gave another table");
+    assert_eq!(first[0].fallbacks + first[1].fallbacks, 0);
     let (rr, ca) = (&first[0], &first[1]);
     assert_eq!((rr.requests, ca.requests), (2_000, 2_000));
     assert_eq!(rr.per_worker, [250; 8], "round robin takes turns");
