@@ -33,12 +33,11 @@ const GATHER: Duration = Duration::from_millis(5);
 
 /// Take everything sent on `from`, in batches, until every sender is
 /// gone: `each` item of a batch into `to`, then `batch_done`, which says
-/// whether `to` still waits on something (then the pauses go on even
-/// when nothing came). A thread that waits for
-/// each item is woken by each sender, a futex call on the request path
-/// per request; this one sleeps [`GATHER`] between batches while work
-/// keeps coming, so senders find nobody to wake, and parks only when a
-/// pause finds nothing new.
+/// whether `to` still waits on something (then the pauses go on even when
+/// nothing came). A thread that waits for each item is woken by each
+/// sender, a futex call on the request path per request; this one sleeps
+/// [`GATHER`] between batches while work keeps coming, so senders find
+/// nobody to wake, and parks only when a pause finds nothing new.
 fn take_in_batches<T, S>(
     from: &Receiver<T>,
     to: &mut S,
