@@ -16,6 +16,7 @@
 //! `input_length`, `output_length`, `hash_ids` of `--block-tokens`-token
 //! blocks). A policy that reads text sees each block as 16 characters
 //! derived from its key, so prefixes are shared exactly as the blocks are.
+//! Policies draw their randomness from `--seed`: a run repeats.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -90,6 +91,10 @@ pub struct ReplayArgs {
     /// Tokens per Mooncake `hash_ids` block (decision records say theirs).
     #[arg(long, default_value_t = 512)]
     pub block_tokens: u32,
+    /// Seed of the randomness each policy is given (replica r's is SEED +
+    /// r): the same trace, flags and seed give the same table.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Replay only the first N requests.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -335,7 +340,7 @@ pub fn replay(
         })
         .collect();
     let mut replicas = Vec::with_capacity(args.replicas.max(1));
-    for _ in 0..args.replicas.max(1) {
+    for replica in 0..args.replicas.max(1) {
         // Each replica its own host state: its own prefix index.
         let engine = engine.clone().with_kv(Default::default());
         let source = PolicySource::parse(policy)?;
@@ -345,6 +350,7 @@ pub fn replay(
         let limits = Limits {
             instances: Some(1),
             call_deadline: Duration::from_secs(1),
+            random_seed: Some(args.seed.wrapping_add(replica as u64)),
             ..Limits::default()
         };
         let loaded = WasmPolicy::load(&engine, source, &args.config, limits)?;

@@ -44,6 +44,9 @@ pub struct Limits {
     pub memory: usize,
     /// Instances of a per-thread policy; `None`: one per core, at least 2.
     pub instances: Option<usize>,
+    /// Seed of the randomness the sandbox gives the policy; `None`: the
+    /// system's. Replay sets it, so that a run repeats.
+    pub random_seed: Option<u64>,
 }
 
 impl Default for Limits {
@@ -54,6 +57,7 @@ impl Default for Limits {
             tick_deadline: DEFAULT_TICK_DEADLINE,
             memory: DEFAULT_MEMORY_LIMIT,
             instances: None,
+            random_seed: None,
         }
     }
 }

@@ -164,7 +164,7 @@ pub(super) fn new_store(
 ) -> Store<StoreState> {
     let mut store = Store::new(
         engine.engine(),
-        StoreState::new(name, limits.memory, host.clone()),
+        StoreState::new(name, &limits, host.clone()),
     );
     store.limiter(|state| &mut state.limits);
     store

@@ -27,6 +27,7 @@ use wasmtime_wasi::p2::{
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::imports::{self, PolicyHost};
+use crate::config::Limits;
 
 /// The WASI io package version wasmtime-wasi 48 defines (guests built for
 /// any 0.2.x match it).
@@ -153,22 +154,28 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    /// A sandbox for the policy `name` with `memory` bytes of linear memory,
-    /// whose imports reach `host`.
-    pub fn new(name: &str, memory: usize, host: Arc<PolicyHost>) -> Self {
+    /// A sandbox for the policy `name` within `limits` (its linear memory,
+    /// its randomness's seed), whose imports reach `host`.
+    pub fn new(name: &str, limits: &Limits, host: Arc<PolicyHost>) -> Self {
         let name: Arc<str> = Arc::from(name);
         // `WasiCtxBuilder` grants nothing unless asked: no preopened
         // directories, no environment or arguments, empty stdin, and every
         // socket address denied. Clocks and random stay: std needs them.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(GuestLog::new(name.clone(), "stdout"))
-            .stderr(GuestLog::new(name, "stderr"))
-            .build();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestLog::new(name.clone(), "stdout"))
+            .stderr(GuestLog::new(name, "stderr"));
+        if let Some(seed) = limits.random_seed {
+            use rand::SeedableRng;
+            wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 1))
+                .insecure_random_seed(u128::from(seed));
+        }
+        let wasi = wasi.build();
         StoreState {
             wasi,
             table: ResourceTable::new(),
             limits: MemoryLimit {
-                bytes: memory,
+                bytes: limits.memory,
                 current: 0,
             },
             host: imports::Host::new(host),

@@ -140,6 +140,7 @@ async fn every_request_has_one_record_with_its_outcome() {
         load_interval_ms: 100,
         speedup: 1.0,
         block_tokens: 512,
+        seed: 0,
         limit: None,
         json: false,
     };

@@ -51,6 +51,7 @@ fn fleet(trace: PathBuf, policies: &[&str]) -> ReplayArgs {
         load_interval_ms: 100,
         speedup: 1.0,
         block_tokens: 512,
+        seed: 0,
         limit: None,
         json: false,
     }
@@ -84,6 +85,21 @@ fn replay_is_deterministic_and_puts_round_robin_below_cache_aware() {
         rr.hit_rate
     );
     assert!(ca.ttft_p50_ms < rr.ttft_p50_ms);
+}
+
+/// A policy that draws random numbers repeats its table for a seed, and
+/// changes it with the seed.
+#[test]
+fn a_random_policy_repeats_for_its_seed() {
+    let mut args = fleet(shared_prefix_trace("seeded"), &["random", "power_of_two"]);
+    let first = rows(&args);
+    assert_eq!(first, rows(&args), "the same seed gave another table");
+    args.seed = 1;
+    let other = rows(&args);
+    assert_ne!(
+        first[0].per_worker, other[0].per_worker,
+        "the seed changed nothing"
+    );
 }
 
 #[test]
