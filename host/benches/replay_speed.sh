@@ -3,7 +3,8 @@
 # of wall time for a 10,000-request Mooncake-format trace (16 shared
 # prefixes of 8 blocks, 2 blocks of its own each, 5 ms apart on average;
 # seeded) over 8 simulated workers, per policy (round_robin, cache_aware,
-# power_of_two, consistent_hash unless POLICIES says), ROUNDS times (3).
+# precise_cache_aware, power_of_two, consistent_hash unless POLICIES
+# says), ROUNDS times (3).
 # Prints each policy's median and its ratio to round_robin's.
 #
 #   ./host/benches/replay_speed.sh
@@ -23,7 +24,7 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"timestamp": int(t), "input_length": len(ids) * 512 - 100,
                             "output_length": 32, "hash_ids": ids}) + "\n")
 PY
-policies=(${POLICIES:-round_robin cache_aware power_of_two consistent_hash})
+policies=(${POLICIES:-round_robin cache_aware precise_cache_aware power_of_two consistent_hash})
 flags=()
 for p in "${policies[@]}"; do flags+=(--policy "$p"); done
 runs=()

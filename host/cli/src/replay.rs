@@ -16,7 +16,10 @@
 //! `input_length`, `output_length`, `hash_ids` of `--block-tokens`-token
 //! blocks). A policy that reads text sees each block as 16 characters
 //! derived from its key, so prefixes are shared exactly as the blocks are.
-//! Policies draw their randomness from `--seed`: a run repeats.
+//! A policy that matches KV pages sees tokens drawn from each block's key,
+//! and an index of KV pages that the simulated caches feed as the
+//! workers' events would (at once: no event delay). Policies draw their
+//! randomness from `--seed`: a run repeats.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -29,8 +32,12 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::sim::cache::{CHARS_PER_TOKEN, PrefixCache};
+use std::sync::Arc;
+
 use wasm_router::config::Limits;
+use wasm_router::index::{Medium, Precise, StoredPages};
 use wasm_router::lab::DecisionRecord;
+use wasm_router::policy::imports::KvView;
 use wasm_router::policy::{
     Candidate, Outcome, Policy, PolicyEngine, PolicySource, PrefillWork, Route, RouteRequest,
     WasmPolicy, WorkerInfo,
@@ -313,6 +320,9 @@ struct Fleet<'a> {
     trace: &'a [Request],
     workers: Vec<SimWorker>,
     replicas: Vec<Replica>,
+    /// The KV index the workers' caches feed, when a policy matches KV
+    /// pages.
+    kv: Option<Arc<Precise>>,
     progress: Vec<Progress>,
     /// Each worker's running + waiting, and waiting, as last read.
     reported: Vec<(u32, u32)>,
@@ -339,10 +349,17 @@ pub fn replay(
             ..WorkerInfo::default()
         })
         .collect();
+    // The workers' KV events, as every replica follows them: one index of
+    // what the simulated caches hold, for policies that match KV pages.
+    let kv = Arc::new(Precise::default());
+    let mut reads_kv = false;
     let mut replicas = Vec::with_capacity(args.replicas.max(1));
     for replica in 0..args.replicas.max(1) {
         // Each replica its own host state: its own prefix index.
-        let engine = engine.clone().with_kv(Default::default());
+        let engine = engine.clone().with_kv(KvView {
+            index: Some(kv.clone()),
+            tokenizer: None,
+        });
         let source = PolicySource::parse(policy)?;
         // No request waits on a replayed decision: a deadline that a busy
         // machine cannot trip (which would make the run depend on it), yet
@@ -354,11 +371,7 @@ pub fn replay(
             ..Limits::default()
         };
         let loaded = WasmPolicy::load(&engine, source, &args.config, limits)?;
-        if loaded.info().reads.kv_matches {
-            anyhow::bail!(
-                "{policy} matches KV pages (prefix-index.match-kv): replay does not simulate KV events yet; replay it live with --decision-log"
-            );
-        }
+        reads_kv |= loaded.info().reads.kv_matches;
         loaded.workers_changed(&infos);
         replicas.push(Replica {
             policy: loaded,
@@ -382,6 +395,7 @@ pub fn replay(
             })
             .collect(),
         replicas,
+        kv: reads_kv.then_some(kv),
         progress: vec![Progress::default(); trace.len()],
         reported: vec![(0, 0); args.workers as usize],
         events: BinaryHeap::new(),
@@ -448,6 +462,7 @@ impl Fleet<'_> {
         } else {
             String::new()
         };
+        let tokens = self.kv.as_ref().map(|_| synthetic_tokens(req));
         let candidates: Vec<Candidate> = (0..self.workers.len())
             .map(|w| {
                 let (reported, queued) = self.reported[w];
@@ -468,27 +483,28 @@ impl Fleet<'_> {
             route: Route::Generate,
             model: "",
             text: &text,
-            tokens: None,
+            tokens: tokens.as_deref(),
             prompt_tokens: None,
             routing_key: None,
             headers: None,
             stream: true,
             max_new_tokens: Some(req.output_tokens),
         };
-        let worker = match replica.policy.select(&route, &candidates) {
+        let (worker, cached) = match replica.policy.select(&route, &candidates) {
             Ok(decision) => {
                 self.fallbacks += u64::from(decision.fallback.is_some());
-                decision.worker
+                (decision.worker, decision.cached_tokens)
             }
             // A policy that declines is routed as the router's fallback would.
             Err(_) => {
                 self.fallbacks += 1;
-                wasm_router::policy::LeastLoad::default()
-                    .pick(&candidates)
-                    .unwrap_or(0)
+                let least = wasm_router::policy::LeastLoad::default().pick(&candidates);
+                (least.unwrap_or(0), None)
             }
         };
-        let estimate = req.input_tokens;
+        // As the router estimates a pick's prefill: what its KV match did
+        // not find.
+        let estimate = req.input_tokens.saturating_sub(cached.unwrap_or(0));
         let replica = &mut self.replicas[r];
         replica.in_flight[worker as usize] += 1;
         replica.ahead[worker as usize].requests += 1;
@@ -523,10 +539,13 @@ impl Fleet<'_> {
         let req = &self.trace[i];
         let w = self.progress[i].worker as usize;
         let full = (req.input_tokens / req.block_tokens) as usize;
-        let lookup = self.workers[w].cache.process_blocks(
-            &req.blocks[..full.min(req.blocks.len())],
-            req.input_tokens as usize,
-        );
+        let blocks = &req.blocks[..full.min(req.blocks.len())];
+        let (lookup, stored, evicted) = self.workers[w]
+            .cache
+            .process_blocks(blocks, req.input_tokens as usize);
+        if let Some(kv) = &self.kv {
+            publish(kv, w as u32, req, blocks, &stored, &evicted);
+        }
         self.workers[w].prefilling = true;
         let uncached = (lookup.prompt_tokens - lookup.cached_tokens) as u64;
         self.progress[i].cached = lookup.cached_tokens as u32;
@@ -618,6 +637,54 @@ impl Fleet<'_> {
             fallbacks: self.fallbacks,
         }
     }
+}
+
+/// What worker `w` publishes after caching `blocks` of `req`: a page per
+/// block it stored (its tokens [`block_tokens`]), the blocks it evicted.
+fn publish(kv: &Precise, w: u32, req: &Request, blocks: &[u64], stored: &[usize], evicted: &[u64]) {
+    for &at in stored {
+        let tokens = block_tokens(blocks[at], req.block_tokens as usize);
+        let pages = StoredPages {
+            medium: Medium::Gpu,
+            parent: at.checked_sub(1).map(|p| blocks[p]),
+            hashes: &blocks[at..=at],
+            tokens: &tokens,
+            block_size: req.block_tokens,
+            seed: 0,
+        };
+        if let Err(e) = kv.store(w, pages) {
+            tracing::debug!("replay: a page was not indexed: {e}");
+        }
+    }
+    if !evicted.is_empty() {
+        kv.remove(w, Medium::Gpu, evicted);
+    }
+}
+
+/// The tokens a KV-matching policy sees for `req`: each block's from its
+/// key ([`block_tokens`]), as many as its prompt has.
+fn synthetic_tokens(req: &Request) -> Vec<u32> {
+    let per_block = req.block_tokens as usize;
+    let mut tokens: Vec<u32> = req
+        .blocks
+        .iter()
+        .flat_map(|&key| block_tokens(key, per_block))
+        .collect();
+    tokens.truncate(req.input_tokens as usize);
+    tokens
+}
+
+/// `n` token ids drawn from a block's key (splitmix64), so blocks with
+/// equal keys have equal tokens and others almost surely differ.
+fn block_tokens(key: u64, n: usize) -> Vec<u32> {
+    (0..n as u64)
+        .map(|j| {
+            let mut z = key.wrapping_add(j.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % 150_000) as u32
+        })
+        .collect()
 }
 
 /// The text a text-reading policy sees for these blocks: 16 characters a

@@ -117,9 +117,14 @@ impl PrefixCache {
     }
 
     /// Look a prompt of `prompt_tokens` up by its chained block `keys`
-    /// (a replayed trace's), and cache them all.
-    pub fn process_blocks(&mut self, keys: &[u64], prompt_tokens: usize) -> Lookup {
-        self.process_keys(keys, prompt_tokens).0
+    /// (a replayed trace's), and cache them all: what was found, the
+    /// positions of the keys that were not held, and the keys evicted.
+    pub fn process_blocks(
+        &mut self,
+        keys: &[u64],
+        prompt_tokens: usize,
+    ) -> (Lookup, Vec<usize>, Vec<u64>) {
+        self.process_keys(keys, prompt_tokens)
     }
 
     /// Look the chained block `keys` of a prompt of `prompt_tokens` up,

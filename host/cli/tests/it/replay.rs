@@ -150,11 +150,21 @@ fn a_mooncake_line_reads_as_its_blocks_and_times() {
     assert!((row.hit_rate - expected).abs() < 1e-9, "{}", row.hit_rate);
 }
 
+/// A policy that matches KV pages reads the pages the simulated caches
+/// publish: it finds the shared prefixes as cache_aware does from text.
 #[test]
-fn a_policy_that_matches_kv_pages_is_refused_with_what_to_do() {
-    let args = fleet(shared_prefix_trace("kv"), &["precise_cache_aware"]);
-    let engine = PolicyEngine::new(None).unwrap();
-    let trace = read_trace(&args.trace, &args).unwrap();
-    let error = replay(&engine, "precise_cache_aware", &trace, &args).unwrap_err();
-    assert!(error.to_string().contains("--decision-log"), "{error}");
+fn a_policy_that_matches_kv_pages_follows_the_simulated_caches() {
+    let args = fleet(
+        shared_prefix_trace("kv"),
+        &["round_robin", "precise_cache_aware"],
+    );
+    let table = rows(&args);
+    let (rr, precise) = (&table[0], &table[1]);
+    assert_eq!(precise.fallbacks, 0);
+    assert!(
+        precise.hit_rate > rr.hit_rate + 0.2,
+        "precise_cache_aware {} not above round_robin {}",
+        precise.hit_rate,
+        rr.hit_rate
+    );
 }
