@@ -223,6 +223,9 @@ pub struct Row {
 /// `router replay`: one row per policy; the table (or JSON) on stdout,
 /// the speed on stderr.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    if args.workers == 0 {
+        anyhow::bail!("--workers 0: a fleet needs at least one worker");
+    }
     let trace = read_trace(&args.trace, args)?;
     let engine = PolicyEngine::new(crate::cache_dir(false))?;
     let mut rows = Vec::new();
@@ -310,7 +313,6 @@ struct Progress {
     /// Its prefill tokens as its router estimated them.
     estimate: u32,
     cached: u32,
-    started_us: u64,
     first_token_us: u64,
 }
 
@@ -549,7 +551,6 @@ impl Fleet<'_> {
         self.workers[w].prefilling = true;
         let uncached = (lookup.prompt_tokens - lookup.cached_tokens) as u64;
         self.progress[i].cached = lookup.cached_tokens as u32;
-        self.progress[i].started_us = self.now;
         let at = self.now + uncached * self.args.prefill_us_per_token;
         self.at(at, Event::Prefilled(i));
     }
