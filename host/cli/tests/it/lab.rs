@@ -124,26 +124,7 @@ async fn every_request_has_one_record_with_its_outcome() {
     assert_eq!(&newest, records.last().unwrap());
     r.shutdown().await.unwrap();
     // `router replay` reads them back: the same requests and prefixes.
-    let args = wasm_router_cli::replay::ReplayArgs {
-        trace: log.clone(),
-        policies: vec!["round_robin".into()],
-        config: "{}".into(),
-        workers: 2,
-        replicas: 1,
-        capacity_tokens: 200_000,
-        prefill_us_per_token: 100,
-        decode_us_per_token: 5_000,
-        batch_slowdown: 0.05,
-        stream_pieces: 4,
-        max_running: 16,
-        serial_prefill: false,
-        load_interval_ms: 100,
-        speedup: 1.0,
-        block_tokens: 512,
-        seed: 0,
-        limit: None,
-        json: false,
-    };
+    let args = crate::replay::fleet(log.clone(), &["round_robin"]);
     let trace = wasm_router_cli::replay::read_trace(&log, &args).unwrap();
     assert_eq!(trace.len(), 200);
     assert!(

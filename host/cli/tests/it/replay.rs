@@ -34,7 +34,7 @@ fn shared_prefix_trace(name: &str) -> PathBuf {
 
 /// Flags of a fleet of 8 workers whose caches hold a third of the
 /// prefixes each.
-fn fleet(trace: PathBuf, policies: &[&str]) -> ReplayArgs {
+pub fn fleet(trace: PathBuf, policies: &[&str]) -> ReplayArgs {
     ReplayArgs {
         trace,
         policies: policies.iter().map(|p| p.to_string()).collect(),
