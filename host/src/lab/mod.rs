@@ -99,7 +99,9 @@ pub struct Decided<'a> {
     pub req: &'a RouteRequest<'a>,
     /// The candidates offered.
     pub candidates: &'a [Candidate],
-    /// Those candidates' workers.
+    /// Those candidates' workers, in the same order
+    /// ([`crate::workers::Registry::as_candidates`] makes one from the
+    /// other).
     pub workers: &'a [Arc<Worker>],
     /// The answer (the fallback's, if it answered).
     pub decision: &'a Decision,
@@ -136,7 +138,6 @@ impl Watch<'_> {
         let req = d.req;
         let policy = self.live.info();
         let pick = d.decision.worker;
-        let url_of = |id| d.workers.iter().find(|w| w.id == id);
         let matched_chars = (policy.needs_text && !req.text.is_empty())
             .then(|| self.live.prefix_index())
             .flatten()
@@ -163,9 +164,15 @@ impl Watch<'_> {
             candidates: d
                 .candidates
                 .iter()
-                .filter_map(|c| Some(CandidateRecord::new(url_of(c.id)?, c)))
+                .zip(d.workers)
+                .map(|(c, w)| CandidateRecord::new(w, c))
                 .collect(),
-            pick: url_of(pick).map(|w| w.url.clone()).unwrap_or_default(),
+            pick: d
+                .workers
+                .iter()
+                .find(|w| w.id == pick)
+                .map(|w| w.url.clone())
+                .unwrap_or_default(),
             matched_chars,
             matched_tokens: d.decision.cached_tokens,
             decision_us: d.took.as_micros() as u64,
