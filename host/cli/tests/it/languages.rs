@@ -250,6 +250,10 @@ async fn router_rss(policy: &str, instances: usize, worker: &str, cache: &Path) 
         .args(["--prometheus-port", &free_port().to_string()])
         .args(["--policy", policy, "--worker-urls", worker])
         .args(["--policy-instances", &instances.to_string()])
+        // A call past its deadline restarts the instance, and a restarted
+        // instance's memory would count as the second one's: a loaded
+        // machine must not make a cold call miss.
+        .args(["--policy-call-deadline-ms", "2000"])
         .args(["--log-level", "warn"])
         .env("XDG_CACHE_HOME", cache)
         .stdin(Stdio::null())
