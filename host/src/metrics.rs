@@ -16,6 +16,11 @@ pub const ERRORS: &str = "wasm_router_errors_total";
 pub const REQUEST_DURATION: &str = "wasm_router_request_duration_seconds";
 /// Time to the first response byte from the worker, by route.
 pub const TTFB: &str = "wasm_router_time_to_first_byte_seconds";
+/// Registered workers, by state (healthy, unhealthy). Read from the
+/// registry at each scrape, like the worker series below.
+pub const WORKERS: &str = "wasm_router_workers";
+/// Requests in flight, over all workers.
+pub const WORKERS_IN_FLIGHT: &str = "wasm_router_workers_in_flight";
 /// Requests in flight per worker.
 pub const WORKER_IN_FLIGHT: &str = "wasm_router_worker_in_flight";
 /// 1 if the worker passes health checks.
@@ -173,16 +178,108 @@ pub fn install(duration_buckets: Option<&[f64]>) -> PrometheusHandle {
         .clone()
 }
 
+/// One worker's state, as its series show it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSeries<'a> {
+    /// Its name, the `worker` label.
+    pub name: &'a str,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// Whether it passes health checks.
+    pub healthy: bool,
+    /// Its breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker: u8,
+}
+
+/// Append the workers' series to a scrape: [`WORKERS`] and
+/// [`WORKERS_IN_FLIGHT`] over all of them, and the per-worker series of
+/// the first `cap` (`--prometheus-worker-series`). Rendered from the
+/// registry rather than kept in the recorder: a worker's series go with
+/// it, the text stays bounded however many workers come and go, and a
+/// request updates no gauge.
+pub fn render_workers(out: &mut String, workers: &[WorkerSeries<'_>], cap: usize) {
+    write_workers(out, workers, cap).expect("a String takes every write");
+}
+
+/// A per-worker gauge: its name, help and value.
+type Series = (&'static str, &'static str, fn(&WorkerSeries<'_>) -> u32);
+
+fn write_workers(out: &mut String, workers: &[WorkerSeries<'_>], cap: usize) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    const SERIES: [Series; 3] = [
+        (WORKER_IN_FLIGHT, "Requests in flight per worker.", |w| {
+            w.in_flight
+        }),
+        (
+            WORKER_HEALTHY,
+            "1 if the worker passes health checks.",
+            |w| u32::from(w.healthy),
+        ),
+        (
+            WORKER_BREAKER,
+            "Breaker state per worker: 0 closed, 1 open, 2 half-open.",
+            |w| u32::from(w.breaker),
+        ),
+    ];
+    let healthy = workers.iter().filter(|w| w.healthy).count();
+    let in_flight: u64 = workers.iter().map(|w| u64::from(w.in_flight)).sum();
+    write!(
+        out,
+        "# HELP {WORKERS} Registered workers, by health.\n# TYPE {WORKERS} gauge\n\
+         {WORKERS}{{state=\"healthy\"}} {healthy}\n{WORKERS}{{state=\"unhealthy\"}} {}\n\
+         # HELP {WORKERS_IN_FLIGHT} Requests in flight, over all workers.\n\
+         # TYPE {WORKERS_IN_FLIGHT} gauge\n{WORKERS_IN_FLIGHT} {in_flight}\n",
+        workers.len() - healthy
+    )?;
+    let shown = &workers[..cap.min(workers.len())];
+    if shown.is_empty() {
+        return Ok(());
+    }
+    for (name, help, value) in SERIES {
+        writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge")?;
+        for w in shown {
+            writeln!(
+                out,
+                "{name}{{worker=\"{}\"}} {}",
+                LabelValue(w.name),
+                value(w)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A label value in Prometheus' text format: backslash, quote and newline
+/// escaped.
+struct LabelValue<'a>(&'a str);
+
+impl std::fmt::Display for LabelValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How often recorded histogram samples are folded into their buckets.
 /// The recorder keeps every sample until then (or until a scrape): without
 /// this, a router nobody scrapes grows by 24 bytes per request.
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serve the Prometheus text format on `listener`, and keep the recorder's
+/// Serve the Prometheus text format on `listener`: the recorder's, then
+/// what `more` appends (the workers' series); and keep the recorder's
 /// memory bounded, until the task is aborted.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
+    more: impl Fn(&mut String) + Clone + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     let upkeep = {
         let handle = handle.clone();
@@ -197,8 +294,9 @@ pub async fn serve_on(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let handle = handle.clone();
-            async move { handle.render() }
+            let mut text = handle.render();
+            more(&mut text);
+            async move { text }
         }),
     );
     tracing::info!(
@@ -208,5 +306,49 @@ pub async fn serve_on(
     tokio::select! {
         served = axum::serve(listener, app) => served,
         () = upkeep => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(name: &str, healthy: bool) -> WorkerSeries<'_> {
+        WorkerSeries {
+            name,
+            in_flight: 2,
+            healthy,
+            breaker: 1,
+        }
+    }
+
+    #[test]
+    fn worker_series_are_capped_counted_and_escaped() {
+        let workers = [
+            worker("http://a:1", true),
+            worker("odd \"name\"\\", false),
+            worker("http://c:1", true),
+        ];
+        let mut text = String::new();
+        render_workers(&mut text, &workers, 2);
+        assert!(
+            text.contains("wasm_router_workers{state=\"healthy\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasm_router_workers{state=\"unhealthy\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("wasm_router_workers_in_flight 6\n"), "{text}");
+        assert!(
+            text.contains("wasm_router_worker_healthy{worker=\"odd \\\"name\\\"\\\\\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("http://c:1"), "past the cap: {text}");
+
+        let mut none = String::new();
+        render_workers(&mut none, &workers, 0);
+        assert!(!none.contains("worker="), "{none}");
+        assert!(none.contains("wasm_router_workers_in_flight 6\n"), "{none}");
     }
 }

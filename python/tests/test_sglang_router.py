@@ -43,6 +43,7 @@ OUR_EXTRAS = {
     "--no-policy-cache",
     "--no-watch",
     "--kv-events",
+    "--prometheus-worker-series",
 }
 
 # Its launcher's table: each flag's argparse nargs (0 for a switch) and

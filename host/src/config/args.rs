@@ -336,6 +336,11 @@ pub struct RouterArgs {
     /// time-to-first-byte histograms [default: 0.0005 0.001 ... 60].
     #[arg(long, num_args = 1.., help_heading = "Prometheus Metrics")]
     pub prometheus_duration_buckets: Vec<f64>,
+    /// Workers, in registration order, whose own series (in flight,
+    /// healthy, breaker state) `/metrics` shows; 0 for none. The counts over
+    /// all workers are always there.
+    #[arg(long, help_heading = "Prometheus Metrics")]
+    pub prometheus_worker_series: Option<usize>,
     /// Origins allowed to call the router from a browser (CORS)
     /// [default: any origin].
     #[arg(long, num_args = 0.., help_heading = "Request Handling")]

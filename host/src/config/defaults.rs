@@ -73,6 +73,7 @@ defaults! {
     "queue_timeout_secs" => QUEUE_TIMEOUT_SECS: u64 = 60;
     "prometheus_host" => PROMETHEUS_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     "prometheus_port" => PROMETHEUS_PORT: u16 = 29000;
+    "prometheus_worker_series" => PROMETHEUS_WORKER_SERIES: usize = 256;
     "request_id_headers" => REQUEST_ID_HEADERS: [&str; 4] = ["x-request-id", "x-correlation-id", "x-trace-id", "request-id"], shown REQUEST_ID_HEADERS.join(" ");
     "shutdown_grace_period_secs" => SHUTDOWN_GRACE_PERIOD_SECS: u64 = 180;
     "policy_call_deadline_ms" => POLICY_CALL_DEADLINE_MS: u64 = 10;

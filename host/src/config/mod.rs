@@ -136,6 +136,9 @@ pub struct Config {
     /// Bucket bounds of the request-duration and time-to-first-byte
     /// histograms; `None`: the built-in ones.
     pub duration_buckets: Option<Vec<f64>>,
+    /// Workers with series of their own in `/metrics`, the first
+    /// registered first (`--prometheus-worker-series`).
+    pub worker_series: usize,
     /// Time allowed for a whole request, body upload and response stream
     /// included.
     pub request_timeout: Duration,

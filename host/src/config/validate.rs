@@ -66,6 +66,9 @@ impl Config {
             max_payload_size: requests::max_payload_size(&s)?,
             cors_allowed_origins: requests::cors_allowed_origins(&s)?,
             duration_buckets: requests::duration_buckets(&s)?,
+            worker_series: s
+                .prometheus_worker_series
+                .unwrap_or(d::PROMETHEUS_WORKER_SERIES),
             request_timeout: timeouts.request,
             attempt_timeout: timeouts.attempt,
             connect_timeout: timeouts.connect,

@@ -143,8 +143,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             seam.load().workers_changed(workers);
         }
     });
+    let worker_series = {
+        let (registry, cap) = (state.registry.clone(), state.config.worker_series);
+        move |out: &mut String| {
+            let workers = registry.all();
+            let names: Vec<String> = workers.iter().map(|w| w.name()).collect();
+            let series: Vec<m::WorkerSeries<'_>> = workers
+                .iter()
+                .zip(&names)
+                .map(|(w, name)| m::WorkerSeries {
+                    name,
+                    in_flight: w.load(),
+                    healthy: w.is_healthy(),
+                    breaker: w.breaker.state().code(),
+                })
+                .collect();
+            m::render_workers(out, &series, cap);
+        }
+    };
     let mut background = vec![tokio::spawn(async move {
-        if let Err(e) = m::serve_on(metrics_listener, handle).await {
+        if let Err(e) = m::serve_on(metrics_listener, handle, worker_series).await {
             tracing::error!("metrics endpoint stopped: {e}");
         }
     })];

@@ -30,6 +30,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// Its number in metrics.
+    pub fn code(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Inner {
     Closed {
@@ -53,11 +64,9 @@ pub struct Breaker {
     /// The worker's name, for the log lines.
     worker: String,
     inner: Mutex<Inner>,
-    /// Whether `inner` is half-open, kept with the gauge by every change:
-    /// the candidate list reads it on each request without the lock.
+    /// Whether `inner` is half-open, kept by every change: the candidate
+    /// list reads it on each request without the lock.
     half_open: AtomicBool,
-    /// `wasm_router_worker_circuit_breaker_state` for this worker.
-    gauge: metrics::Gauge,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -69,9 +78,8 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker of `worker`, reporting its state in `gauge`.
-    pub fn new(config: Option<BreakerConfig>, worker: String, gauge: metrics::Gauge) -> Self {
-        gauge.set(0.0);
+    /// A closed breaker of `worker`.
+    pub fn new(config: Option<BreakerConfig>, worker: String) -> Self {
         Breaker {
             config,
             worker,
@@ -80,7 +88,6 @@ impl Breaker {
                 since: Instant::now(),
             }),
             half_open: AtomicBool::new(false),
-            gauge,
         }
     }
 
@@ -92,11 +99,6 @@ impl Breaker {
     fn report(&self, inner: &Inner) {
         self.half_open
             .store(matches!(inner, Inner::HalfOpen { .. }), Ordering::Relaxed);
-        self.gauge.set(match inner {
-            Inner::Closed { .. } => 0.0,
-            Inner::Open { .. } => 1.0,
-            Inner::HalfOpen { .. } => 2.0,
-        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -227,7 +229,6 @@ mod tests {
                 window: Duration::from_secs(60),
             }),
             "w".into(),
-            metrics::Gauge::noop(),
         )
     }
 
@@ -309,7 +310,7 @@ mod tests {
 
     #[test]
     fn disabled_always_admits() {
-        let b = Breaker::new(None, "w".into(), metrics::Gauge::noop());
+        let b = Breaker::new(None, "w".into());
         for _ in 0..100 {
             b.record(false, Instant::now());
         }

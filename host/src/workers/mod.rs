@@ -97,9 +97,6 @@ pub struct Worker {
     pub breaker: Breaker,
     /// Consecutive health check results: (failures, successes).
     streak: std::sync::Mutex<(u32, u32)>,
-    /// Metric handles, made once: the request path does no label lookups.
-    in_flight_gauge: metrics::Gauge,
-    healthy_gauge: metrics::Gauge,
 }
 
 impl std::ops::Deref for Worker {
@@ -262,7 +259,6 @@ impl Worker {
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.processed.fetch_add(1, Ordering::Relaxed);
-        self.in_flight_gauge.increment(1.0);
         InFlight {
             worker: self.clone(),
             sent: Instant::now(),
@@ -292,7 +288,6 @@ impl Worker {
             was
         };
         self.healthy.store(now, Ordering::Relaxed);
-        self.healthy_gauge.set(f64::from(u8::from(now)));
         (now != was).then_some(now)
     }
 
@@ -433,7 +428,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.answer_began();
         self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.worker.in_flight_gauge.decrement(1.0);
     }
 }
 

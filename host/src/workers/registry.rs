@@ -123,9 +123,6 @@ impl Registry {
             return Err(ApiError::WorkerExists(spec.name()));
         }
         let name = spec.name();
-        let label = || name.clone();
-        let healthy_gauge = metrics::gauge!(crate::metrics::WORKER_HEALTHY, "worker" => label());
-        healthy_gauge.set(f64::from(u8::from(self.trust_new_workers)));
         let worker = Arc::new(Worker {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             spec,
@@ -142,14 +139,8 @@ impl Registry {
             latency_ewma_us: AtomicU64::new(NO_REPORT),
             processed: AtomicU64::new(0),
             healthy: AtomicBool::new(self.trust_new_workers),
-            breaker: Breaker::new(
-                self.breaker,
-                name.clone(),
-                metrics::gauge!(crate::metrics::WORKER_BREAKER, "worker" => label()),
-            ),
+            breaker: Breaker::new(self.breaker, name.clone()),
             streak: std::sync::Mutex::new((0, 0)),
-            in_flight_gauge: metrics::gauge!(crate::metrics::WORKER_IN_FLIGHT, "worker" => label()),
-            healthy_gauge,
         });
         let mut next = current.as_ref().clone();
         next.push(worker.clone());

@@ -10,6 +10,7 @@ mod discovery;
 mod engine;
 mod examples;
 mod fixtures;
+mod fleet;
 mod hostile;
 mod instances;
 mod jwt;
