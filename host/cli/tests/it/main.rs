@@ -27,6 +27,7 @@ mod replay;
 mod round_robin;
 mod sim;
 mod soak;
+mod streams;
 mod timeouts;
 mod tls;
 mod tokenize;
