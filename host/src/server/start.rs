@@ -65,9 +65,35 @@ impl Running {
     }
 }
 
+/// Raise the process's open-file limit to its hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: each open stream takes two
+/// descriptors (client and worker), so a soft limit of 1,024 would refuse
+/// connections at some 500 streams.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
+        }
+    };
+    match raised {
+        true => tracing::debug!(open_files = limit.rlim_cur, "open-file limit"),
+        false => tracing::warn!(
+            "cannot raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        ),
+    }
+}
+
 /// Start the router: load the policy, register workers, start health
 /// checks, ticks and metrics, and listen.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    raise_file_limit();
     let handle = m::install(config.duration_buckets.as_deref());
     let metrics_listener = tokio::net::TcpListener::bind(config.prometheus)
         .await
