@@ -17,7 +17,7 @@ use wasm_router::policy::{
 };
 use wasm_router_policy::Policy as _;
 
-const CANDIDATES: [usize; 2] = [8, 64];
+const CANDIDATES: [usize; 3] = [8, 64, 1000];
 const PROMPTS: [(&str, usize); 2] = [("1KB", 1 << 10), ("32KB", 32 << 10)];
 /// Distinct prompts cycled through: 16 shared system prompts, each with
 /// 16 questions, so cache_aware sees both hits and new branches.
