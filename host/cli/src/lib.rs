@@ -73,8 +73,9 @@ pub enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Run a simulated SGLang worker (KV cache, prefill, decode, batching).
-    SimWorker(crate::sim::SimArgs),
+    /// Run a simulated SGLang worker (KV cache, prefill, decode, batching),
+    /// or a fleet of them in one process (`--count`).
+    SimWorker(crate::sim::FleetArgs),
     /// Run a Kubernetes API server that serves pods only (list and watch),
     /// for trying and measuring service discovery; pods are set over HTTP.
     SimKubeApi(crate::sim::kube_api::KubeApiArgs),

@@ -1,6 +1,7 @@
 //! The command line's dispatch: shared by the `router` binary and the
 //! Python package, so both behave the same.
 
+use anyhow::Context as _;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -96,7 +97,6 @@ fn policy_check(args: crate::CheckArgs) -> anyhow::Result<()> {
 }
 
 fn policy_componentize(args: &crate::ComponentizeArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
     let core = std::fs::read(&args.core)
         .with_context(|| format!("cannot read {}", args.core.display()))?;
     let component = wasm_router::policy::componentize::componentize(&core)
@@ -116,10 +116,26 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
     tokio::runtime::Runtime::new()?.block_on(work)
 }
 
-async fn sim_worker(args: crate::sim::SimArgs) -> anyhow::Result<()> {
+async fn sim_worker(args: crate::sim::FleetArgs) -> anyhow::Result<()> {
     let stop = ShutdownSignal::install()?;
-    let handle = crate::sim::start(args, false).await?;
-    tracing::info!("simulated worker on {}", handle.url());
+    let nth = |port: u16, i: u16| match port {
+        0 => Ok(0),
+        port => port
+            .checked_add(i)
+            .with_context(|| format!("--count {} from port {port} runs past 65535", args.count)),
+    };
+    let mut fleet = Vec::with_capacity(args.count.into());
+    for i in 0..args.count {
+        let mut sim = args.sim.clone();
+        sim.port = nth(args.sim.port, i)?;
+        sim.kv_events_port = args.sim.kv_events_port.map(|p| nth(p, i)).transpose()?;
+        let handle = crate::sim::start(sim, false).await?;
+        tracing::info!("simulated worker on {}", handle.url());
+        if args.count > 1 {
+            println!("{}", handle.url());
+        }
+        fleet.push(handle);
+    }
     stop.wait().await?;
     Ok(())
 }

@@ -127,6 +127,19 @@ pub struct SimArgs {
     pub kv_events_format: kv_events::Format,
 }
 
+/// `router sim-worker`: one simulated worker, or `count` alike.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Each worker's settings.
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Serve this many simulated workers from this process, on consecutive
+    /// ports from --port (and --kv-events-port), or on any free ports when
+    /// 0; their URLs are printed, one per line.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub count: u16,
+}
+
 impl Default for SimArgs {
     fn default() -> Self {
         use clap::Parser;
