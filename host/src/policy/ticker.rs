@@ -14,8 +14,12 @@ use wasmtime::{Engine, Store};
 /// How often the epoch advances. Deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// How long the ticker keeps ticking after the last call ended.
-pub const LINGER: Duration = Duration::from_millis(100);
+/// How long the ticker keeps ticking after the last call ended: a few
+/// ticks, so that a steady stream of calls keeps it awake without a wake
+/// per call, while calls spaced wider cost a wake and a few ticks each. At
+/// 100 ms, one router at 18 requests/s never slept: a thousand wake-ups a
+/// second, a fifth of its CPU (BENCHMARKS.md, issue 35).
+pub const LINGER: Duration = Duration::from_millis(3);
 
 /// How often a sleeping ticker looks whether its engine is gone.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
