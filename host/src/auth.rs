@@ -17,12 +17,10 @@ use crate::state::AppState;
 
 type S = State<Arc<AppState>>;
 
-/// Layer of the inference routes: with `--api-key`, a request must
-/// present it (`Authorization: Bearer KEY`), else 401.
-pub async fn require_api_key(State(s): S, req: Request, next: Next) -> Response {
-    let Some(key) = &s.config.api_key else {
-        return next.run(req).await;
-    };
+/// Layer of the inference routes with `--api-key` (`key`; without it
+/// there is no layer): a request must present it (`Authorization: Bearer
+/// KEY`), else 401.
+pub async fn require_api_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
     match bearer(&req) {
         Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
