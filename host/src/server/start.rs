@@ -81,12 +81,13 @@ fn raise_file_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0
         }
     };
-    match raised {
-        true => tracing::debug!(open_files = limit.rlim_cur, "open-file limit"),
-        false => tracing::warn!(
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open-file limit");
+    } else {
+        tracing::warn!(
             "cannot raise the open-file limit: {}",
             std::io::Error::last_os_error()
-        ),
+        );
     }
 }
 
