@@ -30,7 +30,7 @@ mod models;
 mod start;
 mod tokenize;
 
-pub use start::{Running, start};
+pub use start::{Running, raise_file_limit, start};
 
 /// All routes.
 pub fn app(state: Arc<AppState>) -> Router {

@@ -68,8 +68,8 @@ impl Running {
 /// Raise the process's open-file limit to its hard limit, as nginx's
 /// `worker_rlimit_nofile` and Go's runtime do: each open stream takes two
 /// descriptors (client and worker), so a soft limit of 1,024 would refuse
-/// connections at some 500 streams.
-fn raise_file_limit() {
+/// connections at some 500 streams. The limit now.
+pub fn raise_file_limit() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -82,19 +82,19 @@ fn raise_file_limit() {
         }
     };
     if raised {
-        tracing::debug!(open_files = limit.rlim_cur, "open-file limit");
+        Ok(limit.rlim_cur)
     } else {
-        tracing::warn!(
-            "cannot raise the open-file limit: {}",
-            std::io::Error::last_os_error()
-        );
+        Err(std::io::Error::last_os_error())
     }
 }
 
 /// Start the router: load the policy, register workers, start health
 /// checks, ticks and metrics, and listen.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    raise_file_limit();
+    match raise_file_limit() {
+        Ok(open_files) => tracing::debug!(open_files, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let handle = m::install(config.duration_buckets.as_deref());
     let metrics_listener = tokio::net::TcpListener::bind(config.prometheus)
         .await

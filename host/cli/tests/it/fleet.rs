@@ -7,33 +7,19 @@ use serde_json::Value;
 
 use crate::mock::{MockWorker, args, get_json, get_text, http, router};
 
-/// Raise this process's open-file limit to its hard limit: a thousand
-/// workers, their connections and the router's take thousands of
-/// descriptors, more than a default soft limit of 1,024.
-pub fn raise_file_limit(needed: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(
-        limit.rlim_cur >= needed,
-        "this test needs {needed} open files; the hard limit is {} (ulimit -Hn)",
-        limit.rlim_cur
-    );
-}
-
 const WORKERS: usize = 1000;
 const SERIES: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_workers_are_all_routed_to_and_reported() {
-    raise_file_limit(8 * WORKERS as u64);
+    // A thousand workers, their connections and the router's take
+    // thousands of descriptors, more than a default soft limit of 1,024.
+    let limit = wasm_router::server::raise_file_limit().expect("raise the open-file limit");
+    assert!(
+        limit >= 8 * WORKERS as u64,
+        "this test needs {} open files; the hard limit is {limit} (ulimit -Hn)",
+        8 * WORKERS
+    );
     let workers: Vec<MockWorker> = futures_util::stream::iter(0..WORKERS)
         .then(|i| async move { MockWorker::start(&format!("w{i}"), "m").await })
         .collect()
