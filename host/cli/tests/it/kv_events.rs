@@ -256,13 +256,8 @@ async fn a_gap_without_replay_or_a_restart_clears_what_cannot_be_trusted() {
 /// A worker that says, in /get_server_info, where it publishes.
 async fn announcing_worker(kv_events_config: String) -> String {
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/get_model_info",
-            get(|| async { axum::Json(serde_json::json!({"model_path": "m"})) }),
-        )
-        .route(
+    crate::mock::serve_worker(
+        axum::Router::new().route(
             "/get_server_info",
             get(move || {
                 let config = kv_events_config.clone();
@@ -270,11 +265,9 @@ async fn announcing_worker(kv_events_config: String) -> String {
                     axum::Json(serde_json::json!({"kv_events_config": config, "page_size": PAGE}))
                 }
             }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+        ),
+    )
+    .await
 }
 
 /// The router with `--kv-events` finds the publisher through the worker's

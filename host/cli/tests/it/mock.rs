@@ -210,6 +210,20 @@ fn async_stream(
     })
 }
 
+/// A worker of `routes` and what a router asks before it sends work
+/// (`/health`, `/get_model_info` with model `m`), served on loopback: its
+/// URL.
+pub async fn serve_worker(routes: Router) -> String {
+    let app = routes.route("/health", get(|| async { "ok" })).route(
+        "/get_model_info",
+        get(|| async { Json(json!({"model_path": "m"})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 /// Router flags for tests: loopback, ephemeral ports, fast health checks,
 /// no jitter, a generous policy deadline, a shared compile cache.
 pub fn args(urls: &[&MockWorker]) -> RouterArgs {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::post;
 use futures_util::StreamExt;
 
-use crate::mock::{eventually, http};
+use crate::mock::{eventually, http, serve_worker};
 use crate::soak::{Proc, free_port};
 
 /// One SSE event of 64 KiB.
@@ -31,31 +31,23 @@ async fn fast_streaming_worker() -> (String, Arc<AtomicU64>) {
     event.extend_from_slice(b"\n\n");
     let event = Bytes::from(event);
     let counter = taken.clone();
-    let app = axum::Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/get_model_info",
-            get(|| async { axum::Json(serde_json::json!({"model_path": "m"})) }),
-        )
-        .route(
-            "/generate",
-            post(move || {
-                let (event, counter) = (event.clone(), counter.clone());
-                async move {
-                    let body = futures_util::stream::iter(0..CHUNKS).map(move |_| {
-                        counter.fetch_add(CHUNK as u64, Ordering::Relaxed);
-                        Ok::<_, std::io::Error>(event.clone())
-                    });
-                    Response::builder()
-                        .header("content-type", "text/event-stream")
-                        .body(Body::from_stream(body))
-                        .unwrap()
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = serve_worker(axum::Router::new().route(
+        "/generate",
+        post(move || {
+            let (event, counter) = (event.clone(), counter.clone());
+            async move {
+                let body = futures_util::stream::iter(0..CHUNKS).map(move |_| {
+                    counter.fetch_add(CHUNK as u64, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(event.clone())
+                });
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(body))
+                    .unwrap()
+            }
+        }),
+    ))
+    .await;
     (url, taken)
 }
 
