@@ -18,6 +18,10 @@ source host/benches/common.sh
 cargo build --release --quiet -p wasm-router-cli --example streams
 ulimit -Hn 200000 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
+# Two descriptors per stream in the router, and a few of its own.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * streams + 64)) ]; then
+    echo "warning: the open-file limit is $(ulimit -n) (hard, and not raisable here): the router cannot hold $streams streams" >&2
+fi
 
 port=$(free_port); worker_port=$(free_port)
 pid_file=$(mktemp -u)
