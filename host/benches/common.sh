@@ -47,15 +47,24 @@ instant_upstreams() {
     urls="http://127.0.0.1:$up1 http://127.0.0.1:$up2"
 }
 
-# wrk_rate PORT: "req/s|router CPU us per request" of 32 connections for
-# $secs seconds through the router on PORT (the last process started),
-# wrk's script $lua; the CPU from /proc.
+# cpu_ticks PID...: utime+stime of the processes so far, in clock ticks.
+cpu_ticks() {
+    local total=0 p
+    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$total"
+}
+
+# wrk_rate PORT [PID...]: "req/s|proxy CPU us per request" of 32
+# connections (wrk with $wrk_threads threads, 2 unless set) for $secs
+# seconds through the proxy on PORT, wrk's script $lua; the CPU of the
+# PIDs (the last process started unless given) from /proc.
 wrk_rate() {
-    local before out hz
-    hz=$(getconf CLK_TCK)
-    before=$(awk '{print $14 + $15}' "/proc/${pids[-1]}/stat")
-    out=$(wrk -t2 -c32 -d"${secs}s" -s "$lua" "http://127.0.0.1:$1/generate")
-    python3 - "$out" "$(( $(awk '{print $14 + $15}' "/proc/${pids[-1]}/stat") - before ))" "$hz" <<'PY'
+    local port=$1 before out
+    shift
+    [ $# -gt 0 ] || set -- "${pids[-1]}"
+    before=$(cpu_ticks "$@")
+    out=$(wrk -t"${wrk_threads:-2}" -c32 -d"${secs}s" -s "$lua" "http://127.0.0.1:$port/generate")
+    python3 - "$out" "$(($(cpu_ticks "$@") - before))" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 out, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

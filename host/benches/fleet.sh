@@ -47,9 +47,9 @@ secs_load=5
 wrk -t1 -c8 -d"${secs_load}s" -s "$lua" "http://127.0.0.1:$port/generate" >/dev/null
 sleep 2
 tick=$(getconf CLK_TCK)
-before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+before=$(cpu_ticks "$pid")
 sleep "$secs"
-after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+after=$(cpu_ticks "$pid")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 text=$(curl -s "http://127.0.0.1:$metrics/metrics")
 python3 - "$n" "$ready" "$before" "$after" "$tick" "$secs" "$rss" "${#text}" "$(followed)" "$health" <<'PY'

@@ -22,9 +22,9 @@ for binary in ${OLD:+"$OLD"} "$router"; do
     wait_port "$port"
     curl -s -X POST "http://127.0.0.1:$port/generate" -d '{"text": "hi"}' >/dev/null
     sleep 2
-    before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    before=$(cpu_ticks "$pid")
     sleep "$secs"
-    after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    after=$(cpu_ticks "$pid")
     python3 -c "import sys; t = (int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3]); print(f'{sys.argv[4]}: {t:.2f} s of CPU in {sys.argv[5]} s at rest ({100 * t / int(sys.argv[5]):.1f}% of a core)')" \
         "$before" "$after" "$tick" "$binary" "$secs"
     stop_last

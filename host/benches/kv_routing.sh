@@ -48,13 +48,6 @@ on_routers=(taskset -c "${ROUTER_CPUS:-0}")
 on_workers=(taskset -c "${WORKER_CPUS:-1}")
 tick=$(getconf CLK_TCK)
 
-# CPU time, in clock ticks, of the processes $@ so far.
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$total"
-}
-
 # Four workers of $1 cache tokens each, publishing KV events: sets workers.
 start_fleet() {
     workers=()

@@ -54,23 +54,8 @@ http {
 }
 CONF
 
-# cpu_ticks PID...: utime+stime of the processes, in clock ticks.
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-
-# measure PORT PID...: "req/s|CPU us per request" of the proxy's processes.
-measure() {
-    local port=$1 before out
-    shift
-    before=$(cpu_ticks "$@")
-    out=$(wrk -t1 -c32 -d"${secs}s" -s "$lua" "http://127.0.0.1:$port/generate")
-    python3 - "$out" "$(($(cpu_ticks "$@") - before))" "$(getconf CLK_TCK)" <<'PY'
-import re, sys
-out, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-n = int(re.search(r"(\d+) requests in", out).group(1))
-print(f"{rps:.0f}|{ticks / hz / n * 1e6:.1f}")
-PY
-}
+# As the issue measured: one wrk thread.
+wrk_threads=1
 
 "$nginx_bin" -c "$conf_dir/nginx.conf" -p "$conf_dir" & pids+=($!)
 nginx_master=${pids[-1]}
@@ -94,7 +79,7 @@ declare -A rows
 for _ in $(seq "$rounds"); do
     for name in nginx round_robin cache_aware; do
         # shellcheck disable=SC2086
-        rows[$name]+="$(measure "${ports[$name]}" ${procs[$name]}) "
+        rows[$name]+="$(wrk_rate "${ports[$name]}" ${procs[$name]}) "
     done
 done
 

@@ -47,12 +47,12 @@ start() {
 
 # run NAME REPLICAS: "cpu ms per request|ok|failed"
 run() {
-    local ports=() procs=() before=0 after=0 p out
+    local ports=() procs=() before after out
     for _ in $(seq "$2"); do start "$1"; ports+=("http://127.0.0.1:$port"); procs+=("$pid"); done
     sleep 3
-    for p in "${procs[@]}"; do before=$((before + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    before=$(cpu_ticks "${procs[@]}")
     out=$(taskset -c 0 python3 host/benches/trace_cpu.py "$requests" "$rate" 64 "${ports[@]}")
-    for p in "${procs[@]}"; do after=$((after + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    after=$(cpu_ticks "${procs[@]}")
     for _ in "${procs[@]}"; do stop_last; done
     for u in "${urls[@]}"; do curl -s -X POST "$u/flush_cache" >/dev/null; done
     python3 - "$out" "$before" "$after" "$tick" <<'PY'
