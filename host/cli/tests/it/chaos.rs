@@ -184,12 +184,7 @@ async fn client(base: String, seed: u64) -> Tally {
 }
 
 fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
+    crate::soak::status_kb(std::process::id(), "VmRSS:").expect("this process's RSS")
 }
 
 /// The serving threads' task count once it holds still: each thread

@@ -84,13 +84,19 @@ fn sim_worker(port: u16, knobs: &[&str]) -> Proc {
     Proc(cmd.spawn().expect("start a simulated worker"))
 }
 
-pub fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+/// A memory field of `pid`'s `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in
+/// KiB; `None` if the process or the field is gone.
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+}
+
+/// `pid`'s RSS in KiB, 0 if it is gone.
+pub fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// Replace `to` with a copy of `from` by rename, as deploy tools do.

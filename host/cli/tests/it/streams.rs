@@ -14,7 +14,7 @@ use axum::routing::post;
 use futures_util::StreamExt;
 
 use crate::mock::{eventually, http, serve_worker};
-use crate::soak::{Proc, free_port};
+use crate::soak::{Proc, free_port, status_kb};
 
 /// One SSE event of 64 KiB.
 const CHUNK: usize = 64 << 10;
@@ -51,14 +51,9 @@ async fn fast_streaming_worker() -> (String, Arc<AtomicU64>) {
     (url, taken)
 }
 
-/// `VmHWM` (peak RSS) or `VmRSS` of `pid`, in KiB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+/// The router's peak RSS so far, in KiB.
+fn peak_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:").expect("the router's peak RSS")
 }
 
 /// Read the stream to its end: its bytes.
@@ -115,12 +110,12 @@ async fn a_client_that_stops_reading_holds_back_the_worker_not_router_memory() {
     })
     .await;
 
-    let base = status_kb(pid, "VmHWM:");
+    let base = peak_kb(pid);
 
     // Reading all along: the whole stream, through bounded memory.
     let mut reading = open().await;
     assert_eq!(read_rest(&mut reading).await, TOTAL, "the reading client");
-    let peak = status_kb(pid, "VmHWM:");
+    let peak = peak_kb(pid);
     assert!(
         peak < base + BOUND_KB,
         "the router's peak RSS grew from {base} KiB to {peak} KiB passing a {TOTAL}-byte stream on"
@@ -132,7 +127,7 @@ async fn a_client_that_stops_reading_holds_back_the_worker_not_router_memory() {
     let first = stopped.next().await.unwrap().unwrap().len() as u64;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let held_back = taken.load(Ordering::Relaxed);
-    let stalled_peak = status_kb(pid, "VmHWM:");
+    let stalled_peak = peak_kb(pid);
     assert!(
         held_back < TOTAL / 2,
         "the worker streamed {held_back} of {TOTAL} bytes to a client that reads none: no backpressure"
