@@ -96,7 +96,8 @@ impl Breaker {
         self.half_open.load(Ordering::Relaxed)
     }
 
-    fn report(&self, inner: &Inner) {
+    /// Keep `half_open` in step with `inner`, after every change of state.
+    fn keep_half_open(&self, inner: &Inner) {
         self.half_open
             .store(matches!(inner, Inner::HalfOpen { .. }), Ordering::Relaxed);
     }
@@ -121,7 +122,7 @@ impl Breaker {
                     trials: 1,
                     period: now,
                 };
-                self.report(&inner);
+                self.keep_half_open(&inner);
                 true
             }
             Inner::HalfOpen { trials, period, .. } => {
@@ -188,7 +189,7 @@ impl Breaker {
             }
             (Inner::Open { until }, _) => Inner::Open { until: *until },
         };
-        self.report(&inner);
+        self.keep_half_open(&inner);
     }
 
     /// Close the breaker, forgetting past failures: the worker was seen to
@@ -202,7 +203,7 @@ impl Breaker {
             failures: 0,
             since: Instant::now(),
         };
-        self.report(&inner);
+        self.keep_half_open(&inner);
     }
 
     /// The current state.
